@@ -1,0 +1,126 @@
+"""Command line: ``pgproxy run | demo | scram-secret``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pgproxy import __version__
+from pgproxy.config import ConfigError, load_config
+from pgproxy.logs import setup_logging
+
+log = logging.getLogger("pgproxy.cli")
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def wait_for_signal(stop: Callable[[], Awaitable[None]]) -> None:
+    """Block until SIGINT or SIGTERM, then await `stop`."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    try:
+        await event.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await stop()
+
+
+async def _run(config_path: Path) -> int:
+    from pgproxy.server import ProxyServer
+
+    config = load_config(config_path)
+    setup_logging(config.logging.level)
+    server = ProxyServer(config)
+    await server.start()
+    await wait_for_signal(server.close)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return run_loop(_run(args.config))
+    except ConfigError as exc:
+        print(f"pgproxy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pgproxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgproxy.demo.run import run_demo
+
+    setup_logging(args.log_level)
+    try:
+        return run_loop(run_demo(port=args.port, data_dir=args.data_dir))
+    except (RuntimeError, OSError) as exc:
+        print(f"pgproxy demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_scram_secret(args: argparse.Namespace) -> int:
+    from pgproxy.wire.scram import make_scram_secret
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("pgproxy scram-secret: empty password", file=sys.stderr)
+        return 2
+    print(make_scram_secret(password, iterations=args.iterations))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pgproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy with a config file")
+    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="start a throwaway PostgreSQL with demo data and the proxy")
+    demo.add_argument("--port", type=int, default=6432, help="proxy listen port (0: any free port)")
+    demo.add_argument("--data-dir", type=Path, default=None,
+                      help="directory for the throwaway server and config (removed on exit)")
+    demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=cmd_demo)
+
+    secret = sub.add_parser("scram-secret",
+                            help="print a SCRAM-SHA-256 secret for a static agent (password on stdin)")
+    secret.add_argument("--iterations", type=int, default=4096)
+    secret.set_defaults(func=cmd_scram_secret)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        code: int = args.func(args)
+        return code
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

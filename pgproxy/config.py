@@ -1,0 +1,660 @@
+"""The configuration: typed, frozen values and the YAML loader that validates them.
+
+Every error names the file, the line and the dotted key, e.g.
+``pgproxy.yaml:14: routes.app.port: expected an integer from 1 to 65535, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; str() is the message for the user."""
+
+
+class Mode(StrEnum):
+    PASSTHROUGH = "passthrough"  # forward every statement unanalysed (the benchmarks' baseline)
+    ENFORCE = "enforce"  # analyse and apply the policy (later issues)
+
+
+class SslMode(StrEnum):
+    DISABLE = "disable"
+    REQUIRE = "require"
+    VERIFY_FULL = "verify-full"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 6432
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_startup_packet_bytes: int = 10_000
+    max_buffered_bytes: int = 1024 * 1024  # per direction per session, before back-pressure
+    max_connections: int = 1000
+    auth_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 0.0  # 0 = off (as PostgreSQL's idle_session_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    algorithms: tuple[str, ...]
+    secret: str | None = field(default=None, repr=False)  # HS*, from secret_env / secret_file
+    public_key: str | None = None  # PEM for RS256 / ES256, read from public_key_file
+    jwks_url: str | None = None  # OIDC issuer's JWKS endpoint
+    issuer: str | None = None
+    audience: str | None = None
+    agent_claim: str = "sub"
+    groups_claim: str = "groups"
+    leeway_seconds: float = 30.0
+    require_user_match: bool = True  # the startup user must equal the agent id
+
+
+@dataclass(frozen=True, slots=True)
+class StaticAgent:
+    id: str
+    scram_secret: str = field(repr=False)  # "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>"
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwt: JwtConfig | None = None
+    agents: tuple[StaticAgent, ...] = ()
+    allow_cleartext_on_loopback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where agents' connections to one database name go."""
+
+    name: str  # the database name agents ask for
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str | None = field(default=None, repr=False)  # from password_env / password_file
+    sslmode: SslMode = SslMode.DISABLE
+    sslrootcert: Path | None = None
+    connect_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path | None
+    routes: dict[str, Route]
+    listen: ListenConfig = ListenConfig()
+    mode: Mode = Mode.PASSTHROUGH
+    limits: Limits = Limits()
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a YAML config file; raise ConfigError naming file, line and key.
+
+    Relative paths inside the file are taken relative to the file's directory, and
+    secrets named by ``*_env`` / ``*_file`` keys are resolved here, so a Config that
+    loaded is ready to use::
+
+        >>> load_config(Path("pgproxy.yaml")).routes["app"].port
+        5432
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_error(path, text, e)) from None
+    if root is None:
+        raise ConfigError(f"{path}: config is empty; expected a mapping with 'auth' and 'routes'")
+    at = _At(root, "", root.start_mark.line + 1)
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(
+            f"{path}:{at.line}: expected a mapping of settings at the top level, "
+            f"got {_describe(root)}"
+        )
+    return _Loader(path).config(at)
+
+
+# Loading, in three layers: _At carries a node with the dotted key and line that
+# errors name; _Loader's typed readers (string, integer, file, ...) check one value
+# each; its section readers (listen, jwt, route, ...) map one mapping onto one
+# dataclass. An error is raised at the first problem found.
+
+_JWT_ALGORITHMS = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
+)
+_JWT_KEY_SOURCES = ("secret_env", "secret_file", "public_key_file", "jwks_url")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# The verifier format PostgreSQL stores in pg_authid.rolpassword (RFC 5803).
+_SCRAM_FORMAT = "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"
+_SCRAM = re.compile(
+    r"SCRAM-SHA-256\$(?P<iterations>[0-9]+):(?P<salt>[^$]*)\$(?P<stored>[^:]*):(?P<server>.*)",
+    re.ASCII | re.DOTALL,
+)
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """A YAML node, with the dotted key and the 1-based line that errors about it name."""
+
+    node: yaml.Node
+    key: str
+    line: int
+
+
+class _Loader:
+    def __init__(self, source: Path) -> None:
+        self._source = source
+        self._base = source.absolute().parent
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, at: _At, problem: str) -> NoReturn:
+        where = f"{self._source}:{at.line}"
+        raise ConfigError(f"{where}: {at.key}: {problem}" if at.key else f"{where}: {problem}")
+
+    # -- structure --------------------------------------------------------------
+
+    def entries(self, at: _At) -> dict[str, _At]:
+        """A mapping's entries by key, in file order; '<<' merge keys are expanded."""
+        node = at.node
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(at, f"expected a mapping, got {self.describe(at)}")
+        if node.tag != _MAP_TAG:
+            self.fail(at, f"unsupported YAML tag {node.tag!r}")
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR_TAG:
+                got = _describe(self.value(_At(key_node, at.key, line)))
+                self.fail(_At(key_node, at.key, line), f"keys must be text, got {got}")
+            if key_node.value in seen:
+                self.fail(
+                    _At(key_node, _join(at.key, key_node.value), line),
+                    f"duplicate key (first at line {seen[key_node.value]})",
+                )
+            seen[key_node.value] = line
+        try:
+            self._constructor.flatten_mapping(node)
+        except yaml.MarkedYAMLError as e:
+            self.fail(at, f"cannot merge: {e.problem}")
+        # Merged entries come first, so the mapping's own keys override them.
+        return {
+            k.value: _At(v, _join(at.key, k.value), k.start_mark.line + 1) for k, v in node.value
+        }
+
+    def mapping(
+        self, at: _At, allowed: Sequence[str], required: Sequence[str] = ()
+    ) -> dict[str, _At]:
+        """A mapping with a fixed set of keys: unknown keys and missing required keys fail."""
+        found = self.entries(at)
+        for name, child in found.items():
+            if name not in allowed:
+                hint = _suggest(name, allowed, allowed_list=True)
+                self.fail(child, f"unknown key {name!r}{hint}")
+        for name in required:
+            if name not in found:
+                self.fail(_At(at.node, _join(at.key, name), at.line), "required key is missing")
+        return found
+
+    def items(self, at: _At) -> list[_At]:
+        node = at.node
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(at, f"expected a list, got {self.describe(at)}")
+        if node.tag != _SEQ_TAG:
+            self.fail(at, f"unsupported YAML tag {node.tag!r}")
+        return [_At(n, f"{at.key}[{i}]", n.start_mark.line + 1) for i, n in enumerate(node.value)]
+
+    def at_most_one(self, found: dict[str, _At], names: Sequence[str]) -> str | None:
+        """Which of several mutually exclusive keys is given, if any."""
+        given = [name for name in found if name in names]
+        if len(given) > 1:
+            self.fail(found[given[1]], f"cannot be combined with {given[0]}; set only one of them")
+        return given[0] if given else None
+
+    def exactly_one(self, at: _At, found: dict[str, _At], names: Sequence[str]) -> str:
+        """Which of several mutually exclusive keys is given; one of them must be."""
+        given = self.at_most_one(found, names)
+        if given is None:
+            self.fail(at, f"needs one of {_or(names)}")
+        return given
+
+    # -- scalars ----------------------------------------------------------------
+
+    def value(self, at: _At) -> object:
+        """A scalar's Python value; a mapping or list comes back as its node."""
+        if not isinstance(at.node, yaml.ScalarNode):
+            return at.node
+        try:
+            return self._constructor.construct_object(at.node)
+        except yaml.constructor.ConstructorError as e:
+            self.fail(at, f"unsupported YAML value: {e.problem}")
+
+    def describe(self, at: _At, *, secret: bool = False) -> str:
+        return _describe(self.value(at), secret=secret)
+
+    def string(self, at: _At, *, secret: bool = False) -> str:
+        value = self.value(at)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, bool | int | float) and not secret:
+            self.fail(at, f"expected a string, got {_describe(value)}; quote it to make it text")
+        self.fail(at, f"expected a non-empty string, got {_describe(value, secret=secret)}")
+
+    def integer(self, at: _At, low: int, high: int | None = None) -> int:
+        value = self.value(at)
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if number is not None and low <= number and (high is None or number <= high):
+            return number
+        wanted = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        self.fail(at, f"expected an integer {wanted}, got {_describe(value)}")
+
+    def number(self, at: _At, low: float, *, inclusive: bool) -> float:
+        value = self.value(at)
+        number = _as_float(value)
+        if math.isfinite(number) and (number > low or (inclusive and number == low)):
+            return number
+        wanted = f"of at least {low:g}" if inclusive else f"greater than {low:g}"
+        self.fail(at, f"expected a number {wanted}, got {_describe(value)}")
+
+    def boolean(self, at: _At) -> bool:
+        value = self.value(at)
+        if isinstance(value, bool):
+            return value
+        self.fail(at, f"expected true or false, got {_describe(value)}")
+
+    def choice(self, at: _At, choices: Sequence[str]) -> str:
+        value = self.value(at)
+        if isinstance(value, str) and value in choices:
+            return value
+        hint = _suggest(value, choices) if isinstance(value, str) else ""
+        self.fail(at, f"expected one of {', '.join(choices)}; got {_describe(value)}{hint}")
+
+    # -- files and the environment ---------------------------------------------
+
+    def file(self, at: _At) -> Path:
+        """An existing file; relative to the config file's directory unless absolute."""
+        path = self._base / Path(self.string(at)).expanduser()
+        if not path.exists():
+            self.fail(at, f"no such file: {path}")
+        if not path.is_file():
+            self.fail(at, f"not a regular file: {path}")
+        return path
+
+    def read(self, at: _At) -> str:
+        """The text of the file named at `at`, without its trailing newline."""
+        path = self.file(at)
+        try:
+            text = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            self.fail(at, f"cannot read {path}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            self.fail(at, f"cannot read {path}: not UTF-8 text")
+        if not text:
+            self.fail(at, f"{path} is empty")
+        return text
+
+    def env(self, at: _At) -> str:
+        """The value of the environment variable named at `at` (never quoted in errors)."""
+        name = self.string(at, secret=True)
+        if not _ENV_NAME.fullmatch(name):
+            # Most likely the secret itself was pasted here, so do not repeat it.
+            self.fail(at, "expected the name of an environment variable (letters, digits, _)")
+        value = os.environ.get(name)
+        if value is None:
+            self.fail(at, f"environment variable {name} is not set")
+        if not value:
+            self.fail(at, f"environment variable {name} is empty")
+        return value
+
+    # -- sections ---------------------------------------------------------------
+
+    def config(self, at: _At) -> Config:
+        found = self.mapping(
+            at, ("mode", "listen", "limits", "auth", "routes", "logging"), required=("routes",)
+        )
+        if "auth" not in found:
+            self.fail(
+                _At(at.node, "auth", at.line),
+                "required key is missing; without auth.jwt or auth.agents no agent can log in",
+            )
+        modes = [mode.value for mode in Mode]
+        return Config(
+            source=self._source,
+            mode=Mode(_opt(found, "mode", lambda at: self.choice(at, modes), "passthrough")),
+            listen=_opt(found, "listen", self.listen, ListenConfig()),
+            limits=_opt(found, "limits", self.limits, Limits()),
+            auth=self.auth(found["auth"]),
+            routes=self.routes(found["routes"]),
+            logging=_opt(found, "logging", self.logging, LoggingConfig()),
+        )
+
+    def listen(self, at: _At) -> ListenConfig:
+        found = self.mapping(at, ("host", "port", "tls"))
+        default = ListenConfig()
+        return ListenConfig(
+            host=_opt(found, "host", self.string, default.host),
+            # 0 asks the OS for a free port (tests, demos).
+            port=_opt(found, "port", lambda at: self.integer(at, 0, 65535), default.port),
+            tls=_opt(found, "tls", self.tls, None),
+        )
+
+    def tls(self, at: _At) -> TlsConfig:
+        found = self.mapping(at, ("cert_file", "key_file"), required=("cert_file", "key_file"))
+        return TlsConfig(
+            cert_file=self.file(found["cert_file"]), key_file=self.file(found["key_file"])
+        )
+
+    def limits(self, at: _At) -> Limits:
+        found = self.mapping(at, [limit.name for limit in fields(Limits)])
+        defaults = Limits()
+
+        def integer(name: str, default: int, low: int, high: int | None = None) -> int:
+            return _opt(found, name, lambda at: self.integer(at, low, high), default)
+
+        def seconds(name: str, default: float, *, inclusive: bool) -> float:
+            return _opt(found, name, lambda at: self.number(at, 0, inclusive=inclusive), default)
+
+        return Limits(
+            # 1073741823 (1 GB - 1) is PostgreSQL's own cap on one allocation (MaxAllocSize).
+            max_message_bytes=integer(
+                "max_message_bytes", defaults.max_message_bytes, 1024, 1073741823
+            ),
+            max_startup_packet_bytes=integer(
+                "max_startup_packet_bytes", defaults.max_startup_packet_bytes, 256, 1048576
+            ),
+            max_buffered_bytes=integer("max_buffered_bytes", defaults.max_buffered_bytes, 8192),
+            max_connections=integer("max_connections", defaults.max_connections, 1),
+            auth_timeout_seconds=seconds(
+                "auth_timeout_seconds", defaults.auth_timeout_seconds, inclusive=False
+            ),
+            idle_timeout_seconds=seconds(  # 0 = off
+                "idle_timeout_seconds", defaults.idle_timeout_seconds, inclusive=True
+            ),
+        )
+
+    def auth(self, at: _At) -> AuthConfig:
+        found = self.mapping(at, ("allow_cleartext_on_loopback", "jwt", "agents"))
+        jwt = _opt(found, "jwt", self.jwt, None)
+        agents: tuple[StaticAgent, ...] = _opt(found, "agents", self.agents, ())
+        if jwt is None and not agents:
+            self.fail(at, "needs jwt or agents; otherwise no agent can log in")
+        return AuthConfig(
+            jwt=jwt,
+            agents=agents,
+            allow_cleartext_on_loopback=_opt(
+                found, "allow_cleartext_on_loopback", self.boolean, False
+            ),
+        )
+
+    def jwt(self, at: _At) -> JwtConfig:
+        found = self.mapping(at, (
+            "algorithms", *_JWT_KEY_SOURCES, "issuer", "audience", "agent_claim",
+            "groups_claim", "leeway_seconds", "require_user_match",
+        ))
+        source = self.exactly_one(at, found, _JWT_KEY_SOURCES)
+        secret = public_key = jwks_url = None
+        if source == "secret_env":
+            secret = self.env(found[source])
+        elif source == "secret_file":
+            secret = self.read(found[source])
+        elif source == "public_key_file":
+            public_key = self.read(found[source])
+            if "-----BEGIN " not in public_key:
+                self.fail(found[source], "expected a PEM file (-----BEGIN PUBLIC KEY-----)")
+        else:
+            jwks_url = self.string(found[source])
+            if not jwks_url.startswith(("https://", "http://")):
+                self.fail(found[source], f"expected an http:// or https:// URL, got {jwks_url!r}")
+        symmetric = secret is not None
+        default = JwtConfig(algorithms=("HS256",) if symmetric else ("RS256", "ES256"))
+        return JwtConfig(
+            algorithms=_opt(
+                found, "algorithms",
+                lambda at: self.algorithms(at, source, symmetric=symmetric), default.algorithms,
+            ),
+            secret=secret,
+            public_key=public_key,
+            jwks_url=jwks_url,
+            issuer=_opt(found, "issuer", self.string, None),
+            audience=_opt(found, "audience", self.string, None),
+            agent_claim=_opt(found, "agent_claim", self.string, default.agent_claim),
+            groups_claim=_opt(found, "groups_claim", self.string, default.groups_claim),
+            leeway_seconds=_opt(
+                found, "leeway_seconds", lambda at: self.number(at, 0, inclusive=True),
+                default.leeway_seconds,
+            ),
+            require_user_match=_opt(
+                found, "require_user_match", self.boolean, default.require_user_match
+            ),
+        )
+
+    def algorithms(self, at: _At, source: str, *, symmetric: bool) -> tuple[str, ...]:
+        items = self.items(at)
+        if not items:
+            self.fail(at, "needs at least one algorithm")
+        algorithms: list[str] = []
+        for item in items:
+            name = self.choice(item, _JWT_ALGORITHMS)
+            # A key must never work with the other family of algorithms: a public
+            # key accepted as an HMAC secret lets anyone who has it sign tokens.
+            if name.startswith("HS") != symmetric:
+                needs = "secret_env or secret_file" if name.startswith("HS") else (
+                    "public_key_file or jwks_url"
+                )
+                self.fail(item, f"{name} needs {needs}, but the key comes from {source}")
+            if name in algorithms:
+                self.fail(item, f"{name} is listed twice")
+            algorithms.append(name)
+        return tuple(algorithms)
+
+    def agents(self, at: _At) -> tuple[StaticAgent, ...]:
+        id_lines: dict[str, int] = {}
+        return tuple(self.agent(item, id_lines) for item in self.items(at))
+
+    def agent(self, at: _At, id_lines: dict[str, int]) -> StaticAgent:
+        """One static agent; `id_lines` maps the ids read so far to their lines."""
+        sources = ("scram_secret", "scram_secret_env", "scram_secret_file")
+        found = self.mapping(at, ("id", *sources, "groups"), required=("id",))
+        agent_id = self.string(found["id"])
+        if agent_id in id_lines:
+            first = id_lines[agent_id]
+            self.fail(found["id"], f"duplicate id {agent_id!r} (first at line {first})")
+        id_lines[agent_id] = found["id"].line
+        source = self.exactly_one(at, found, sources)
+        if source == "scram_secret":
+            secret = self.string(found[source], secret=True)
+        elif source == "scram_secret_env":
+            secret = self.env(found[source])
+        else:
+            secret = self.read(found[source])
+        secret = secret.strip()
+        problem = _scram_problem(secret)
+        if problem:
+            self.fail(
+                found[source],
+                f"not a SCRAM-SHA-256 secret ({problem}); expected {_SCRAM_FORMAT}"
+                " as in PostgreSQL's pg_authid.rolpassword",
+            )
+        groups = _opt(found, "groups", lambda at: [self.string(g) for g in self.items(at)], None)
+        return StaticAgent(id=agent_id, scram_secret=secret, groups=frozenset(groups or ()))
+
+    def routes(self, at: _At) -> dict[str, Route]:
+        routes = {name: self.route(name, route) for name, route in self.entries(at).items()}
+        if not routes:
+            self.fail(at, "needs at least one route (database name: upstream)")
+        return routes
+
+    def route(self, name: str, at: _At) -> Route:
+        found = self.mapping(at, (
+            "host", "port", "dbname", "user", "password_env", "password_file", "sslmode",
+            "sslrootcert", "connect_timeout_seconds",
+        ), required=("host", "user"))
+        if not name:
+            self.fail(at, "the database name must not be empty")
+        host = self.string(found["host"])
+        port = _opt(found, "port", lambda at: self.integer(at, 1, 65535), 5432)
+        dbname = _opt(found, "dbname", self.string, name)
+        user = self.string(found["user"])
+        password_from = self.at_most_one(found, ("password_env", "password_file"))
+        password = None
+        if password_from == "password_env":
+            password = self.env(found[password_from])
+        elif password_from == "password_file":
+            password = self.read(found[password_from])
+        sslmodes = [mode.value for mode in SslMode]
+        sslmode = SslMode(_opt(found, "sslmode", lambda at: self.choice(at, sslmodes), "disable"))
+        if sslmode is SslMode.VERIFY_FULL and "sslrootcert" not in found:
+            self.fail(found["sslmode"], "verify-full needs sslrootcert (the CA certificate file)")
+        return Route(
+            name=name,
+            host=host,
+            port=port,
+            dbname=dbname,
+            user=user,
+            password=password,
+            sslmode=sslmode,
+            sslrootcert=_opt(found, "sslrootcert", self.file, None),
+            connect_timeout_seconds=_opt(
+                found, "connect_timeout_seconds", lambda at: self.number(at, 0, inclusive=False),
+                10.0,
+            ),
+        )
+
+    def logging(self, at: _At) -> LoggingConfig:
+        found = self.mapping(at, ("level",))
+        level = _opt(found, "level", lambda at: self.choice(at, _LOG_LEVELS), LoggingConfig().level)
+        return LoggingConfig(level=level)
+
+
+_T = TypeVar("_T")
+
+
+def _opt(found: dict[str, _At], name: str, read: Callable[[_At], _T], default: _T) -> _T:
+    """read(found[name]) if the key is given, else the default."""
+    return read(found[name]) if name in found else default
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+def _or(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def _suggest(word: str, choices: Sequence[str], *, allowed_list: bool = False) -> str:
+    """"; did you mean 'port'?" for a near miss; otherwise, optionally, what is allowed."""
+    by_folded = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), by_folded, n=1)
+    if close:
+        return f"; did you mean {by_folded[close[0]]!r}?"
+    return f" (expected one of {', '.join(choices)})" if allowed_list else ""
+
+
+def _describe(value: object, *, secret: bool = False) -> str:
+    """How a value reads in "got ..."; with secret=True, only its kind."""
+    if isinstance(value, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(value, yaml.SequenceNode):
+        return "a list"
+    if value is None:
+        return "no value"
+    if secret:
+        return "a boolean" if isinstance(value, bool) else (
+            "a number" if isinstance(value, int | float) else "text"
+        )
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return str(value)
+
+
+def _as_float(value: object) -> float:
+    """A YAML int or float as a float; NaN for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
+def _scram_problem(secret: str) -> str | None:
+    """What is wrong with a SCRAM-SHA-256 verifier, or None. Never quotes the secret."""
+    match = _SCRAM.fullmatch(secret)
+    if match is None:
+        return "wrong shape"
+    if int(match["iterations"]) <= 0:
+        return "the iteration count must be greater than 0"
+    for part, label in (("salt", "salt"), ("stored", "StoredKey"), ("server", "ServerKey")):
+        try:
+            decoded = base64.b64decode(match[part], validate=True)
+        except binascii.Error:
+            return f"{label} is not valid base64"
+        if not decoded:
+            return f"{label} is empty"
+        if part != "salt" and len(decoded) != 32:
+            return f"{label} is {len(decoded)} bytes, not 32"
+    return None
+
+
+def _yaml_error(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """file:line: invalid YAML: <what PyYAML said>."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else f"{path}"
+        problem = error.problem or error.context or "syntax error"
+        if error.context and error.problem and error.context_mark and error.context_mark != mark:
+            problem += f" ({error.context} at line {error.context_mark.line + 1})"
+        return f"{where}: invalid YAML: {problem}"
+    if isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1
+        return f"{path}:{line}: invalid YAML: character {error.character!r} is not allowed"
+    return f"{path}: invalid YAML: {error}"

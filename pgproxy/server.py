@@ -1,0 +1,96 @@
+"""The listener: accepts clients, caps connections, runs one Session per client,
+and shuts down gracefully (every session gets PostgreSQL's own 57P01 message)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from pgproxy.config import Config
+from pgproxy.errors import ProxyError, SqlState
+from pgproxy.identity import Authenticator
+from pgproxy.session import READ_CHUNK, Session, SessionRegistry, StatementGate
+from pgproxy.wire import messages as m
+
+log = logging.getLogger("pgproxy.server")
+
+
+def client_tls_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.listen.tls
+    if tls is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return ctx
+
+
+class ProxyServer:
+    """pgproxy's listener. `await start()`, then `await close()` to stop."""
+
+    def __init__(self, config: Config, *, gate: StatementGate | None = None) -> None:
+        self.config = config
+        self.gate = gate
+        self.authenticator = Authenticator(config.auth)
+        self.registry = SessionRegistry()
+        self.tls_context = client_tls_context(config)
+        self.sessions: set[Session] = set()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return self.config.listen.host
+
+    async def start(self) -> None:
+        listen = self.config.listen
+        self._server = await asyncio.start_server(
+            self._accept, listen.host, listen.port, limit=READ_CHUNK, backlog=1024,
+        )
+        log.info("listening", extra={"host": listen.host, "port": self.port,
+                                     "tls": self.tls_context is not None,
+                                     "mode": self.config.mode.value})
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            if len(self.sessions) >= self.config.limits.max_connections:
+                log.warning("connection refused: too many clients",
+                            extra={"limit": self.config.limits.max_connections})
+                writer.write(m.ErrorResponse.make(
+                    "FATAL", SqlState.TOO_MANY_CONNECTIONS, "sorry, too many clients already").encode())
+                writer.close()
+                return
+            session = Session(reader, writer, config=self.config, authenticator=self.authenticator,
+                              registry=self.registry, tls_context=self.tls_context, gate=self.gate)
+            self.sessions.add(session)
+            try:
+                await session.run()
+            except Exception:
+                log.exception("session failed", extra={"session": session.id})
+            finally:
+                self.sessions.discard(session)
+        finally:
+            self._handlers.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening and end every session with 57P01 (admin shutdown)."""
+        if self._server is None:
+            return
+        self._server.close()
+        shutdown = ProxyError(SqlState.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+        await asyncio.gather(*(s.terminate(shutdown) for s in list(self.sessions)),
+                             return_exceptions=True)
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=5.0)
+        await self._server.wait_closed()
+        self._server = None
+        log.info("stopped")

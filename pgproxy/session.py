@@ -1,0 +1,683 @@
+"""The relay state machine: one Session per client connection.
+
+Theory of operation
+-------------------
+A session moves through the states of the protocol chapter's message flow:
+STARTUP (SSL/GSSENC negotiation, the startup packet), AUTHENTICATING (the
+agent proves who it is: SCRAM for static agents, a JWT sent as the password
+otherwise), CONNECTING (the proxy opens and authenticates the upstream with
+its own credentials), then the query cycle: READY, SIMPLE_QUERY,
+EXTENDED_QUERY, COPY_IN / COPY_OUT, HELD (a statement waits for a decision)
+and FAILED_UNTIL_SYNC (the proxy refused an extended-protocol message and,
+as the server would, ignores the rest of that pipeline until Sync).
+
+Two pumps run once the session is ready. `_from_client` splits the client's
+bytes into messages; each statement (Query, Parse, FunctionCall) passes the
+decision point `_judge`; everything allowed is forwarded as the client's
+original bytes, a run of messages at a time. `_from_upstream` forwards the
+server's bytes a read at a time and watches only the message types that move
+the state (ReadyForQuery, CopyIn/CopyOutResponse, CopyDone, ErrorResponse).
+
+Refusing a statement must leave the upstream exactly where PostgreSQL would
+be after an error: the transaction block aborted, and in the extended
+protocol the rest of the pipeline skipped until Sync. Rather than imitate
+that, the proxy lets the server do it: in place of the refused message it
+sends ``Describe`` of a statement name that cannot exist (unique to this
+session), so the server raises its own error at exactly that point in the
+stream. When that error comes back, `_from_upstream` replaces it with the
+proxy's ErrorResponse. Earlier results therefore arrive first, in order, and
+the ReadyForQuery that follows carries the server's true transaction status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import ipaddress
+import itertools
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
+from pgproxy.identity import Authenticator, Identity
+from pgproxy.logs import SessionLog
+from pgproxy.upstream import UpstreamConnection, connect_upstream, send_cancel
+from pgproxy.wire import messages as m
+from pgproxy.wire.codec import FrameError, FrameReader, StartupReader
+from pgproxy.wire.scram import ScramError
+
+if TYPE_CHECKING:
+    from pgproxy.config import Config
+
+READ_CHUNK = 256 * 1024
+
+
+class State(enum.Enum):
+    STARTUP = "startup"
+    AUTHENTICATING = "authenticating"
+    CONNECTING = "connecting"
+    READY = "ready"
+    SIMPLE_QUERY = "simple query"
+    EXTENDED_QUERY = "extended query"
+    COPY_IN = "copy in"
+    COPY_OUT = "copy out"
+    HELD = "held"
+    FAILED_UNTIL_SYNC = "failed until sync"
+    CLOSED = "closed"
+
+
+_QUERY_STATES = frozenset({State.SIMPLE_QUERY, State.EXTENDED_QUERY})
+_CYCLE = frozenset({State.READY, State.SIMPLE_QUERY, State.EXTENDED_QUERY, State.COPY_IN,
+                    State.COPY_OUT, State.HELD, State.FAILED_UNTIL_SYNC})
+
+# Legal transitions. Pipelining means a client may send the next statement before the
+# previous one's results arrive, so every state of the query cycle can follow another,
+# except that COPY states are entered only from a query state and left only to one.
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTUP: frozenset({State.AUTHENTICATING, State.CLOSED}),
+    State.AUTHENTICATING: frozenset({State.CONNECTING, State.CLOSED}),
+    State.CONNECTING: frozenset({State.READY, State.CLOSED}),
+    State.READY: (_CYCLE - {State.COPY_IN, State.COPY_OUT}) | {State.CLOSED},
+    State.SIMPLE_QUERY: _CYCLE | {State.CLOSED},
+    State.EXTENDED_QUERY: _CYCLE | {State.CLOSED},
+    State.COPY_IN: _QUERY_STATES | {State.READY, State.CLOSED},
+    State.COPY_OUT: _QUERY_STATES | {State.READY, State.CLOSED},
+    State.HELD: _QUERY_STATES | {State.READY, State.FAILED_UNTIL_SYNC, State.CLOSED},
+    State.FAILED_UNTIL_SYNC: _QUERY_STATES | {State.READY, State.CLOSED},
+    State.CLOSED: frozenset({State.CLOSED}),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A bug in the proxy: the session tried a transition the protocol does not have."""
+
+
+# --- The decision point ---------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    sqlstate: str = SqlState.INSUFFICIENT_PRIVILEGE
+    message: str = ""
+    detail: str | None = None
+
+
+ALLOW = Judgement(Verdict.ALLOW)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """What reaches the decision point: one message that can run SQL."""
+
+    protocol: str  # "simple" (Query), "extended" (Parse) or "function" (FunctionCall)
+    sql: str  # for FunctionCall: "<function call>"
+    statement_name: str = ""  # Parse's prepared-statement name
+
+
+class StatementGate(Protocol):
+    """Decides each statement; the analysis and policy issues plug in here."""
+
+    def judge(self, session: Session, statement: Statement) -> Judgement: ...
+
+
+# --- Registry shared by the server's sessions ------------------------------------------
+
+
+class SessionRegistry:
+    """Maps the BackendKeyData the proxy handed out to sessions, for CancelRequest."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, Session] = {}
+
+    def register(self, session: Session) -> m.BackendKeyData:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self._by_pid:
+                break
+        self._by_pid[pid] = session
+        return m.BackendKeyData(pid, secrets.randbits(32) - 2**31)
+
+    def unregister(self, session: Session) -> None:
+        if session.backend_key is not None:
+            self._by_pid.pop(session.backend_key.process_id, None)
+
+    def sessions(self) -> list[Session]:
+        return list(self._by_pid.values())
+
+    async def cancel(self, request: m.CancelRequest) -> bool:
+        session = self._by_pid.get(request.process_id)
+        if session is None or session.backend_key is None:
+            return False
+        expected = session.backend_key.secret_key.to_bytes(4, "big", signed=True)
+        given = request.secret_key.to_bytes(4, "big", signed=True)
+        if not hmac.compare_digest(expected, given):
+            return False
+        await session.cancel_upstream()
+        return True
+
+
+# --- The session ---------------------------------------------------------------------------
+
+
+class Session:
+    """One client connection and the upstream connection it uses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 config: Config, authenticator: Authenticator, registry: SessionRegistry,
+                 tls_context: ssl.SSLContext | None, gate: StatementGate | None = None,
+                 on_state: Callable[[Session, State], None] | None = None) -> None:
+        self.id = secrets.token_hex(6)
+        self.log = SessionLog(self.id)
+        self.config = config
+        self.limits = config.limits
+        self.authenticator = authenticator
+        self.registry = registry
+        self.tls_context = tls_context
+        self.gate = gate
+        self.on_state = on_state
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.client_address: str = str(peer[0]) if isinstance(peer, tuple) else "local"
+        self.client_tls = False
+        self.state = State.STARTUP
+        self.parameters: dict[str, str] = {}
+        self.identity: Identity | None = None
+        self.database = ""
+        self.backend_key: m.BackendKeyData | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.transaction_status = "I"
+        self.last_client_activity = time.monotonic()
+        self._frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
+                                   allowed_types=m.FRONTEND_TYPES)
+        self._pending_client: deque[tuple[int, bytes]] = deque()  # frames read during auth
+        self._outstanding = 0  # Query/Sync/FunctionCall forwarded, not yet answered by ReadyForQuery
+        self._copy_return = State.SIMPLE_QUERY
+        self._refusal_prefix = f"pgproxy.refused.{secrets.token_hex(8)}."
+        self._refusal_seq = itertools.count(1)
+        # Refusals in flight: (marker name, cycle number it belongs to, error to send instead).
+        self._refusals: deque[tuple[str, int, bytes]] = deque()
+        self._cycles_sent = 0
+        self._cycles_done = 0
+        self._closing = False
+        self._upstream_said_fatal = False
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _to(self, new: State) -> None:
+        if new is self.state:
+            return
+        if new not in _TRANSITIONS[self.state]:
+            raise InvalidTransition(f"{self.state.value} -> {new.value}")
+        self.state = new
+        if self.on_state is not None:
+            self.on_state(self, new)
+
+    # -- entry point ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side ends it."""
+        try:
+            try:
+                async with asyncio.timeout(self.limits.auth_timeout_seconds):
+                    if not await self._startup():
+                        return
+                    await self._authenticate()
+                    await self._connect()
+            except TimeoutError:
+                raise ProxyError(
+                    SqlState.CONNECTION_FAILURE,
+                    f"authentication timed out after {self.limits.auth_timeout_seconds:g} s",
+                ) from None
+            await self._relay()
+        except ProxyError as exc:
+            self._log_failure(exc)
+            await self._fatal(exc)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            self.log.info("connection lost", extra={"event_detail": type(exc).__name__})
+        except InvalidTransition as exc:
+            self.log.error("protocol state error", extra={"transition": str(exc)})
+            await self._fatal(ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error"))
+        finally:
+            await self.close()
+
+    def _log_failure(self, exc: ProxyError) -> None:
+        event = {
+            AuthFailed: "authentication refused",
+            ClientProtocolError: "client protocol violation",
+            UpstreamProtocolError: "upstream protocol violation",
+        }.get(type(exc), "session refused")
+        self.log.warning(event, extra={"sqlstate": exc.sqlstate, "reason": exc.message,
+                                       "state": self.state.value})
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.state is not State.STARTUP:
+            self.log.info("session closed")
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+        self.registry.unregister(self)
+        if self.upstream is not None:
+            self.upstream.close()
+        if not self.writer.is_closing():
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        except (OSError, TimeoutError, ssl.SSLError):
+            pass
+
+    async def terminate(self, error: ProxyError) -> None:
+        """End the session from outside (shutdown, idle timeout) with a FATAL error."""
+        await self._fatal(error)
+        await self.close()
+
+    async def _fatal(self, exc: ProxyError) -> None:
+        if self.writer.is_closing():
+            return
+        try:
+            self.writer.write(m.ErrorResponse.make(
+                exc.severity, exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint
+            ).encode())
+            await asyncio.wait_for(self.writer.drain(), 1.0)
+        except (OSError, TimeoutError, ssl.SSLError):
+            pass
+
+    async def cancel_upstream(self) -> None:
+        if self.upstream is not None and self.upstream.backend_key is not None:
+            self.log.info("cancel request forwarded")
+            await send_cancel(self.upstream.route, self.upstream.backend_key)
+
+    # -- startup -------------------------------------------------------------------------
+
+    async def _read_packet(self) -> tuple[bytes, bytes]:
+        reader = StartupReader(max_packet_bytes=self.limits.max_startup_packet_bytes)
+        while True:
+            data = await self.reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionResetError("client closed the connection during startup")
+            try:
+                packet = reader.feed(data)
+            except FrameError as exc:
+                raise ClientProtocolError(str(exc)) from None
+            if packet is not None:
+                return packet
+
+    async def _startup(self) -> bool:
+        """Negotiate encryption and read the StartupMessage; False when there is no session."""
+        while True:
+            body, rest = await self._read_packet()
+            try:
+                packet = m.decode_startup_packet(body)
+            except m.MessageFormatError as exc:
+                raise ClientProtocolError(f"invalid startup packet: {exc}") from None
+            if isinstance(packet, m.CancelRequest):
+                await self.registry.cancel(packet)
+                return False
+            if isinstance(packet, m.StartupMessage):
+                break
+            # SSLRequest / GSSENCRequest: a client must wait for the answer before sending more;
+            # bytes sent ahead of a TLS handshake could be injected by a man in the middle.
+            if rest:
+                raise ClientProtocolError("received unencrypted data after SSL request")
+            if isinstance(packet, m.SSLRequest) and self.tls_context is not None and not self.client_tls:
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.tls_context)
+                self.client_tls = True
+            else:
+                self.writer.write(b"N")
+                await self.writer.drain()
+        self.parameters = packet.parameters
+        self._feed_client(rest)
+        user = self.parameters.get("user", "")
+        self.database = self.parameters.get("database") or user
+        self.log.bind(agent=user, database=self.database)
+        if not user:
+            raise ProxyError(SqlState.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
+        if self.parameters.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            raise ProxyError(SqlState.FEATURE_NOT_SUPPORTED, "pgproxy does not support replication connections")
+        unsupported = tuple(k for k in self.parameters if k.startswith("_pq_."))
+        if (packet.protocol & 0xFFFF) > 0 or unsupported:
+            self.writer.write(m.NegotiateProtocolVersion(0, unsupported).encode())
+        self._to(State.AUTHENTICATING)
+        return True
+
+    def _feed_client(self, data: bytes) -> None:
+        try:
+            for type_byte, start, end in self._frames.feed(data):
+                self._pending_client.append((type_byte, self._frames.buffer[start:end]))
+        except FrameError as exc:
+            raise ClientProtocolError(str(exc)) from None
+
+    async def _next_auth_message(self) -> bytes:
+        """The body of the client's next message during authentication (a 'p' message)."""
+        while not self._pending_client:
+            data = await self.reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionResetError("client closed the connection during authentication")
+            self._feed_client(data)
+        type_byte, raw = self._pending_client.popleft()
+        if type_byte == m.TERMINATE:
+            raise ConnectionResetError("client terminated during authentication")
+        if type_byte != m.PASSWORD:
+            raise ClientProtocolError(
+                f"expected a password message during authentication, got {chr(type_byte)!r}"
+            )
+        return raw[5:]
+
+    # -- authentication ------------------------------------------------------------------
+
+    async def _authenticate(self) -> None:
+        user = self.parameters["user"]
+        method = self.authenticator.method_for(user)
+        if method == "scram":
+            await self._authenticate_scram(user)
+            self.identity = self.authenticator.static_identity(user)
+        else:
+            if not self._cleartext_allowed():
+                raise AuthFailed(
+                    "pgproxy does not accept a token over an unencrypted connection; "
+                    "connect with sslmode=require",
+                    sqlstate=SqlState.INVALID_AUTHORIZATION,
+                )
+            self.writer.write(m.Authentication(m.AUTH_CLEARTEXT_PASSWORD).encode())
+            await self.writer.drain()
+            try:
+                token = m.decode_password(await self._next_auth_message()).password
+            except m.MessageFormatError as exc:
+                raise ClientProtocolError(f"invalid password message: {exc}") from None
+            self.identity = await self.authenticator.verify_jwt(token, user)
+        self.log.bind(agent=self.identity.agent_id)
+        self.log.info("authenticated", extra={"method": self.identity.method,
+                                              "client": self.client_address, "tls": self.client_tls})
+
+    def _cleartext_allowed(self) -> bool:
+        if self.client_tls:
+            return True
+        if not self.config.auth.allow_cleartext_on_loopback:
+            return False
+        try:
+            return ipaddress.ip_address(self.client_address).is_loopback
+        except ValueError:
+            return self.client_address == "local"
+
+    async def _authenticate_scram(self, user: str) -> None:
+        server = self.authenticator.scram_server(user)
+        self.writer.write(m.auth_sasl(["SCRAM-SHA-256"]).encode())
+        await self.writer.drain()
+        failed = AuthFailed(f'password authentication failed for user "{user}"')
+        try:
+            initial = m.decode_sasl_initial_response(await self._next_auth_message())
+            if initial.mechanism != "SCRAM-SHA-256" or initial.data is None:
+                raise ClientProtocolError("client selected an invalid SASL authentication mechanism")
+            first = server.server_first(initial.data)
+            self.writer.write(m.Authentication(m.AUTH_SASL_CONTINUE, first).encode())
+            await self.writer.drain()
+            final = server.server_final(await self._next_auth_message())
+        except ScramError:
+            raise failed from None
+        except m.MessageFormatError as exc:
+            raise ClientProtocolError(f"invalid SASL message: {exc}") from None
+        self.writer.write(m.Authentication(m.AUTH_SASL_FINAL, final).encode())
+
+    # -- upstream ------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        route = self.config.routes.get(self.database)
+        if route is None:
+            raise ProxyError(SqlState.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist',
+                             hint="pgproxy has no route for this database name.")
+        self._to(State.CONNECTING)
+        self.upstream = await connect_upstream(route, self.parameters,
+                                               max_message_bytes=self.limits.max_message_bytes)
+        self.backend_key = self.registry.register(self)
+        greeting = [m.Authentication(m.AUTH_OK).encode(), *self.upstream.startup_frames,
+                    self.backend_key.encode(), m.ReadyForQuery("I").encode()]
+        self.writer.write(b"".join(greeting))
+        await self.writer.drain()
+        self._to(State.READY)
+        self.log.info("session ready", extra={"upstream": f"{route.host}:{route.port}/{route.dbname}",
+                                              "application_name": self.parameters.get("application_name", "")})
+
+    # -- relay ---------------------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        assert self.upstream is not None
+        transport = self.writer.transport
+        transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
+        self.upstream.writer.transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
+        tasks = [asyncio.create_task(self._from_client()), asyncio.create_task(self._from_upstream())]
+        if self.limits.idle_timeout_seconds > 0:
+            tasks.append(asyncio.create_task(self._idle_watch()))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if result is None or isinstance(result, (asyncio.CancelledError, ConnectionError,
+                                                     ssl.SSLError)):
+                continue
+            if isinstance(result, (ProxyError, InvalidTransition)):
+                raise result
+            self.log.error("internal error", exc_info=result)
+            raise ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error")
+
+    async def _from_client(self) -> None:
+        assert self.upstream is not None
+        upstream = self.upstream.writer
+        if self._pending_client:
+            # Messages the client pipelined behind its last authentication message.
+            batch, pos = [], 0
+            for type_byte, raw in self._pending_client:
+                batch.append((type_byte, pos, pos + len(raw)))
+                pos += len(raw)
+            buf = b"".join(raw for _, raw in self._pending_client)
+            self._pending_client.clear()
+            if await self._forward_client(buf, batch):
+                return
+        reader = self.reader
+        frames = self._frames
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                self.log.info("client disconnected")
+                return
+            self.last_client_activity = time.monotonic()
+            try:
+                batch = frames.feed(data)
+            except FrameError as exc:
+                raise ClientProtocolError(str(exc)) from None
+            if batch and await self._forward_client(frames.buffer, batch):
+                return
+            if upstream.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
+                await upstream.drain()
+
+    async def _forward_client(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bool:
+        """Forward one read's messages; return True when the client terminated."""
+        assert self.upstream is not None
+        upstream = self.upstream.writer
+        run_start = batch[0][1]
+        for type_byte, start, end in batch:
+            if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
+                self._enter_statement(type_byte)
+                if self.gate is not None and self.state is not State.FAILED_UNTIL_SYNC:
+                    judgement = self._judge(type_byte, buf[start + 5:end])
+                    if judgement.verdict is not Verdict.ALLOW:
+                        upstream.write(buf[run_start:start])
+                        run_start = end
+                        await self._refuse(type_byte, judgement)
+            elif type_byte == m.SYNC:
+                self._cycles_sent += 1
+                self._outstanding += 1
+                if self.state is State.FAILED_UNTIL_SYNC or self.state is State.READY:
+                    self._to(State.EXTENDED_QUERY)
+            elif type_byte in _EXTENDED:
+                if self.state is State.READY:
+                    self._to(State.EXTENDED_QUERY)
+            elif type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
+                if self.state is State.COPY_IN:
+                    self._to(self._copy_return)
+            elif type_byte == m.TERMINATE:
+                upstream.write(buf[run_start:end])
+                self.log.info("client terminated")
+                return True
+            elif type_byte == m.PASSWORD:
+                raise ClientProtocolError("unexpected password message after authentication")
+        upstream.write(buf[run_start:batch[-1][2]])
+        return False
+
+    def _enter_statement(self, type_byte: int) -> None:
+        if type_byte == m.PARSE:
+            if self.state is not State.FAILED_UNTIL_SYNC:
+                self._to(State.EXTENDED_QUERY)
+        else:
+            # Query and FunctionCall each form one cycle ended by ReadyForQuery.
+            self._cycles_sent += 1
+            self._outstanding += 1
+            self._to(State.SIMPLE_QUERY)
+
+    def _judge(self, type_byte: int, body: bytes) -> Judgement:
+        assert self.gate is not None
+        try:
+            if type_byte == m.QUERY:
+                statement = Statement("simple", m.decode_query(body).sql)
+            elif type_byte == m.PARSE:
+                parse = m.decode_parse(body)
+                statement = Statement("extended", parse.sql, parse.name)
+            else:
+                statement = Statement("function", "<function call>")
+        except m.MessageFormatError as exc:
+            raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
+        return self.gate.judge(self, statement)
+
+    async def _refuse(self, type_byte: int, judgement: Judgement) -> None:
+        """Send the server a message that fails where the refused one stood (see the module doc)."""
+        assert self.upstream is not None
+        if judgement.verdict is Verdict.REVIEW:
+            # The hold point: the approvals issue waits here for a reviewer. Until then a
+            # statement that needs review is refused with a message saying so.
+            self._to(State.HELD)
+        marker = f"{self._refusal_prefix}{next(self._refusal_seq)}"
+        error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message,
+                                     detail=judgement.detail).encode()
+        probe = m.Describe("S", marker).encode()
+        if type_byte == m.PARSE:
+            # The cycle this belongs to ends at the client's own Sync.
+            self._refusals.append((marker, self._cycles_sent + 1, error))
+            self.upstream.writer.write(probe)
+            self._to(State.FAILED_UNTIL_SYNC)
+        else:
+            self._refusals.append((marker, self._cycles_sent, error))
+            self.upstream.writer.write(probe + m.Sync().encode())
+            self._to(State.SIMPLE_QUERY)
+
+    async def _from_upstream(self) -> None:
+        assert self.upstream is not None
+        reader = self.upstream.reader
+        client = self.writer
+        frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
+                             allowed_types=m.BACKEND_TYPES)
+        data = self.upstream.leftover
+        while True:
+            if not data:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    if self._upstream_said_fatal:
+                        return  # the client has the server's own FATAL error already
+                    raise UpstreamProtocolError("the upstream server closed the connection unexpectedly")
+            try:
+                batch = frames.feed(data)
+            except FrameError as exc:
+                raise UpstreamProtocolError(f"upstream sent an invalid message: {exc}") from None
+            data = b""
+            if not batch:
+                continue
+            buf = frames.buffer
+            out = self._watch_upstream(buf, batch)
+            client.write(out)
+            if client.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
+                await client.drain()
+
+    def _watch_upstream(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bytes:
+        """Track the state from the server's messages; return the bytes for the client."""
+        replaced: list[tuple[int, int, bytes]] = []
+        for type_byte, start, end in batch:
+            if type_byte not in _WATCHED:
+                continue
+            if type_byte == m.READY_FOR_QUERY:
+                self._cycles_done += 1
+                self._outstanding -= 1
+                self.transaction_status = chr(buf[start + 5])
+                while self._refusals and self._refusals[0][1] <= self._cycles_done:
+                    self._refusals.popleft()  # its pipeline failed earlier; the server skipped it
+                if self._outstanding <= 0:
+                    self._outstanding = 0
+                    self._to(State.READY)
+            elif type_byte == m.ERROR_RESPONSE:
+                if self.state is State.COPY_IN or self.state is State.COPY_OUT:
+                    self._to(self._copy_return)
+                try:
+                    error = m.decode_error_response(buf[start + 5:end])
+                except m.MessageFormatError as exc:
+                    raise UpstreamProtocolError(f"upstream sent an invalid ErrorResponse: {exc}") from None
+                if error.severity in ("FATAL", "PANIC"):
+                    self._upstream_said_fatal = True
+                if self._refusals:
+                    marker, _, ours = self._refusals[0]
+                    if error.code == "26000" and f'"{marker}"' in error.message:
+                        self._refusals.popleft()
+                        replaced.append((start, end, ours))
+            elif type_byte == m.COPY_IN_RESPONSE or type_byte == m.COPY_OUT_RESPONSE:
+                if self.state in _QUERY_STATES:
+                    self._copy_return = self.state
+                self._to(State.COPY_IN if type_byte == m.COPY_IN_RESPONSE else State.COPY_OUT)
+            elif type_byte == m.COPY_DONE:
+                if self.state is State.COPY_OUT:
+                    self._to(self._copy_return)
+            elif type_byte == m.COPY_BOTH_RESPONSE:
+                raise UpstreamProtocolError("upstream started COPY BOTH, which pgproxy does not relay")
+            elif type_byte == m.AUTHENTICATION or type_byte == m.BACKEND_KEY_DATA:
+                raise UpstreamProtocolError(f"upstream sent {chr(type_byte)!r} after startup")
+        first, last = batch[0][1], batch[-1][2]
+        if not replaced:
+            return buf if first == 0 and last == len(buf) else buf[first:last]
+        parts: list[bytes] = []
+        pos = first
+        for start, end, ours in replaced:
+            parts += (buf[pos:start], ours)
+            pos = end
+        parts.append(buf[pos:last])
+        return b"".join(parts)
+
+    async def _idle_watch(self) -> None:
+        timeout = self.limits.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            idle = time.monotonic() - self.last_client_activity
+            if self.state is State.READY and self.transaction_status == "I" and idle >= timeout:
+                self.log.info("idle session timeout")
+                raise ProxyError(SqlState.IDLE_SESSION_TIMEOUT,
+                                 "terminating connection due to idle-session timeout")
+
+
+_EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
+_WATCHED = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE, m.COPY_OUT_RESPONSE,
+                      m.COPY_DONE, m.COPY_BOTH_RESPONSE, m.AUTHENTICATION, m.BACKEND_KEY_DATA})

@@ -1,0 +1,54 @@
+"""Shared fixtures: one throwaway PostgreSQL for the whole run, and proxies in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgproxy.demo.run import demo_sql
+from pgproxy.pgcluster import PostgresCluster
+from tests.harness import DATABASE, UPSTREAM_USERS, ProxyThread, make_config, running_proxy
+from tests.pki import Pki, make_pki
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def pg(pki: Pki) -> Iterator[PostgresCluster]:
+    """PostgreSQL with the demo data in `app`, and roles for each upstream auth method."""
+    hba = [f"host{kind} all {user} 127.0.0.1/32 {method}"
+           for user, (_, method) in UPSTREAM_USERS.items() for kind in ("", "ssl")]
+    with PostgresCluster(hba_lines=hba, ssl_cert=pki.server_cert, ssl_key=pki.server_key,
+                         settings={"max_connections": "300"}) as cluster:
+        for user, (password, method) in UPSTREAM_USERS.items():
+            cluster.create_role(user, password,
+                                password_encryption="md5" if method == "md5" else "scram-sha-256")
+        cluster.create_database(DATABASE, owner="app_scram")
+        cluster.psql(demo_sql(), dbname=DATABASE, user="app_scram")
+        cluster.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app_md5, app_plain;"
+                     "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app_md5, app_plain;",
+                     dbname=DATABASE)
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def proxy(pg: PostgresCluster) -> Iterator[ProxyThread]:
+    """The default proxy: JWT and SCRAM agents, route `app` -> the test cluster (SCRAM upstream)."""
+    with running_proxy(make_config(pg)) as running:
+        yield running
+
+
+@pytest.fixture
+def direct_dsn(pg: PostgresCluster) -> str:
+    password = UPSTREAM_USERS["app_scram"][0]
+    return pg.dsn(user="app_scram", password=password, dbname=DATABASE)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,136 @@
+"""Test harness: a pgproxy running on its own event loop in a thread.
+
+Synchronous drivers (psycopg, psql, pgbench) and asynchronous ones (asyncpg on
+the test's own loop) can all talk to it, as they would to a deployed proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import jwt
+
+from pgproxy.config import (
+    AuthConfig,
+    Config,
+    JwtConfig,
+    Limits,
+    ListenConfig,
+    Route,
+    StaticAgent,
+    TlsConfig,
+)
+from pgproxy.pgcluster import PostgresCluster
+from pgproxy.server import ProxyServer
+from pgproxy.session import StatementGate
+from pgproxy.wire.scram import make_scram_secret
+from tests.pki import Pki
+
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
+JWT_ISSUER = "https://issuer.test"
+JWT_AUDIENCE = "pgproxy-tests"
+STATIC_AGENT = "batch"
+STATIC_PASSWORD = "batch-password"
+UPSTREAM_USERS = {  # role -> (password, how the upstream authenticates it)
+    "app_scram": ("scram-pass", "scram-sha-256"),
+    "app_md5": ("md5-pass", "md5"),
+    "app_plain": ("plain-pass", "password"),
+}
+DATABASE = "app"
+
+
+def make_token(sub: str = "agent", *, secret: str = JWT_SECRET, groups: Any = ("agents",),
+               ttl: float = 600, **claims: Any) -> str:
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": sub, "groups": list(groups), "iss": JWT_ISSUER,
+                               "aud": JWT_AUDIENCE, "iat": now, "exp": now + int(ttl)}
+    payload.update(claims)
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm="HS256")
+
+
+def upstream_route(cluster: PostgresCluster, *, user: str = "app_scram", name: str = DATABASE,
+                   **overrides: Any) -> Route:
+    password = UPSTREAM_USERS[user][0] if user in UPSTREAM_USERS else None
+    route = Route(name=name, host=cluster.host, port=cluster.port, dbname=DATABASE, user=user,
+                  password=password)
+    return dataclasses.replace(route, **overrides)
+
+
+def make_config(cluster: PostgresCluster, *, routes: list[Route] | None = None,
+                tls: TlsConfig | None = None, limits: Limits | None = None,
+                allow_cleartext_on_loopback: bool = True, **jwt_overrides: Any) -> Config:
+    jwt_config = JwtConfig(algorithms=("HS256",), secret=JWT_SECRET, issuer=JWT_ISSUER,
+                           audience=JWT_AUDIENCE)
+    jwt_config = dataclasses.replace(jwt_config, **jwt_overrides)
+    agents = (StaticAgent(STATIC_AGENT, make_scram_secret(STATIC_PASSWORD), frozenset({"etl"})),)
+    routes = routes or [upstream_route(cluster)]
+    return Config(
+        source=None,
+        routes={r.name: r for r in routes},
+        listen=ListenConfig(host="127.0.0.1", port=0, tls=tls),
+        limits=limits or Limits(),
+        auth=AuthConfig(jwt=jwt_config, agents=agents,
+                        allow_cleartext_on_loopback=allow_cleartext_on_loopback),
+    )
+
+
+class ProxyThread:
+    """A ProxyServer on a private event loop in a daemon thread."""
+
+    def __init__(self, config: Config, *, gate: StatementGate | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.server = ProxyServer(config, gate=gate)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.call(self.server.close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def dsn(self, user: str = "agent", password: str | None = None, *, dbname: str = DATABASE,
+            **params: str) -> str:
+        if password is None:
+            password = make_token(user) if user != STATIC_AGENT else STATIC_PASSWORD
+        query = urllib.parse.urlencode({"sslmode": "disable", **params})
+        return (f"postgresql://{urllib.parse.quote(user, safe='')}:"
+                f"{urllib.parse.quote(password, safe='')}@127.0.0.1:{self.port}/{dbname}?{query}")
+
+    def session_count(self) -> int:
+        return len(self.server.sessions)
+
+
+@contextmanager
+def running_proxy(config: Config, *, gate: StatementGate | None = None) -> Iterator[ProxyThread]:
+    proxy = ProxyThread(config, gate=gate).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def tls_config(pki: Pki) -> TlsConfig:
+    return TlsConfig(cert_file=pki.server_cert, key_file=pki.server_key)

@@ -1,0 +1,421 @@
+"""load_config: a valid file becomes the expected dataclasses; an invalid one fails with
+``file:line: dotted.key: problem`` naming exactly where the user has to look."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pgproxy.config import (
+    AuthConfig,
+    Config,
+    ConfigError,
+    JwtConfig,
+    Limits,
+    ListenConfig,
+    LoggingConfig,
+    Mode,
+    Route,
+    SslMode,
+    StaticAgent,
+    TlsConfig,
+    load_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pgproxy.yaml"
+
+# A well-formed verifier (4096 iterations, 16-byte salt, 32-byte keys).
+SCRAM = (
+    "SCRAM-SHA-256$4096:cGdwcm94eS1leGFtcGxlIQ==$"
+    "XXpFLRHWbhyNSy+rKeWe1SZrYE5kuQHMlA5KPVxp9GQ=:/YpXHegAWh2xafzbwAGj2diYYifL9CXl7MWFRxFndQ8="
+)
+UPSTREAM_PASSWORD = "upstream-pw-Xq7"
+JWT_SECRET = "jwt-secret-Zr4-0123456789abcdef0123"
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n").replace("<scram>", SCRAM))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_PASSWORD", UPSTREAM_PASSWORD)
+    monkeypatch.setenv("AGENT_SCRAM", SCRAM)
+    monkeypatch.delenv("PGPROXY_TEST_UNSET", raising=False)
+
+
+def test_full_config_round_trips(tmp_path: Path) -> None:
+    for name in ("server.crt", "server.key", "upstream-ca.crt"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "jwt").write_text(JWT_SECRET + "\n")
+    (tmp_path / "secrets" / "reports-password").write_text("reports-pw\n")
+    path = write(tmp_path, """
+        mode: enforce
+        listen:
+          host: 0.0.0.0
+          port: 7432
+          tls:
+            cert_file: server.crt
+            key_file: server.key
+        limits:
+          max_message_bytes: 1048576
+          max_startup_packet_bytes: 4096
+          max_buffered_bytes: 65536
+          max_connections: 50
+          auth_timeout_seconds: 5
+          idle_timeout_seconds: 1.5
+        auth:
+          allow_cleartext_on_loopback: yes
+          jwt:
+            secret_file: secrets/jwt
+            algorithms: [HS256, HS512]
+            issuer: https://issuer.example
+            audience: pgproxy
+            agent_claim: agent
+            groups_claim: roles
+            leeway_seconds: 0
+            require_user_match: false
+          agents:
+            - id: alice
+              scram_secret: "<scram>"
+              groups: [readers, writers]
+            - id: bob
+              scram_secret_env: AGENT_SCRAM
+        routes:
+          app:
+            host: db.internal
+            user: app_owner
+            password_env: APP_PASSWORD
+          reports:
+            host: replica.internal
+            port: 6543
+            dbname: analytics
+            user: reporter
+            password_file: secrets/reports-password
+            sslmode: verify-full
+            sslrootcert: upstream-ca.crt
+            connect_timeout_seconds: 2.5
+        logging:
+          level: debug
+    """)
+
+    assert load_config(path) == Config(
+        source=path,
+        mode=Mode.ENFORCE,
+        listen=ListenConfig(
+            host="0.0.0.0",
+            port=7432,
+            tls=TlsConfig(cert_file=tmp_path / "server.crt", key_file=tmp_path / "server.key"),
+        ),
+        limits=Limits(
+            max_message_bytes=1048576,
+            max_startup_packet_bytes=4096,
+            max_buffered_bytes=65536,
+            max_connections=50,
+            auth_timeout_seconds=5.0,
+            idle_timeout_seconds=1.5,
+        ),
+        auth=AuthConfig(
+            jwt=JwtConfig(
+                algorithms=("HS256", "HS512"),
+                secret=JWT_SECRET,
+                issuer="https://issuer.example",
+                audience="pgproxy",
+                agent_claim="agent",
+                groups_claim="roles",
+                leeway_seconds=0.0,
+                require_user_match=False,
+            ),
+            agents=(
+                StaticAgent(id="alice", scram_secret=SCRAM, groups=frozenset({"readers", "writers"})),
+                StaticAgent(id="bob", scram_secret=SCRAM),
+            ),
+            allow_cleartext_on_loopback=True,
+        ),
+        routes={
+            "app": Route(
+                name="app", host="db.internal", port=5432, dbname="app", user="app_owner",
+                password=UPSTREAM_PASSWORD,
+            ),
+            "reports": Route(
+                name="reports", host="replica.internal", port=6543, dbname="analytics",
+                user="reporter", password="reports-pw", sslmode=SslMode.VERIFY_FULL,
+                sslrootcert=tmp_path / "upstream-ca.crt", connect_timeout_seconds=2.5,
+            ),
+        },
+        logging=LoggingConfig(level="debug"),
+    )
+
+
+def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        auth:
+          agents:
+            - id: alice
+              scram_secret: "<scram>"
+        routes:
+          app: {host: db, user: app_owner}
+    """)
+
+    config = load_config(path)
+
+    assert (config.mode, config.listen, config.limits) == (
+        Mode.PASSTHROUGH, ListenConfig(), Limits()
+    )
+    assert config.routes == {
+        "app": Route(name="app", host="db", port=5432, dbname="app", user="app_owner")
+    }
+    assert config.logging == LoggingConfig(level="info")
+
+
+def test_jwt_algorithms_default_to_the_key_kind(tmp_path: Path) -> None:
+    (tmp_path / "jwt.pem").write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    routes = "routes:\n  app: {host: db, user: u}\n"
+    with_secret = write(tmp_path, "auth:\n  jwt: {secret_env: APP_PASSWORD}\n" + routes, "a.yaml")
+    with_key = write(tmp_path, "auth:\n  jwt: {public_key_file: jwt.pem}\n" + routes, "b.yaml")
+
+    hmac_jwt = load_config(with_secret).auth.jwt
+    public_key_jwt = load_config(with_key).auth.jwt
+
+    assert hmac_jwt is not None and hmac_jwt.algorithms == ("HS256",)
+    assert public_key_jwt is not None and public_key_jwt.algorithms == ("RS256", "ES256")
+    assert public_key_jwt.public_key is not None
+    assert public_key_jwt.public_key.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPROXY_APP_PASSWORD", "example-upstream-password")
+
+    config = load_config(EXAMPLE)
+
+    assert config.routes["app"].password == "example-upstream-password"
+    assert [agent.id for agent in config.auth.agents] == ["example-agent", "report-bot"]
+
+
+# (yaml, the whole message the user sees). {file} is the config's path, {dir} its directory.
+ERRORS = [
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            port: abc
+            user: u
+        """, "{file}:4: routes.app.port: expected an integer from 1 to 65535, got 'abc'",
+        id="port-not-an-integer"),
+    pytest.param("""
+        listen:
+          port: 70000
+        routes:
+          app: {host: db, user: u}
+        """, "{file}:2: listen.port: expected an integer from 0 to 65535, got 70000",
+        id="port-out-of-range"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            prot: 5432
+            user: u
+        """, "{file}:4: routes.app.prot: unknown key 'prot'; did you mean 'port'?",
+        id="unknown-key-with-suggestion"),
+    pytest.param("""
+        mode: passthrough
+        """, "{file}:1: routes: required key is missing",
+        id="missing-routes"),
+    pytest.param("""
+        routes:
+          app:
+            user: u
+            port: 5432
+        """, "{file}:2: routes.app.host: required key is missing",
+        id="missing-route-host"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            password_env: APP_PASSWORD
+            password_file: password.txt
+        """, "{file}:6: routes.app.password_file: cannot be combined with password_env;"
+        " set only one of them",
+        id="password-env-and-file"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            password_env: PGPROXY_TEST_UNSET
+        """, "{file}:5: routes.app.password_env: environment variable PGPROXY_TEST_UNSET"
+        " is not set",
+        id="password-env-unset"),
+    pytest.param("""
+        listen:
+          tls:
+            cert_file: server.crt
+        routes:
+          app: {host: db, user: u}
+        """, "{file}:2: listen.tls.key_file: required key is missing",
+        id="tls-without-key-file"),
+    pytest.param("""
+        listen:
+          tls:
+            cert_file: missing.crt
+            key_file: missing.key
+        routes:
+          app: {host: db, user: u}
+        """, "{file}:3: listen.tls.cert_file: no such file: {dir}/missing.crt",
+        id="tls-cert-file-missing"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            sslmode: prefer
+        """, "{file}:5: routes.app.sslmode: expected one of disable, require, verify-full;"
+        " got 'prefer'",
+        id="bad-sslmode"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            sslmode: verify_full
+        """, "{file}:5: routes.app.sslmode: expected one of disable, require, verify-full;"
+        " got 'verify_full'; did you mean 'verify-full'?",
+        id="sslmode-near-miss"),
+    pytest.param("""
+        listen: [127.0.0.1, 6432]
+        routes:
+          app: {host: db, user: u}
+        """, "{file}:1: listen: expected a mapping, got a list",
+        id="section-not-a-mapping"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            host: db2
+            user: u
+        """, "{file}:4: routes.app.host: duplicate key (first at line 3)",
+        id="duplicate-key"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+          other:
+            host: db
+            user: u
+            port:
+        """, "{file}:8: routes.other.port: expected an integer from 1 to 65535, got no value",
+        id="empty-value"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            port: 5432
+        routes2:
+        """, "{file}:6: routes2: unknown key 'routes2'; did you mean 'routes'?",
+        id="unknown-top-level-key"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+          : oops
+        """, "{file}:5: routes: keys must be text, got no value",
+        id="route-key-not-text"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+        logging:
+          level: verbose
+        """, "{file}:6: logging.level: expected one of debug, info, warning, error;"
+        " got 'verbose'",
+        id="bad-log-level"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+        limits:
+          max_message_bytes: 100
+          auth_timeout_seconds: 0
+        """, "{file}:6: limits.max_message_bytes: expected an integer from 1024 to 1073741823,"
+        " got 100",
+        id="limit-too-small"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+        limits:
+          auth_timeout_seconds: 0
+        """, "{file}:6: limits.auth_timeout_seconds: expected a number greater than 0, got 0",
+        id="timeout-zero"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: u
+            sslmode: verify-full
+        """, "{file}:5: routes.app.sslmode: verify-full needs sslrootcert"
+        " (the CA certificate file)",
+        id="verify-full-without-sslrootcert"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            user: no
+        """, "{file}:4: routes.app.user: expected a string, got false;"
+        " quote it to make it text",
+        id="yaml-boolean-where-text-expected"),
+    pytest.param("""
+        routes: {}
+        """, "{file}:1: routes: needs at least one route (database name: upstream)",
+        id="no-routes"),
+    pytest.param("""
+        routes:
+          app: {host: db,
+          user: u
+        """, "{file}:4: invalid YAML: expected ',' or '}', but got '<stream end>'"
+        " (while parsing a flow mapping at line 2)",
+        id="yaml-syntax-error"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+           user: u
+        """, "{file}:4: invalid YAML: expected <block end>, but found '<block mapping start>'"
+        " (while parsing a block mapping at line 2)",
+        id="yaml-bad-indentation"),
+    pytest.param("""
+        - routes
+        - auth
+        """, "{file}:1: expected a mapping of settings at the top level, got a list",
+        id="top-level-list"),
+    pytest.param("", "{file}: config is empty; expected a mapping with 'auth' and 'routes'",
+                 id="empty-file"),
+    pytest.param("# only a comment\n",
+                 "{file}: config is empty; expected a mapping with 'auth' and 'routes'",
+                 id="comments-only"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS)
+def test_invalid_routes_and_files(tmp_path: Path, text: str, expected: str) -> None:
+    # Every case here gets a valid auth section appended, so the error is the case's own.
+    if text.strip() and not text.lstrip().startswith("-") and "{}" not in text:
+        text = textwrap.dedent(text) + "auth:\n  agents:\n    - {id: a, scram_secret_env: AGENT_SCRAM}\n"
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+
+    assert str(raised.value) == expected.format(file=path, dir=tmp_path)
