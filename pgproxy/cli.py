@@ -67,11 +67,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgproxy.demo.run import run_demo
+    from pgproxy.demo.run import DemoEnvironment, serve_demo
 
     setup_logging(args.log_level)
     try:
-        return run_loop(run_demo(port=args.port, data_dir=args.data_dir))
+        with DemoEnvironment(port=args.port, data_dir=args.data_dir) as demo:
+            return run_loop(serve_demo(demo))
     except (RuntimeError, OSError) as exc:
         print(f"pgproxy demo: {exc}", file=sys.stderr)
         return 1
@@ -80,10 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_scram_secret(args: argparse.Namespace) -> int:
     from pgproxy.wire.scram import make_scram_secret
 
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not password:
         print("pgproxy scram-secret: empty password", file=sys.stderr)
         return 2

@@ -6,8 +6,7 @@ Every error names the file, the line and the dotted key, e.g.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import datetime
 import difflib
 import math
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import yaml
+
+from pgproxy.wire.scram import parse_scram_secret
 
 
 class ConfigError(Exception):
@@ -125,8 +126,8 @@ def load_config(path: Path) -> Config:
     secrets named by ``*_env`` / ``*_file`` keys are resolved here, so a Config that
     loaded is ready to use::
 
-        >>> load_config(Path("pgproxy.yaml")).routes["app"].port
-        5432
+        config = load_config(Path("pgproxy.yaml"))
+        config.routes["app"].password   # read from the route's password_env / password_file
     """
     try:
         data = path.read_bytes()
@@ -163,13 +164,6 @@ _JWT_ALGORITHMS = (
 _JWT_KEY_SOURCES = ("secret_env", "secret_file", "public_key_file", "jwks_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# The verifier format PostgreSQL stores in pg_authid.rolpassword (RFC 5803).
-_SCRAM_FORMAT = "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"
-_SCRAM = re.compile(
-    r"SCRAM-SHA-256\$(?P<iterations>[0-9]+):(?P<salt>[^$]*)\$(?P<stored>[^:]*):(?P<server>.*)",
-    re.ASCII | re.DOTALL,
-)
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -274,6 +268,8 @@ class _Loader:
             return self._constructor.construct_object(at.node)
         except yaml.constructor.ConstructorError as e:
             self.fail(at, f"unsupported YAML value: {e.problem}")
+        except ValueError:  # e.g. an integer longer than Python converts
+            self.fail(at, "unsupported YAML value")
 
     def describe(self, at: _At, *, secret: bool = False) -> str:
         return _describe(self.value(at), secret=secret)
@@ -282,7 +278,8 @@ class _Loader:
         value = self.value(at)
         if isinstance(value, str) and value:
             return value
-        if isinstance(value, bool | int | float) and not secret:
+        if isinstance(value, bool | int | float | bytes | datetime.date) and not secret:
+            # YAML read a plain word as another type: user: no, dbname: 2024-01-01.
             self.fail(at, f"expected a string, got {_describe(value)}; quote it to make it text")
         self.fail(at, f"expected a non-empty string, got {_describe(value, secret=secret)}")
 
@@ -514,18 +511,18 @@ class _Loader:
         else:
             secret = self.read(found[source])
         secret = secret.strip()
-        problem = _scram_problem(secret)
-        if problem:
-            self.fail(
-                found[source],
-                f"not a SCRAM-SHA-256 secret ({problem}); expected {_SCRAM_FORMAT}"
-                " as in PostgreSQL's pg_authid.rolpassword",
-            )
+        try:
+            parse_scram_secret(secret)
+        except ValueError as e:  # the message never quotes the secret
+            self.fail(found[source], str(e))
         groups = _opt(found, "groups", lambda at: [self.string(g) for g in self.items(at)], None)
         return StaticAgent(id=agent_id, scram_secret=secret, groups=frozenset(groups or ()))
 
     def routes(self, at: _At) -> dict[str, Route]:
-        routes = {name: self.route(name, route) for name, route in self.entries(at).items()}
+        entries = self.entries(at)
+        if "" in entries:
+            self.fail(_At(at.node, at.key, entries[""].line), "a database name must not be empty")
+        routes = {name: self.route(name, route) for name, route in entries.items()}
         if not routes:
             self.fail(at, "needs at least one route (database name: upstream)")
         return routes
@@ -535,8 +532,6 @@ class _Loader:
             "host", "port", "dbname", "user", "password_env", "password_file", "sslmode",
             "sslrootcert", "connect_timeout_seconds",
         ), required=("host", "user"))
-        if not name:
-            self.fail(at, "the database name must not be empty")
         host = self.string(found["host"])
         port = _opt(found, "port", lambda at: self.integer(at, 1, 65535), 5432)
         dbname = _opt(found, "dbname", self.string, name)
@@ -611,9 +606,10 @@ def _describe(value: object, *, secret: bool = False) -> str:
         )
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    return str(value)
+    shown = value if isinstance(value, str) else str(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return repr(shown) if isinstance(value, str) else shown
 
 
 def _as_float(value: object) -> float:
@@ -626,35 +622,20 @@ def _as_float(value: object) -> float:
         return math.inf
 
 
-def _scram_problem(secret: str) -> str | None:
-    """What is wrong with a SCRAM-SHA-256 verifier, or None. Never quotes the secret."""
-    match = _SCRAM.fullmatch(secret)
-    if match is None:
-        return "wrong shape"
-    if int(match["iterations"]) <= 0:
-        return "the iteration count must be greater than 0"
-    for part, label in (("salt", "salt"), ("stored", "StoredKey"), ("server", "ServerKey")):
-        try:
-            decoded = base64.b64decode(match[part], validate=True)
-        except binascii.Error:
-            return f"{label} is not valid base64"
-        if not decoded:
-            return f"{label} is empty"
-        if part != "salt" and len(decoded) != 32:
-            return f"{label} is {len(decoded)} bytes, not 32"
-    return None
-
-
 def _yaml_error(path: Path, text: str, error: yaml.YAMLError) -> str:
     """file:line: invalid YAML: <what PyYAML said>."""
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else f"{path}"
         problem = error.problem or error.context or "syntax error"
-        if error.context and error.problem and error.context_mark and error.context_mark != mark:
+        if error.context and error.problem and error.problem.startswith("but "):
+            problem = f"{error.context} {error.problem}"  # "expected X" + "but found Y"
+        elif error.context and error.problem and error.context_mark:
             problem += f" ({error.context} at line {error.context_mark.line + 1})"
+        if "'\\t'" in problem:
+            problem += " (indent with spaces, not tabs)"
         return f"{where}: invalid YAML: {problem}"
     if isinstance(error, yaml.reader.ReaderError):
         line = text.count("\n", 0, error.position) + 1
-        return f"{path}:{line}: invalid YAML: character {error.character!r} is not allowed"
+        return f"{path}:{line}: invalid YAML: character U+{error.character:04X} is not allowed"
     return f"{path}: invalid YAML: {error}"

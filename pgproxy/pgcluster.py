@@ -224,6 +224,7 @@ class PostgresCluster:
         self._run_as = _RunAs.lookup(SYSTEM_USER) if os.geteuid() == 0 else None
         self._given_base_dir = base_dir
         self._private_socket_dir: Path | None = None
+        self._created_base_dir = False
         self._settings_in_effect: dict[str, str] = {}
         self._started = False
         self._stopped = False
@@ -258,6 +259,9 @@ class PostgresCluster:
             self._initdb()
             self._configure()
             self._start_server()
+            if self._stopped:  # stop() ran meanwhile (a signal handler): don't leave a server
+                self._stop_server()
+                raise RuntimeError("PostgresCluster.stop() was called while it was starting")
             self.psql(
                 "SET password_encryption = 'scram-sha-256';\n"
                 f"ALTER ROLE {_quote_ident(self.superuser)} "
@@ -282,8 +286,19 @@ class PostgresCluster:
         finally:
             if self._private_socket_dir is not None:
                 shutil.rmtree(self._private_socket_dir, ignore_errors=True)
-            if not self.keep and self.base_dir != Path():
-                shutil.rmtree(self.base_dir, ignore_errors=True)
+            if not self.keep:
+                self._remove_files()
+
+    def _remove_files(self) -> None:
+        """Remove base_dir; if it existed before start(), only what start() put in it."""
+        if self._created_base_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        elif self._given_base_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            shutil.rmtree(self.base_dir / "socket", ignore_errors=True)
+            self.log_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.base_dir.rmdir()  # only if nothing else is left in it
 
     # -- clients ------------------------------------------------------------------
 
@@ -359,8 +374,10 @@ class PostgresCluster:
     def _make_dirs(self) -> None:
         if self._given_base_dir is None:
             self.base_dir = self._default_base_dir()
+            self._created_base_dir = True
         else:
             self.base_dir = self._given_base_dir.resolve()
+            self._created_base_dir = not self.base_dir.exists()
             self.base_dir.mkdir(parents=True, exist_ok=True)
             self.base_dir.chmod(0o700)
         self.data_dir = self.base_dir / "data"
@@ -378,7 +395,8 @@ class PostgresCluster:
                 raise RuntimeError(
                     f"the {self._run_as.name!r} user that PostgreSQL runs as cannot reach "
                     f"{self.base_dir}: {blocked} is not searchable by it; choose a base_dir "
-                    f"under a directory it can traverse (such as /tmp)"
+                    f"under a directory it can traverse (`chmod o+x {blocked}`, or leave "
+                    f"base_dir out for a fresh directory in /tmp)"
                 )
             self._chown_tree(self.base_dir)
             if self._private_socket_dir is not None:

@@ -32,11 +32,11 @@ the ReadyForQuery that follows carries the server's true transaction status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hmac
 import ipaddress
 import itertools
-import logging
 import secrets
 import ssl
 import time
@@ -277,10 +277,8 @@ class Session:
             self.upstream.close()
         if not self.writer.is_closing():
             self.writer.close()
-        try:
+        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
-        except (OSError, TimeoutError, ssl.SSLError):
-            pass
 
     async def terminate(self, error: ProxyError) -> None:
         """End the session from outside (shutdown, idle timeout) with a FATAL error."""
@@ -466,7 +464,7 @@ class Session:
         if self.limits.idle_timeout_seconds > 0:
             tasks.append(asyncio.create_task(self._idle_watch()))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -31,6 +33,7 @@ from pgproxy.config import (
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.server import ProxyServer
 from pgproxy.session import StatementGate
+from pgproxy.wire.messages import PasswordMessage, StartupMessage, decode_fields
 from pgproxy.wire.scram import make_scram_secret
 from tests.pki import Pki
 
@@ -134,3 +137,63 @@ def running_proxy(config: Config, *, gate: StatementGate | None = None) -> Itera
 
 def tls_config(pki: Pki) -> TlsConfig:
     return TlsConfig(cert_file=pki.server_cert, key_file=pki.server_key)
+
+
+class RawClient:
+    """A protocol-level client on a plain socket, for what drivers cannot send."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_message(self) -> tuple[int, bytes] | None:
+        """The next message (type byte, body), or None when the proxy closed the connection."""
+        while True:
+            if len(self._buf) >= 5:
+                (length,) = struct.unpack("!i", self._buf[1:5])
+                if len(self._buf) >= 1 + length:
+                    type_byte, body = self._buf[0], self._buf[5:1 + length]
+                    self._buf = self._buf[1 + length:]
+                    return type_byte, body
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+
+    def until_ready(self) -> list[tuple[int, bytes]]:
+        """Messages up to and including ReadyForQuery (or until the connection closes)."""
+        out: list[tuple[int, bytes]] = []
+        while (message := self.read_message()) is not None:
+            out.append(message)
+            if message[0] == ord("Z"):
+                break
+        return out
+
+    def login(self, user: str = "agent", token: str | None = None, database: str = DATABASE) -> None:
+        self.send(StartupMessage({"user": user, "database": database}).encode())
+        request = self.read_message()
+        assert request is not None and request[0] == ord("R"), request
+        self.send(PasswordMessage(token or make_token(user)).encode())
+        replies = self.until_ready()
+        assert replies and replies[-1][0] == ord("Z"), replies
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def raw_session(proxy: ProxyThread, **login: str) -> Iterator[RawClient]:
+    client = RawClient(proxy.port)
+    try:
+        client.login(**login)
+        yield client
+    finally:
+        client.close()
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    """The fields of an ErrorResponse/NoticeResponse body, keyed by field code."""
+    return decode_fields(body)

@@ -35,9 +35,15 @@ UPSTREAM_PASSWORD = "upstream-pw-Xq7"
 JWT_SECRET = "jwt-secret-Zr4-0123456789abcdef0123"
 
 
+# One line of valid auth, for cases about something else.
+AUTH = "auth: {agents: [{id: a, scram_secret_env: AGENT_SCRAM}]}"
+
+
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    """Write dedented YAML, with <scram> and <auth> filled in, to tmp_path/name."""
     path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n").replace("<scram>", SCRAM))
+    text = textwrap.dedent(text).lstrip("\n")
+    path.write_text(text.replace("<scram>", SCRAM).replace("<auth>", AUTH))
     return path
 
 
@@ -132,7 +138,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
                 require_user_match=False,
             ),
             agents=(
-                StaticAgent(id="alice", scram_secret=SCRAM, groups=frozenset({"readers", "writers"})),
+                StaticAgent("alice", scram_secret=SCRAM, groups=frozenset({"readers", "writers"})),
                 StaticAgent(id="bob", scram_secret=SCRAM),
             ),
             allow_cleartext_on_loopback=True,
@@ -174,7 +180,7 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
 
 
 def test_jwt_algorithms_default_to_the_key_kind(tmp_path: Path) -> None:
-    (tmp_path / "jwt.pem").write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    (tmp_path / "jwt.pem").write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----")
     routes = "routes:\n  app: {host: db, user: u}\n"
     with_secret = write(tmp_path, "auth:\n  jwt: {secret_env: APP_PASSWORD}\n" + routes, "a.yaml")
     with_key = write(tmp_path, "auth:\n  jwt: {public_key_file: jwt.pem}\n" + routes, "b.yaml")
@@ -197,7 +203,76 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [agent.id for agent in config.auth.agents] == ["example-agent", "report-bot"]
 
 
-# (yaml, the whole message the user sees). {file} is the config's path, {dir} its directory.
+def test_merge_keys_share_settings_between_routes(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        <auth>
+        routes:
+          app: &primary
+            host: db
+            user: u
+          app_ro:
+            <<: *primary
+            user: reader
+    """)
+
+    routes = load_config(path).routes
+
+    assert (routes["app_ro"].host, routes["app_ro"].user) == ("db", "reader")
+
+
+def test_secrets_stay_out_of_repr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+    path = write(tmp_path, """
+        auth:
+          jwt: {secret_env: JWT_SECRET}
+          agents: [{id: a, scram_secret: "<scram>"}]
+        routes:
+          app: {host: db, user: u, password_env: APP_PASSWORD}
+    """)
+
+    shown = repr(load_config(path))
+
+    for secret in (UPSTREAM_PASSWORD, JWT_SECRET, SCRAM.split("$")[2]):
+        assert secret not in shown
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("""
+        routes:
+          app: {host: db, user: u, password_env: "s3cret-Pa55 word"}
+        <auth>
+        """, "{file}:2: routes.app.password_env: expected the name of an environment variable"
+        " (letters, digits, _)",
+        id="password-pasted-into-password_env"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          agents: [{id: a, scram_secret: "SCRAM-SHA-256$4096:s3cret$s3cret:s3cret"}]
+        """, "{file}:4: auth.agents[0].scram_secret: not a SCRAM secret: salt is not valid base64",
+        id="malformed-scram-secret"),
+])
+def test_errors_never_echo_a_secret(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+
+    assert str(raised.value) == expected.replace("{file}", str(path))
+    assert "s3cret" not in str(raised.value)
+
+
+def test_unreadable_file_names_the_file_and_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(missing)
+
+    assert str(raised.value) == f"{missing}: cannot read config: No such file or directory"
+
+
+# (YAML, the whole message the user sees). {file} is the config's path, {dir} its
+# directory; <auth> is one line of valid auth, <scram> a valid SCRAM secret.
 ERRORS = [
     pytest.param("""
         routes:
@@ -205,6 +280,7 @@ ERRORS = [
             host: db
             port: abc
             user: u
+        <auth>
         """, "{file}:4: routes.app.port: expected an integer from 1 to 65535, got 'abc'",
         id="port-not-an-integer"),
     pytest.param("""
@@ -212,6 +288,7 @@ ERRORS = [
           port: 70000
         routes:
           app: {host: db, user: u}
+        <auth>
         """, "{file}:2: listen.port: expected an integer from 0 to 65535, got 70000",
         id="port-out-of-range"),
     pytest.param("""
@@ -220,19 +297,44 @@ ERRORS = [
             host: db
             prot: 5432
             user: u
+        <auth>
         """, "{file}:4: routes.app.prot: unknown key 'prot'; did you mean 'port'?",
         id="unknown-key-with-suggestion"),
     pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        colour: blue
+        """, "{file}:4: colour: unknown key 'colour'"
+        " (expected one of mode, listen, limits, auth, routes, logging)",
+        id="unknown-key-without-suggestion"),
+    pytest.param("""
         mode: passthrough
+        <auth>
         """, "{file}:1: routes: required key is missing",
         id="missing-routes"),
+    pytest.param("""
+        routes: {}
+        <auth>
+        """, "{file}:1: routes: needs at least one route (database name: upstream)",
+        id="no-routes"),
     pytest.param("""
         routes:
           app:
             user: u
             port: 5432
+        <auth>
         """, "{file}:2: routes.app.host: required key is missing",
         id="missing-route-host"),
+    pytest.param("""
+        routes:
+          app:
+            host: db
+            host: db2
+            user: u
+        <auth>
+        """, "{file}:4: routes.app.host: duplicate key (first at line 3)",
+        id="duplicate-key"),
     pytest.param("""
         routes:
           app:
@@ -240,6 +342,7 @@ ERRORS = [
             user: u
             password_env: APP_PASSWORD
             password_file: password.txt
+        <auth>
         """, "{file}:6: routes.app.password_file: cannot be combined with password_env;"
         " set only one of them",
         id="password-env-and-file"),
@@ -249,32 +352,26 @@ ERRORS = [
             host: db
             user: u
             password_env: PGPROXY_TEST_UNSET
+        <auth>
         """, "{file}:5: routes.app.password_env: environment variable PGPROXY_TEST_UNSET"
         " is not set",
         id="password-env-unset"),
     pytest.param("""
-        listen:
-          tls:
-            cert_file: server.crt
         routes:
-          app: {host: db, user: u}
-        """, "{file}:2: listen.tls.key_file: required key is missing",
-        id="tls-without-key-file"),
-    pytest.param("""
-        listen:
-          tls:
-            cert_file: missing.crt
-            key_file: missing.key
-        routes:
-          app: {host: db, user: u}
-        """, "{file}:3: listen.tls.cert_file: no such file: {dir}/missing.crt",
-        id="tls-cert-file-missing"),
+          app:
+            host: db
+            user: u
+            password_file: nowhere.txt
+        <auth>
+        """, "{file}:5: routes.app.password_file: no such file: {dir}/nowhere.txt",
+        id="password-file-missing"),
     pytest.param("""
         routes:
           app:
             host: db
             user: u
             sslmode: prefer
+        <auth>
         """, "{file}:5: routes.app.sslmode: expected one of disable, require, verify-full;"
         " got 'prefer'",
         id="bad-sslmode"),
@@ -284,87 +381,17 @@ ERRORS = [
             host: db
             user: u
             sslmode: verify_full
+        <auth>
         """, "{file}:5: routes.app.sslmode: expected one of disable, require, verify-full;"
         " got 'verify_full'; did you mean 'verify-full'?",
         id="sslmode-near-miss"),
-    pytest.param("""
-        listen: [127.0.0.1, 6432]
-        routes:
-          app: {host: db, user: u}
-        """, "{file}:1: listen: expected a mapping, got a list",
-        id="section-not-a-mapping"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            host: db2
-            user: u
-        """, "{file}:4: routes.app.host: duplicate key (first at line 3)",
-        id="duplicate-key"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-          other:
-            host: db
-            user: u
-            port:
-        """, "{file}:8: routes.other.port: expected an integer from 1 to 65535, got no value",
-        id="empty-value"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-            port: 5432
-        routes2:
-        """, "{file}:6: routes2: unknown key 'routes2'; did you mean 'routes'?",
-        id="unknown-top-level-key"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-          : oops
-        """, "{file}:5: routes: keys must be text, got no value",
-        id="route-key-not-text"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-        logging:
-          level: verbose
-        """, "{file}:6: logging.level: expected one of debug, info, warning, error;"
-        " got 'verbose'",
-        id="bad-log-level"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-        limits:
-          max_message_bytes: 100
-          auth_timeout_seconds: 0
-        """, "{file}:6: limits.max_message_bytes: expected an integer from 1024 to 1073741823,"
-        " got 100",
-        id="limit-too-small"),
-    pytest.param("""
-        routes:
-          app:
-            host: db
-            user: u
-        limits:
-          auth_timeout_seconds: 0
-        """, "{file}:6: limits.auth_timeout_seconds: expected a number greater than 0, got 0",
-        id="timeout-zero"),
     pytest.param("""
         routes:
           app:
             host: db
             user: u
             sslmode: verify-full
+        <auth>
         """, "{file}:5: routes.app.sslmode: verify-full needs sslrootcert"
         " (the CA certificate file)",
         id="verify-full-without-sslrootcert"),
@@ -373,13 +400,142 @@ ERRORS = [
           app:
             host: db
             user: no
-        """, "{file}:4: routes.app.user: expected a string, got false;"
-        " quote it to make it text",
+        <auth>
+        """, "{file}:4: routes.app.user: expected a string, got false; quote it to make it text",
         id="yaml-boolean-where-text-expected"),
     pytest.param("""
-        routes: {}
-        """, "{file}:1: routes: needs at least one route (database name: upstream)",
-        id="no-routes"),
+        routes:
+          app:
+            host: db
+            user: u
+            connect_timeout_seconds:
+        <auth>
+        """, "{file}:5: routes.app.connect_timeout_seconds: expected a number greater than 0,"
+        " got no value",
+        id="empty-value"),
+    pytest.param("""
+        listen:
+          tls:
+            cert_file: server.crt
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:2: listen.tls.key_file: required key is missing",
+        id="tls-without-key-file"),
+    pytest.param("""
+        listen:
+          tls:
+            cert_file: missing.crt
+            key_file: missing.key
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:3: listen.tls.cert_file: no such file: {dir}/missing.crt",
+        id="tls-cert-file-missing"),
+    pytest.param("""
+        listen: [127.0.0.1, 6432]
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:1: listen: expected a mapping, got a list",
+        id="section-not-a-mapping"),
+    pytest.param("""
+        limits:
+          max_message_bytes: 100
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:2: limits.max_message_bytes: expected an integer from 1024 to 1073741823,"
+        " got 100",
+        id="limit-too-small"),
+    pytest.param("""
+        limits:
+          auth_timeout_seconds: 0
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:2: limits.auth_timeout_seconds: expected a number greater than 0, got 0",
+        id="timeout-zero"),
+    pytest.param("""
+        logging:
+          level: verbose
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        """, "{file}:2: logging.level: expected one of debug, info, warning, error;"
+        " got 'verbose'",
+        id="bad-log-level"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        """, "{file}:1: auth: required key is missing;"
+        " without auth.jwt or auth.agents no agent can log in",
+        id="missing-auth"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          allow_cleartext_on_loopback: true
+        """, "{file}:3: auth: needs jwt or agents; otherwise no agent can log in",
+        id="auth-without-a-login-method"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          agents:
+            - id: a
+              scram_secret: "SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA"
+        """, "{file}:6: auth.agents[0].scram_secret: not a SCRAM secret: keys must be 32 bytes",
+        id="malformed-scram-secret"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          agents:
+            - id: a
+              scram_secret: md5d41d8cd98f00b204e9800998ecf8427e
+        """, "{file}:6: auth.agents[0].scram_secret: not a SCRAM secret: expected"
+        " SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>",
+        id="md5-secret-instead-of-scram"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          agents:
+            - id: a
+              scram_secret: "<scram>"
+            - id: a
+              scram_secret: "<scram>"
+        """, "{file}:7: auth.agents[1].id: duplicate id 'a' (first at line 5)",
+        id="duplicate-agent-id"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          jwt:
+            issuer: https://issuer.example
+        """, "{file}:4: auth.jwt: needs one of secret_env, secret_file, public_key_file"
+        " or jwks_url",
+        id="jwt-without-key-source"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          jwt:
+            secret_env: APP_PASSWORD
+            algorithms: [RS256]
+        """, "{file}:6: auth.jwt.algorithms[0]: RS256 needs public_key_file or jwks_url,"
+        " but the key comes from secret_env",
+        id="jwt-public-key-algorithm-with-secret"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        auth:
+          jwt:
+            jwks_url: auth.example/jwks.json
+        """, "{file}:5: auth.jwt.jwks_url: expected an http:// or https:// URL,"
+        " got 'auth.example/jwks.json'",
+        id="jwks-url-without-scheme"),
     pytest.param("""
         routes:
           app: {host: db,
@@ -402,20 +558,20 @@ ERRORS = [
         id="top-level-list"),
     pytest.param("", "{file}: config is empty; expected a mapping with 'auth' and 'routes'",
                  id="empty-file"),
-    pytest.param("# only a comment\n",
+    pytest.param("# nothing yet\n",
                  "{file}: config is empty; expected a mapping with 'auth' and 'routes'",
-                 id="comments-only"),
+                 id="only-comments"),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), ERRORS)
-def test_invalid_routes_and_files(tmp_path: Path, text: str, expected: str) -> None:
-    # Every case here gets a valid auth section appended, so the error is the case's own.
-    if text.strip() and not text.lstrip().startswith("-") and "{}" not in text:
-        text = textwrap.dedent(text) + "auth:\n  agents:\n    - {id: a, scram_secret_env: AGENT_SCRAM}\n"
+def test_invalid_config_names_file_line_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     path = write(tmp_path, text)
 
     with pytest.raises(ConfigError) as raised:
         load_config(path)
 
-    assert str(raised.value) == expected.format(file=path, dir=tmp_path)
+    expected = expected.replace("{file}", str(path)).replace("{dir}", str(tmp_path))
+    assert str(raised.value) == expected

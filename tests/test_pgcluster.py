@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pki import make_pki
 
 from pgproxy import pgcluster
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.pki import make_pki
 
 SCRAM_PASSWORD = "p@ss:w/rd%?#'\" é"  # every character a URL or SQL literal could trip on
 MD5_PASSWORD = "md5 secret"
@@ -208,8 +208,10 @@ def test_unreachable_base_dir_is_a_clear_error(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root hands the cluster to another user")
     # pytest's tmp_path sits under a 0700 directory of root's.
+    (tmp_path / "mine.txt").write_text("not the cluster's")
     with pytest.raises(RuntimeError, match=r"'postgres' user .* cannot reach"):
-        PostgresCluster(tmp_path / "pg").start()
+        PostgresCluster(tmp_path).start()
+    assert (tmp_path / "mine.txt").exists()  # a directory we did not create is left alone
 
 
 def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -> None:
