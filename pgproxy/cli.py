@@ -66,13 +66,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pgproxy.demo.run import DemoEnvironment, serve_demo
 
     setup_logging(args.log_level)
+    # Until the event loop installs its own handler, SIGTERM must still unwind through the
+    # clean-up below, or the PostgreSQL being started would outlive us.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with DemoEnvironment(port=args.port, data_dir=args.data_dir) as demo:
-            return run_loop(serve_demo(demo))
+            try:
+                return run_loop(serve_demo(demo))
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
     except (RuntimeError, OSError) as exc:
         print(f"pgproxy demo: {exc}", file=sys.stderr)
         return 1

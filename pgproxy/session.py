@@ -37,6 +37,7 @@ import enum
 import hmac
 import ipaddress
 import itertools
+import logging
 import secrets
 import ssl
 import time
@@ -248,7 +249,9 @@ class Session:
             self._log_failure(exc)
             await self._fatal(exc)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            self.log.info("connection lost", extra={"event_detail": type(exc).__name__})
+            # Before a startup packet this is usually a port probe (a load balancer's health check).
+            level = logging.DEBUG if self.state is State.STARTUP else logging.INFO
+            self.log.log(level, "connection lost", extra={"event_detail": type(exc).__name__})
         except InvalidTransition as exc:
             self.log.error("protocol state error", extra={"transition": str(exc)})
             await self._fatal(ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error"))

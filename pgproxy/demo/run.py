@@ -20,7 +20,7 @@ import jwt
 import yaml
 
 from pgproxy.config import load_config
-from pgproxy.pgcluster import PostgresCluster
+from pgproxy.pgcluster import PostgresCluster, free_port
 
 DEMO_DATABASE = "app"
 UPSTREAM_ROLE = "pgproxy_app"
@@ -46,7 +46,8 @@ class DemoEnvironment:
     """The demo's PostgreSQL, data and config; removed again on exit."""
 
     def __init__(self, *, port: int, data_dir: Path | None) -> None:
-        self.port = port
+        # Resolve "any free port" now, so the config written below names the port in use.
+        self.port = port or free_port()
         self._created_dir = data_dir is None or not data_dir.exists()
         self.base = Path(tempfile.mkdtemp(prefix="pgproxy-demo-")) if data_dir is None else data_dir
         self.cluster = PostgresCluster(self.base / "postgres")
