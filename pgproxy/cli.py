@@ -22,11 +22,9 @@ log = logging.getLogger("pgproxy.cli")
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    from pgproxy.server import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main)
 
 

@@ -16,6 +16,16 @@ from pgproxy.wire import messages as m
 log = logging.getLogger("pgproxy.server")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 def client_tls_context(config: Config) -> ssl.SSLContext | None:
     tls = config.listen.tls
     if tls is None:

@@ -31,7 +31,7 @@ from pgproxy.config import (
     TlsConfig,
 )
 from pgproxy.pgcluster import PostgresCluster
-from pgproxy.server import ProxyServer
+from pgproxy.server import ProxyServer, new_event_loop
 from pgproxy.session import StatementGate
 from pgproxy.wire.messages import PasswordMessage, StartupMessage, decode_fields
 from pgproxy.wire.scram import make_scram_secret
@@ -90,7 +90,7 @@ class ProxyThread:
 
     def __init__(self, config: Config, *, gate: StatementGate | None = None) -> None:
         self.config = config
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # the loop production uses (uvloop when installed)
         self.server = ProxyServer(config, gate=gate)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
