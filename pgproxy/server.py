@@ -15,6 +15,10 @@ from pgproxy.wire import messages as m
 
 log = logging.getLogger("pgproxy.server")
 
+# Connections over max_connections that still get a proper refusal (after the SSL and
+# startup negotiation); beyond that they are closed at once.
+REFUSAL_SLACK = 64
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop when it is installed, else asyncio's own."""
@@ -72,15 +76,22 @@ class ProxyServer:
         assert task is not None
         self._handlers.add(task)
         try:
-            if len(self.sessions) >= self.config.limits.max_connections:
-                log.warning("connection refused: too many clients",
-                            extra={"limit": self.config.limits.max_connections})
-                writer.write(m.ErrorResponse.make(
-                    "FATAL", SqlState.TOO_MANY_CONNECTIONS, "sorry, too many clients already").encode())
-                writer.close()
-                return
+            limit = self.config.limits.max_connections
+            refusal = None
+            if len(self.sessions) >= limit:
+                log.warning("connection refused: too many clients", extra={"limit": limit})
+                too_many = m.ErrorResponse.make("FATAL", SqlState.TOO_MANY_CONNECTIONS,
+                                                "sorry, too many clients already")
+                if len(self.sessions) >= limit + REFUSAL_SLACK:
+                    writer.write(too_many.encode())  # flooded: refuse without even a handshake
+                    writer.close()
+                    return
+                # Like PostgreSQL, answer the SSL negotiation and read the startup packet first,
+                # so that the client can show the reason.
+                refusal = ProxyError(SqlState.TOO_MANY_CONNECTIONS, too_many.message)
             session = Session(reader, writer, config=self.config, authenticator=self.authenticator,
-                              registry=self.registry, tls_context=self.tls_context, gate=self.gate)
+                              registry=self.registry, tls_context=self.tls_context, gate=self.gate,
+                              refusal=refusal)
             self.sessions.add(session)
             try:
                 await session.run()

@@ -58,6 +58,10 @@ if TYPE_CHECKING:
     from pgproxy.config import Config
 
 READ_CHUNK = 256 * 1024
+# Until the agent has logged in, a message may be at most this large (PostgreSQL's own cap
+# on authentication packets), whatever limits.max_message_bytes allows afterwards.
+AUTH_MAX_MESSAGE_BYTES = 65535
+TERMINATE_DRAIN_SECONDS = 5.0  # how long replies to messages sent before Terminate may take
 
 
 class State(enum.Enum):
@@ -180,6 +184,7 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  config: Config, authenticator: Authenticator, registry: SessionRegistry,
                  tls_context: ssl.SSLContext | None, gate: StatementGate | None = None,
+                 refusal: ProxyError | None = None,
                  on_state: Callable[[Session, State], None] | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.log = SessionLog(self.id)
@@ -189,6 +194,7 @@ class Session:
         self.registry = registry
         self.tls_context = tls_context
         self.gate = gate
+        self.refusal = refusal  # refuse the session once its startup packet is read (e.g. 53300)
         self.on_state = on_state
         self.reader = reader
         self.writer = writer
@@ -203,7 +209,7 @@ class Session:
         self.upstream: UpstreamConnection | None = None
         self.transaction_status = "I"
         self.last_client_activity = time.monotonic()
-        self._frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
+        self._frames = FrameReader(max_message_bytes=min(AUTH_MAX_MESSAGE_BYTES, self.limits.max_message_bytes),
                                    allowed_types=m.FRONTEND_TYPES)
         self._pending_client: deque[tuple[int, bytes]] = deque()  # frames read during auth
         self._outstanding = 0  # Query/Sync/FunctionCall forwarded, not yet answered by ReadyForQuery
@@ -216,6 +222,7 @@ class Session:
         self._cycles_done = 0
         self._closing = False
         self._upstream_said_fatal = False
+        self._terminating = False  # the client sent Terminate
 
     # -- state ---------------------------------------------------------------------------
 
@@ -237,6 +244,8 @@ class Session:
                 async with asyncio.timeout(self.limits.auth_timeout_seconds):
                     if not await self._startup():
                         return
+                    if self.refusal is not None:
+                        raise self.refusal
                     await self._authenticate()
                     await self._connect()
             except TimeoutError:
@@ -321,10 +330,13 @@ class Session:
 
     async def _startup(self) -> bool:
         """Negotiate encryption and read the StartupMessage; False when there is no session."""
+        negotiated = False  # an SSLRequest or GSSENCRequest was answered already
         while True:
             body, rest = await self._read_packet()
             try:
                 packet = m.decode_startup_packet(body)
+            except m.UnsupportedProtocolVersion as exc:
+                raise ClientProtocolError(str(exc), sqlstate=SqlState.FEATURE_NOT_SUPPORTED) from None
             except m.MessageFormatError as exc:
                 raise ClientProtocolError(f"invalid startup packet: {exc}") from None
             if isinstance(packet, m.CancelRequest):
@@ -336,7 +348,10 @@ class Session:
             # bytes sent ahead of a TLS handshake could be injected by a man in the middle.
             if rest:
                 raise ClientProtocolError("received unencrypted data after SSL request")
-            if isinstance(packet, m.SSLRequest) and self.tls_context is not None and not self.client_tls:
+            if negotiated:
+                raise ClientProtocolError("encryption was already negotiated on this connection")
+            negotiated = True
+            if isinstance(packet, m.SSLRequest) and self.tls_context is not None:
                 self.writer.write(b"S")
                 await self.writer.drain()
                 await self.writer.start_tls(self.tls_context)
@@ -448,6 +463,7 @@ class Session:
         self.upstream = await connect_upstream(route, self.parameters,
                                                max_message_bytes=self.limits.max_message_bytes)
         self.backend_key = self.registry.register(self)
+        self._frames.max_message_bytes = self.limits.max_message_bytes
         greeting = [m.Authentication(m.AUTH_OK).encode(), *self.upstream.startup_frames,
                     self.backend_key.encode(), m.ReadyForQuery("I").encode()]
         self.writer.write(b"".join(greeting))
@@ -463,11 +479,16 @@ class Session:
         transport = self.writer.transport
         transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
         self.upstream.writer.transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
-        tasks = [asyncio.create_task(self._from_client()), asyncio.create_task(self._from_upstream())]
+        client = asyncio.create_task(self._from_client())
+        upstream = asyncio.create_task(self._from_upstream())
+        tasks = [client, upstream]
         if self.limits.idle_timeout_seconds > 0:
             tasks.append(asyncio.create_task(self._idle_watch()))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._terminating and not upstream.done():
+                # The server answers what came before Terminate, then closes; pass that on.
+                await asyncio.wait([upstream], timeout=TERMINATE_DRAIN_SECONDS)
         finally:
             for task in tasks:
                 task.cancel()
@@ -539,6 +560,7 @@ class Session:
             elif type_byte == m.TERMINATE:
                 upstream.write(buf[run_start:end])
                 self.log.info("client terminated")
+                self._terminating = True
                 return True
             elif type_byte == m.PASSWORD:
                 raise ClientProtocolError("unexpected password message after authentication")
@@ -601,8 +623,8 @@ class Session:
             if not data:
                 data = await reader.read(READ_CHUNK)
                 if not data:
-                    if self._upstream_said_fatal:
-                        return  # the client has the server's own FATAL error already
+                    if self._upstream_said_fatal or self._terminating:
+                        return  # the client has the server's own FATAL error, or asked to leave
                     raise UpstreamProtocolError("the upstream server closed the connection unexpectedly")
             try:
                 batch = frames.feed(data)

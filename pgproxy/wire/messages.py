@@ -103,6 +103,10 @@ class MessageFormatError(ValueError):
     """A message body does not match its documented format."""
 
 
+class UnsupportedProtocolVersion(MessageFormatError):
+    """A StartupMessage asks for a protocol major version other than 3."""
+
+
 class _Cursor:
     """Reads the fields of one message body; raises MessageFormatError on a short read."""
 
@@ -212,8 +216,8 @@ def decode_startup_packet(body: bytes) -> StartupPacket:
         cur.done()
         return CancelRequest(pid, key)
     if code >> 16 != 3:
-        raise MessageFormatError(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0"
+        raise UnsupportedProtocolVersion(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0"
         )
     params: dict[str, str] = {}
     while True:
