@@ -538,9 +538,11 @@ class Session:
         upstream = self.upstream.writer
         run_start = batch[0][1]
         for type_byte, start, end in batch:
+            if self.state is State.FAILED_UNTIL_SYNC and type_byte != m.SYNC and type_byte != m.TERMINATE:
+                continue  # the server discards it unseen (it is failing until Sync); forwarded as is
             if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
                 self._enter_statement(type_byte)
-                if self.gate is not None and self.state is not State.FAILED_UNTIL_SYNC:
+                if self.gate is not None:
                     judgement = self._judge(type_byte, buf[start + 5:end])
                     if judgement.verdict is not Verdict.ALLOW:
                         upstream.write(buf[run_start:start])
@@ -550,7 +552,7 @@ class Session:
                 self._cycles_sent += 1
                 self._outstanding += 1
                 if self.state is State.FAILED_UNTIL_SYNC or self.state is State.READY:
-                    self._to(State.EXTENDED_QUERY)
+                    self._to(State.EXTENDED_QUERY)  # ReadyForQuery will answer this Sync
             elif type_byte in _EXTENDED:
                 if self.state is State.READY:
                     self._to(State.EXTENDED_QUERY)
@@ -569,8 +571,7 @@ class Session:
 
     def _enter_statement(self, type_byte: int) -> None:
         if type_byte == m.PARSE:
-            if self.state is not State.FAILED_UNTIL_SYNC:
-                self._to(State.EXTENDED_QUERY)
+            self._to(State.EXTENDED_QUERY)
         else:
             # Query and FunctionCall each form one cycle ended by ReadyForQuery.
             self._cycles_sent += 1

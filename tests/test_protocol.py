@@ -17,7 +17,7 @@ import pytest
 
 from pgproxy.errors import SqlState
 from pgproxy.pgcluster import PostgresCluster
-from pgproxy.session import ALLOW, Judgement, Session, Statement, Verdict
+from pgproxy.session import ALLOW, Judgement, Session, State, Statement, Verdict
 from pgproxy.wire import messages as m
 from tests.harness import ProxyThread, error_fields, make_config, raw_session, running_proxy
 
@@ -287,3 +287,24 @@ def test_refusal_mid_pipeline_results_stay_in_order(gated: tuple[ProxyThread, Re
     refusal = error_fields(replies[1][0][1])
     assert (refusal["C"], refusal["M"]) == ("42501", "statement refused by test rule")
     assert replies[2][2][1].endswith(b"third")
+
+
+def test_messages_after_a_refused_parse_are_skipped_until_sync(gated: tuple[ProxyThread, RefuseMarked]) -> None:
+    proxy, gate = gated
+    with raw_session(proxy) as client:
+        # After the refused Parse the server skips everything up to Sync, a Query included:
+        # one ErrorResponse, one ReadyForQuery, and the session goes on normally.
+        client.send(m.Parse("", "SELECT 'REFUSE_ME'").encode() + m.Bind("", "", (), (), ()).encode()
+                    + m.Execute("").encode() + m.Query("SELECT 'skipped'").encode()
+                    + m.Parse("", "SELECT 'also skipped'").encode() + m.Sync().encode())
+        replies = client.until_ready()
+        assert [chr(t) for t, _ in replies] == ["E", "Z"]
+        assert error_fields(replies[0][1])["C"] == "42501"
+        client.send(m.Query("SELECT 'next'").encode())
+        replies = client.until_ready()
+        assert [chr(t) for t, _ in replies] == ["T", "D", "C", "Z"]
+        # Every cycle the proxy counted was answered: the session is idle, not waiting for a
+        # ReadyForQuery that the skipped Query will never get.
+        (session,) = proxy.server.sessions
+        assert session.state is State.READY
+    assert not any("skipped" in s.sql for s in gate.seen)  # never judged: never run either
