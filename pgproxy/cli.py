@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
 import signal
 import sys
@@ -86,6 +87,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _check(args: argparse.Namespace) -> int:
+    from pgproxy.catalog import Catalog, load_catalog
+    from pgproxy.check import explain, format_human
+
+    config = load_config(args.config)
+    database = args.database or next(iter(config.routes))
+    if database not in config.routes:
+        print(f"pgproxy check: no route for database {database!r} (routes: {', '.join(config.routes)})",
+              file=sys.stderr)
+        return 2
+    catalog = Catalog(max_message_bytes=config.limits.max_message_bytes)
+    catalog_file = load_catalog(config.catalog) if config.catalog is not None else None
+    for warning in await catalog.load({database: config.routes[database]}, catalog_file):
+        print(f"pgproxy check: warning: {warning}", file=sys.stderr)
+    schema = catalog.schema(database)
+    if schema is None:
+        print(f"pgproxy check: cannot read the schema of database {database!r}", file=sys.stderr)
+        return 1
+    static = {a.id: a.groups for a in config.auth.agents}
+    groups = frozenset(args.groups.split(",")) if args.groups else static.get(args.agent, frozenset())
+    explanations = explain(args.sql, schema, config, agent=args.agent, groups=groups)
+    if args.json:
+        for item in explanations:
+            print(json.dumps(item.to_json()))
+    else:
+        sys.stdout.write(format_human(explanations, config.policy))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        return run_loop(_check(args))
+    except ConfigError as exc:
+        print(f"pgproxy: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_scram_secret(args: argparse.Namespace) -> int:
     from pgproxy.wire.scram import make_scram_secret
 
@@ -112,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="directory for the throwaway server and config (removed on exit)")
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check", help="explain the decision for a statement without running it")
+    check.add_argument("--config", type=Path, required=True, help="YAML config file")
+    check.add_argument("--agent", default="agent", help="the agent id to decide for (default: agent)")
+    check.add_argument("--groups", default=None, help="comma-separated groups (default: the static agent's)")
+    check.add_argument("--database", default=None, help="route name (default: the first route)")
+    check.add_argument("--json", action="store_true", help="one JSON object per statement")
+    check.add_argument("sql", help="the statement(s) to explain")
+    check.set_defaults(func=cmd_check)
 
     secret = sub.add_parser("scram-secret",
                             help="print a SCRAM-SHA-256 secret for a static agent (password on stdin)")

@@ -19,6 +19,8 @@ from typing import NoReturn, TypeVar
 
 import yaml
 
+from pgproxy.analysis.model import Flag, Kind
+from pgproxy.policy import Action, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
 
 
@@ -109,6 +111,15 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalysisConfig:
+    max_statement_bytes: int = 256 * 1024  # larger statements are not parsed at all
+    oversized_action: Action = Action.REVIEW  # what such a statement gets: review or deny
+    allowed_functions: frozenset[str] = frozenset()  # user functions/procedures that may run unreviewed
+    cache_entries: int = 10_000
+    cache_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     routes: dict[str, Route]
@@ -117,6 +128,9 @@ class Config:
     limits: Limits = Limits()
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
+    catalog: Path | None = None  # the tags file (enforce mode)
+    analysis: AnalysisConfig = AnalysisConfig()
+    policy: Policy = field(default_factory=Policy)
 
 
 def load_config(path: Path) -> Config:
@@ -353,7 +367,8 @@ class _Loader:
 
     def config(self, at: _At) -> Config:
         found = self.mapping(
-            at, ("mode", "listen", "limits", "auth", "routes", "logging"), required=("routes",)
+            at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy"),
+            required=("routes",),
         )
         if "auth" not in found:
             self.fail(
@@ -369,6 +384,9 @@ class _Loader:
             auth=self.auth(found["auth"]),
             routes=self.routes(found["routes"]),
             logging=_opt(found, "logging", self.logging, LoggingConfig()),
+            catalog=_opt(found, "catalog", self.file, None),
+            analysis=_opt(found, "analysis", self.analysis, AnalysisConfig()),
+            policy=_opt(found, "policy", self.policy, Policy()),
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -559,6 +577,62 @@ class _Loader:
                 found, "connect_timeout_seconds", lambda at: self.number(at, 0, inclusive=False),
                 10.0,
             ),
+        )
+
+    def analysis(self, at: _At) -> AnalysisConfig:
+        found = self.mapping(at, ("max_statement_bytes", "oversized_action", "allowed_functions",
+                                  "cache_entries", "cache_bytes"))
+        default = AnalysisConfig()
+        return AnalysisConfig(
+            max_statement_bytes=_opt(found, "max_statement_bytes", lambda a: self.integer(a, 64),
+                                     default.max_statement_bytes),
+            oversized_action=Action(_opt(found, "oversized_action", lambda a: self.choice(a, ["review", "deny"]),
+                                         default.oversized_action.value)),
+            allowed_functions=frozenset(self.strings(found["allowed_functions"])) if "allowed_functions" in found
+            else frozenset(),
+            cache_entries=_opt(found, "cache_entries", lambda a: self.integer(a, 0), default.cache_entries),
+            cache_bytes=_opt(found, "cache_bytes", lambda a: self.integer(a, 0), default.cache_bytes),
+        )
+
+    def strings(self, at: _At) -> list[str]:
+        return [self.string(item) for item in self.items(at)]
+
+    def policy(self, at: _At) -> Policy:
+        found = self.mapping(at, ("default", "rules"))
+        actions = [a.value for a in Action]
+        default = Action(_opt(found, "default", lambda a: self.choice(a, actions), "allow"))
+        names: dict[str, int] = {}
+        rules = tuple(self.rule(item, names) for item in self.items(found["rules"])) if "rules" in found else ()
+        return Policy(rules=rules, default=default)
+
+    def rule(self, at: _At, names: dict[str, int]) -> Rule:
+        conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
+                      "agents", "groups")
+        found = self.mapping(at, ("name", "action", "reason", *conditions), required=("name", "action"))
+        name = self.string(found["name"])
+        if name in names:
+            self.fail(found["name"], f"duplicate rule name {name!r} (first at line {names[name]})")
+        names[name] = found["name"].line
+        if not any(c in found for c in conditions):
+            self.fail(at, f"rule {name!r} has no condition; use policy.default for a catch-all")
+
+        def choices(key: str, allowed: list[str]) -> frozenset[str]:
+            if key not in found:
+                return frozenset()
+            return frozenset(self.choice(item, allowed) for item in self.items(found[key]))
+
+        def names_of(key: str) -> frozenset[str]:
+            return frozenset(self.strings(found[key])) if key in found else frozenset()
+
+        action = Action(self.choice(found["action"], [a.value for a in Action]))
+        return Rule(
+            name=name, action=action,
+            reason=_opt(found, "reason", self.string, f"policy rule {name!r}"),
+            kinds=frozenset(Kind(k) for k in choices("kinds", [k.value for k in Kind])),
+            flags=frozenset(Flag(f) for f in choices("flags", [f.value for f in Flag])),
+            tags=names_of("tags"), tags_read=names_of("tags_read"), tags_written=names_of("tags_written"),
+            tables=names_of("tables"), functions=names_of("functions"), agents=names_of("agents"),
+            groups=names_of("groups"), line=at.line,
         )
 
     def logging(self, at: _At) -> LoggingConfig:

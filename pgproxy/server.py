@@ -7,7 +7,9 @@ import asyncio
 import logging
 import ssl
 
-from pgproxy.config import Config
+from pgproxy.catalog import Catalog, load_catalog
+from pgproxy.config import Config, Mode
+from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
 from pgproxy.session import READ_CHUNK, Session, SessionRegistry, StatementGate
@@ -40,6 +42,15 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+async def build_policy_gate(config: Config) -> PolicyGate:
+    """Enforce mode's gate: read the catalog file, introspect every route, log the warnings."""
+    catalog = Catalog(max_message_bytes=config.limits.max_message_bytes)
+    catalog_file = load_catalog(config.catalog) if config.catalog is not None else None
+    for warning in await catalog.load(config.routes, catalog_file):
+        log.warning("catalog warning", extra={"warning": warning})
+    return PolicyGate(config, catalog)
+
+
 class ProxyServer:
     """pgproxy's listener. `await start()`, then `await close()` to stop."""
 
@@ -63,6 +74,8 @@ class ProxyServer:
         return self.config.listen.host
 
     async def start(self) -> None:
+        if self.config.mode is Mode.ENFORCE and self.gate is None:
+            self.gate = await build_policy_gate(self.config)
         listen = self.config.listen
         self._server = await asyncio.start_server(
             self._accept, listen.host, listen.port, limit=READ_CHUNK, backlog=1024,

@@ -44,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity
@@ -133,10 +133,18 @@ class Statement:
     statement_name: str = ""  # Parse's prepared-statement name
 
 
-class StatementGate(Protocol):
-    """Decides each statement; the analysis and policy issues plug in here."""
+class StatementGate:
+    """Decides each statement (the analysis and policy plug in here) and guards results."""
 
-    def judge(self, session: Session, statement: Statement) -> Judgement: ...
+    def judge(self, session: Session, statement: Statement) -> Judgement:
+        return ALLOW
+
+    def cycle_done(self, session: Session) -> None:
+        """Called at each ReadyForQuery."""
+
+    def forbidden_columns(self, session: Session, columns: list[tuple[int, int]]) -> list[str]:
+        """Of a result's (table oid, attnum) columns, those the session may not see (their names)."""
+        return []
 
 
 # --- Registry shared by the server's sessions ------------------------------------------
@@ -221,6 +229,8 @@ class Session:
         self._cycles_sent = 0
         self._cycles_done = 0
         self._closing = False
+        self.gate_state: Any = None  # the gate's per-session state
+        self._guarding = False  # a result was refused: drop the server's output until ReadyForQuery
         self._upstream_said_fatal = False
         self._terminating = False  # the client sent Terminate
 
@@ -635,7 +645,7 @@ class Session:
             if not batch:
                 continue
             buf = frames.buffer
-            out = self._watch_upstream(buf, batch)
+            out = self._watch_upstream(buf, batch) if self.gate is None else self._guard_upstream(buf, batch)
             client.write(out)
             if client.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
                 await client.drain()
@@ -690,6 +700,49 @@ class Session:
             pos = end
         parts.append(buf[pos:last])
         return b"".join(parts)
+
+    def _guard_upstream(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bytes:
+        """The result guard (DESIGN.md, decision 5), then the usual state tracking.
+
+        A RowDescription naming a tagged column that no allowed statement of this session
+        declared it reads is an analysis bug caught in time: the result is replaced by an
+        ErrorResponse and everything the server sends up to ReadyForQuery is dropped, so
+        not one of its rows reaches the client.
+        """
+        assert self.gate is not None
+        kept: list[tuple[int, int, int]] = []
+        out: list[bytes] = []
+        for frame in batch:
+            type_byte, start, end = frame
+            if type_byte == m.READY_FOR_QUERY:
+                self._guarding = False
+            elif self._guarding:
+                continue
+            elif type_byte == m.ROW_DESCRIPTION:
+                try:
+                    columns = m.row_description_sources(buf[start + 5:end])
+                except m.MessageFormatError as exc:
+                    raise UpstreamProtocolError(f"upstream sent an invalid RowDescription: {exc}") from None
+                refused = self.gate.forbidden_columns(self, columns)
+                if refused:
+                    self._guarding = True
+                    self.log.error("result guard refused a result", extra={"columns": refused})
+                    if kept:
+                        out.append(self._watch_upstream(buf, kept))
+                        kept = []
+                    out.append(m.ErrorResponse.make(
+                        "ERROR", SqlState.INSUFFICIENT_PRIVILEGE,
+                        "pgproxy refused a result that contains a tagged column the statement was "
+                        "not cleared to read", detail=f"columns: {', '.join(refused)}").encode())
+                    continue
+            kept.append(frame)
+            if type_byte == m.READY_FOR_QUERY:
+                out.append(self._watch_upstream(buf, kept))
+                kept = []
+                self.gate.cycle_done(self)
+        if kept:
+            out.append(self._watch_upstream(buf, kept))
+        return b"".join(out)
 
     async def _idle_watch(self) -> None:
         timeout = self.limits.idle_timeout_seconds

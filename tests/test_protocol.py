@@ -17,7 +17,7 @@ import pytest
 
 from pgproxy.errors import SqlState
 from pgproxy.pgcluster import PostgresCluster
-from pgproxy.session import ALLOW, Judgement, Session, State, Statement, Verdict
+from pgproxy.session import ALLOW, Judgement, Session, State, Statement, StatementGate, Verdict
 from pgproxy.wire import messages as m
 from tests.harness import ProxyThread, error_fields, make_config, raw_session, running_proxy
 
@@ -179,7 +179,7 @@ def test_function_call_message(proxy: ProxyThread) -> None:
 # --- The decision point --------------------------------------------------------------
 
 
-class RefuseMarked:
+class RefuseMarked(StatementGate):
     """A test gate: refuses every statement containing the word REFUSE_ME."""
 
     def __init__(self) -> None:

@@ -27,12 +27,17 @@ UPSTREAM_ROLE = "pgproxy_app"
 AGENT_ID = "agent"
 TOKEN_ISSUER = "pgproxy-demo"
 TOKEN_AUDIENCE = "pgproxy"
-_GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret")
+_GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret", "catalog.yaml")
+
+
+def demo_file(name: str) -> str:
+    """A file shipped with the demo: data.sql, catalog.yaml or policy.yaml."""
+    return resources.files("pgproxy.demo").joinpath(name).read_text()
 
 
 def demo_sql() -> str:
     """The demo schema and data (DESIGN.md, "Demo data"), shared by demo, tests and benchmarks."""
-    return resources.files("pgproxy.demo").joinpath("data.sql").read_text()
+    return demo_file("data.sql")
 
 
 def mint_token(secret: str, subject: str, *, groups: list[str], hours: float = 24.0) -> str:
@@ -86,8 +91,12 @@ class DemoEnvironment:
         secret_file = self.base / "jwt-secret"
         secret_file.write_text(self.jwt_secret + "\n")
         secret_file.chmod(0o600)
+        catalog_file = self.base / "catalog.yaml"
+        catalog_file.write_text(demo_file("catalog.yaml"))
         config = {
-            "mode": "passthrough",
+            "mode": "enforce",
+            "catalog": str(catalog_file),
+            "policy": yaml.safe_load(demo_file("policy.yaml")),
             "listen": {"host": "127.0.0.1", "port": self.port},
             "auth": {
                 # The demo listens on loopback only, so a token may travel without TLS there.

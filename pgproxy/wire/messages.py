@@ -562,3 +562,20 @@ def decode_copy_response(body: bytes) -> CopyResponse:
     formats = tuple(cur.int16() for _ in range(_count(cur)))
     cur.done()
     return CopyResponse(overall, formats)
+
+
+def row_description_sources(body: bytes) -> list[tuple[int, int]]:
+    """The (table OID, column attribute number) of each field of a RowDescription body.
+
+    Both are zero for a field that is not a plain column of a table.
+    """
+    cur = _Cursor(body)
+    sources: list[tuple[int, int]] = []
+    for _ in range(_count(cur)):
+        cur.cstring()  # field name
+        table_oid = cur.int32() & 0xFFFFFFFF
+        attnum = cur.int16()
+        cur.raw(12)  # type OID, type size, type modifier, format code
+        sources.append((table_oid, attnum))
+    cur.done()
+    return sources

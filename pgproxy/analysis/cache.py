@@ -1,0 +1,120 @@
+"""The decision cache (DESIGN.md, decision 4).
+
+The key is the statement normalized by PostgreSQL's own scanner (constants become a
+placeholder, comments and spacing go, every other token stays exactly as written, so
+aliases, identifiers and column-alias lists all stay in the key) plus everything else
+the decision depends on: the schema, policy and agent-group versions and the session's
+search_path. Statements whose decision depends on a literal (SET, set_config(…), COPY
+to a file…) are cached under their exact text instead: the normalized key then only
+records that, and the lookup falls through to the exact text.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import pglast
+
+_CONSTANTS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_PLACEHOLDER = "\x00"  # cannot occur in SQL text (protocol strings are NUL-terminated)
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+
+V = TypeVar("V")
+
+
+def normalize(sql: str) -> str | None:
+    """Tokens joined by spaces with constants replaced; None if the scanner fails."""
+    try:
+        tokens = pglast.parser.scan(sql)
+    except pglast.parser.ParseError:
+        return None
+    encoded = sql.encode()
+    parts: list[str] = []
+    for token in tokens:
+        if token.name in _COMMENTS:
+            continue
+        if token.name in _CONSTANTS:
+            parts.append(_PLACEHOLDER)
+        else:
+            # Offsets are byte offsets into the UTF-8 text (libpg_query's scanner).
+            parts.append(encoded[token.start:token.end + 1].decode("utf-8", "surrogateescape"))
+    return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _ExactOnly:
+    """Marks a normalized key whose statements must be looked up by exact text."""
+
+
+EXACT_ONLY = _ExactOnly()
+
+
+class DecisionCache(Generic[V]):
+    """An LRU map bounded by entries and by the bytes of its keys."""
+
+    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, ...], V | _ExactOnly] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _size(key: tuple[str, ...]) -> int:
+        return sum(len(part) for part in key) + 64
+
+    def get(self, sql: str, context: tuple[str, ...]) -> V | None:
+        normalized = normalize(sql)
+        if normalized is None:
+            return None
+        value = self._lookup((normalized, *context))
+        if isinstance(value, _ExactOnly):
+            value = self._lookup(("=", sql, *context))
+        if value is None or isinstance(value, _ExactOnly):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def _lookup(self, key: tuple[str, ...]) -> V | _ExactOnly | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, sql: str, context: tuple[str, ...], value: V, *, literal_sensitive: bool) -> None:
+        normalized = normalize(sql)
+        if normalized is None or self.max_entries == 0:
+            return
+        if literal_sensitive:
+            self._store((normalized, *context), EXACT_ONLY)
+            self._store(("=", sql, *context), value)
+        else:
+            existing = self._entries.get((normalized, *context))
+            if isinstance(existing, _ExactOnly):
+                self._store(("=", sql, *context), value)  # a sibling needed its literals: stay exact
+            else:
+                self._store((normalized, *context), value)
+
+    def _store(self, key: tuple[str, ...], value: V | _ExactOnly) -> None:
+        size = self._size(key)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        else:
+            self._bytes += size
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            old, _ = self._entries.popitem(last=False)
+            self._bytes -= self._size(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0

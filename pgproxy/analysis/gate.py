@@ -1,0 +1,267 @@
+"""The gate: PostgreSQL's own grammar (libpg_query, through pglast) splits a query
+string into statements and says what kind each one is; the reference walker
+resolves what each touches; sqlglot cross-checks the tables. Anything either
+parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
+
+>>> from pgproxy.analysis.schema import Schema
+>>> empty = Schema({}, {}, frozenset(), ("public",), "v0")
+>>> [a.kind.value for a in analyze("BEGIN; SHOW TimeZone", empty)]
+['transaction', 'session']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pglast
+from pglast import ast
+from pglast.enums import VariableSetKind
+from pglast.stream import RawStream
+
+from pgproxy.analysis.crosscheck import crosscheck_tables
+from pgproxy.analysis.model import Analysis, Flag, Kind
+from pgproxy.analysis.references import References, Scope, Unresolved
+from pgproxy.analysis.schema import Schema
+
+_DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+
+# Statement node -> (command shown to people, kind). Node types not listed are UNKNOWN.
+_UTILITY: dict[type[Any], tuple[str, Kind]] = {
+    ast.TransactionStmt: ("TRANSACTION", Kind.TRANSACTION),
+    ast.VariableShowStmt: ("SHOW", Kind.SESSION),
+    ast.DiscardStmt: ("DISCARD", Kind.SESSION),
+    ast.DeallocateStmt: ("DEALLOCATE", Kind.SESSION),
+    ast.ListenStmt: ("LISTEN", Kind.UTILITY),
+    ast.UnlistenStmt: ("UNLISTEN", Kind.UTILITY),
+    ast.NotifyStmt: ("NOTIFY", Kind.UTILITY),
+    ast.FetchStmt: ("FETCH", Kind.UTILITY),  # the cursor's query was judged at DECLARE
+    ast.ClosePortalStmt: ("CLOSE", Kind.UTILITY),
+    ast.ConstraintsSetStmt: ("SET CONSTRAINTS", Kind.TRANSACTION),
+    ast.LockStmt: ("LOCK", Kind.UTILITY),
+    ast.VacuumStmt: ("VACUUM", Kind.UTILITY),
+    ast.CheckPointStmt: ("CHECKPOINT", Kind.UTILITY),
+    ast.GrantStmt: ("GRANT", Kind.GRANT),
+    ast.GrantRoleStmt: ("GRANT ROLE", Kind.GRANT),
+    ast.AlterDefaultPrivilegesStmt: ("ALTER DEFAULT PRIVILEGES", Kind.GRANT),
+    ast.CreateRoleStmt: ("CREATE ROLE", Kind.ROLE),
+    ast.AlterRoleStmt: ("ALTER ROLE", Kind.ROLE),
+    ast.AlterRoleSetStmt: ("ALTER ROLE SET", Kind.ROLE),
+    ast.DropRoleStmt: ("DROP ROLE", Kind.ROLE),
+    ast.ReassignOwnedStmt: ("REASSIGN OWNED", Kind.ROLE),
+    ast.DropOwnedStmt: ("DROP OWNED", Kind.ROLE),
+}
+_DDL_PREFIXES = ("Create", "Alter", "Drop", "Define", "Rename", "Comment", "Truncate", "Index",
+                 "View", "Reindex", "Cluster", "RefreshMatView", "Rule", "SecLabel", "Import",
+                 "CompositeType")
+# Utility statements that reach the server's files or configuration.
+_SERVER_ACCESS_NODES = (ast.AlterSystemStmt, ast.LoadStmt, ast.CreateTableSpaceStmt,
+                        ast.CreateUserMappingStmt, ast.AlterUserMappingStmt, ast.CreateSubscriptionStmt)
+
+
+@dataclass(slots=True)
+class Context:
+    """What a statement's meaning depends on besides its text."""
+
+    schema: Schema
+    search_path: tuple[str, ...] | None = None  # the session's, when it changed it
+    prepared: Mapping[str, Analysis] = field(default_factory=dict)  # PREPAREd in this session
+    allowed_functions: frozenset[str] = frozenset()  # user functions/procedures allow-listed
+    nested: bool = False  # analysing the query inside another statement
+
+    def crosscheck_text(self, text: str, node: Any) -> str:
+        """What the second parser reads: the statement as sent, or the nested query re-printed."""
+        return RawStream()(node) if self.nested else text
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return self.search_path if self.search_path is not None else self.schema.search_path
+
+
+def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = None,
+            prepared: Mapping[str, Analysis] | None = None,
+            allowed_functions: frozenset[str] = frozenset()) -> list[Analysis]:
+    """Analyse every statement of a query string (one Analysis each; one UNKNOWN if it does not parse)."""
+    context = Context(schema, search_path, prepared or {}, allowed_functions)
+    try:
+        parsed = pglast.parse_sql(sql)
+        texts = pglast.split(sql) if len(parsed) > 1 else [sql.strip().rstrip(";").strip()]
+    except pglast.parser.ParseError as exc:
+        return [unknown(sql, "?", f"syntax error: {exc}")]
+    if len(texts) != len(parsed):
+        return [unknown(sql, "?", "statement boundaries are ambiguous")]
+    return [analyze_node(raw.stmt, text, context) for raw, text in zip(parsed, texts, strict=True)]
+
+
+def unknown(sql: str, command: str, reason: str, **extra: Any) -> Analysis:
+    return Analysis(sql=sql, command=command, kind=Kind.UNKNOWN, reasons=(reason,), **extra)
+
+
+def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False) -> Analysis:
+    """Analyse one parsed statement (`nested`: the query inside EXPLAIN, PREPARE, COPY…)."""
+    command = _command(node)
+    try:
+        return _analyze(node, text, command, replace(context, nested=nested))
+    except Unresolved as exc:
+        return unknown(text, command, str(exc))
+    except RecursionError:
+        return unknown(text, command, "statement is nested too deeply to analyse")
+
+
+def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,
+          flags: frozenset[Flag] = frozenset(), check_tables: bool = True) -> Analysis:
+    refs = References(context.schema, context.path, context.allowed_functions)
+    for node in nodes:
+        refs.statement(node, Scope([], None)) if isinstance(node, _DML) else refs.expression(node, None)
+    if refs.modifies and kind is Kind.READ:
+        kind = Kind.WRITE  # a data-modifying CTE
+    reasons: tuple[str, ...] = ()
+    if check_tables:
+        disagreement = crosscheck_tables(context.crosscheck_text(text, nodes[0]), refs.tables, context)
+        if disagreement is not None:
+            return unknown(text, command, disagreement, tables=frozenset(refs.tables))
+    return Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables),
+                    reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
+                    flags=frozenset(refs.flags) | flags, reasons=reasons,
+                    literal_sensitive=refs.literal_sensitive)
+
+
+def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
+    if isinstance(node, ast.SelectStmt):
+        if node.intoClause is not None:
+            return _walk(text, "SELECT INTO", Kind.DDL, context, node)
+        return _walk(text, command, Kind.READ, context, node)
+    if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+        return _walk(text, command, Kind.WRITE, context, node)
+    if isinstance(node, ast.CopyStmt):
+        return _copy(node, text, context)
+    if isinstance(node, ast.ExplainStmt):
+        return _explain(node, text, context)
+    if isinstance(node, ast.PrepareStmt):
+        inner = analyze_node(node.query, text, context, nested=True)
+        return replace(inner, command=f"PREPARE ({inner.command})", prepared_name=node.name)
+    if isinstance(node, ast.ExecuteStmt):
+        prepared = context.prepared.get(node.name or "")
+        if prepared is None:
+            return unknown(text, command, f'prepared statement "{node.name}" was not prepared in this session')
+        params = _walk(text, command, Kind.READ, context, node.params, check_tables=False)
+        return replace(prepared, sql=text, command=f"EXECUTE ({prepared.command})", prepared_name=None,
+                       flags=prepared.flags | params.flags, literal_sensitive=True)
+    if isinstance(node, ast.DeclareCursorStmt):
+        return replace(analyze_node(node.query, text, context, nested=True), command="DECLARE CURSOR")
+    if isinstance(node, (ast.CreateTableAsStmt, ast.ViewStmt)):
+        return _walk(text, command, Kind.DDL, replace(context, nested=True), node.query)
+    if isinstance(node, ast.VariableSetStmt):
+        return _set(node, text, context)
+    if isinstance(node, ast.DoStmt):
+        return replace(unknown(text, command, "DO runs code pgproxy cannot see"),
+                       flags=frozenset({Flag.RUNS_CODE}))
+    if isinstance(node, ast.CallStmt):
+        return _walk(text, command, Kind.UTILITY, context, node.funccall, check_tables=False)
+    if isinstance(node, _SERVER_ACCESS_NODES):
+        return Analysis(sql=text, command=command, kind=Kind.DDL, flags=frozenset({Flag.SERVER_ACCESS}),
+                        literal_sensitive=True)
+    if type(node) in _UTILITY:
+        kind = _UTILITY[type(node)][1]
+        return Analysis(sql=text, command=command, kind=kind, literal_sensitive=True)
+    if type(node).__name__.startswith(_DDL_PREFIXES):
+        return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True)
+    return unknown(text, command, f"pgproxy does not know what {command} does", literal_sensitive=True)
+
+
+def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
+    flags = frozenset({Flag.SERVER_ACCESS}) if node.filename is not None or node.is_program else frozenset()
+    kind = Kind.COPY_FROM if node.is_from else Kind.COPY_TO
+    if node.query is not None:
+        inner = _walk(text, "COPY", kind, replace(context, nested=True), node.query)
+        return replace(inner, kind=kind if inner.kind is not Kind.UNKNOWN else Kind.UNKNOWN,
+                       flags=inner.flags | flags, literal_sensitive=True)
+    refs = References(context.schema, context.path, context.allowed_functions)
+    try:
+        if node.relation is None:
+            raise Unresolved("COPY names neither a table nor a query")
+        relation = refs.relation(node.relation)
+        columns = [c.sval for c in node.attlist] if node.attlist else list(relation.columns)
+        for column in columns:
+            if column not in relation.columns:
+                raise Unresolved(f'column "{column}" does not exist in {relation.qualified}')
+            (refs.write if node.is_from else refs.read)(relation, column)
+        if node.whereClause is not None:
+            from pgproxy.analysis.references import RangeItem
+
+            item = RangeItem(relation.name, relation, {c: c for c in relation.columns})
+            refs.expression(node.whereClause, Scope([item], None))
+    except Unresolved as exc:
+        return unknown(text, "COPY", str(exc))
+    return Analysis(sql=text, command="COPY", kind=kind, tables=frozenset(refs.tables), reads=refs.reads,
+                    writes=refs.writes, functions=frozenset(refs.functions),
+                    flags=frozenset(refs.flags) | flags, literal_sensitive=True)
+
+
+def _explain(node: ast.ExplainStmt, text: str, context: Context) -> Analysis:
+    analyze_option = any(
+        opt.defname == "analyze" and (opt.arg is None or _truthy(opt.arg)) for opt in node.options or ()
+    )
+    inner = analyze_node(node.query, text, context, nested=True)
+    if analyze_option:  # EXPLAIN ANALYZE runs the statement: judge it as the statement
+        return replace(inner, command=f"EXPLAIN ANALYZE ({inner.command})",
+                       flags=inner.flags | {Flag.EXECUTES})
+    # Plain EXPLAIN plans without running: it reads no values. Dangerous functions still count.
+    if inner.kind is Kind.UNKNOWN:
+        return replace(inner, command="EXPLAIN")
+    return Analysis(sql=text, command="EXPLAIN", kind=Kind.UTILITY, tables=inner.tables,
+                    functions=inner.functions, flags=inner.flags - {Flag.UNBOUNDED_WRITE},
+                    literal_sensitive=True)
+
+
+def _truthy(arg: Any) -> bool:
+    value = getattr(arg, "sval", None) or getattr(getattr(arg, "val", None), "sval", None)
+    if value is None:
+        value = str(getattr(arg, "ival", getattr(getattr(arg, "val", None), "ival", 1)))
+    return str(value).lower() not in ("false", "off", "0", "no")
+
+
+def _set(node: ast.VariableSetStmt, text: str, context: Context) -> Analysis:
+    name = (node.name or "").lower()
+    if name in ("role", "session_authorization") or node.kind == VariableSetKind.VAR_RESET_ALL:
+        return Analysis(sql=text, command="SET ROLE" if name == "role" else "SET SESSION AUTHORIZATION"
+                        if name else "RESET ALL", kind=Kind.ROLE, literal_sensitive=True)
+    if name == "search_path":
+        path: tuple[str, ...]
+        if node.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
+            path = context.schema.search_path
+        elif node.kind == VariableSetKind.VAR_SET_VALUE:
+            path = tuple(_setting_value(a) for a in node.args or ())
+        else:
+            return unknown(text, "SET", "pgproxy cannot tell the resulting search_path", literal_sensitive=True)
+        if node.is_local:
+            return unknown(text, "SET LOCAL", "SET LOCAL search_path is not tracked by pgproxy",
+                           literal_sensitive=True)
+        return Analysis(sql=text, command="SET", kind=Kind.SESSION, literal_sensitive=True, search_path=path)
+    return Analysis(sql=text, command="RESET" if node.kind == VariableSetKind.VAR_RESET else "SET",
+                    kind=Kind.SESSION, literal_sensitive=True)
+
+
+def _setting_value(arg: Any) -> str:
+    val = getattr(arg, "val", None)
+    return str(getattr(val, "sval", "") or getattr(val, "ival", ""))
+
+
+def _command(node: Any) -> str:
+    known = _UTILITY.get(type(node))
+    if known is not None:
+        return known[0]
+    name = type(node).__name__
+    simple = {
+        "SelectStmt": "SELECT", "InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE",
+        "MergeStmt": "MERGE", "CopyStmt": "COPY", "ExplainStmt": "EXPLAIN", "PrepareStmt": "PREPARE",
+        "ExecuteStmt": "EXECUTE", "DeclareCursorStmt": "DECLARE CURSOR", "VariableSetStmt": "SET",
+        "DoStmt": "DO", "CallStmt": "CALL", "CreateTableAsStmt": "CREATE TABLE AS", "ViewStmt": "CREATE VIEW",
+        "CreateStmt": "CREATE TABLE", "IndexStmt": "CREATE INDEX", "DropStmt": "DROP",
+        "AlterTableStmt": "ALTER TABLE", "TruncateStmt": "TRUNCATE", "CreateFunctionStmt": "CREATE FUNCTION",
+    }
+    if name in simple:
+        return simple[name]
+    words = "".join(f" {c}" if c.isupper() else c for c in name.removesuffix("Stmt")).strip().upper()
+    return words

@@ -1,0 +1,483 @@
+"""Which base columns, tables and functions one statement touches, from the server's own AST.
+
+Theory
+------
+Every value a query can return or change enters it through a reference to a
+base relation: a column (``email``, ``c.email``), a star (``*``, ``c.*``), or
+a whole row (``c``, ``row_to_json(c)``, ``c::text``). Derived tables (CTEs,
+subqueries, joins, function results) only pass on what their own inner
+references already brought in. So the walker resolves every reference in
+every clause against the base relations in scope, and references that bind to
+derived tables need no tracking: whatever they carry was counted where it was
+read. This over-approximates on purpose (a name that could bind to a base
+column counts even when the server would bind it elsewhere), and anything it
+cannot resolve makes the statement UNKNOWN, which the policy treats as review.
+
+Node types the walker has no rule for are traversed generically, so that a
+column reference or a function call anywhere in them is still seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast
+
+from pgproxy.analysis.model import ColumnKey, Flag
+from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Relation, Schema
+
+# Built-ins that reach the server's files, programs, large objects, other databases or settings.
+SERVER_ACCESS_FUNCTIONS = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_ls_logdir", "pg_ls_waldir",
+    "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_ls_logicalsnapdir", "pg_ls_logicalmapdir",
+    "pg_ls_replslotdir", "pg_stat_file", "pg_file_write", "pg_file_rename", "pg_file_unlink",
+    "pg_file_sync", "pg_logdir_ls", "lo_import", "lo_export", "lo_get", "lo_put", "lo_from_bytea",
+    "lo_open", "lo_close", "loread", "lowrite", "lo_create", "lo_creat", "lo_unlink", "lo_truncate",
+    "lo_truncate64", "lo_lseek", "lo_lseek64", "lo_tell", "lo_tell64", "dblink", "dblink_exec",
+    "dblink_connect", "dblink_connect_u", "dblink_send_query", "dblink_open", "dblink_fetch",
+    "pg_reload_conf", "pg_rotate_logfile", "pg_promote", "pg_switch_wal", "pg_create_restore_point",
+    "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup",
+    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
+    "pg_drop_replication_slot", "pg_logical_emit_message", "pg_import_system_collations",
+    "pg_log_backend_memory_contexts", "pg_stat_reset", "pg_stat_reset_shared",
+})
+# Built-ins that run SQL passed to them as a string: the proxy cannot see what that SQL does.
+SQL_FROM_STRING_FUNCTIONS = frozenset({
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+    "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+    "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml",
+    "database_to_xmlschema", "database_to_xml_and_xmlschema", "ts_stat", "ts_rewrite",
+})
+ADMIN_FUNCTIONS = frozenset({"pg_terminate_backend", "pg_cancel_backend"})
+CREDENTIAL_RELATIONS = frozenset({
+    ("pg_catalog", "pg_authid"), ("pg_catalog", "pg_shadow"), ("pg_catalog", "pg_user_mapping"),
+    ("pg_catalog", "pg_user_mappings"), ("information_schema", "user_mapping_options"),
+    ("pg_catalog", "pg_largeobject"),
+})
+# set_config() settings whose change is a role change or reaches the server's files.
+_SET_CONFIG_GUARDED = frozenset({"role", "session_authorization", "search_path"})
+
+
+def _slots(node_type: type[Any]) -> tuple[str, ...]:
+    """The field names of a pglast node type."""
+    slots: Any = getattr(node_type, "__slots__", ())
+    return tuple(slots)
+
+
+class Unresolved(Exception):
+    """A name the walker cannot bind: the statement's effect is unknown."""
+
+
+@dataclass(slots=True)
+class RangeItem:
+    """One entry of a FROM list (or a DML target) as references see it."""
+
+    name: str  # the alias, or the relation's own name
+    relation: Relation | None  # a base relation, or None for a derived table
+    visible: dict[str, str] = field(default_factory=dict)  # visible column name -> base column name
+    members: list[RangeItem] = field(default_factory=list)  # a join alias covers these items
+    schema_name: str | None = None  # for schema.table.column references (base items without alias)
+
+
+@dataclass(slots=True)
+class Scope:
+    items: list[RangeItem]
+    parent: Scope | None
+    ctes: dict[str, list[str] | None] = field(default_factory=dict)  # CTE name -> its column names
+
+    def chain(self) -> Iterator[Scope]:
+        scope: Scope | None = self
+        while scope is not None:
+            yield scope
+            scope = scope.parent
+
+    def cte(self, name: str) -> bool:
+        return any(name in s.ctes for s in self.chain())
+
+
+@dataclass(slots=True)
+class References:
+    """What the walk found; `reasons` non-empty means UNKNOWN."""
+
+    schema: Schema
+    search_path: tuple[str, ...]
+    allowed_functions: frozenset[str] = frozenset()
+    reads: dict[ColumnKey, frozenset[str]] = field(default_factory=dict)
+    writes: dict[ColumnKey, frozenset[str]] = field(default_factory=dict)
+    tables: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    flags: set[Flag] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+    literal_sensitive: bool = False
+    modifies: bool = False  # a data-modifying statement anywhere (CTEs included)
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _record(self, into: dict[ColumnKey, frozenset[str]], relation: Relation, column: str) -> None:
+        key = ColumnKey(relation.schema, relation.name, column)
+        into[key] = relation.tags.get(column, frozenset())
+
+    def read(self, relation: Relation, column: str) -> None:
+        self._record(self.reads, relation, column)
+
+    def read_all(self, relation: Relation) -> None:
+        for column in relation.columns:
+            self.read(relation, column)
+
+    def write(self, relation: Relation, column: str) -> None:
+        self._record(self.writes, relation, column)
+
+    def relation(self, node: ast.RangeVar) -> Relation:
+        # database.schema.table may only name the current database; the server enforces that.
+        name = node.relname or ""
+        relation = self.schema.lookup(node.schemaname or None, name, self.search_path)
+        if relation is None:
+            shown = f"{node.schemaname}.{name}" if node.schemaname else name
+            raise Unresolved(f'relation "{shown}" is not known to pgproxy')
+        self.tables.add(relation.qualified)
+        if (relation.schema, relation.name) in CREDENTIAL_RELATIONS:
+            self.flags.add(Flag.CREDENTIALS)
+        return relation
+
+    # -- statements -------------------------------------------------------------------
+
+    def statement(self, node: Any, scope: Scope | None = None) -> None:
+        """Walk one statement node (or a nested query)."""
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is not None:
+            method(node, scope)
+        else:
+            self.expression(node, scope or Scope([], None))
+
+    def _with(self, with_clause: ast.WithClause | None, scope: Scope) -> None:
+        if with_clause is None:
+            return
+        for cte in with_clause.ctes or ():
+            names = [n.sval or "" for n in cte.aliascolnames] if cte.aliascolnames else None
+            if with_clause.recursive:
+                scope.ctes[cte.ctename or ""] = names  # visible inside its own definition
+            self.statement(cte.ctequery, Scope([], scope))
+            scope.ctes[cte.ctename or ""] = names
+            if isinstance(cte.ctequery, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+                self.modifies = True
+
+    def _SelectStmt(self, node: ast.SelectStmt, outer: Scope | None) -> None:
+        scope = Scope([], outer)
+        self._with(node.withClause, scope)
+        if node.larg is not None or node.rarg is not None:
+            # A set operation: each side is its own query; ORDER BY/LIMIT name output columns.
+            self.statement(node.larg, scope)
+            self.statement(node.rarg, scope)
+            for clause in (node.sortClause, node.limitCount, node.limitOffset):
+                self.expression(clause, Scope([], scope), outputs_only=True)
+            return
+        for item in node.fromClause or ():
+            scope.items.append(self.from_item(item, scope))
+        for values in node.valuesLists or ():
+            self.expression(values, scope)
+        self.expression(node.targetList, scope)
+        self.expression(node.whereClause, scope)
+        self.expression(node.havingClause, scope)
+        self.expression(node.windowClause, scope)
+        self.expression(node.distinctClause, scope)
+        self.expression(node.limitCount, scope)
+        self.expression(node.limitOffset, scope)
+        aliases = {t.name for t in node.targetList or () if isinstance(t, ast.ResTarget) and t.name}
+        self.expression(node.groupClause, scope, aliases=aliases)
+        self.expression(node.sortClause, scope, aliases=aliases)
+        if node.lockingClause:
+            self.expression(node.lockingClause, scope)
+
+    def from_item(self, node: Any, scope: Scope) -> RangeItem:
+        """Bring one FROM-list entry into scope. LATERAL is assumed everywhere (over-approximation)."""
+        if isinstance(node, ast.RangeVar):
+            if not node.schemaname and scope.cte(node.relname or ""):
+                return self._aliased(RangeItem(node.relname or "", None), node.alias)
+            relation = self.relation(node)
+            item = RangeItem(relation.name, relation, {c: c for c in relation.columns},
+                             schema_name=relation.schema)
+            return self._aliased(item, node.alias)
+        if isinstance(node, ast.RangeSubselect):
+            self.statement(node.subquery, scope)
+            return self._aliased(RangeItem("", None), node.alias)
+        if isinstance(node, ast.RangeFunction):
+            self.expression(node.functions, scope)
+            return self._aliased(RangeItem("", None), node.alias)
+        if isinstance(node, ast.JoinExpr):
+            left = self.from_item(node.larg, scope)
+            right = self.from_item(node.rarg, scope)
+            join_scope = Scope([left, right], scope)
+            for using in node.usingClause or ():
+                self.column_ref([using.sval or ""], join_scope)
+            if node.isNatural:
+                for item in (left, right):  # the common columns are compared: count them all
+                    if item.relation is not None:
+                        self.read_all(item.relation)
+            self.expression(node.quals, join_scope)
+            alias = node.alias or node.join_using_alias
+            if alias is not None:
+                return RangeItem(alias.aliasname or "", None, members=[left, right])
+            return RangeItem("", None, members=[left, right])
+        if isinstance(node, ast.RangeTableSample):
+            self.expression(node.args, scope)
+            return self.from_item(node.relation, scope)
+        if isinstance(node, ast.RangeTableFunc):
+            self.expression(node.docexpr, scope)
+            self.expression(node.rowexpr, scope)
+            self.expression(node.columns, scope)
+            return self._aliased(RangeItem("", None), node.alias)
+        raise Unresolved(f"FROM item {type(node).__name__} is not analysed by pgproxy")
+
+    @staticmethod
+    def _aliased(item: RangeItem, alias: ast.Alias | None) -> RangeItem:
+        if alias is None:
+            return item
+        item.name = alias.aliasname or ""
+        item.schema_name = None  # an alias hides the relation's own name
+        if alias.colnames and item.relation is not None:
+            # FROM customers AS c(a, b, e): the first columns are renamed in order.
+            renamed = dict(zip((n.sval or "" for n in alias.colnames), item.relation.columns, strict=False))
+            rest = {c: c for c in item.relation.columns[len(renamed):]}
+            item.visible = {**renamed, **rest}
+        return item
+
+    def _InsertStmt(self, node: ast.InsertStmt, outer: Scope | None) -> None:
+        scope = Scope([], outer)
+        self._with(node.withClause, scope)
+        self.modifies = True
+        target = self.from_item(node.relation, scope)
+        relation = target.relation
+        assert relation is not None
+        columns = [c.name or "" for c in node.cols] if node.cols else list(relation.columns)
+        for column in columns:
+            if column not in relation.columns:
+                raise Unresolved(f'column "{column}" does not exist in {relation.qualified}')
+            self.write(relation, column)
+        if node.selectStmt is not None:
+            self.statement(node.selectStmt, scope)
+        target_scope = Scope([target], scope)
+        if node.onConflictClause is not None:
+            clause = node.onConflictClause
+            # "excluded" is the row proposed for insertion: a second view of the target.
+            excluded = RangeItem("excluded", relation, {c: c for c in relation.columns})
+            conflict_scope = Scope([target, excluded], scope)
+            for res in clause.targetList or ():
+                self._set_target(relation, res, conflict_scope)
+            self.expression(clause.whereClause, conflict_scope)
+            if clause.infer is not None:
+                self.expression(clause.infer, target_scope, aliases=set(relation.columns))
+        self._returning(node, target_scope)
+
+    def _set_target(self, relation: Relation, res: ast.ResTarget, scope: Scope) -> None:
+        """SET column = value (or (a, b) = (SELECT …)): the column is written, the value read."""
+        column = res.name or ""
+        if column not in relation.columns:
+            raise Unresolved(f'column "{column}" does not exist in {relation.qualified}')
+        self.write(relation, column)
+        self.expression(res.indirection, scope)
+        value = res.val.source if isinstance(res.val, ast.MultiAssignRef) else res.val
+        self.expression(value, scope)
+
+    def _returning(self, node: Any, scope: Scope) -> None:
+        returning = getattr(node, "returningList", None)
+        if returning is None and getattr(node, "returningClause", None) is not None:
+            returning = node.returningClause.exprs
+        self.expression(returning, scope)
+
+    def _UpdateStmt(self, node: ast.UpdateStmt, outer: Scope | None) -> None:
+        scope = Scope([], outer)
+        self._with(node.withClause, scope)
+        self.modifies = True
+        target = self.from_item(node.relation, scope)
+        scope.items.append(target)
+        for item in node.fromClause or ():
+            scope.items.append(self.from_item(item, scope))
+        relation = target.relation
+        assert relation is not None
+        for res in node.targetList or ():
+            self._set_target(relation, res, scope)
+        if node.whereClause is None:
+            self.flags.add(Flag.UNBOUNDED_WRITE)
+        self.expression(node.whereClause, scope)
+        self._returning(node, scope)
+
+    def _DeleteStmt(self, node: ast.DeleteStmt, outer: Scope | None) -> None:
+        scope = Scope([], outer)
+        self._with(node.withClause, scope)
+        self.modifies = True
+        target = self.from_item(node.relation, scope)
+        scope.items.append(target)
+        for item in node.usingClause or ():
+            scope.items.append(self.from_item(item, scope))
+        relation = target.relation
+        assert relation is not None
+        for column in relation.columns:  # removing a row removes every value in it
+            self.write(relation, column)
+        if node.whereClause is None:
+            self.flags.add(Flag.UNBOUNDED_WRITE)
+        self.expression(node.whereClause, scope)
+        self._returning(node, scope)
+
+    def _MergeStmt(self, node: ast.MergeStmt, outer: Scope | None) -> None:
+        scope = Scope([], outer)
+        self._with(node.withClause, scope)
+        self.modifies = True
+        target = self.from_item(node.relation, scope)
+        source = self.from_item(node.sourceRelation, scope)
+        scope.items += [target, source]
+        relation = target.relation
+        assert relation is not None
+        for column in relation.columns:
+            self.write(relation, column)
+        self.expression(node.joinCondition, scope)
+        for clause in node.mergeWhenClauses or ():
+            self.expression(clause.condition, scope)
+            for res in clause.targetList or ():
+                self.expression(res.val, scope)
+            self.expression(clause.values, scope)
+        self._returning(node, scope)
+
+    # -- expressions ------------------------------------------------------------------
+
+    def expression(self, node: Any, scope: Scope | None, *, aliases: set[str] | frozenset[str] = frozenset(),
+                   outputs_only: bool = False) -> None:
+        """Walk an expression (or a list of them), resolving every reference in `scope`."""
+        if node is None:
+            return
+        scope = scope or Scope([], None)
+        if isinstance(node, (list, tuple)):
+            for child in node:
+                self.expression(child, scope, aliases=aliases, outputs_only=outputs_only)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        if isinstance(node, ast.ColumnRef):
+            names = [(f.sval or "") if isinstance(f, ast.String) else "*" for f in node.fields or ()]
+            if outputs_only or (len(names) == 1 and names[0] in aliases):
+                return  # an output column name (ORDER BY/GROUP BY alias, set-operation output)
+            self.column_ref(names, scope)
+            return
+        if isinstance(node, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+            self.statement(node, scope)
+            return
+        if isinstance(node, ast.FuncCall):
+            self.function(node)
+        elif isinstance(node, ast.A_Expr):
+            self.operator(node.name)
+        elif isinstance(node, ast.RangeVar):
+            self.relation(node)
+        for slot in _slots(type(node)):
+            child = getattr(node, slot, None)
+            if isinstance(child, (ast.Node, list, tuple)):
+                self.expression(child, scope, aliases=aliases)
+
+    def column_ref(self, names: list[str], scope: Scope) -> None:
+        if len(names) == 1:
+            self._unqualified(names[0], scope)
+            return
+        *qualifier, column = names
+        item = self._find_item(qualifier, scope)
+        if item is None:
+            raise Unresolved(f'reference "{".".join(names)}" names no table in scope')
+        self._item_column(item, column)
+
+    def _find_item(self, qualifier: list[str], scope: Scope) -> RangeItem | None:
+        for level in scope.chain():
+            for item in self._flatten(level.items):
+                if len(qualifier) == 1 and item.name == qualifier[0]:
+                    return item
+                if (len(qualifier) >= 2 and item.relation is not None and item.schema_name == qualifier[-2]
+                        and item.name == qualifier[-1]):
+                    return item
+        return None
+
+    def _flatten(self, items: list[RangeItem]) -> Iterator[RangeItem]:
+        for item in items:
+            yield item
+            yield from self._flatten(item.members)
+
+    def _item_column(self, item: RangeItem, column: str) -> None:
+        if item.members:
+            for member in self._flatten(item.members):
+                if member.relation is not None and (column == "*" or column in member.visible):
+                    self._item_column(member, column)
+            return
+        if item.relation is None:
+            return  # a derived table: its values were counted where they were read
+        if column == "*":
+            self.read_all(item.relation)
+        elif column in item.visible:
+            self.read(item.relation, item.visible[column])
+        else:
+            raise Unresolved(f'column "{item.name}.{column}" does not exist in {item.relation.qualified}')
+
+    def _unqualified(self, name: str, scope: Scope) -> None:
+        if name == "*":
+            for item in self._flatten(scope.items):
+                if item.relation is not None:
+                    self.read_all(item.relation)
+            return
+        found = False
+        derived = False
+        for level in scope.chain():
+            for item in self._flatten(level.items):
+                if item.relation is not None and name in item.visible:
+                    self.read(item.relation, item.visible[name])
+                    found = True
+                elif item.relation is None and not item.members:
+                    derived = True
+        if found:
+            return
+        # A bare table name or alias is a whole-row reference: every column of it.
+        for level in scope.chain():
+            for item in self._flatten(level.items):
+                if item.name == name:
+                    self._item_column(item, "*")
+                    return
+        if not derived:
+            raise Unresolved(f'column "{name}" is not known to pgproxy')
+
+    def function(self, node: ast.FuncCall) -> None:
+        names = [n.sval or "" for n in node.funcname or ()]
+        name = names[-1]
+        schema = names[-2] if len(names) > 1 else None
+        schemas = self.schema.function_schemas(name)
+        if schema is not None:
+            resolved = schema if schema in schemas else None
+        else:
+            path = ("pg_catalog", *self.search_path)
+            resolved = next((s for s in path if s in schemas), None)
+        qualified = f"{resolved}.{name}" if resolved else ".".join(names)
+        self.functions.add(qualified)
+        if resolved is None:
+            raise Unresolved(f'function "{".".join(names)}" is not known to pgproxy')
+        if resolved in SYSTEM_SCHEMAS:
+            if name in SERVER_ACCESS_FUNCTIONS:
+                self.flags.add(Flag.SERVER_ACCESS)
+            elif name in SQL_FROM_STRING_FUNCTIONS:
+                self.flags.add(Flag.SQL_FROM_STRING)
+            elif name in ADMIN_FUNCTIONS:
+                self.flags.add(Flag.ADMIN)
+            elif name == "set_config":
+                self._set_config(node)
+        elif qualified not in self.allowed_functions and name not in self.allowed_functions:
+            self.flags.add(Flag.RUNS_CODE)
+
+    def _set_config(self, node: ast.FuncCall) -> None:
+        self.literal_sensitive = True
+        first = node.args[0] if node.args else None
+        setting = None
+        if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String):
+            setting = (first.val.sval or "").strip().lower()
+        if setting is None or setting in _SET_CONFIG_GUARDED:
+            self.flags.add(Flag.SERVER_ACCESS)
+
+    def operator(self, name: tuple[Any, ...] | None) -> None:
+        if not name:
+            return
+        parts = [n.sval or "" for n in name if isinstance(n, ast.String)]
+        symbol = parts[-1] if parts else ""
+        if (len(parts) > 1 and parts[-2] not in SYSTEM_SCHEMAS) or symbol in self.schema.user_operators:
+            self.flags.add(Flag.RUNS_CODE)

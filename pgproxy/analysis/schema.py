@@ -1,0 +1,56 @@
+"""The schema the analysis resolves names against: relations with their columns and
+tags, functions and operators, as introspected from the upstream (see pgproxy.catalog)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Schemas whose functions and operators are PostgreSQL's own.
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A table, view, materialized view, foreign or partitioned table."""
+
+    oid: int
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind: r, v, m, f, p
+    columns: tuple[str, ...]  # attribute names in attnum order (dropped columns excluded)
+    attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column, same order
+    tags: dict[str, frozenset[str]] = field(default_factory=dict)  # column -> tags (tagged ones only)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """Everything name resolution needs, for one upstream database."""
+
+    relations: dict[tuple[str, str], Relation]  # (schema, name) -> relation, exact (case-sensitive) names
+    functions: dict[str, frozenset[str]]  # function name -> schemas defining one of that name
+    user_operators: frozenset[str]  # operator symbols defined outside the system schemas
+    search_path: tuple[str, ...]  # effective schemas, in order, for the route's role ("$user" resolved)
+    version: str  # changes whenever anything above changes
+
+    def by_oid(self) -> dict[int, Relation]:
+        return {r.oid: r for r in self.relations.values()}
+
+    def lookup(self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None) -> Relation | None:
+        """Resolve a relation name as the server would (pg_catalog first unless listed)."""
+        if schema is not None:
+            return self.relations.get((schema, name))
+        path = search_path if search_path is not None else self.search_path
+        if "pg_catalog" not in path:
+            path = ("pg_catalog", *path)
+        for candidate in path:
+            relation = self.relations.get((candidate, name))
+            if relation is not None:
+                return relation
+        return None
+
+    def function_schemas(self, name: str) -> frozenset[str]:
+        return self.functions.get(name, frozenset())

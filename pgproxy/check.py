@@ -1,0 +1,71 @@
+"""`pgproxy check`: explain the decision for a statement without running it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgproxy.analysis.gate import analyze
+from pgproxy.analysis.model import Analysis, ColumnKey
+from pgproxy.analysis.schema import Schema
+from pgproxy.config import Config
+from pgproxy.policy import Decision, Policy, decide, strictest
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    analysis: Analysis
+    decision: Decision
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.analysis.to_json(), "action": self.decision.action.value,
+                "rule": self.decision.rule, "reason": self.decision.reason}
+
+
+def explain(sql: str, schema: Schema, config: Config, *, agent: str,
+            groups: frozenset[str]) -> list[Explanation]:
+    """One explanation per statement of `sql`, as enforce mode would decide it."""
+    if len(sql.encode("utf-8", "surrogateescape")) > config.analysis.max_statement_bytes:
+        from pgproxy.analysis.gate import unknown
+        from pgproxy.policy import Action
+
+        analysis = unknown(sql[:200], "?", "the statement is larger than analysis.max_statement_bytes")
+        action = config.analysis.oversized_action
+        return [Explanation(analysis, Decision(Action(action), "oversized-statement", analysis.reasons[0]))]
+    analyses = analyze(sql, schema, allowed_functions=config.analysis.allowed_functions)
+    return [Explanation(a, decide(config.policy, a, agent, groups)) for a in analyses]
+
+
+def _columns(cols: dict[ColumnKey, frozenset[str]]) -> str:
+    if not cols:
+        return "-"
+    return ", ".join(f"{k} [{', '.join(sorted(t))}]" if t else str(k) for k, t in sorted(cols.items()))
+
+
+def _rule_line(policy: Policy, decision: Decision) -> str:
+    rule = next((r for r in policy.rules if r.name == decision.rule), None)
+    where = f" (config line {rule.line})" if rule is not None and rule.line else ""
+    return f"{decision.rule}{where}: {decision.reason}"
+
+
+def format_human(explanations: list[Explanation], policy: Policy) -> str:
+    lines: list[str] = []
+    for number, item in enumerate(explanations, 1):
+        a = item.analysis
+        statement = " ".join(a.sql.split())
+        lines += [
+            f"Statement {number}: {statement if len(statement) <= 200 else statement[:197] + '...'}",
+            f"  kind:      {a.kind.value} ({a.command})",
+            f"  tables:    {', '.join(sorted(a.tables)) or '-'}",
+            f"  reads:     {_columns(a.reads)}",
+            f"  writes:    {_columns(a.writes)}",
+            f"  functions: {', '.join(sorted(a.functions)) or '-'}",
+            f"  flags:     {', '.join(sorted(f.value for f in a.flags)) or '-'}",
+        ]
+        lines += [f"  why:       {reason}" for reason in a.reasons]
+        lines += [f"  rule:      {_rule_line(policy, item.decision)}",
+                  f"  action:    {item.decision.action.value.upper()}", ""]
+    if len(explanations) > 1:
+        final = strictest(e.decision for e in explanations)
+        lines.append(f"Decision for the whole query string: {final.action.value.upper()} "
+                     f"(the strictest of its {len(explanations)} statements)")
+    return "\n".join(lines).rstrip() + "\n"

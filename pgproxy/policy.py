@@ -1,0 +1,112 @@
+"""The policy: ordered rules over an analysis and the agent's identity -> allow, review or deny.
+
+First match wins; the default action closes the list. A rule matches when every
+condition it names holds; a condition listing several values holds when any does.
+UNKNOWN statements are never allowed by the default: unless a rule says otherwise
+they are reviewed (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pgproxy.analysis.model import Analysis, Flag, Kind
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    DENY = "deny"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.DENY: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    action: Action
+    reason: str
+    kinds: frozenset[Kind] = frozenset()
+    flags: frozenset[Flag] = frozenset()
+    tags: frozenset[str] = frozenset()  # read or written
+    tags_read: frozenset[str] = frozenset()
+    tags_written: frozenset[str] = frozenset()
+    tables: frozenset[str] = frozenset()  # "schema.table" or "table" (any schema)
+    functions: frozenset[str] = frozenset()  # "schema.name" or "name"
+    agents: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    line: int = 0  # where the rule is in the config file, for explanations
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    default: Action = Action.ALLOW
+    version: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            object.__setattr__(self, "version", _fingerprint(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    rule: str  # the matching rule's name, or "default"
+    reason: str
+
+
+def _fingerprint(policy: Policy) -> str:
+    canonical = [[r.name, r.action, r.reason, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+    return hashlib.sha256(json.dumps([canonical, policy.default]).encode()).hexdigest()[:16]
+
+
+_SET_FIELDS = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions", "agents", "groups")
+
+
+def tag_matches(wanted: Iterable[str], present: frozenset[str]) -> bool:
+    """`pii` matches the tags `pii` and `pii.email`; `pii.email` matches only itself (and below)."""
+    return any(tag == w or tag.startswith(w + ".") for w in wanted for tag in present)
+
+
+def _name_matches(wanted: frozenset[str], qualified: Iterable[str]) -> bool:
+    return any(name in wanted or name.rsplit(".", 1)[-1] in wanted for name in qualified)
+
+
+def rule_matches(rule: Rule, analysis: Analysis, agent: str, groups: frozenset[str]) -> bool:
+    return all((
+        not rule.kinds or analysis.kind in rule.kinds,
+        not rule.flags or bool(rule.flags & analysis.flags),
+        not rule.tags or tag_matches(rule.tags, analysis.tags_read | analysis.tags_written),
+        not rule.tags_read or tag_matches(rule.tags_read, analysis.tags_read),
+        not rule.tags_written or tag_matches(rule.tags_written, analysis.tags_written),
+        not rule.tables or _name_matches(rule.tables, analysis.tables),
+        not rule.functions or _name_matches(rule.functions, analysis.functions),
+        not rule.agents or agent in rule.agents,
+        not rule.groups or bool(rule.groups & groups),
+    ))
+
+
+def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str]) -> Decision:
+    """The first matching rule's action; UNKNOWN never falls through to an allowing default."""
+    for rule in policy.rules:
+        if rule_matches(rule, analysis, agent, groups):
+            return Decision(rule.action, rule.name, rule.reason)
+    if analysis.kind is Kind.UNKNOWN and policy.default is Action.ALLOW:
+        reason = analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what this statement does"
+        return Decision(Action.REVIEW, "unknown", reason)
+    return Decision(policy.default, "default", f"no rule matched; the default is {policy.default}")
+
+
+def strictest(decisions: Iterable[Decision]) -> Decision:
+    """The decision for a query string of several statements: the most severe one counts."""
+    return max(decisions, key=lambda d: d.action.severity)
