@@ -112,7 +112,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class AnalysisConfig:
-    max_statement_bytes: int = 256 * 1024  # larger statements are not parsed at all
+    max_statement_bytes: int = 128 * 1024  # larger statements are not parsed at all
     oversized_action: Action = Action.REVIEW  # what such a statement gets: review or deny
     allowed_functions: frozenset[str] = frozenset()  # user functions/procedures that may run unreviewed
     cache_entries: int = 10_000

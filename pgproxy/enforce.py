@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from pgproxy.session import Session
 
 log = logging.getLogger("pgproxy.enforce")
+
+# Statements up to this size are analysed on the event loop (well under a millisecond for
+# typical ones); longer ones go to a worker thread so that other sessions are not stalled.
+INLINE_ANALYSIS_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,7 @@ class PolicyGate(StatementGate):
 
     # -- the decision point -----------------------------------------------------------
 
-    def judge(self, session: Session, statement: Statement) -> Judgement:
+    def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
         schema = self.catalog.schema(session.database)
         identity = session.identity
         assert identity is not None
@@ -72,36 +77,53 @@ class PolicyGate(StatementGate):
         if schema is None:
             return self._judgement(Decision(Action.REVIEW, "no-schema",
                                             "pgproxy has not read this database's schema"), session, None)
-        verdicts = self.evaluate(statement.sql, schema, session)
+        state = self.state(session)
+        size = len(statement.sql.encode("utf-8", "surrogateescape"))
+        if size > self.limits.max_statement_bytes:
+            reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
+                      "so pgproxy does not analyse it")
+            return self._judgement(Decision(self.limits.oversized_action, "oversized-statement", reason),
+                                   session, None)
+        key = self._key(schema, state, identity.agent_id, identity.groups)
+        cached = self.cache.get(statement.sql, key)
+        if cached is not None:
+            return self._conclude(session, schema, cached)
+        if size <= INLINE_ANALYSIS_BYTES:
+            verdicts = self._compute(statement.sql, schema, state, identity.agent_id, identity.groups)
+            self._store(statement.sql, key, verdicts)
+            return self._conclude(session, schema, verdicts)
+        return self._judge_in_thread(session, schema, statement.sql, state, key)
+
+    async def _judge_in_thread(self, session: Session, schema: Schema, sql: str, state: SessionState,
+                               key: tuple[str, ...]) -> Judgement:
+        """A long statement is analysed off the event loop, so other sessions carry on meanwhile."""
+        identity = session.identity
+        assert identity is not None
+        verdicts = await asyncio.to_thread(self._compute, sql, schema, state, identity.agent_id,
+                                           identity.groups)
+        self._store(sql, key, verdicts)
+        return self._conclude(session, schema, verdicts)
+
+    def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts) -> Judgement:
         self._remember(session, schema, verdicts)
         return self._judgement(verdicts.decision, session, verdicts)
 
-    def evaluate(self, sql: str, schema: Schema, session: Session | None = None, *,
-                 agent: str | None = None, groups: frozenset[str] | None = None) -> Verdicts:
-        """The decision for one query string (several statements: the strictest counts)."""
-        state = self.state(session) if session is not None else SessionState()
-        if session is not None and session.identity is not None:
-            agent, groups = session.identity.agent_id, session.identity.groups
-        agent = agent or ""
-        groups = groups or frozenset()
-        if len(sql.encode("utf-8", "surrogateescape")) > self.limits.max_statement_bytes:
-            action = self.limits.oversized_action
-            reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
-                      "so pgproxy does not analyse it")
-            return Verdicts(Decision(action, "oversized-statement", reason), ())
+    def _key(self, schema: Schema, state: SessionState, agent: str, groups: frozenset[str]) -> tuple[str, ...]:
+        """Everything besides the statement's text that its decision depends on."""
         path = state.search_path or schema.search_path
-        context = (schema.version, self.policy.version, agent, ",".join(sorted(groups)), ",".join(path))
-        cached = self.cache.get(sql, context)
-        if cached is not None:
-            return cached
-        analyses = analyze(sql, schema, search_path=state.search_path, prepared=state.prepared,
+        return (schema.version, self.policy.version, agent, ",".join(sorted(groups)), ",".join(path))
+
+    def _compute(self, sql: str, schema: Schema, state: SessionState, agent: str,
+                 groups: frozenset[str]) -> Verdicts:
+        """Analyse and decide; touches no shared state, so it may run in a worker thread."""
+        analyses = analyze(sql, schema, search_path=state.search_path, prepared=dict(state.prepared),
                            allowed_functions=self.limits.allowed_functions)
         decision = strictest(decide(self.policy, a, agent, groups) for a in analyses)
-        verdicts = Verdicts(decision, tuple(analyses))
-        if _cacheable(analyses):
-            self.cache.put(sql, context, verdicts,
-                           literal_sensitive=any(a.literal_sensitive for a in analyses))
-        return verdicts
+        return Verdicts(decision, tuple(analyses))
+
+    def _store(self, sql: str, key: tuple[str, ...], verdicts: Verdicts) -> None:
+        if _cacheable(verdicts.analyses):
+            self.cache.put(sql, key, verdicts, literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
 
     def _remember(self, session: Session, schema: Schema, verdicts: Verdicts) -> None:
         """Track what an allowed statement changes in the session's own state."""
@@ -148,7 +170,13 @@ class PolicyGate(StatementGate):
             state.refresh_pending = False
             task = asyncio.get_running_loop().create_task(self.catalog.refresh(session.database))
             self._refreshes.add(task)
-            task.add_done_callback(self._refreshes.discard)
+            task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        self._refreshes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The old schema stays in force; names the DDL created resolve to nothing (review).
+            log.warning("schema refresh failed", extra={"error": str(task.exception())})
 
     # -- the result guard ----------------------------------------------------------------
 
@@ -178,7 +206,7 @@ class PolicyGate(StatementGate):
         return self._tagged[1]
 
 
-def _cacheable(analyses: list[Analysis]) -> bool:
+def _cacheable(analyses: Sequence[Analysis]) -> bool:
     """Statements whose meaning depends on the session's own history are judged afresh."""
     return not any(a.prepared_name is not None or a.search_path is not None or a.command.startswith("EXECUTE")
                    or a.command == "DEALLOCATE" for a in analyses)

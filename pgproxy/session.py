@@ -42,7 +42,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +136,8 @@ class Statement:
 class StatementGate:
     """Decides each statement (the analysis and policy plug in here) and guards results."""
 
-    def judge(self, session: Session, statement: Statement) -> Judgement:
+    def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
+        """The decision, or an awaitable of it when deciding takes time (the session waits)."""
         return ALLOW
 
     def cycle_done(self, session: Session) -> None:
@@ -553,7 +554,13 @@ class Session:
             if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
                 self._enter_statement(type_byte)
                 if self.gate is not None:
-                    judgement = self._judge(type_byte, buf[start + 5:end])
+                    decided = self._judge(type_byte, buf[start + 5:end])
+                    if not isinstance(decided, Judgement):
+                        # Deciding takes a while: let what came before go ahead, then wait.
+                        upstream.write(buf[run_start:start])
+                        run_start = start
+                        decided = await decided
+                    judgement = decided
                     if judgement.verdict is not Verdict.ALLOW:
                         upstream.write(buf[run_start:start])
                         run_start = end
@@ -588,7 +595,7 @@ class Session:
             self._outstanding += 1
             self._to(State.SIMPLE_QUERY)
 
-    def _judge(self, type_byte: int, body: bytes) -> Judgement:
+    def _judge(self, type_byte: int, body: bytes) -> Judgement | Awaitable[Judgement]:
         assert self.gate is not None
         try:
             if type_byte == m.QUERY:

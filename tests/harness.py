@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -30,6 +31,7 @@ from pgproxy.config import (
     StaticAgent,
     TlsConfig,
 )
+from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.server import ProxyServer, new_event_loop
 from pgproxy.session import StatementGate
@@ -197,3 +199,30 @@ def raw_session(proxy: ProxyThread, **login: str) -> Iterator[RawClient]:
 def error_fields(body: bytes) -> dict[str, str]:
     """The fields of an ErrorResponse/NoticeResponse body, keyed by field code."""
     return decode_fields(body)
+
+
+def write_enforce_config(cluster: PostgresCluster, directory: Path, *, catalog: str,
+                         policy: str | None = None, extra: str = "") -> Path:
+    """A YAML config for enforce mode (the demo policy unless `policy` is given), loaded as users do."""
+    (directory / "jwt-secret").write_text(JWT_SECRET)
+    (directory / "upstream-password").write_text(UPSTREAM_USERS["app_scram"][0])
+    (directory / "catalog.yaml").write_text(catalog)
+    policy_text = policy if policy is not None else demo_file("policy.yaml")
+    indented = "\n".join("  " + line for line in policy_text.splitlines())
+    path = directory / "pgproxy.yaml"
+    path.write_text(f"""\
+mode: enforce
+listen: {{host: 127.0.0.1, port: 0}}
+catalog: catalog.yaml
+auth:
+  allow_cleartext_on_loopback: true
+  jwt: {{algorithms: [HS256], secret_file: jwt-secret, issuer: "{JWT_ISSUER}", audience: {JWT_AUDIENCE}}}
+  agents:
+    - {{id: {STATIC_AGENT}, scram_secret: "{make_scram_secret(STATIC_PASSWORD)}", groups: [etl]}}
+routes:
+  {DATABASE}: {{host: {cluster.host}, port: {cluster.port}, user: app_scram, password_file: upstream-password}}
+{extra}
+policy:
+{indented}
+""")
+    return path

@@ -11,6 +11,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgproxy.analysis.schema import SYSTEM_SCHEMAS
+
 if TYPE_CHECKING:
     from pgproxy.analysis.gate import Context
 
@@ -30,6 +32,10 @@ def crosscheck_tables(sql: str, tables: set[str], context: Context) -> str | Non
     try:
         trees = sqlglot.parse(sql, read="postgres")
     except (SqlglotError, ValueError, RecursionError) as exc:
+        if tables and all(t.split(".", 1)[0] in SYSTEM_SCHEMAS for t in tables):
+            # Only system catalogs (drivers' metadata queries, such as asyncpg's type
+            # introspection): no user data to misread. Credential catalogs are flagged anyway.
+            return None
         return f"second parser (sqlglot) cannot read the statement: {str(exc).splitlines()[0][:200]}"
     if len(trees) != 1 or trees[0] is None:
         return "second parser (sqlglot) splits the statement differently"

@@ -91,7 +91,17 @@ def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = N
         return [unknown(sql, "?", f"syntax error: {exc}")]
     if len(texts) != len(parsed):
         return [unknown(sql, "?", "statement boundaries are ambiguous")]
-    return [analyze_node(raw.stmt, text, context) for raw, text in zip(parsed, texts, strict=True)]
+    results: list[Analysis] = []
+    prepared = dict(context.prepared)
+    for raw, text in zip(parsed, texts, strict=True):
+        # Later statements of one query string see what earlier ones did to the session.
+        analysis = analyze_node(raw.stmt, text, replace(context, prepared=prepared))
+        results.append(analysis)
+        if analysis.prepared_name is not None:
+            prepared[analysis.prepared_name] = analysis
+        if analysis.search_path is not None:
+            context = replace(context, search_path=analysis.search_path)
+    return results
 
 
 def unknown(sql: str, command: str, reason: str, **extra: Any) -> Analysis:
@@ -224,9 +234,14 @@ def _truthy(arg: Any) -> bool:
 
 def _set(node: ast.VariableSetStmt, text: str, context: Context) -> Analysis:
     name = (node.name or "").lower()
-    if name in ("role", "session_authorization") or node.kind == VariableSetKind.VAR_RESET_ALL:
-        return Analysis(sql=text, command="SET ROLE" if name == "role" else "SET SESSION AUTHORIZATION"
-                        if name else "RESET ALL", kind=Kind.ROLE, literal_sensitive=True)
+    if node.kind == VariableSetKind.VAR_RESET_ALL:
+        # Back to the defaults of the login role: it can only drop privileges, and the
+        # search_path returns to the role's own (which the session tracks).
+        return Analysis(sql=text, command="RESET ALL", kind=Kind.SESSION, literal_sensitive=True,
+                        search_path=context.schema.search_path)
+    if name in ("role", "session_authorization"):
+        return Analysis(sql=text, command="SET ROLE" if name == "role" else "SET SESSION AUTHORIZATION",
+                        kind=Kind.ROLE, literal_sensitive=True)
     if name == "search_path":
         path: tuple[str, ...]
         if node.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):

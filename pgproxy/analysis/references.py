@@ -57,7 +57,13 @@ CREDENTIAL_RELATIONS = frozenset({
     ("pg_catalog", "pg_largeobject"),
 })
 # set_config() settings whose change is a role change or reaches the server's files.
-_SET_CONFIG_GUARDED = frozenset({"role", "session_authorization", "search_path"})
+_SET_CONFIG_GUARDED = frozenset({"role", "session_authorization"})
+# Planner statistics hold sampled values of every column (most_common_vals, histogram_bounds):
+# reading them counts as reading every tagged column of the database.
+STATISTICS_RELATIONS = frozenset({
+    ("pg_catalog", "pg_stats"), ("pg_catalog", "pg_stats_ext"), ("pg_catalog", "pg_stats_ext_exprs"),
+    ("pg_catalog", "pg_statistic"), ("pg_catalog", "pg_statistic_ext_data"),
+})
 
 
 def _slots(node_type: type[Any]) -> tuple[str, ...]:
@@ -139,6 +145,10 @@ class References:
         self.tables.add(relation.qualified)
         if (relation.schema, relation.name) in CREDENTIAL_RELATIONS:
             self.flags.add(Flag.CREDENTIALS)
+        if (relation.schema, relation.name) in STATISTICS_RELATIONS:
+            for tagged in self.schema.relations.values():
+                for column, tags in tagged.tags.items():
+                    self.reads[ColumnKey(tagged.schema, tagged.name, column)] = tags
         return relation
 
     # -- statements -------------------------------------------------------------------
@@ -186,7 +196,14 @@ class References:
         self.expression(node.limitOffset, scope)
         aliases = {t.name for t in node.targetList or () if isinstance(t, ast.ResTarget) and t.name}
         self.expression(node.groupClause, scope, aliases=aliases)
-        self.expression(node.sortClause, scope, aliases=aliases)
+        for sort in node.sortClause or ():
+            # ORDER BY a bare name picks an output column first (its value was counted in the
+            # select list); any other expression, like GROUP BY, reads input columns.
+            target = getattr(sort, "node", None)
+            fields = (target.fields or ()) if isinstance(target, ast.ColumnRef) else ()
+            if len(fields) == 1 and isinstance(fields[0], ast.String) and (fields[0].sval or "") in aliases:
+                continue
+            self.expression(sort, scope, aliases=aliases)
         if node.lockingClause:
             self.expression(node.lockingClause, scope)
 
@@ -207,7 +224,7 @@ class References:
             return self._aliased(RangeItem("", None), node.alias)
         if isinstance(node, ast.JoinExpr):
             left = self.from_item(node.larg, scope)
-            right = self.from_item(node.rarg, scope)
+            right = self.from_item(node.rarg, Scope([left], scope))  # JOIN LATERAL sees its left side
             join_scope = Scope([left, right], scope)
             for using in node.usingClause or ():
                 self.column_ref([using.sval or ""], join_scope)
@@ -355,9 +372,16 @@ class References:
             return
         if isinstance(node, ast.ColumnRef):
             names = [(f.sval or "") if isinstance(f, ast.String) else "*" for f in node.fields or ()]
-            if outputs_only or (len(names) == 1 and names[0] in aliases):
-                return  # an output column name (ORDER BY/GROUP BY alias, set-operation output)
-            self.column_ref(names, scope)
+            if outputs_only:
+                return  # a set operation's ORDER BY names its output columns
+            try:
+                self.column_ref(names, scope)
+            except Unresolved:
+                # Only a name that matches no input column can be an output alias (ORDER BY / GROUP BY).
+                # Resolving input columns first over-approximates ORDER BY, never misses GROUP BY.
+                if len(names) == 1 and names[0] in aliases:
+                    return
+                raise
             return
         if isinstance(node, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
             self.statement(node, scope)
@@ -452,6 +476,10 @@ class References:
         qualified = f"{resolved}.{name}" if resolved else ".".join(names)
         self.functions.add(qualified)
         if resolved is None:
+            if name in SERVER_ACCESS_FUNCTIONS or name in SQL_FROM_STRING_FUNCTIONS:
+                # An extension's (dblink, adminpack) that is not installed here: the name says enough.
+                self.flags.add(Flag.SERVER_ACCESS if name in SERVER_ACCESS_FUNCTIONS else Flag.SQL_FROM_STRING)
+                return
             raise Unresolved(f'function "{".".join(names)}" is not known to pgproxy')
         if resolved in SYSTEM_SCHEMAS:
             if name in SERVER_ACCESS_FUNCTIONS:
@@ -471,6 +499,8 @@ class References:
         setting = None
         if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String):
             setting = (first.val.sval or "").strip().lower()
+        if setting == "search_path":
+            raise Unresolved("a search_path changed through set_config() is not tracked by pgproxy")
         if setting is None or setting in _SET_CONFIG_GUARDED:
             self.flags.add(Flag.SERVER_ACCESS)
 

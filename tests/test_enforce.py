@@ -1,0 +1,294 @@
+"""Enforce mode end to end: the policy corpora through `pgproxy check` and live through the
+proxy (psql: simple protocol; asyncpg: extended), the decision cache, oversized and deeply
+nested statements, and the result guard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.analysis.references import References
+from pgproxy.analysis.schema import Schema
+from pgproxy.config import Config, load_config
+from pgproxy.enforce import PolicyGate
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from pgproxy.policy import strictest
+from tests import corpus
+from tests.harness import ProxyThread, running_proxy, write_enforce_config
+
+REFUSED = {"review": "approval required", "deny": "pgproxy denied this statement"}
+BENIGN = corpus.load("benign")
+RISKY = corpus.load("risky")
+
+
+@pytest.fixture(scope="module")
+def corpus_db(pg: PostgresCluster) -> None:
+    pg.psql((corpus.CORPORA / "setup.sql").read_text(), dbname="app", user="app_scram")
+    # One table name in two schemas, tagged only in crm (the search_path test).
+    pg.psql("CREATE TABLE IF NOT EXISTS public.contacts (id int, phone text);"
+            "CREATE TABLE IF NOT EXISTS crm.contacts (id int, phone text)", dbname="app", user="app_scram")
+
+
+@pytest.fixture(scope="module")
+def enforce(pg: PostgresCluster, corpus_db: None,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyThread, Config]]:
+    config = load_config(write_enforce_config(pg, tmp_path_factory.mktemp("enforce"), catalog=corpus.CATALOG))
+    with running_proxy(config) as proxy:
+        yield proxy, config
+
+
+@pytest.fixture(scope="module")
+def schema(enforce: tuple[ProxyThread, Config]) -> Schema:
+    gate = enforce[0].server.gate
+    assert isinstance(gate, PolicyGate)
+    found = gate.catalog.schema("app")
+    assert found is not None
+    return found
+
+
+def _gate(proxy: ProxyThread) -> PolicyGate:
+    gate = proxy.server.gate
+    assert isinstance(gate, PolicyGate)
+    return gate
+
+
+def explained_action(sql: str, schema: Schema, config: Config) -> tuple[str, str]:
+    from pgproxy.check import explain
+
+    explanations = explain(sql, schema, config, agent="agent", groups=frozenset({"agents"}))
+    final = strictest(e.decision for e in explanations)
+    why = "; ".join(f"{e.analysis.command}: {e.decision.rule} {e.analysis.reasons}" for e in explanations)
+    return final.action.value, why
+
+
+@pytest.mark.parametrize("case", BENIGN + RISKY, ids=lambda c: c.id)
+def test_corpus_through_check(case: corpus.Case, schema: Schema, enforce: tuple[ProxyThread, Config]) -> None:
+    action, why = explained_action(case.sql, schema, enforce[1])
+    assert action == case.expect, f"{case.reason}: got {action} ({why})"
+
+
+def test_corpora_are_big_enough() -> None:
+    assert len(BENIGN) >= 60 and all(c.expect == "allow" for c in BENIGN)
+    assert len(RISKY) >= 150 and {c.expect for c in RISKY} == {"review", "deny"}
+
+
+def _copy_from_stdin(sql: str) -> bool:
+    return "FROM STDIN" in " ".join(sql.upper().split())
+
+
+def _refusal(message: str) -> str | None:
+    return next((action for action, text in REFUSED.items() if text in message), None)
+
+
+@pytest.mark.parametrize("corpus_name", ["benign", "risky"])
+def test_corpus_live_with_psql_simple_protocol(enforce: tuple[ProxyThread, Config], corpus_name: str) -> None:
+    proxy, _ = enforce
+    mismatches = []
+    for case in corpus.load(corpus_name):
+        result = subprocess.run(
+            [str(find_pg_bin("psql")), "-X", "-q", proxy.dsn(), "-c", "BEGIN", "-c", case.sql, "-c", "ROLLBACK"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        refused = _refusal(result.stderr)
+        if (refused or "allow") != case.expect:
+            mismatches.append(f"{case.id} expected {case.expect}, got {refused or 'allow'}: {result.stderr[:200]}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("corpus_name", ["benign", "risky"])
+async def test_corpus_live_with_asyncpg_extended_protocol(enforce: tuple[ProxyThread, Config],
+                                                          corpus_name: str) -> None:
+    proxy, _ = enforce
+    conn = await asyncpg.connect(proxy.dsn())
+    mismatches = []
+    try:
+        for case in corpus.load(corpus_name):
+            if case.expect == "allow" and _copy_from_stdin(case.sql):
+                continue  # asyncpg's fetch() waits forever for COPY data, direct or not: psql covers these
+            transaction = conn.transaction()
+            await transaction.start()
+            refused = None
+            try:
+                await conn.fetch(case.sql)  # Parse/Bind/Execute: the extended protocol
+            except asyncpg.PostgresError as exc:
+                refused = _refusal(str(exc))
+            except asyncpg.InterfaceError:
+                pass  # e.g. COPY through fetch(); not a refusal
+            finally:
+                await transaction.rollback()
+            if (refused or "allow") != case.expect:
+                mismatches.append(f"{case.id} expected {case.expect}, got {refused or 'allow'}")
+    finally:
+        await conn.close()
+    assert not mismatches, "\n".join(mismatches)
+
+
+# --- the decision cache -------------------------------------------------------------------
+
+
+def _outcome(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> str:
+    try:
+        conn.execute(sql)
+        return "allow"
+    except psycopg.errors.InsufficientPrivilege as exc:
+        conn.rollback()
+        return _refusal(str(exc)) or "other"
+    except psycopg.Error:
+        conn.rollback()
+        return "allow"  # reached the server, which refused it for its own reasons
+
+
+def test_cache_never_merges_statements_that_differ_in_meaning(enforce: tuple[ProxyThread, Config]) -> None:
+    proxy, _ = enforce
+    gate = proxy.server.gate
+    assert isinstance(gate, PolicyGate)
+    pairs = [
+        # (benign warm-up, same normalized shape but risky, expected)
+        ("SELECT set_config('statement_timeout', '1000', false)",
+         "SELECT set_config('role', 'postgres', false)", "deny"),
+        ("SELECT a FROM customers AS c(a)", "SELECT a FROM customers AS c(x, y, a)", "review"),
+        ("SELECT t.country FROM customers t", "SELECT t.email FROM customers t", "review"),
+        ("SELECT x FROM (SELECT country AS x FROM customers) s", "SELECT x FROM (SELECT ssn AS x FROM customers) s",
+         "review"),
+        ("SELECT o FROM orders o", "SELECT o FROM customers o", "review"),
+        ("SELECT id FROM customers WHERE id = 1", "SELECT id FROM customers WHERE email = 'a@b.c'", "review"),
+    ]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for benign, risky, expected in pairs:
+            assert _outcome(conn, benign) == "allow", benign
+            assert _outcome(conn, benign) == "allow", benign  # now from the cache
+            assert _outcome(conn, risky) == expected, risky
+        hits = gate.cache.hits
+        # Literals do not change a decision's key: a new value is a cache hit.
+        assert _outcome(conn, "SELECT id FROM customers WHERE id = 2") == "allow"
+        assert gate.cache.hits == hits + 1
+
+
+def test_cache_key_includes_search_path(enforce: tuple[ProxyThread, Config]) -> None:
+    proxy, _ = enforce
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert _outcome(conn, "SELECT phone FROM contacts") == "allow"  # public.contacts: untagged
+        assert _outcome(conn, "SET search_path TO crm, public") == "allow"
+        assert _outcome(conn, "SELECT phone FROM contacts") == "review"  # now crm.contacts.phone: pii
+        assert _outcome(conn, "SET search_path TO public") == "allow"
+        assert _outcome(conn, "SELECT phone FROM contacts") == "allow"
+
+
+def test_cache_key_includes_groups(pg: PostgresCluster, corpus_db: None, tmp_path: Path) -> None:
+    from pgproxy.demo.run import demo_file
+    from tests.harness import make_token
+
+    policy = demo_file("policy.yaml").replace("rules:\n", """rules:
+  - name: support-reads-email
+    groups: [support]
+    tags_read: [pii.email]
+    kinds: [read]
+    action: allow
+    reason: support staff look up customers by email
+""", 1)
+    config = load_config(write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG, policy=policy))
+    with running_proxy(config) as proxy:
+        sql = "SELECT email FROM customers WHERE id = 3"
+        with psycopg.connect(proxy.dsn(password=make_token(groups=["support"]))) as support:
+            assert _outcome(support, sql) == "allow"
+        with psycopg.connect(proxy.dsn(password=make_token(groups=["agents"]))) as other:
+            assert _outcome(other, sql) == "review"
+
+
+# --- bounds ---------------------------------------------------------------------------------
+
+
+def test_oversized_statement_is_not_parsed(enforce: tuple[ProxyThread, Config]) -> None:
+    proxy, config = enforce
+    huge = "SELECT id FROM orders WHERE status IN (" + ",".join(["'x'"] * 2_500_000) + ")"
+    assert len(huge) > 10_000_000
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="larger than") as info:
+            conn.execute(huge)
+        assert f"{config.analysis.max_statement_bytes} bytes" in str(info.value)
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (5000,)
+
+
+def test_long_statement_analysed_off_the_event_loop(enforce: tuple[ProxyThread, Config]) -> None:
+    proxy, _ = enforce
+    ids = list(range(1, 12_000))
+    sql = f"SELECT count(*) FROM orders WHERE id IN ({','.join(map(str, ids))})"
+    assert len(sql) > 8 * 1024
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute(sql).fetchone() == (5000,)
+        risky = f"SELECT count(email) FROM customers WHERE id IN ({','.join(map(str, ids))})"
+        assert _outcome(conn, risky) == "review"
+
+
+def test_deeply_nested_statement_is_bounded(enforce: tuple[ProxyThread, Config]) -> None:
+    proxy, _ = enforce
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for depth in (500, 5000):
+            nested = "SELECT " + "(" * depth + "1" + ")" * depth
+            assert _outcome(conn, nested) == "review"
+        subqueries = "SELECT 1 FROM orders WHERE id IN (" * 200 + "SELECT 1" + ")" * 200
+        assert _outcome(conn, subqueries) == "review"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# --- the result guard -----------------------------------------------------------------------
+
+
+def test_result_guard_catches_what_the_analysis_missed(enforce: tuple[ProxyThread, Config],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy, _ = enforce
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert _outcome(conn, "SELECT * FROM customers WHERE id = 1") == "review"
+        # The test hook: the analysis no longer expands stars, so it sees no tagged column
+        # (and the cache, which holds the correct earlier decision, is emptied).
+        monkeypatch.setattr(References, "read_all", lambda self, relation: None)
+        _gate(proxy).cache.clear()
+        for sql in ("SELECT * FROM customers WHERE id = 4", "SELECT * FROM customer_contacts LIMIT 1"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="refused a result") as info:
+                conn.execute(sql)
+            assert "email" in (info.value.diag.message_detail or "")
+        # Untagged results pass under the guard, and the session carries on.
+        assert conn.execute("SELECT * FROM orders WHERE id = 1").fetchone() is not None
+
+
+async def test_result_guard_in_extended_protocol(enforce: tuple[ProxyThread, Config],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy, _ = enforce
+    monkeypatch.setattr(References, "read_all", lambda self, relation: None)
+    _gate(proxy).cache.clear()
+    conn = await asyncpg.connect(proxy.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="refused a result"):
+            await conn.fetch("SELECT * FROM customers WHERE id = $1", 5)
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE id < $1", 10) == 9
+    finally:
+        await conn.close()
+
+
+# --- pgproxy check ----------------------------------------------------------------------------
+
+
+def test_check_command_human_and_json(enforce: tuple[ProxyThread, Config]) -> None:
+    _, config = enforce
+    assert config.source is not None
+    sql = "SELECT c.id, c.email FROM customers c WHERE c.country = 'DE'; SELECT pg_read_file('x')"
+    human = subprocess.run([sys.executable, "-m", "pgproxy.cli", "check", "--config", str(config.source), sql],
+                           capture_output=True, text=True, timeout=60)
+    assert human.returncode == 0, human.stderr
+    assert "kind:      read (SELECT)" in human.stdout
+    assert "public.customers.email [pii, pii.email]" in human.stdout
+    assert "rule:      personal-data" in human.stdout
+    assert "action:    DENY" in human.stdout
+    assert "Decision for the whole query string: DENY" in human.stdout
+    as_json = subprocess.run([sys.executable, "-m", "pgproxy.cli", "check", "--config", str(config.source),
+                              "--json", sql], capture_output=True, text=True, timeout=60)
+    objects = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [o["action"] for o in objects] == ["review", "deny"]
+    assert objects[0]["reads"][1] == {"column": "public.customers.email", "tags": ["pii", "pii.email"]}
+    assert objects[1]["flags"] == ["server_access"] and objects[1]["rule"] == "server-access"
