@@ -640,6 +640,13 @@ class Catalog:
         # Shielded: a caller that gives up (its client went away) leaves the others' refresh alone.
         await asyncio.shield(job.task)
 
+    async def close(self) -> None:
+        """Cancel introspections still in flight (the proxy is shutting down)."""
+        jobs = [job.task for job in (*self._running.values(), *self._queued.values()) if job.task is not None]
+        for task in jobs:
+            task.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
     def _start(self, route_name: str, after: _Refresh | None) -> _Refresh:
         job = _Refresh()
         job.task = asyncio.create_task(self._run(route_name, job, after))

@@ -172,6 +172,12 @@ class PolicyGate(StatementGate):
             self._refreshes.add(task)
             task.add_done_callback(self._refreshed)
 
+    async def close(self) -> None:
+        for task in list(self._refreshes):
+            task.cancel()
+        await asyncio.gather(*self._refreshes, return_exceptions=True)
+        await self.catalog.close()
+
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshes.discard(task)
         if not task.cancelled() and task.exception() is not None:

@@ -125,6 +125,8 @@ class ProxyServer:
                              return_exceptions=True)
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5.0)
+        if self.gate is not None:
+            await self.gate.close()
         await self._server.wait_closed()
         self._server = None
         log.info("stopped")

@@ -147,6 +147,9 @@ class StatementGate:
         """Of a result's (table oid, attnum) columns, those the session may not see (their names)."""
         return []
 
+    async def close(self) -> None:
+        """Stop background work (the server is shutting down)."""
+
 
 # --- Registry shared by the server's sessions ------------------------------------------
 

@@ -292,3 +292,29 @@ def test_check_command_human_and_json(enforce: tuple[ProxyThread, Config]) -> No
     assert [o["action"] for o in objects] == ["review", "deny"]
     assert objects[0]["reads"][1] == {"column": "public.customers.email", "tags": ["pii", "pii.email"]}
     assert objects[1]["flags"] == ["server_access"] and objects[1]["rule"] == "server-access"
+
+
+def test_schema_refreshes_after_ddl_passes(pg: PostgresCluster, corpus_db: None, tmp_path: Path) -> None:
+    import time
+
+    from pgproxy.demo.run import demo_file
+    from tests.harness import STATIC_AGENT, STATIC_PASSWORD
+
+    policy = demo_file("policy.yaml").replace("rules:\n", """rules:
+  - name: etl-may-change-schema
+    groups: [etl]
+    kinds: [ddl]
+    action: allow
+    reason: the ETL job owns its staging tables
+""", 1)
+    config = load_config(write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG, policy=policy))
+    with running_proxy(config) as proxy, \
+            psycopg.connect(proxy.dsn(STATIC_AGENT, STATIC_PASSWORD), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS staging_refresh")
+        assert _outcome(conn, "SELECT note FROM staging_refresh") == "review"  # unknown to pgproxy
+        conn.execute("CREATE TABLE staging_refresh (note text)")
+        deadline = time.monotonic() + 20
+        while _outcome(conn, "SELECT note FROM staging_refresh") != "allow":
+            assert time.monotonic() < deadline, "the schema was not re-read after CREATE TABLE"
+            time.sleep(0.1)
+        conn.execute("DROP TABLE staging_refresh")
