@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgproxy.analysis.gate import analyze
+from pgproxy.analysis.gate import analyze, unknown
 from pgproxy.analysis.model import Analysis, ColumnKey
 from pgproxy.analysis.schema import Schema
 from pgproxy.config import Config
@@ -25,12 +25,9 @@ def explain(sql: str, schema: Schema, config: Config, *, agent: str,
             groups: frozenset[str]) -> list[Explanation]:
     """One explanation per statement of `sql`, as enforce mode would decide it."""
     if len(sql.encode("utf-8", "surrogateescape")) > config.analysis.max_statement_bytes:
-        from pgproxy.analysis.gate import unknown
-        from pgproxy.policy import Action
-
         analysis = unknown(sql[:200], "?", "the statement is larger than analysis.max_statement_bytes")
-        action = config.analysis.oversized_action
-        return [Explanation(analysis, Decision(Action(action), "oversized-statement", analysis.reasons[0]))]
+        return [Explanation(analysis, Decision(config.analysis.oversized_action, "oversized-statement",
+                                               analysis.reasons[0]))]
     analyses = analyze(sql, schema, allowed_functions=config.analysis.allowed_functions)
     return [Explanation(a, decide(config.policy, a, agent, groups)) for a in analyses]
 

@@ -130,7 +130,6 @@ class PolicyGate(StatementGate):
         if verdicts.decision.action is not Action.ALLOW:
             return
         state = self.state(session)
-        relations = {(r.schema, r.name): r for r in schema.relations.values() if r.tags}
         for analysis in verdicts.analyses:
             if analysis.prepared_name is not None:
                 state.prepared[analysis.prepared_name] = analysis
@@ -141,8 +140,10 @@ class PolicyGate(StatementGate):
             if analysis.kind is Kind.DDL:
                 state.refresh_pending = True
             for key, tags in analysis.reads.items():
-                relation = relations.get((key.schema, key.table))
-                if tags and relation is not None and key.column in relation.columns:
+                if not tags:
+                    continue
+                relation = schema.relations.get((key.schema, key.table))
+                if relation is not None and key.column in relation.columns:
                     state.permitted.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
 
     def _judgement(self, decision: Decision, session: Session, verdicts: Verdicts | None) -> Judgement:
