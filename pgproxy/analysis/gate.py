@@ -120,21 +120,24 @@ def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False
 
 
 def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,
-          flags: frozenset[Flag] = frozenset(), check_tables: bool = True) -> Analysis:
+          check_tables: bool = True) -> Analysis:
     refs = References(context.schema, context.path, context.allowed_functions)
     for node in nodes:
-        refs.statement(node, Scope([], None)) if isinstance(node, _DML) else refs.expression(node, None)
+        if isinstance(node, _DML):
+            refs.statement(node, Scope([], None))
+        else:
+            refs.expression(node, None)
     if refs.modifies and kind is Kind.READ:
         kind = Kind.WRITE  # a data-modifying CTE
-    reasons: tuple[str, ...] = ()
+    found = Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables),
+                     reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
+                     flags=frozenset(refs.flags), literal_sensitive=refs.literal_sensitive)
     if check_tables:
         disagreement = crosscheck_tables(context.crosscheck_text(text, nodes[0]), refs.tables, context)
         if disagreement is not None:
-            return unknown(text, command, disagreement, tables=frozenset(refs.tables))
-    return Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables),
-                    reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
-                    flags=frozenset(refs.flags) | flags, reasons=reasons,
-                    literal_sensitive=refs.literal_sensitive)
+            # Unknown, but keeping what was found: a rule that denies on it still applies.
+            return replace(found, kind=Kind.UNKNOWN, reasons=(disagreement,))
+    return found
 
 
 def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:

@@ -1291,3 +1291,6 @@ SELECT id FROM orders /* unterminated comment
 -- expect: review | syntax-error: stray closing parenthesis after a line comment
 SELECT id FROM orders WHERE id = 1 -- fine so far
 );
+
+-- expect: deny | deny-function: pg_read_file where the second parser cannot read the statement (U& table name): still denied
+SELECT pg_read_file('/etc/passwd') FROM U&"\0063ustomers" LIMIT 1;
