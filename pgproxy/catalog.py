@@ -47,7 +47,7 @@ from pathlib import Path
 import yaml
 
 from pgproxy.analysis.schema import Relation, Schema
-from pgproxy.config import ConfigError, Route, _At, _describe, _Loader, _yaml_error
+from pgproxy.config import Route, _At, _describe, _Loader, read_yaml
 from pgproxy.errors import ProxyError, UpstreamProtocolError
 from pgproxy.upstream import READ_CHUNK, UpstreamConnection, connect_upstream
 from pgproxy.wire import messages as m
@@ -485,21 +485,7 @@ def load_catalog(path: Path) -> CatalogFile:
         catalog = load_catalog(Path("catalog.yaml"))
         catalog.tags_for("app")[("public", "customers")]["email"]   # frozenset({'pii', 'pii.email'})
     """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read catalog: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(_yaml_error(path, text, e)) from None
-    if root is None:
-        raise ConfigError(f"{path}: catalog is empty; expected a mapping of database names to schemas")
+    root = read_yaml(path, "catalog", "a mapping of database names to schemas")
     loader = _Loader(path)
     databases: dict[str, Tags] = {}
     for database, db_at in _names(loader, _At(root, "", root.start_mark.line + 1), "database names"):

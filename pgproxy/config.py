@@ -133,20 +133,12 @@ class Config:
     policy: Policy = field(default_factory=Policy)
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a YAML config file; raise ConfigError naming file, line and key.
-
-    Relative paths inside the file are taken relative to the file's directory, and
-    secrets named by ``*_env`` / ``*_file`` keys are resolved here, so a Config that
-    loaded is ready to use::
-
-        config = load_config(Path("pgproxy.yaml"))
-        config.routes["app"].password   # read from the route's password_env / password_file
-    """
+def read_yaml(path: Path, what: str, expected: str) -> yaml.Node:
+    """The composed YAML of a file (with line marks), or a ConfigError naming file and line."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -157,7 +149,21 @@ def load_config(path: Path) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(_yaml_error(path, text, e)) from None
     if root is None:
-        raise ConfigError(f"{path}: config is empty; expected a mapping with 'auth' and 'routes'")
+        raise ConfigError(f"{path}: {what} is empty; expected {expected}")
+    return root
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a YAML config file; raise ConfigError naming file, line and key.
+
+    Relative paths inside the file are taken relative to the file's directory, and
+    secrets named by ``*_env`` / ``*_file`` keys are resolved here, so a Config that
+    loaded is ready to use::
+
+        config = load_config(Path("pgproxy.yaml"))
+        config.routes["app"].password   # read from the route's password_env / password_file
+    """
+    root = read_yaml(path, "config", "a mapping with 'auth' and 'routes'")
     at = _At(root, "", root.start_mark.line + 1)
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(

@@ -117,6 +117,8 @@ def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False
         return unknown(text, command, str(exc))
     except RecursionError:
         return unknown(text, command, "statement is nested too deeply to analyse")
+    except Exception as exc:  # a node shape the walker did not expect: fail closed, never crash
+        return unknown(text, command, f"pgproxy could not analyse this statement ({type(exc).__name__})")
 
 
 def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,

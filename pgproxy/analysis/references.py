@@ -260,13 +260,22 @@ class References:
             item.visible = {**renamed, **rest}
         return item
 
-    def _InsertStmt(self, node: ast.InsertStmt, outer: Scope | None) -> None:
+    def _dml(self, node: Any, outer: Scope | None) -> tuple[Scope, Relation, RangeItem]:
+        """The scope, target relation and target item of INSERT/UPDATE/DELETE/MERGE.
+
+        The target is always a table, never a CTE of the same name (as in the server).
+        """
         scope = Scope([], outer)
         self._with(node.withClause, scope)
         self.modifies = True
-        target = self.from_item(node.relation, scope)
-        relation = target.relation
-        assert relation is not None
+        if node.relation is None:
+            raise Unresolved("the statement names no target table")
+        relation = self.relation(node.relation)
+        item = RangeItem(relation.name, relation, {c: c for c in relation.columns}, schema_name=relation.schema)
+        return scope, relation, self._aliased(item, node.relation.alias)
+
+    def _InsertStmt(self, node: ast.InsertStmt, outer: Scope | None) -> None:
+        scope, relation, target = self._dml(node, outer)
         columns = [c.name or "" for c in node.cols] if node.cols else list(relation.columns)
         for column in columns:
             if column not in relation.columns:
@@ -304,15 +313,10 @@ class References:
         self.expression(returning, scope)
 
     def _UpdateStmt(self, node: ast.UpdateStmt, outer: Scope | None) -> None:
-        scope = Scope([], outer)
-        self._with(node.withClause, scope)
-        self.modifies = True
-        target = self.from_item(node.relation, scope)
+        scope, relation, target = self._dml(node, outer)
         scope.items.append(target)
         for item in node.fromClause or ():
             scope.items.append(self.from_item(item, scope))
-        relation = target.relation
-        assert relation is not None
         for res in node.targetList or ():
             self._set_target(relation, res, scope)
         if node.whereClause is None:
@@ -321,15 +325,10 @@ class References:
         self._returning(node, scope)
 
     def _DeleteStmt(self, node: ast.DeleteStmt, outer: Scope | None) -> None:
-        scope = Scope([], outer)
-        self._with(node.withClause, scope)
-        self.modifies = True
-        target = self.from_item(node.relation, scope)
+        scope, relation, target = self._dml(node, outer)
         scope.items.append(target)
         for item in node.usingClause or ():
             scope.items.append(self.from_item(item, scope))
-        relation = target.relation
-        assert relation is not None
         for column in relation.columns:  # removing a row removes every value in it
             self.write(relation, column)
         if node.whereClause is None:
@@ -338,14 +337,8 @@ class References:
         self._returning(node, scope)
 
     def _MergeStmt(self, node: ast.MergeStmt, outer: Scope | None) -> None:
-        scope = Scope([], outer)
-        self._with(node.withClause, scope)
-        self.modifies = True
-        target = self.from_item(node.relation, scope)
-        source = self.from_item(node.sourceRelation, scope)
-        scope.items += [target, source]
-        relation = target.relation
-        assert relation is not None
+        scope, relation, target = self._dml(node, outer)
+        scope.items += [target, self.from_item(node.sourceRelation, scope)]
         for column in relation.columns:
             self.write(relation, column)
         self.expression(node.joinCondition, scope)
