@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,15 @@ from pgproxy.demo.run import demo_sql
 from pgproxy.pgcluster import PostgresCluster
 from tests.harness import DATABASE, UPSTREAM_USERS, ProxyThread, make_config, running_proxy
 from tests.pki import Pki, make_pki
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# A test run stopped with SIGTERM (a CI time limit, `timeout`, `kill`) unwinds like Ctrl-C, so the
+# fixtures still stop the PostgreSQL servers they started.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
