@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -120,6 +120,20 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalsConfig:
+    """Holding statements for review: where reviewers decide, and how decisions are checked."""
+
+    signing_key: str = field(repr=False)  # signs the decisions the proxy stores (HS256)
+    reviewer_jwt: JwtConfig
+    reviewer_groups: frozenset[str] = frozenset({"reviewers"})
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # the base of links in notices; default http://host:port
+    store: Path = Path("pgproxy-approvals.sqlite3")
+    timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     routes: dict[str, Route]
@@ -131,6 +145,7 @@ class Config:
     catalog: Path | None = None  # the tags file (enforce mode)
     analysis: AnalysisConfig = AnalysisConfig()
     policy: Policy = field(default_factory=Policy)
+    approvals: ApprovalsConfig | None = None  # None: statements that need review are refused
 
 
 def read_yaml(path: Path, what: str, expected: str) -> yaml.Node:
@@ -373,7 +388,8 @@ class _Loader:
 
     def config(self, at: _At) -> Config:
         found = self.mapping(
-            at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy"),
+            at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy",
+                 "approvals"),
             required=("routes",),
         )
         if "auth" not in found:
@@ -393,6 +409,7 @@ class _Loader:
             catalog=_opt(found, "catalog", self.file, None),
             analysis=_opt(found, "analysis", self.analysis, AnalysisConfig()),
             policy=_opt(found, "policy", self.policy, Policy()),
+            approvals=_opt(found, "approvals", self.approvals, None),
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -598,6 +615,31 @@ class _Loader:
             else frozenset(),
             cache_entries=_opt(found, "cache_entries", lambda a: self.integer(a, 0), default.cache_entries),
             cache_bytes=_opt(found, "cache_bytes", lambda a: self.integer(a, 0), default.cache_bytes),
+        )
+
+    def approvals(self, at: _At) -> ApprovalsConfig:
+        found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
+                                  "signing_key_file", "reviewers"), required=("reviewers",))
+        source = self.exactly_one(at, found, ("signing_key_env", "signing_key_file"))
+        signing_key = self.env(found[source]) if source == "signing_key_env" else self.read(found[source]).strip()
+        if len(signing_key) < 32:
+            self.fail(found[source], "the signing key must be at least 32 characters")
+        reviewers = self.mapping(found["reviewers"], ("jwt", "groups"), required=("jwt",))
+        reviewer_jwt = replace(self.jwt(reviewers["jwt"]), require_user_match=False)
+        listen = self.mapping(found["listen"], ("host", "port")) if "listen" in found else {}
+        host = _opt(listen, "host", self.string, "127.0.0.1")
+        port = _opt(listen, "port", lambda a: self.integer(a, 0, 65535), 8080)
+        public_url = _opt(found, "public_url", self.string, "")
+        if public_url and not public_url.startswith(("http://", "https://")):
+            self.fail(found["public_url"], f"expected an http:// or https:// URL, got {public_url!r}")
+        store = self._base / Path(self.string(found["store"])).expanduser() if "store" in found \
+            else self._base / "pgproxy-approvals.sqlite3"
+        return ApprovalsConfig(
+            signing_key=signing_key, reviewer_jwt=reviewer_jwt,
+            reviewer_groups=frozenset(self.strings(reviewers["groups"])) if "groups" in reviewers
+            else frozenset({"reviewers"}),
+            host=host, port=port, public_url=public_url, store=store,
+            timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
         )
 
     def strings(self, at: _At) -> list[str]:

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pgproxy.analysis.cache import DecisionCache
 from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
+from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.errors import SqlState
 from pgproxy.policy import Action, Decision, decide, strictest
-from pgproxy.session import ALLOW, Judgement, Statement, StatementGate, Verdict
+from pgproxy.session import ALLOW, CANCELLED_WHILE_HELD, Judgement, Statement, StatementGate, Verdict
+from pgproxy.store import ApprovalRequest, Status, StoreError
 
 if TYPE_CHECKING:
     from pgproxy.catalog import Catalog
@@ -49,9 +52,11 @@ class SessionState:
 class PolicyGate(StatementGate):
     """Decides each statement of a session from the analysis and the policy."""
 
-    def __init__(self, config: Config, catalog: Catalog) -> None:
+    def __init__(self, config: Config, catalog: Catalog, approvals: Approvals | None = None) -> None:
         self.config = config
         self.catalog = catalog
+        self.approvals = approvals
+        self.holds = approvals is not None
         self.policy = config.policy
         self.limits = config.analysis
         self.cache: DecisionCache[Verdicts] = DecisionCache(
@@ -87,26 +92,77 @@ class PolicyGate(StatementGate):
         key = self._key(schema, state, identity.agent_id, identity.groups)
         cached = self.cache.get(statement.sql, key)
         if cached is not None:
-            return self._conclude(session, schema, cached)
+            return self._conclude(session, schema, cached, statement)
         if size <= INLINE_ANALYSIS_BYTES:
             verdicts = self._compute(statement.sql, schema, state, identity.agent_id, identity.groups)
             self._store(statement.sql, key, verdicts)
-            return self._conclude(session, schema, verdicts)
-        return self._judge_in_thread(session, schema, statement.sql, state, key)
+            return self._conclude(session, schema, verdicts, statement)
+        return self._judge_in_thread(session, schema, statement, state, key)
 
-    async def _judge_in_thread(self, session: Session, schema: Schema, sql: str, state: SessionState,
+    async def _judge_in_thread(self, session: Session, schema: Schema, statement: Statement, state: SessionState,
                                key: tuple[str, ...]) -> Judgement:
         """A long statement is analysed off the event loop, so other sessions carry on meanwhile."""
         identity = session.identity
         assert identity is not None
-        verdicts = await asyncio.to_thread(self._compute, sql, schema, state, identity.agent_id,
+        verdicts = await asyncio.to_thread(self._compute, statement.sql, schema, state, identity.agent_id,
                                            identity.groups)
-        self._store(sql, key, verdicts)
-        return self._conclude(session, schema, verdicts)
+        self._store(statement.sql, key, verdicts)
+        return self._conclude(session, schema, verdicts, statement)
 
-    def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts) -> Judgement:
-        self._remember(session, schema, verdicts)
+    def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
+        # An extended-protocol statement that will be held at its Execute may be Described
+        # before: its result's shape (no rows) must pass the result guard.
+        held_later = (verdicts.decision.action is Action.REVIEW and self.holds
+                      and statement.protocol == "extended")
+        self._remember(session, schema, verdicts, permit_only=held_later)
         return self._judgement(verdicts.decision, session, verdicts)
+
+    # -- the hold point ---------------------------------------------------------------------
+
+    async def hold(self, session: Session, sql: str, parameters: tuple[str | None, ...],
+                   judgement: Judgement) -> Judgement:
+        """Hold a statement judged REVIEW until a reviewer decides, it expires, or it is withdrawn."""
+        approvals = self.approvals
+        identity = session.identity
+        assert approvals is not None and identity is not None
+        verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
+        decision = verdicts.decision if verdicts is not None else None
+        now = time.time()
+        request = ApprovalRequest(
+            id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
+            database=session.database, statement=sql, parameters=parameters,
+            statement_sha256=statement_sha256(sql, parameters),
+            analysis={"statements": [a.to_json() for a in verdicts.analyses]} if verdicts is not None else {},
+            rule=decision.rule if decision is not None else "review", reason=judgement.message,
+            client_address=session.client_address,
+            application_name=session.parameters.get("application_name", ""),
+            created_at=now, expires_at=now + approvals.timeout_seconds)
+        expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(request.expires_at))
+        session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
+                            detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
+                                   "cancel the query to withdraw the request.")
+        try:
+            outcome = await approvals.hold(request)
+        except StoreError:
+            log.exception("approval store unavailable", extra={"session": session.id})
+            return Judgement(Verdict.DENY, SqlState.SYSTEM_ERROR,
+                             "pgproxy cannot record the approval request, so the statement was not run")
+        if outcome.status is Status.APPROVED:
+            if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
+                self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
+                                                                                     action=Action.ALLOW)))
+            session.log.info("held statement approved", extra={"approval": request.id,
+                                                                "reviewer": outcome.reviewer})
+            return ALLOW
+        if outcome.status is Status.DENIED:
+            return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                             f"denied by reviewer {outcome.reviewer}: {outcome.reason or 'no reason given'}",
+                             detail=f"approval request {request.id}")
+        if outcome.status is Status.EXPIRED:
+            return Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
+                             f"approval request expired after {approvals.timeout_seconds:g} s without a decision",
+                             detail=f"approval request {request.id}")
+        return CANCELLED_WHILE_HELD
 
     def _key(self, schema: Schema, state: SessionState, agent: str, groups: frozenset[str]) -> tuple[str, ...]:
         """Everything besides the statement's text that its decision depends on."""
@@ -125,12 +181,17 @@ class PolicyGate(StatementGate):
         if _cacheable(verdicts.analyses):
             self.cache.put(sql, key, verdicts, literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
 
-    def _remember(self, session: Session, schema: Schema, verdicts: Verdicts) -> None:
-        """Track what an allowed statement changes in the session's own state."""
-        if verdicts.decision.action is not Action.ALLOW:
+    def _remember(self, session: Session, schema: Schema, verdicts: Verdicts, *, permit_only: bool = False) -> None:
+        """Track what an allowed statement changes in the session's own state. A statement held
+        for review (`permit_only`) only adds its columns to what results may show: a Describe
+        reveals its result's shape before the Execute, which waits for the approval."""
+        if verdicts.decision.action is not Action.ALLOW and not permit_only:
             return
         state = self.state(session)
         for analysis in verdicts.analyses:
+            if permit_only:
+                self._permit(state, schema, analysis)
+                continue
             if analysis.prepared_name is not None:
                 state.prepared[analysis.prepared_name] = analysis
             if analysis.search_path is not None:
@@ -139,12 +200,16 @@ class PolicyGate(StatementGate):
                 state.prepared.clear()  # conservative: forget them all (EXECUTE then needs review)
             if analysis.kind is Kind.DDL:
                 state.refresh_pending = True
-            for key, tags in analysis.reads.items():
-                if not tags:
-                    continue
-                relation = schema.relations.get((key.schema, key.table))
-                if relation is not None and key.column in relation.columns:
-                    state.permitted.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
+            self._permit(state, schema, analysis)
+
+    @staticmethod
+    def _permit(state: SessionState, schema: Schema, analysis: Analysis) -> None:
+        for key, tags in analysis.reads.items():
+            if not tags:
+                continue
+            relation = schema.relations.get((key.schema, key.table))
+            if relation is not None and key.column in relation.columns:
+                state.permitted.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
 
     def _judgement(self, decision: Decision, session: Session, verdicts: Verdicts | None) -> Judgement:
         analyses = verdicts.analyses if verdicts is not None else ()
@@ -161,7 +226,7 @@ class PolicyGate(StatementGate):
                              detail=detail)
         return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
-                         detail=detail)
+                         detail=detail, context=verdicts)
 
     # -- after each ReadyForQuery ------------------------------------------------------
 
@@ -174,6 +239,8 @@ class PolicyGate(StatementGate):
             task.add_done_callback(self._refreshed)
 
     async def close(self) -> None:
+        if self.approvals is not None:
+            await self.approvals.close()
         for task in list(self._refreshes):
             task.cancel()
         await asyncio.gather(*self._refreshes, return_exceptions=True)

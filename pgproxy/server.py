@@ -7,12 +7,17 @@ import asyncio
 import logging
 import ssl
 
+from aiohttp import web
+
+from pgproxy.approvals.service import Approvals
+from pgproxy.approvals.web import make_app
 from pgproxy.catalog import Catalog, load_catalog
-from pgproxy.config import Config, Mode
+from pgproxy.config import ApprovalsConfig, AuthConfig, Config, Mode
 from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
 from pgproxy.session import READ_CHUNK, Session, SessionRegistry, StatementGate
+from pgproxy.store.sqlite import SqliteStore
 from pgproxy.wire import messages as m
 
 log = logging.getLogger("pgproxy.server")
@@ -42,13 +47,34 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def build_policy_gate(config: Config) -> PolicyGate:
+async def build_policy_gate(config: Config, approvals: Approvals | None) -> PolicyGate:
     """Enforce mode's gate: read the catalog file, introspect every route, log the warnings."""
     catalog = Catalog(max_message_bytes=config.limits.max_message_bytes)
     catalog_file = load_catalog(config.catalog) if config.catalog is not None else None
     for warning in await catalog.load(config.routes, catalog_file):
         log.warning("catalog warning", extra={"warning": warning})
-    return PolicyGate(config, catalog)
+    return PolicyGate(config, catalog, approvals)
+
+
+async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRunner, str]:
+    """Open the store (abandoning what a previous run left pending), start the web app."""
+    store = SqliteStore(config.store)
+    await store.open()
+    abandoned = await store.abandon_pending()
+    if abandoned:
+        log.warning("approval requests abandoned by a restart", extra={"count": abandoned})
+    approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
+                          timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending")
+    runner = web.AppRunner(make_app(approvals, Authenticator(AuthConfig(jwt=config.reviewer_jwt))),
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = config.public_url or f"http://{config.host}:{port}"
+    approvals.public_url = url.rstrip("/")
+    log.info("approvals web app listening", extra={"url": url})
+    return approvals, runner, url
 
 
 class ProxyServer:
@@ -63,6 +89,8 @@ class ProxyServer:
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._web: web.AppRunner | None = None
+        self.approvals_url: str | None = None
 
     @property
     def port(self) -> int:
@@ -75,7 +103,10 @@ class ProxyServer:
 
     async def start(self) -> None:
         if self.config.mode is Mode.ENFORCE and self.gate is None:
-            self.gate = await build_policy_gate(self.config)
+            approvals = None
+            if self.config.approvals is not None:
+                approvals, self._web, self.approvals_url = await start_approvals(self.config.approvals)
+            self.gate = await build_policy_gate(self.config, approvals)
         listen = self.config.listen
         self._server = await asyncio.start_server(
             self._accept, listen.host, listen.port, limit=READ_CHUNK, backlog=1024,
@@ -127,6 +158,9 @@ class ProxyServer:
             await asyncio.wait(list(self._handlers), timeout=5.0)
         if self.gate is not None:
             await self.gate.close()
+        if self._web is not None:
+            await self._web.cleanup()
+            self._web = None
         await self._server.wait_closed()
         self._server = None
         log.info("stopped")

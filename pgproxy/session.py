@@ -119,9 +119,28 @@ class Judgement:
     sqlstate: str = SqlState.INSUFFICIENT_PRIVILEGE
     message: str = ""
     detail: str | None = None
+    context: Any = None  # what the gate needs to hold it (its analysis)
 
 
 ALLOW = Judgement(Verdict.ALLOW)
+CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
+                                 "canceling statement due to user request",
+                                 detail="The statement was waiting for approval; the request was withdrawn.")
+
+
+def _shown_parameters(bind: m.Bind) -> tuple[str | None, ...]:
+    """Bind parameters as a reviewer sees them: text as text, binary values as hex."""
+    formats = bind.param_formats
+    shown: list[str | None] = []
+    for index, value in enumerate(bind.params):
+        binary = (formats[0] if len(formats) == 1 else formats[index] if formats else 0) == 1
+        if value is None:
+            shown.append(None)
+        elif binary:
+            shown.append("\\x" + value.hex())
+        else:
+            shown.append(value.decode("utf-8", "replace"))
+    return tuple(shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +154,13 @@ class Statement:
 
 class StatementGate:
     """Decides each statement (the analysis and policy plug in here) and guards results."""
+
+    holds = False  # whether REVIEW statements are held for a reviewer (else refused)
+
+    async def hold(self, session: Session, sql: str, parameters: tuple[str | None, ...],
+                   judgement: Judgement) -> Judgement:
+        """Wait for a reviewer's decision on a statement judged REVIEW."""
+        return judgement
 
     def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
         """The decision, or an awaitable of it when deciding takes time (the session waits)."""
@@ -234,6 +260,12 @@ class Session:
         self._cycles_done = 0
         self._closing = False
         self.gate_state: Any = None  # the gate's per-session state
+        self._waiting: asyncio.Future[Judgement] | None = None  # a decision being waited for
+        self._deferred: deque[tuple[bytes, list[tuple[int, int, int]]]] = deque()  # read while held
+        # Extended protocol: statements that need review (name -> sql, judgement) and portals
+        # bound to them (name -> sql, parameters as shown, judgement): held at Execute.
+        self._review_statements: dict[str, tuple[str, Judgement]] = {}
+        self._review_portals: dict[str, tuple[str, tuple[str | None, ...], Judgement]] = {}
         self._guarding = False  # a result was refused: drop the server's output until ReadyForQuery
         self._upstream_said_fatal = False
         self._terminating = False  # the client sent Terminate
@@ -323,6 +355,11 @@ class Session:
             pass
 
     async def cancel_upstream(self) -> None:
+        if self._waiting is not None:
+            # A held statement: the CancelRequest withdraws it (it never reached the server).
+            self.log.info("cancel request withdrew a held statement")
+            self._waiting.cancel()
+            return
         if self.upstream is not None and self.upstream.backend_key is not None:
             self.log.info("cancel request forwarded")
             await send_cancel(self.upstream.route, self.upstream.backend_key)
@@ -532,16 +569,21 @@ class Session:
         reader = self.reader
         frames = self._frames
         while True:
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                self.log.info("client disconnected")
-                return
-            self.last_client_activity = time.monotonic()
-            try:
-                batch = frames.feed(data)
-            except FrameError as exc:
-                raise ClientProtocolError(str(exc)) from None
-            if batch and await self._forward_client(frames.buffer, batch):
+            if self._deferred:
+                # Messages that arrived while a statement was held: their turn comes now, in order.
+                buf, batch = self._deferred.popleft()
+            else:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    self.log.info("client disconnected")
+                    return
+                self.last_client_activity = time.monotonic()
+                try:
+                    batch = frames.feed(data)
+                except FrameError as exc:
+                    raise ClientProtocolError(str(exc)) from None
+                buf = frames.buffer
+            if batch and await self._forward_client(buf, batch):
                 return
             if upstream.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
                 await upstream.drain()
@@ -557,13 +599,23 @@ class Session:
             if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
                 self._enter_statement(type_byte)
                 if self.gate is not None:
-                    decided = self._judge(type_byte, buf[start + 5:end])
+                    statement, decided = self._judge(type_byte, buf[start + 5:end])
                     if not isinstance(decided, Judgement):
                         # Deciding takes a while: let what came before go ahead, then wait.
                         upstream.write(buf[run_start:start])
                         run_start = start
-                        decided = await decided
+                        decided = await self._await_decision(decided)
                     judgement = decided
+                    if type_byte == m.PARSE:
+                        self._review_statements.pop(statement.statement_name, None)
+                    if judgement.verdict is Verdict.REVIEW and self.gate.holds:
+                        if type_byte == m.PARSE:
+                            # Parsing runs nothing: the hold comes at Execute, with the parameters.
+                            self._review_statements[statement.statement_name] = (statement.sql, judgement)
+                            continue
+                        upstream.write(buf[run_start:start])
+                        run_start = start
+                        judgement = await self._hold(statement.sql, (), judgement)
                     if judgement.verdict is not Verdict.ALLOW:
                         upstream.write(buf[run_start:start])
                         run_start = end
@@ -576,6 +628,15 @@ class Session:
             elif type_byte in _EXTENDED:
                 if self.state is State.READY:
                     self._to(State.EXTENDED_QUERY)
+                if self._review_statements and type_byte != m.FLUSH:
+                    held = self._track_review(type_byte, buf[start + 5:end])
+                    if held is not None:
+                        upstream.write(buf[run_start:start])
+                        run_start = start
+                        judgement = await self._hold(*held)
+                        if judgement.verdict is not Verdict.ALLOW:
+                            run_start = end
+                            await self._refuse(m.PARSE, judgement)  # fails in place of the Execute
             elif type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
                 if self.state is State.COPY_IN:
                     self._to(self._copy_return)
@@ -589,6 +650,87 @@ class Session:
         upstream.write(buf[run_start:batch[-1][2]])
         return False
 
+    def _track_review(self, type_byte: int, body: bytes) -> tuple[str, tuple[str | None, ...], Judgement] | None:
+        """Follow statements that need review through Bind and Close; at their Execute, say what to hold."""
+        try:
+            if type_byte == m.BIND:
+                bind = m.decode_bind(body)
+                reviewed = self._review_statements.get(bind.statement)
+                if reviewed is None:
+                    self._review_portals.pop(bind.portal, None)
+                else:
+                    self._review_portals[bind.portal] = (reviewed[0], _shown_parameters(bind), reviewed[1])
+            elif type_byte == m.EXECUTE:
+                portal = m.decode_execute(body).portal
+                return self._review_portals.get(portal)
+            elif type_byte == m.CLOSE:
+                kind, name = body[:1], m.decode_str(body[1:-1])
+                (self._review_statements if kind == b"S" else self._review_portals).pop(name, None)
+        except m.MessageFormatError as exc:
+            raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
+        return None
+
+    async def _hold(self, sql: str, parameters: tuple[str | None, ...], judgement: Judgement) -> Judgement:
+        """The hold point: wait for a reviewer while the connection stays responsive."""
+        assert self.gate is not None
+        previous = self.state
+        self._to(State.HELD)
+        try:
+            return await self._await_decision(self.gate.hold(self, sql, parameters, judgement))
+        finally:
+            if self.state is State.HELD:
+                self._to(previous if previous in _QUERY_STATES else State.EXTENDED_QUERY)
+
+    async def _await_decision(self, pending: Awaitable[Judgement]) -> Judgement:
+        """Wait for a decision while still reading the client: a Terminate or a disconnect
+        withdraws the statement; other messages wait their turn (in `_deferred`), within the
+        buffered-bytes cap (past it the client is simply not read: back-pressure)."""
+        decision = asyncio.ensure_future(pending)
+        self._waiting = decision
+        read: asyncio.Task[bytes] | None = None
+        try:
+            while not decision.done():
+                room = sum(len(b) for b, _ in self._deferred) < self.limits.max_buffered_bytes
+                if read is None and room:
+                    read = asyncio.ensure_future(self.reader.read(READ_CHUNK))
+                await asyncio.wait({decision} if read is None else {decision, read},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if read is not None and read.done():
+                    data, read = read.result(), None
+                    self._take_while_held(data, decision)
+        finally:
+            self._waiting = None
+            if read is not None:
+                # Finish the read before anyone reads again; keep what it got, if anything.
+                read.cancel()
+                data = b""
+                with contextlib.suppress(asyncio.CancelledError):
+                    data = await read
+                if data:
+                    self._take_while_held(data, decision)
+            if not decision.done():
+                decision.cancel()
+        if decision.cancelled():
+            return CANCELLED_WHILE_HELD
+        return decision.result()
+
+    def _take_while_held(self, data: bytes, decision: asyncio.Future[Judgement]) -> None:
+        """Bytes read from the client while a statement is held: queue them, or end the wait."""
+        if not data:
+            decision.cancel()
+            raise ConnectionResetError("client disconnected while a statement was held")
+        try:
+            batch = self._frames.feed(data)
+        except FrameError as exc:
+            decision.cancel()
+            raise ClientProtocolError(str(exc)) from None
+        if any(t == m.TERMINATE for t, _, _ in batch):
+            decision.cancel()
+            self._terminating = True
+            raise ConnectionResetError("client terminated while a statement was held")
+        if batch:
+            self._deferred.append((self._frames.buffer, batch))
+
     def _enter_statement(self, type_byte: int) -> None:
         if type_byte == m.PARSE:
             self._to(State.EXTENDED_QUERY)
@@ -598,7 +740,7 @@ class Session:
             self._outstanding += 1
             self._to(State.SIMPLE_QUERY)
 
-    def _judge(self, type_byte: int, body: bytes) -> Judgement | Awaitable[Judgement]:
+    def _judge(self, type_byte: int, body: bytes) -> tuple[Statement, Judgement | Awaitable[Judgement]]:
         assert self.gate is not None
         try:
             if type_byte == m.QUERY:
@@ -610,7 +752,11 @@ class Session:
                 statement = Statement("function", "<function call>")
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
-        return self.gate.judge(self, statement)
+        return statement, self.gate.judge(self, statement)
+
+    def send_notice(self, message: str, detail: str | None = None) -> None:
+        """A NoticeResponse to the client (whole messages only, so it cannot split another)."""
+        self.writer.write(m.NoticeResponse.make(message, detail=detail).encode())
 
     async def _refuse(self, type_byte: int, judgement: Judgement) -> None:
         """Send the server a message that fails where the refused one stood (see the module doc)."""

@@ -306,7 +306,7 @@ ERRORS = [
         <auth>
         colour: blue
         """, "{file}:4: colour: unknown key 'colour'"
-        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy)",
+        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals)",
         id="unknown-key-without-suggestion"),
     pytest.param("""
         mode: passthrough

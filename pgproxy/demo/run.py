@@ -27,7 +27,10 @@ UPSTREAM_ROLE = "pgproxy_app"
 AGENT_ID = "agent"
 TOKEN_ISSUER = "pgproxy-demo"
 TOKEN_AUDIENCE = "pgproxy"
-_GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret", "catalog.yaml")
+REVIEWER_ID = "alice"
+REVIEWER_AUDIENCE = "pgproxy-approvals"
+_GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret", "catalog.yaml", "reviewer-secret", "signing-key",
+              "approvals.sqlite3", "approvals.sqlite3-wal", "approvals.sqlite3-shm")
 
 
 def demo_file(name: str) -> str:
@@ -40,9 +43,10 @@ def demo_sql() -> str:
     return demo_file("data.sql")
 
 
-def mint_token(secret: str, subject: str, *, groups: list[str], hours: float = 24.0) -> str:
+def mint_token(secret: str, subject: str, *, groups: list[str], hours: float = 24.0,
+               audience: str = TOKEN_AUDIENCE) -> str:
     now = int(time.time())
-    claims = {"sub": subject, "groups": groups, "iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE,
+    claims = {"sub": subject, "groups": groups, "iss": TOKEN_ISSUER, "aud": audience,
               "iat": now, "exp": now + int(hours * 3600)}
     return jwt.encode(claims, secret, algorithm="HS256")
 
@@ -58,6 +62,8 @@ class DemoEnvironment:
         self.cluster = PostgresCluster(self.base / "postgres")
         self.upstream_password = secrets.token_urlsafe(18)
         self.jwt_secret = secrets.token_urlsafe(32)
+        self.reviewer_secret = secrets.token_urlsafe(32)  # reviewers' tokens come from another issuer
+        self.signing_key = secrets.token_urlsafe(32)
         self.config_path = self.base / "pgproxy.yaml"
 
     def __enter__(self) -> DemoEnvironment:
@@ -91,6 +97,9 @@ class DemoEnvironment:
         secret_file = self.base / "jwt-secret"
         secret_file.write_text(self.jwt_secret + "\n")
         secret_file.chmod(0o600)
+        for name, value in (("reviewer-secret", self.reviewer_secret), ("signing-key", self.signing_key)):
+            (self.base / name).write_text(value + "\n")
+            (self.base / name).chmod(0o600)
         catalog_file = self.base / "catalog.yaml"
         catalog_file.write_text(demo_file("catalog.yaml"))
         config = {
@@ -103,6 +112,14 @@ class DemoEnvironment:
                 "allow_cleartext_on_loopback": True,
                 "jwt": {"algorithms": ["HS256"], "secret_file": str(secret_file),
                         "issuer": TOKEN_ISSUER, "audience": TOKEN_AUDIENCE},
+            },
+            "approvals": {
+                "listen": {"host": "127.0.0.1", "port": 0},
+                "store": str(self.base / "approvals.sqlite3"),
+                "signing_key_file": str(self.base / "signing-key"),
+                "reviewers": {"jwt": {"algorithms": ["HS256"], "secret_file": str(self.base / "reviewer-secret"),
+                                      "issuer": TOKEN_ISSUER, "audience": REVIEWER_AUDIENCE},
+                              "groups": ["reviewers"]},
             },
             "routes": {
                 DEMO_DATABASE: {"host": self.cluster.host, "port": self.cluster.port, "dbname": DEMO_DATABASE,
@@ -124,8 +141,11 @@ async def serve_demo(demo: DemoEnvironment) -> int:
         "DATABASE_URL": f"postgresql://{AGENT_ID}:{token}@127.0.0.1:{server.port}/{DEMO_DATABASE}",
         "UPSTREAM_URL": demo.cluster.dsn(user=UPSTREAM_ROLE, password=demo.upstream_password,
                                          dbname=DEMO_DATABASE),
+        "APPROVALS_URL": server.approvals_url or "",
         "CONFIG": str(demo.config_path),
         "AGENT_TOKEN": token,
+        "REVIEWER_TOKEN": mint_token(demo.reviewer_secret, REVIEWER_ID, groups=["reviewers"],
+                                     audience=REVIEWER_AUDIENCE),
     }
     for key, value in lines.items():
         print(f"{key}={value}", flush=True)

@@ -328,6 +328,14 @@ class Execute:
         return frame(EXECUTE, encode_str(self.portal) + _I32.pack(self.max_rows))
 
 
+def decode_execute(body: bytes) -> Execute:
+    cur = _Cursor(body)
+    portal = cur.cstring()
+    max_rows = cur.int32()
+    cur.done()
+    return Execute(portal, max_rows)
+
+
 @dataclass(frozen=True, slots=True)
 class Sync:
     def encode(self) -> bytes:

@@ -1,0 +1,146 @@
+"""Holding statements for a reviewer, and deciding them.
+
+`hold()` stores a request and waits (no CPU, one future) until a decision, the expiry, or
+the agent withdrawing it. `decide()` checks the reviewer (a verified identity, in an
+allowed group, never the requesting agent), that the decision names the statement hash
+that was shown, and that the request is still pending; then it stores the decision signed
+by the proxy and wakes the held session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from pgproxy.identity import Identity
+from pgproxy.store import ApprovalRequest, Status, Store, StoreError
+
+log = logging.getLogger("pgproxy.approvals")
+
+
+class DecisionRefused(Exception):
+    """A decision that cannot be accepted; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    reviewer: str | None = None
+    reason: str | None = None
+
+
+def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
+    """The hash a decision must name: the statement and its parameters, exactly as shown."""
+    canonical = json.dumps({"statement": statement, "parameters": list(parameters)}, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Approvals:
+    def __init__(self, store: Store, *, signing_key: str, reviewer_groups: frozenset[str],
+                 timeout_seconds: float, public_url: str) -> None:
+        self.store = store
+        self.signing_key = signing_key
+        self.reviewer_groups = reviewer_groups
+        self.timeout_seconds = timeout_seconds
+        self.public_url = public_url.rstrip("/")
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+
+    def link(self, approval_id: str) -> str:
+        return f"{self.public_url}/approvals/{approval_id}"
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_urlsafe(18)  # unguessable: the link is all a chat message carries
+
+    @property
+    def held(self) -> int:
+        return len(self._waiters)
+
+    async def hold(self, request: ApprovalRequest) -> Outcome:
+        """Store `request` and wait for its outcome. Cancelling the wait withdraws it."""
+        await self.store.create(request)  # StoreError propagates: the statement does not run
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[request.id] = waiter
+        log.info("statement held", extra={"approval": request.id, "agent": request.agent, "rule": request.rule})
+        try:
+            remaining = max(0.0, request.expires_at - time.time())
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), remaining)
+            except TimeoutError:
+                return await self._close(request.id, Status.EXPIRED)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._close(request.id, Status.WITHDRAWN))
+                raise
+        finally:
+            self._waiters.pop(request.id, None)
+
+    async def _close(self, approval_id: str, status: Status) -> Outcome:
+        """End a pending request without a reviewer; if a decision won the race, that counts."""
+        try:
+            closed = await self.store.finish(approval_id, status, now=time.time())
+        except StoreError:
+            log.exception("could not record the end of an approval request", extra={"approval": approval_id})
+            return Outcome(status)
+        if closed is not None:
+            log.info(f"approval request {status.value}", extra={"approval": approval_id})
+            return Outcome(status)
+        waiter = self._waiters.get(approval_id)
+        if waiter is not None and waiter.done():
+            return waiter.result()
+        found = await self.store.get(approval_id)
+        if found is None:
+            return Outcome(status)
+        return Outcome(found.status, found.decided_by, found.decision_reason)
+
+    async def decide(self, approval_id: str, reviewer: Identity, *, approve: bool, reason: str,
+                     statement_hash: str) -> ApprovalRequest:
+        request = await self.store.get(approval_id)
+        if request is None:
+            raise DecisionRefused(404, f"no approval request {approval_id}")
+        if reviewer.agent_id == request.agent:
+            raise DecisionRefused(403, "the requesting agent cannot decide its own request")
+        if self.reviewer_groups and not (reviewer.groups & self.reviewer_groups):
+            raise DecisionRefused(403, f'"{reviewer.agent_id}" is not in a reviewer group '
+                                       f"({', '.join(sorted(self.reviewer_groups))})")
+        now = time.time()
+        if request.status is not Status.PENDING or request.expires_at <= now:
+            state = request.status.value if request.status is not Status.PENDING else "expired"
+            raise DecisionRefused(409, f"approval request {approval_id} is no longer pending ({state})")
+        if statement_hash != request.statement_sha256:
+            raise DecisionRefused(409, "statement_sha256 does not match the statement of this request")
+        status = Status.APPROVED if approve else Status.DENIED
+        token = jwt.encode({
+            "iss": "pgproxy", "approval_id": approval_id, "statement_sha256": request.statement_sha256,
+            "decision": "approve" if approve else "deny", "reviewer": reviewer.agent_id, "reason": reason,
+            "iat": int(now),
+        }, self.signing_key, algorithm="HS256")
+        decided = await self.store.finish(approval_id, status, decided_by=reviewer.agent_id, reason=reason,
+                                          token=token, now=now)
+        if decided is None:
+            raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
+        log.info("approval request decided", extra={"approval": approval_id, "decision": status.value,
+                                                    "reviewer": reviewer.agent_id})
+        waiter = self._waiters.get(approval_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Outcome(status, reviewer.agent_id, reason))
+        return decided
+
+    async def close(self) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(Outcome(Status.WITHDRAWN))
+        with contextlib.suppress(StoreError):
+            await self.store.close()

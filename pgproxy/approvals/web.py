@@ -1,0 +1,116 @@
+"""The approvals HTTP API (aiohttp, on the proxy's own event loop).
+
+Every endpoint except /healthz needs a reviewer's JWT (`Authorization: Bearer …`): a link
+carries only an unguessable id, and seeing a request's details needs a reviewer identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pgproxy.approvals.service import Approvals, DecisionRefused
+from pgproxy.errors import AuthFailed
+from pgproxy.identity import Authenticator, Identity
+from pgproxy.store import Status, StoreError
+
+APPROVALS = web.AppKey("approvals", Approvals)
+REVIEWERS = web.AppKey("reviewers", Authenticator)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _reviewer(request: web.Request) -> Identity:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise web.HTTPUnauthorized(text='{"error": "a reviewer token is required (Authorization: Bearer …)"}',
+                                   content_type="application/json")
+    try:
+        return await request.app[REVIEWERS].verify_jwt(token.strip(), "")
+    except AuthFailed as exc:
+        message = exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")
+        raise web.HTTPUnauthorized(text=f'{{"error": "{_escape(message)}"}}',
+                                   content_type="application/json") from None
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "held": request.app[APPROVALS].held})
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    await _reviewer(request)
+    raw = request.query.get("status")
+    try:
+        status = Status(raw) if raw else None
+    except ValueError:
+        return _error(400, f"unknown status {raw!r}; one of {', '.join(s.value for s in Status)}")
+    found = await request.app[APPROVALS].store.list(status)
+    return web.json_response({"approvals": [_public(a.to_json(), request.app[APPROVALS]) for a in found]})
+
+
+async def get_approval(request: web.Request) -> web.Response:
+    await _reviewer(request)
+    approvals = request.app[APPROVALS]
+    found = await approvals.store.get(request.match_info["id"])
+    if found is None:
+        return _error(404, "no such approval request")
+    return web.json_response(_public(found.to_json(), approvals))
+
+
+def _public(data: dict[str, Any], approvals: Approvals) -> dict[str, Any]:
+    return {**data, "url": approvals.link(data["id"])}
+
+
+async def post_decision(request: web.Request) -> web.Response:
+    reviewer = await _reviewer(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body must be JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object")
+    decision = body.get("decision")
+    if decision not in ("approve", "deny"):
+        return _error(400, 'decision must be "approve" or "deny"')
+    statement_hash = body.get("statement_sha256")
+    if not isinstance(statement_hash, str) or not statement_hash:
+        return _error(400, "statement_sha256 is required: the hash of the statement you reviewed")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 2000:
+        return _error(400, "reason must be a string of at most 2000 characters")
+    try:
+        decided = await request.app[APPROVALS].decide(
+            request.match_info["id"], reviewer, approve=decision == "approve", reason=reason,
+            statement_hash=statement_hash)
+    except DecisionRefused as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response({"id": decided.id, "status": decided.status.value, "decided_by": decided.decided_by,
+                              "decision_token": decided.decision_token})
+
+
+@web.middleware
+async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except StoreError:
+        return _error(503, "the approval store is unavailable")
+
+
+def make_app(approvals: Approvals, reviewers: Authenticator) -> web.Application:
+    app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
+    app[APPROVALS] = approvals
+    app[REVIEWERS] = reviewers
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/approvals", list_approvals)
+    app.router.add_get("/api/approvals/{id}", get_approval)
+    app.router.add_post("/api/approvals/{id}/decision", post_decision)
+    return app

@@ -1,0 +1,80 @@
+"""One interface for approval requests and decisions (grants and audit events join later).
+
+SQLite (`pgproxy.store.sqlite`) is the default: a file, created on first use, WAL mode.
+Every state change is a single conditional UPDATE, so two deciders (or a decider and the
+expiry) can never both win: the one that finds the request still pending does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the agent cancelled, or its connection ended
+    ABANDONED = "abandoned"  # the proxy restarted while it was pending: it can never run
+
+
+class StoreError(Exception):
+    """The store cannot be read or written: nothing risky may run (fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    id: str
+    agent: str
+    groups: tuple[str, ...]
+    database: str
+    statement: str
+    parameters: tuple[str | None, ...]  # as shown to reviewers (text, or hex for binary)
+    statement_sha256: str  # over the statement and its parameters
+    analysis: dict[str, Any]  # tables, columns and tags, kinds, flags, reasons
+    rule: str
+    reason: str
+    client_address: str
+    application_name: str
+    created_at: float
+    expires_at: float
+    status: Status = Status.PENDING
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    decided_at: float | None = None
+    decision_token: str | None = None  # the proxy-signed decision (JWS)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "status": self.status.value, "agent": self.agent, "groups": list(self.groups),
+            "database": self.database, "statement": self.statement, "parameters": list(self.parameters),
+            "statement_sha256": self.statement_sha256, "analysis": self.analysis, "rule": self.rule,
+            "reason": self.reason, "client_address": self.client_address,
+            "application_name": self.application_name, "created_at": self.created_at,
+            "expires_at": self.expires_at, "decided_by": self.decided_by,
+            "decision_reason": self.decision_reason, "decided_at": self.decided_at,
+            "decision_token": self.decision_token,
+        }
+
+
+class Store(Protocol):
+    async def create(self, request: ApprovalRequest) -> None: ...
+
+    async def get(self, approval_id: str) -> ApprovalRequest | None: ...
+
+    async def list(self, status: Status | None = None, limit: int = 200) -> list[ApprovalRequest]: ...
+
+    async def finish(self, approval_id: str, status: Status, *, decided_by: str | None = None,
+                     reason: str | None = None, token: str | None = None, now: float) -> ApprovalRequest | None:
+        """Move a pending, unexpired request to `status`; None if it was not pending any more."""
+        ...
+
+    async def abandon_pending(self) -> int:
+        """At start: every request still pending belongs to a connection that is gone."""
+        ...
+
+    async def close(self) -> None: ...

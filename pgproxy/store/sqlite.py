@@ -1,0 +1,151 @@
+"""The SQLite store: one file, WAL mode, one connection used from a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pgproxy.store import ApprovalRequest, Status, StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approval_requests (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    database TEXT NOT NULL,
+    statement TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    statement_sha256 TEXT NOT NULL,
+    analysis TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    client_address TEXT NOT NULL,
+    application_name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    decided_by TEXT,
+    decision_reason TEXT,
+    decided_at REAL,
+    decision_token TEXT
+);
+CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
+"""
+_COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
+            "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
+            "decided_by", "decision_reason", "decided_at", "decision_token")
+
+
+class SqliteStore:
+    """Approval requests in a SQLite file. Every call runs in a worker thread, one at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except sqlite3.Error as exc:
+                raise StoreError(f"approval store {self.path}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def open(self) -> None:
+        await self._run(self._connection)
+
+    async def create(self, request: ApprovalRequest) -> None:
+        row = (request.id, request.agent, json.dumps(list(request.groups)), request.database, request.statement,
+               json.dumps(list(request.parameters)), request.statement_sha256, json.dumps(request.analysis),
+               request.rule, request.reason, request.client_address, request.application_name,
+               request.created_at, request.expires_at, request.status.value, None, None, None, None)
+
+        def insert() -> None:
+            self._connection().execute(
+                f"INSERT INTO approval_requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                row)
+
+        await self._run(insert)
+
+    async def get(self, approval_id: str) -> ApprovalRequest | None:
+        def select() -> ApprovalRequest | None:
+            found = self._connection().execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?", (approval_id,)).fetchone()
+            return _request(found) if found else None
+
+        result: ApprovalRequest | None = await self._run(select)
+        return result
+
+    async def list(self, status: Status | None = None, limit: int = 200) -> list[ApprovalRequest]:
+        def select() -> list[ApprovalRequest]:
+            where, args = ("WHERE status = ?", (status.value,)) if status is not None else ("", ())
+            rows = self._connection().execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM approval_requests {where} ORDER BY created_at DESC LIMIT ?",
+                (*args, limit)).fetchall()
+            return [_request(r) for r in rows]
+
+        result: list[ApprovalRequest] = await self._run(select)
+        return result
+
+    async def finish(self, approval_id: str, status: Status, *, decided_by: str | None = None,
+                     reason: str | None = None, token: str | None = None, now: float) -> ApprovalRequest | None:
+        def update() -> ApprovalRequest | None:
+            db = self._connection()
+            # Expiry is enforced here too: nothing can approve a request after its time.
+            expiry = "" if status in (Status.EXPIRED, Status.WITHDRAWN, Status.ABANDONED) else "AND expires_at > ?"
+            args: tuple[Any, ...] = (status.value, decided_by, reason, now, token, approval_id, Status.PENDING.value)
+            if expiry:
+                args = (*args, now)
+            changed = db.execute(
+                "UPDATE approval_requests SET status = ?, decided_by = ?, decision_reason = ?, decided_at = ?, "
+                f"decision_token = ? WHERE id = ? AND status = ? {expiry}", args).rowcount
+            if changed != 1:
+                return None
+            found = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?",
+                               (approval_id,)).fetchone()
+            return _request(found)
+
+        result: ApprovalRequest | None = await self._run(update)
+        return result
+
+    async def abandon_pending(self) -> int:
+        def update() -> int:
+            cursor = self._connection().execute(
+                "UPDATE approval_requests SET status = ? WHERE status = ?",
+                (Status.ABANDONED.value, Status.PENDING.value))
+            return int(cursor.rowcount)
+
+        result: int = await self._run(update)
+        return result
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+
+def _request(row: tuple[Any, ...]) -> ApprovalRequest:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return ApprovalRequest(
+        id=values["id"], agent=values["agent"], groups=tuple(json.loads(values["groups"])),
+        database=values["database"], statement=values["statement"],
+        parameters=tuple(json.loads(values["parameters"])), statement_sha256=values["statement_sha256"],
+        analysis=json.loads(values["analysis"]), rule=values["rule"], reason=values["reason"],
+        client_address=values["client_address"], application_name=values["application_name"],
+        created_at=values["created_at"], expires_at=values["expires_at"], status=Status(values["status"]),
+        decided_by=values["decided_by"], decision_reason=values["decision_reason"],
+        decided_at=values["decided_at"], decision_token=values["decision_token"],
+    )
