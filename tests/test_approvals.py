@@ -1,0 +1,307 @@
+"""Held statements end to end: real clients wait, a reviewer decides through the real HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.config import load_config
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from pgproxy.wire import messages as m
+from tests import corpus
+from tests.harness import (
+    ProxyThread,
+    error_fields,
+    make_token,
+    raw_session,
+    running_proxy,
+    write_enforce_config,
+)
+
+REVIEWER_SECRET = "reviewer-side-secret-0123456789abcdef"
+REVIEWER_AUDIENCE = "pgproxy-approvals"
+
+
+def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers",), secret: str = REVIEWER_SECRET,
+                   ttl: float = 600) -> str:
+    return make_token(sub, secret=secret, groups=groups, ttl=ttl, aud=REVIEWER_AUDIENCE)
+
+
+def approvals_config(directory: Path, timeout: float) -> str:
+    (directory / "reviewer-secret").write_text(REVIEWER_SECRET)
+    (directory / "signing-key").write_text("proxy-signing-key-0123456789abcdef0123")
+    return f"""\
+approvals:
+  listen: {{host: 127.0.0.1, port: 0}}
+  store: approvals.sqlite3
+  timeout_seconds: {timeout}
+  signing_key_file: signing-key
+  reviewers:
+    jwt: {{algorithms: [HS256], secret_file: reviewer-secret, issuer: "https://issuer.test",
+           audience: {REVIEWER_AUDIENCE}}}
+    groups: [reviewers]
+"""
+
+
+def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30) -> Any:
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=approvals_config(directory, timeout))
+    return running_proxy(load_config(path))
+
+
+@pytest.fixture(scope="module")
+def approving(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    with start_proxy(pg, tmp_path_factory.mktemp("approvals")) as proxy:
+        yield proxy
+
+
+def api(proxy: ProxyThread, method: str, path: str, body: dict[str, Any] | None = None,
+        token: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{proxy.server.approvals_url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_pending(proxy: ProxyThread, fragment: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, body = api(proxy, "GET", "/api/approvals?status=pending", token=reviewer_token())
+        assert status == 200, body
+        for request in body["approvals"]:
+            if fragment in request["statement"]:
+                return request  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"no pending approval for {fragment!r}")
+
+
+def decide(proxy: ProxyThread, request: dict[str, Any], decision: str = "approve", *, reason: str = "ok",
+           token: str | None = None, sha: str | None = None) -> tuple[int, dict[str, Any]]:
+    body = {"decision": decision, "reason": reason, "statement_sha256": sha or request["statement_sha256"]}
+    return api(proxy, "POST", f"/api/approvals/{request['id']}/decision", body, token or reviewer_token())
+
+
+def direct_value(pg: PostgresCluster, sql: str) -> str:
+    return pg.psql(sql, dbname="app").strip()
+
+
+def test_psql_held_then_approved(approving: ProxyThread, pg: PostgresCluster) -> None:
+    sql = "SELECT name, email FROM customers WHERE id = 11"
+    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c", sql],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        request = wait_pending(approving, "WHERE id = 11")
+        assert client.poll() is None  # still waiting
+        assert (request["agent"], request["rule"], request["database"]) == ("agent", "personal-data", "app")
+        columns = {c["column"] for s in request["analysis"]["statements"] for c in s["reads"]}
+        assert "public.customers.email" in columns
+        status, decided = decide(approving, request, reason="support ticket 7")
+        assert status == 200 and decided["status"] == "approved" and decided["decided_by"] == "alice"
+        out, err = client.communicate(timeout=15)
+    finally:
+        client.kill()
+    assert out.strip() == direct_value(pg, sql).replace("|", "|")
+    assert f"statement held for approval: {approving.server.approvals_url}/approvals/{request['id']}" in err
+
+
+async def test_asyncpg_extended_hold_covers_the_parameters(approving: ProxyThread, pg: PostgresCluster) -> None:
+    conn = await asyncpg.connect(approving.dsn())
+    try:
+        fetch = asyncio.create_task(conn.fetch("SELECT email FROM customers WHERE id = $1", 12))
+        request = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1")
+        # asyncpg binds in binary: the reviewer is shown the exact bytes (int4 12) as hex.
+        assert request["parameters"] == ["\\x0000000c"]
+        assert not fetch.done()
+        status, _ = await asyncio.to_thread(decide, approving, request)
+        assert status == 200
+        rows = await asyncio.wait_for(fetch, 15)
+        assert [r["email"] for r in rows] == [direct_value(pg, "SELECT email FROM customers WHERE id = 12")]
+        # Another execution of the same prepared statement is a new request (approve once).
+        again = asyncio.create_task(conn.fetch("SELECT email FROM customers WHERE id = $1", 13))
+        second = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1")
+        assert second["id"] != request["id"] and second["parameters"] == ["\\x0000000d"]
+        await asyncio.to_thread(decide, approving, second, "deny", reason="not needed")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied by reviewer alice: not needed"):
+            await asyncio.wait_for(again, 15)
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE id < $1", 3) == 2
+    finally:
+        await conn.close()
+
+
+def test_denied_inside_a_transaction_behaves_like_postgres(approving: ProxyThread, pg: PostgresCluster) -> None:
+    before = direct_value(pg, "SELECT email FROM customers WHERE id = 14")
+    with psycopg.connect(approving.dsn()) as conn:
+        conn.execute("SELECT count(*) FROM orders")
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                conn.execute("UPDATE customers SET email = 'x@example.com' WHERE id = 14")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 14")
+        assert decide(approving, request, "deny", reason="writes are not allowed today")[0] == 200
+        worker.join(15)
+        assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
+        assert "writes are not allowed today" in str(outcome[0])
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert direct_value(pg, "SELECT email FROM customers WHERE id = 14") == before
+
+
+def test_expiry(pg: PostgresCluster, tmp_path: Path) -> None:
+    with start_proxy(pg, tmp_path, timeout=1) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled, match="expired after 1 s") as info:
+            conn.execute("SELECT ssn FROM customers WHERE id = 15")
+        approval_id = (info.value.diag.message_detail or "").rsplit(" ", 1)[-1]
+        status, request = api(proxy, "GET", f"/api/approvals/{approval_id}", token=reviewer_token())
+        assert status == 200 and request["status"] == "expired"
+        assert decide(proxy, request)[0] == 409  # a decision after expiry is refused
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cancel_withdraws_the_request(approving: ProxyThread) -> None:
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                conn.execute("SELECT phone FROM customers WHERE id = 16")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 16")
+        conn.cancel_safe(timeout=10)
+        worker.join(15)
+        assert isinstance(outcome[0], psycopg.errors.QueryCanceled)
+        assert api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())[1]["status"] \
+            == "withdrawn"
+        assert decide(approving, request)[0] == 409
+        assert conn.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
+
+
+def test_disconnect_while_held_withdraws(approving: ProxyThread) -> None:
+    with raw_session(approving) as client:
+        client.send(m.Query("SELECT email FROM customers WHERE id = 17").encode())
+        request = wait_pending(approving, "WHERE id = 17")
+        client.send(m.Terminate().encode())
+    deadline = time.monotonic() + 10
+    while api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())[1]["status"] != "withdrawn":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_decisions_that_are_refused(approving: ProxyThread, pg: PostgresCluster) -> None:
+    before = direct_value(pg, "SELECT phone FROM customers WHERE id = 18")
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        outcome: list[BaseException] = []
+        worker = threading.Thread(target=lambda: _capture(outcome, conn,
+                                                           "UPDATE customers SET phone = '0' WHERE id = 18"))
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 18")
+        path = f"/api/approvals/{request['id']}/decision"
+        body = {"decision": "approve", "reason": "", "statement_sha256": request["statement_sha256"]}
+        cases = {
+            "no token": (None, 401),
+            "forged token": (reviewer_token(secret="not-the-reviewer-secret-0123456789ab"), 401),
+            "expired token": (reviewer_token(ttl=-120), 401),
+            "self-approval": (reviewer_token("agent"), 403),
+            "not a reviewer": (reviewer_token("bob", groups=("staff",)), 403),
+        }
+        for name, (token, expected) in cases.items():
+            assert api(approving, "POST", path, body, token)[0] == expected, name
+        assert decide(approving, request, sha="0" * 64)[0] == 409  # not the statement that was shown
+        assert api(approving, "POST", "/api/approvals/no-such-id/decision", body, reviewer_token())[0] == 404
+        assert decide(approving, request, "deny", reason="no")[0] == 200
+        assert decide(approving, request)[0] == 409  # replayed: no longer pending
+        worker.join(15)
+        assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
+    assert direct_value(pg, "SELECT phone FROM customers WHERE id = 18") == before  # it never ran
+
+
+def _capture(outcome: list[BaseException], conn: psycopg.Connection[Any], sql: str) -> None:
+    try:
+        conn.execute(sql)
+    except BaseException as exc:
+        outcome.append(exc)
+
+
+def test_held_statement_in_the_middle_of_a_pipeline(approving: ProxyThread, pg: PostgresCluster) -> None:
+    def cycle(sql: str, *params: bytes) -> bytes:
+        return (m.Parse("", sql).encode() + m.Bind("", "", (), params, ()).encode()
+                + m.Execute("").encode() + m.Sync().encode())
+
+    with raw_session(approving) as client:
+        client.send(cycle("SELECT 'first'") + cycle("SELECT email FROM customers WHERE id = $1", b"19")
+                    + cycle("SELECT 'third'"))
+        # The hold's NoticeResponse may come before earlier results: notices may come at any time.
+        first = [r for r in client.until_ready() if r[0] != m.NOTICE_RESPONSE]
+        assert [chr(t) for t, _ in first] == ["1", "2", "D", "C", "Z"]
+        request = wait_pending(approving, "WHERE id = $1")
+        assert request["parameters"] == ["19"]
+        assert decide(approving, request)[0] == 200
+        second, third = ([r for r in client.until_ready() if r[0] != m.NOTICE_RESPONSE] for _ in range(2))
+    assert [chr(t) for t, _ in second] == ["1", "2", "D", "C", "Z"]
+    assert direct_value(pg, "SELECT email FROM customers WHERE id = 19").encode() in second[2][1]
+    assert [chr(t) for t, _ in third] == ["1", "2", "D", "C", "Z"] and third[2][1].endswith(b"third")
+
+
+def test_store_failure_fails_closed(approving: ProxyThread, pg: PostgresCluster,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgproxy.store import StoreError
+    from pgproxy.store.sqlite import SqliteStore
+
+    async def broken(self: SqliteStore, request: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(SqliteStore, "create", broken)
+    before = direct_value(pg, "SELECT email FROM customers WHERE id = 20")
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.SystemError, match="cannot record the approval request"):
+            conn.execute("UPDATE customers SET email = 'y@example.com' WHERE id = 20")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert direct_value(pg, "SELECT email FROM customers WHERE id = 20") == before
+
+
+def test_api_needs_a_reviewer_and_lists_by_status(approving: ProxyThread) -> None:
+    assert api(approving, "GET", "/api/approvals")[0] == 401
+    assert api(approving, "GET", "/api/approvals?status=bogus", token=reviewer_token())[0] == 400
+    status, body = api(approving, "GET", "/api/approvals?status=denied", token=reviewer_token())
+    assert status == 200 and all(a["status"] == "denied" for a in body["approvals"])
+    assert api(approving, "GET", "/healthz")[0] == 200
+
+
+def test_held_error_fields(approving: ProxyThread) -> None:
+    with raw_session(approving) as client:
+        client.send(m.Query("SELECT ssn FROM customers WHERE id = 21").encode())
+        notice = client.read_message()
+        assert notice is not None and notice[0] == m.NOTICE_RESPONSE
+        assert "statement held for approval" in error_fields(notice[1])["M"]
+        request = wait_pending(approving, "WHERE id = 21")
+        assert decide(approving, request, "deny", reason="no")[0] == 200
+        replies = client.until_ready()
+        fields = error_fields(replies[0][1])
+        assert (chr(replies[0][0]), fields["C"], replies[-1][1]) == ("E", "42501", b"I")
