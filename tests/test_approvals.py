@@ -305,3 +305,37 @@ def test_held_error_fields(approving: ProxyThread) -> None:
         replies = client.until_ready()
         fields = error_fields(replies[0][1])
         assert (chr(replies[0][0]), fields["C"], replies[-1][1]) == ("E", "42501", b"I")
+
+
+async def test_two_hundred_held_at_once(approving: ProxyThread, pg: PostgresCluster) -> None:
+    import aiohttp
+
+    count = 200
+    emails = dict(line.split("|") for line in pg.psql(
+        f"SELECT id, email FROM customers WHERE id <= {count} ORDER BY id", dbname="app").splitlines())
+    connections = await asyncio.gather(*(asyncpg.connect(approving.dsn()) for _ in range(count)))
+    try:
+        fetches = [asyncio.create_task(conn.fetchval("SELECT email FROM customers WHERE id = $1", i + 1))
+                   for i, conn in enumerate(connections)]
+        headers = {"Authorization": f"Bearer {reviewer_token()}"}
+        async with aiohttp.ClientSession(base_url=approving.server.approvals_url or "", headers=headers) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                async with http.get("/api/approvals?status=pending") as response:
+                    pending = [a for a in (await response.json())["approvals"] if "WHERE id = $1" in a["statement"]]
+                if len(pending) == count:
+                    break
+                assert time.monotonic() < deadline, f"only {len(pending)} held"
+                await asyncio.sleep(0.1)
+            assert not any(f.done() for f in fetches)
+
+            async def approve(request: dict[str, Any]) -> int:
+                body = {"decision": "approve", "reason": "batch", "statement_sha256": request["statement_sha256"]}
+                async with http.post(f"/api/approvals/{request['id']}/decision", json=body) as response:
+                    return response.status
+
+            assert set(await asyncio.gather(*(approve(r) for r in pending))) == {200}
+        results = await asyncio.wait_for(asyncio.gather(*fetches), 60)
+        assert results == [emails[str(i + 1)] for i in range(count)]  # each its own row
+    finally:
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
