@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(300)
 READY_TIMEOUT = 60.0  # initdb + loading the demo data, on a slow CI machine
 STOP_TIMEOUT = 60.0  # a fast PostgreSQL shutdown and removing its files
 START_TIMEOUT = 30.0  # `pgproxy run` listening
-DEMO_KEYS = ("DATABASE_URL", "UPSTREAM_URL", "CONFIG", "AGENT_TOKEN")
+DEMO_KEYS = ("DATABASE_URL", "UPSTREAM_URL", "APPROVALS_URL", "CONFIG", "AGENT_TOKEN", "REVIEWER_TOKEN")
 UPSTREAM_PASSWORD_ENV = "PGPROXY_TEST_PW"
 JWT_SECRET_ENV = "PGPROXY_TEST_JWT_SECRET"
 
@@ -245,6 +245,19 @@ def check_demo_works(demo: Demo) -> None:
     with psycopg.connect(demo.values["DATABASE_URL"], connect_timeout=10) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (5000,)
         assert conn.execute("SELECT count(*) FROM customers").fetchone() == (1000,)
+    # The reviewer's token opens the approvals API; the agent's does not.
+    import urllib.error
+    import urllib.request
+
+    for token, expected in ((demo.values["REVIEWER_TOKEN"], 200), (demo.values["AGENT_TOKEN"], 401)):
+        request = urllib.request.Request(f"{demo.values['APPROVALS_URL']}/api/approvals?status=pending",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status == expected
     assert demo.config.is_file()
     config = load_config(demo.config)  # what `pgproxy run --config` loads
     route = config.routes["app"]
