@@ -656,7 +656,9 @@ class _Loader:
     def rule(self, at: _At, names: dict[str, int]) -> Rule:
         conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
                       "agents", "groups")
-        found = self.mapping(at, ("name", "action", "reason", *conditions), required=("name", "action"))
+        review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds")
+        found = self.mapping(at, ("name", "action", "reason", *conditions, *review_settings),
+                             required=("name", "action"))
         name = self.string(found["name"])
         if name in names:
             self.fail(found["name"], f"duplicate rule name {name!r} (first at line {names[name]})")
@@ -681,6 +683,10 @@ class _Loader:
             tags=names_of("tags"), tags_read=names_of("tags_read"), tags_written=names_of("tags_written"),
             tables=names_of("tables"), functions=names_of("functions"), agents=names_of("agents"),
             groups=names_of("groups"), line=at.line,
+            approvals_required=_opt(found, "approvals_required", lambda a: self.integer(a, 1, 10), 1),
+            reviewer_groups=names_of("reviewer_groups"),
+            max_grant_minutes=_opt(found, "max_grant_minutes", lambda a: self.integer(a, 0, 7 * 24 * 60), 0),
+            timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
         )
 
     def logging(self, at: _At) -> LoggingConfig:

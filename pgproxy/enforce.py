@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pgproxy.analysis.cache import DecisionCache
+from pgproxy.analysis.cache import DecisionCache, normalize
 from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.errors import SqlState
-from pgproxy.policy import Action, Decision, decide, strictest
+from pgproxy.policy import Action, Decision, decide, rule_named, strictest
 from pgproxy.session import ALLOW, CANCELLED_WHILE_HELD, Judgement, Statement, StatementGate, Verdict
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
@@ -127,6 +127,20 @@ class PolicyGate(StatementGate):
         assert approvals is not None and identity is not None
         verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
         decision = verdicts.decision if verdicts is not None else None
+        rule = rule_named(self.policy, decision.rule) if decision is not None else None
+        shape = normalize(sql) or sql
+        try:
+            grant = await approvals.covered(identity.agent_id, session.database, shape)
+        except StoreError:
+            grant = None
+        if grant is not None:
+            session.log.info("statement covered by a grant", extra={"grant": grant.id, "granted_by": grant.granted_by,
+                                                                    "approval": grant.approval_id})
+            if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
+                self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
+                                                                                     action=Action.ALLOW)))
+            return ALLOW
+        timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         now = time.time()
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
@@ -136,7 +150,10 @@ class PolicyGate(StatementGate):
             rule=decision.rule if decision is not None else "review", reason=judgement.message,
             client_address=session.client_address,
             application_name=session.parameters.get("application_name", ""),
-            created_at=now, expires_at=now + approvals.timeout_seconds)
+            created_at=now, expires_at=now + timeout,
+            required_approvals=rule.approvals_required if rule is not None else 1,
+            reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
+            max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape)
         expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(request.expires_at))
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
@@ -160,7 +177,7 @@ class PolicyGate(StatementGate):
                              detail=f"approval request {request.id}")
         if outcome.status is Status.EXPIRED:
             return Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
-                             f"approval request expired after {approvals.timeout_seconds:g} s without a decision",
+                             f"approval request expired after {timeout:g} s without a decision",
                              detail=f"approval request {request.id}")
         return CANCELLED_WHILE_HELD
 

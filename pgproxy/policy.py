@@ -45,6 +45,12 @@ class Rule:
     agents: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     line: int = 0  # where the rule is in the config file, for explanations
+    # For review rules: how many distinct reviewers must approve (one deny ends it), who may,
+    # and the longest grant (approving the same statement shape for a while) a reviewer may give.
+    approvals_required: int = 1
+    reviewer_groups: frozenset[str] = frozenset()  # empty: approvals.reviewers.groups
+    max_grant_minutes: int = 0
+    timeout_seconds: float | None = None  # empty: approvals.timeout_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,13 @@ class Decision:
 
 
 def _fingerprint(policy: Policy) -> str:
-    canonical = [[r.name, r.action, r.reason, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+    canonical = [[r.name, r.action, r.reason, r.approvals_required, r.max_grant_minutes, r.timeout_seconds,
+                  *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
     return hashlib.sha256(json.dumps([canonical, policy.default]).encode()).hexdigest()[:16]
 
 
-_SET_FIELDS = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions", "agents", "groups")
+_SET_FIELDS = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions", "agents", "groups",
+               "reviewer_groups")
 
 
 def tag_matches(wanted: Iterable[str], present: frozenset[str]) -> bool:
@@ -105,6 +113,10 @@ def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str
         reason = analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what this statement does"
         return Decision(Action.REVIEW, "unknown", reason)
     return Decision(policy.default, "default", f"no rule matched; the default is {policy.default}")
+
+
+def rule_named(policy: Policy, name: str) -> Rule | None:
+    return next((r for r in policy.rules if r.name == name), None)
 
 
 def strictest(decisions: Iterable[Decision]) -> Decision:

@@ -93,8 +93,9 @@ def wait_pending(proxy: ProxyThread, fragment: str) -> dict[str, Any]:
 
 
 def decide(proxy: ProxyThread, request: dict[str, Any], decision: str = "approve", *, reason: str = "ok",
-           token: str | None = None, sha: str | None = None) -> tuple[int, dict[str, Any]]:
-    body = {"decision": decision, "reason": reason, "statement_sha256": sha or request["statement_sha256"]}
+           token: str | None = None, sha: str | None = None, grant_minutes: int = 0) -> tuple[int, dict[str, Any]]:
+    body = {"decision": decision, "reason": reason, "statement_sha256": sha or request["statement_sha256"],
+            "grant_minutes": grant_minutes}
     return api(proxy, "POST", f"/api/approvals/{request['id']}/decision", body, token or reviewer_token())
 
 
@@ -339,3 +340,127 @@ async def test_two_hundred_held_at_once(approving: ProxyThread, pg: PostgresClus
         assert results == [emails[str(i + 1)] for i in range(count)]  # each its own row
     finally:
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def strict(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyThread, Path]]:
+    """A proxy whose policy needs two reviewers for SSNs and allows grants for email lookups."""
+    from pgproxy.demo.run import demo_file
+
+    directory = tmp_path_factory.mktemp("strict")
+    policy = demo_file("policy.yaml").replace("rules:\n", """rules:
+  - name: two-person-ssn
+    tags_read: [pii.ssn]
+    action: review
+    reason: social security numbers need two reviewers
+    approvals_required: 2
+  - name: email-lookup
+    tags_read: [pii.email]
+    kinds: [read]
+    action: review
+    reason: looks up customers by email
+    max_grant_minutes: 30
+""", 1)
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, policy=policy,
+                                extra=approvals_config(directory, 30))
+    with running_proxy(load_config(path)) as proxy:
+        yield proxy, directory
+
+
+def test_two_person_rule(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    proxy, _ = strict
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        outcome: list[BaseException] = []
+        rows: list[object] = []
+
+        def run() -> None:
+            try:
+                rows.append(conn.execute("SELECT ssn FROM customers WHERE id = 31").fetchone())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        request = wait_pending(proxy, "WHERE id = 31")
+        assert request["required_approvals"] == 2
+        status, first = decide(proxy, request)
+        assert (status, first["status"], first["approved_by"]) == (200, "pending", ["alice"])
+        assert decide(proxy, request)[0] == 409  # alice cannot be the second reviewer too
+        time.sleep(0.3)
+        assert worker.is_alive() and not rows  # one approval is not enough
+        status, second = decide(proxy, request, token=reviewer_token("carol"))
+        assert (status, second["status"], second["approved_by"]) == (200, "approved", ["alice", "carol"])
+        worker.join(15)
+        assert rows == [(direct_value(pg, "SELECT ssn FROM customers WHERE id = 31"),)] and not outcome
+
+        # A single deny ends it, whatever approvals came before.
+        worker = threading.Thread(target=run)
+        rows.clear()
+        worker.start()
+        again = wait_pending(proxy, "WHERE id = 31")
+        assert decide(proxy, again)[0] == 200
+        assert decide(proxy, again, "deny", reason="not both", token=reviewer_token("carol"))[0] == 200
+        worker.join(15)
+        assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege) and not rows
+
+
+def test_grant_covers_the_same_shape_until_it_ends(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    import sqlite3
+
+    proxy, directory = strict
+    sql = "SELECT email FROM customers WHERE id = {}"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        results: list[object] = []
+        worker = threading.Thread(target=lambda: results.append(conn.execute(sql.format(32)).fetchone()))
+        worker.start()
+        request = wait_pending(proxy, "WHERE id = 32")
+        assert decide(proxy, request, grant_minutes=31)[0] == 403  # over the rule's 30 minutes
+        assert decide(proxy, request, grant_minutes=10)[0] == 200
+        worker.join(15)
+        # Same shape, other literal: passes at once, without a new request.
+        assert conn.execute(sql.format(33)).fetchone() == (direct_value(pg, sql.format(33)),)
+        pending = api(proxy, "GET", "/api/approvals?status=pending", token=reviewer_token())[1]["approvals"]
+        assert not [a for a in pending if "WHERE id = 33" in a["statement"]]
+        # Another shape is not covered.
+        def cancel_soon() -> None:
+            wait_pending(proxy, "WHERE id = 34")
+            conn.cancel_safe(timeout=5)
+
+        canceller = threading.Thread(target=cancel_soon)
+        canceller.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT email, name FROM customers WHERE id = 34")
+        canceller.join()
+        # When the grant ends, the shape is held again.
+        with sqlite3.connect(directory / "approvals.sqlite3") as db:
+            db.execute("UPDATE grants SET expires_at = 0")
+        ended: list[BaseException] = []
+        worker = threading.Thread(target=_capture, args=(ended, conn, sql.format(35)))
+        worker.start()
+        request = wait_pending(proxy, "WHERE id = 35")
+        assert decide(proxy, request, "deny", reason="grant over")[0] == 200
+        worker.join(15)
+        assert isinstance(ended[0], psycopg.errors.InsufficientPrivilege)
+
+
+def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) -> None:
+    from tests.harness import RawClient
+
+    path = write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG, extra=approvals_config(tmp_path, 30))
+    crashed = ProxyThread(load_config(path)).start()
+    client = RawClient(crashed.port)
+    try:
+        client.login()
+        client.send(m.Query("SELECT email FROM customers WHERE id = 36").encode())
+        request = wait_pending(crashed, "WHERE id = 36")
+        # A crash: the proxy's loop stops dead; nothing gets to withdraw the request.
+        crashed.loop.call_soon_threadsafe(crashed.loop.stop)
+        crashed._thread.join(10)
+        with running_proxy(load_config(path)) as restarted:
+            status, found = api(restarted, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())
+            assert (status, found["status"]) == (200, "abandoned")
+            assert decide(restarted, found)[0] == 409  # it can never be approved, so never run
+    finally:
+        client.close()
+        crashed.loop.run_until_complete(crashed.server.close())
+        crashed.loop.close()

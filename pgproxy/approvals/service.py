@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import jwt
 
 from pgproxy.identity import Identity
-from pgproxy.store import ApprovalRequest, Status, Store, StoreError
+from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 
 log = logging.getLogger("pgproxy.approvals")
 
@@ -105,37 +105,54 @@ class Approvals:
             return Outcome(status)
         return Outcome(found.status, found.decided_by, found.decision_reason)
 
+    async def covered(self, agent: str, database: str, shape: str) -> Grant | None:
+        """A grant that lets `agent` run statements of this shape unreviewed now, if any."""
+        return await self.store.find_grant(agent, database, shape, time.time())
+
     async def decide(self, approval_id: str, reviewer: Identity, *, approve: bool, reason: str,
-                     statement_hash: str) -> ApprovalRequest:
+                     statement_hash: str, grant_minutes: int = 0) -> ApprovalRequest:
         request = await self.store.get(approval_id)
         if request is None:
             raise DecisionRefused(404, f"no approval request {approval_id}")
         if reviewer.agent_id == request.agent:
             raise DecisionRefused(403, "the requesting agent cannot decide its own request")
-        if self.reviewer_groups and not (reviewer.groups & self.reviewer_groups):
-            raise DecisionRefused(403, f'"{reviewer.agent_id}" is not in a reviewer group '
-                                       f"({', '.join(sorted(self.reviewer_groups))})")
+        groups = frozenset(request.reviewer_groups) or self.reviewer_groups
+        if groups and not (reviewer.groups & groups):
+            raise DecisionRefused(403, f'"{reviewer.agent_id}" is not in a reviewer group of this request '
+                                       f"({', '.join(sorted(groups))})")
         now = time.time()
         if request.status is not Status.PENDING or request.expires_at <= now:
             state = request.status.value if request.status is not Status.PENDING else "expired"
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending ({state})")
         if statement_hash != request.statement_sha256:
             raise DecisionRefused(409, "statement_sha256 does not match the statement of this request")
-        status = Status.APPROVED if approve else Status.DENIED
+        if grant_minutes and (not approve or grant_minutes > request.max_grant_minutes):
+            limit = request.max_grant_minutes
+            raise DecisionRefused(403, "a grant comes only with an approval" if not approve else
+                                  f"the rule allows grants of at most {limit} minutes" if limit else
+                                  "the rule does not allow grants")
         token = jwt.encode({
             "iss": "pgproxy", "approval_id": approval_id, "statement_sha256": request.statement_sha256,
             "decision": "approve" if approve else "deny", "reviewer": reviewer.agent_id, "reason": reason,
-            "iat": int(now),
+            "grant_minutes": grant_minutes, "iat": int(now),
         }, self.signing_key, algorithm="HS256")
-        decided = await self.store.finish(approval_id, status, decided_by=reviewer.agent_id, reason=reason,
-                                          token=token, now=now)
-        if decided is None:
+        decided, outcome = await self.store.vote(approval_id, reviewer.agent_id, approve=approve, reason=reason,
+                                                 token=token, now=now)
+        if decided is None or outcome == "closed":
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
-        log.info("approval request decided", extra={"approval": approval_id, "decision": status.value,
-                                                    "reviewer": reviewer.agent_id})
-        waiter = self._waiters.get(approval_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Outcome(status, reviewer.agent_id, reason))
+        if outcome == "voted":
+            raise DecisionRefused(409, f'"{reviewer.agent_id}" has already approved this request; '
+                                       "another reviewer must approve it")
+        log.info("approval decision recorded", extra={"approval": approval_id, "outcome": outcome,
+                                                      "reviewer": reviewer.agent_id})
+        if outcome == "approved" and grant_minutes:
+            await self.store.add_grant(Grant(
+                id=secrets.token_urlsafe(12), agent=request.agent, database=request.database, shape=request.shape,
+                expires_at=now + grant_minutes * 60, approval_id=approval_id, granted_by=reviewer.agent_id))
+        if outcome in ("approved", "denied"):
+            waiter = self._waiters.get(approval_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason))
         return decided
 
     async def close(self) -> None:

@@ -86,13 +86,18 @@ async def post_decision(request: web.Request) -> web.Response:
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 2000:
         return _error(400, "reason must be a string of at most 2000 characters")
+    grant_minutes = body.get("grant_minutes", 0)
+    if not isinstance(grant_minutes, int) or isinstance(grant_minutes, bool) or grant_minutes < 0:
+        return _error(400, "grant_minutes must be a whole number of minutes (0: approve once)")
     try:
         decided = await request.app[APPROVALS].decide(
             request.match_info["id"], reviewer, approve=decision == "approve", reason=reason,
-            statement_hash=statement_hash)
+            statement_hash=statement_hash, grant_minutes=grant_minutes)
     except DecisionRefused as exc:
         return _error(exc.status, exc.message)
     return web.json_response({"id": decided.id, "status": decided.status.value, "decided_by": decided.decided_by,
+                              "approved_by": list(decided.approved_by),
+                              "required_approvals": decided.required_approvals,
                               "decision_token": decided.decision_token})
 
 

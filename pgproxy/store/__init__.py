@@ -46,6 +46,11 @@ class ApprovalRequest:
     decision_reason: str | None = None
     decided_at: float | None = None
     decision_token: str | None = None  # the proxy-signed decision (JWS)
+    required_approvals: int = 1  # distinct reviewers who must approve (the two-person rule: 2)
+    reviewer_groups: tuple[str, ...] = ()  # who may decide
+    max_grant_minutes: int = 0  # the longest grant a reviewer may give with an approval
+    shape: str = ""  # the normalized statement a grant covers
+    approved_by: tuple[str, ...] = ()  # reviewers who approved so far
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -57,8 +62,22 @@ class ApprovalRequest:
             "application_name": self.application_name, "created_at": self.created_at,
             "expires_at": self.expires_at, "decided_by": self.decided_by,
             "decision_reason": self.decision_reason, "decided_at": self.decided_at,
-            "decision_token": self.decision_token,
+            "decision_token": self.decision_token, "required_approvals": self.required_approvals,
+            "approved_by": list(self.approved_by), "max_grant_minutes": self.max_grant_minutes,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Statements of one shape that one agent may run unreviewed until `expires_at`."""
+
+    id: str
+    agent: str
+    database: str
+    shape: str
+    expires_at: float
+    approval_id: str
+    granted_by: str
 
 
 class Store(Protocol):
@@ -72,6 +91,17 @@ class Store(Protocol):
                      reason: str | None = None, token: str | None = None, now: float) -> ApprovalRequest | None:
         """Move a pending, unexpired request to `status`; None if it was not pending any more."""
         ...
+
+    async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
+                   now: float) -> tuple[ApprovalRequest | None, str]:
+        """Record one reviewer's decision. Returns the request and what happened: "approved" or
+        "denied" (final), "recorded" (more approvals needed), "voted" (this reviewer already did),
+        or "closed" (not pending, or expired)."""
+        ...
+
+    async def add_grant(self, grant: Grant) -> None: ...
+
+    async def find_grant(self, agent: str, database: str, shape: str, now: float) -> Grant | None: ...
 
     async def abandon_pending(self) -> int:
         """At start: every request still pending belongs to a connection that is gone."""

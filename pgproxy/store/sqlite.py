@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pgproxy.store import ApprovalRequest, Status, StoreError
+from pgproxy.store import ApprovalRequest, Grant, Status, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approval_requests (
@@ -30,13 +30,38 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     decided_by TEXT,
     decision_reason TEXT,
     decided_at REAL,
-    decision_token TEXT
+    decision_token TEXT,
+    required_approvals INTEGER NOT NULL DEFAULT 1,
+    reviewer_groups TEXT NOT NULL DEFAULT '[]',
+    max_grant_minutes INTEGER NOT NULL DEFAULT 0,
+    shape TEXT NOT NULL DEFAULT '',
+    approved_by TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
+CREATE TABLE IF NOT EXISTS approval_votes (
+    approval_id TEXT NOT NULL REFERENCES approval_requests (id),
+    reviewer TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    token TEXT NOT NULL,
+    voted_at REAL NOT NULL,
+    PRIMARY KEY (approval_id, reviewer)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    database TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    approval_id TEXT NOT NULL,
+    granted_by TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_lookup ON grants (agent, database, shape, expires_at);
 """
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
-            "decided_by", "decision_reason", "decided_at", "decision_token")
+            "decided_by", "decision_reason", "decided_at", "decision_token", "required_approvals",
+            "reviewer_groups", "max_grant_minutes", "shape", "approved_by")
 
 
 class SqliteStore:
@@ -71,7 +96,9 @@ class SqliteStore:
         row = (request.id, request.agent, json.dumps(list(request.groups)), request.database, request.statement,
                json.dumps(list(request.parameters)), request.statement_sha256, json.dumps(request.analysis),
                request.rule, request.reason, request.client_address, request.application_name,
-               request.created_at, request.expires_at, request.status.value, None, None, None, None)
+               request.created_at, request.expires_at, request.status.value, None, None, None, None,
+               request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
+               request.shape, "[]")
 
         def insert() -> None:
             self._connection().execute(
@@ -121,6 +148,71 @@ class SqliteStore:
         result: ApprovalRequest | None = await self._run(update)
         return result
 
+    async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
+                   now: float) -> tuple[ApprovalRequest | None, str]:
+        def record() -> tuple[ApprovalRequest | None, str]:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._vote(db, approval_id, reviewer, approve, reason, token, now)
+                db.execute("COMMIT")
+                return outcome
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        result: tuple[ApprovalRequest | None, str] = await self._run(record)
+        return result
+
+    @staticmethod
+    def _vote(db: sqlite3.Connection, approval_id: str, reviewer: str, approve: bool, reason: str, token: str,
+              now: float) -> tuple[ApprovalRequest | None, str]:
+        select = f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?"
+        row = db.execute(select, (approval_id,)).fetchone()
+        if row is None:
+            return None, "closed"
+        request = _request(row)
+        if request.status is not Status.PENDING or request.expires_at <= now:
+            return request, "closed"
+        if reviewer in request.approved_by:
+            return request, "voted"
+        db.execute("INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?)",
+                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now))
+        approved_by = (*request.approved_by, reviewer) if approve else request.approved_by
+        if not approve:
+            status, outcome = Status.DENIED, "denied"
+        elif len(approved_by) >= request.required_approvals:
+            status, outcome = Status.APPROVED, "approved"
+        else:
+            status, outcome = Status.PENDING, "recorded"
+        finished = status is not Status.PENDING
+        db.execute(
+            "UPDATE approval_requests SET status = ?, approved_by = ?, decided_by = ?, decision_reason = ?, "
+            "decided_at = ?, decision_token = ? WHERE id = ?",
+            (status.value, json.dumps(list(approved_by)), reviewer if finished else None,
+             reason if finished else None, now if finished else None, token if finished else None, approval_id))
+        return _request(db.execute(select, (approval_id,)).fetchone()), outcome
+
+    async def add_grant(self, grant: Grant) -> None:
+        def insert() -> None:
+            self._connection().execute(
+                "INSERT INTO grants VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (grant.id, grant.agent, grant.database, grant.shape, grant.expires_at, grant.approval_id,
+                 grant.granted_by))
+
+        await self._run(insert)
+
+    async def find_grant(self, agent: str, database: str, shape: str, now: float) -> Grant | None:
+        def select() -> Grant | None:
+            row = self._connection().execute(
+                "SELECT id, agent, database, shape, expires_at, approval_id, granted_by FROM grants "
+                "WHERE agent = ? AND database = ? AND shape = ? AND expires_at > ? ORDER BY expires_at DESC",
+                (agent, database, shape, now)).fetchone()
+            return Grant(*row) if row else None
+
+        result: Grant | None = await self._run(select)
+        return result
+
     async def abandon_pending(self) -> int:
         def update() -> int:
             cursor = self._connection().execute(
@@ -148,4 +240,7 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
         created_at=values["created_at"], expires_at=values["expires_at"], status=Status(values["status"]),
         decided_by=values["decided_by"], decision_reason=values["decision_reason"],
         decided_at=values["decided_at"], decision_token=values["decision_token"],
+        required_approvals=values["required_approvals"], reviewer_groups=tuple(json.loads(values["reviewer_groups"])),
+        max_grant_minutes=values["max_grant_minutes"], shape=values["shape"],
+        approved_by=tuple(json.loads(values["approved_by"])),
     )
