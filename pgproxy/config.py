@@ -131,6 +131,7 @@ class ApprovalsConfig:
     public_url: str = ""  # the base of links in notices; default http://host:port
     store: Path = Path("pgproxy-approvals.sqlite3")
     timeout_seconds: float = 300.0
+    decision_token_jwt: JwtConfig | None = None  # outside approval systems' self-contained decisions
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +620,13 @@ class _Loader:
 
     def approvals(self, at: _At) -> ApprovalsConfig:
         found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
-                                  "signing_key_file", "reviewers"), required=("reviewers",))
+                                  "signing_key_file", "reviewers", "decision_tokens"), required=("reviewers",))
+        decision_token_jwt = None
+        if "decision_tokens" in found:
+            tokens = self.mapping(found["decision_tokens"], ("jwt",), required=("jwt",))
+            decision_token_jwt = replace(self.jwt(tokens["jwt"]), require_user_match=False)
+            if decision_token_jwt.jwks_url is not None:
+                self.fail(tokens["jwt"], "decision tokens are checked with secret_* or public_key_file, not jwks_url")
         source = self.exactly_one(at, found, ("signing_key_env", "signing_key_file"))
         signing_key = self.env(found[source]) if source == "signing_key_env" else self.read(found[source]).strip()
         if len(signing_key) < 32:
@@ -640,6 +647,7 @@ class _Loader:
             else frozenset({"reviewers"}),
             host=host, port=port, public_url=public_url, store=store,
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
+            decision_token_jwt=decision_token_jwt,
         )
 
     def strings(self, at: _At) -> list[str]:

@@ -32,6 +32,7 @@ from tests.harness import (
 
 REVIEWER_SECRET = "reviewer-side-secret-0123456789abcdef"
 REVIEWER_AUDIENCE = "pgproxy-approvals"
+DECISION_SECRET = "outside-approval-system-key-0123456789"
 
 
 def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers",), secret: str = REVIEWER_SECRET,
@@ -42,6 +43,7 @@ def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers"
 def approvals_config(directory: Path, timeout: float) -> str:
     (directory / "reviewer-secret").write_text(REVIEWER_SECRET)
     (directory / "signing-key").write_text("proxy-signing-key-0123456789abcdef0123")
+    (directory / "decision-secret").write_text(DECISION_SECRET)
     return f"""\
 approvals:
   listen: {{host: 127.0.0.1, port: 0}}
@@ -52,6 +54,9 @@ approvals:
     jwt: {{algorithms: [HS256], secret_file: reviewer-secret, issuer: "https://issuer.test",
            audience: {REVIEWER_AUDIENCE}}}
     groups: [reviewers]
+  decision_tokens:
+    jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
+           audience: pgproxy-decisions}}
 """
 
 
@@ -464,3 +469,37 @@ def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) 
         client.close()
         crashed.loop.run_until_complete(crashed.server.close())
         crashed.loop.close()
+
+
+def decision_token(request: dict[str, Any], decision: str = "approve", *, sub: str = "dave",
+                   secret: str = DECISION_SECRET, approval_id: str | None = None, jti: str | None = None) -> str:
+    import secrets as random_ids
+
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({
+        "approval_id": approval_id or request["id"], "statement_sha256": request["statement_sha256"],
+        "decision": decision, "reason": "approved in the ticketing system", "sub": sub, "groups": ["reviewers"],
+        "iss": "https://approvals.example", "aud": "pgproxy-decisions", "iat": now, "exp": now + 300,
+        "jti": jti or random_ids.token_hex(8)}, secret, algorithm="HS256")
+
+
+def test_self_contained_decision_tokens(approving: ProxyThread, pg: PostgresCluster) -> None:
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        results: list[object] = []
+        worker = threading.Thread(target=lambda: results.append(
+            conn.execute("SELECT email FROM customers WHERE id = 41").fetchone()))
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 41")
+        path = f"/api/approvals/{request['id']}/decision"
+        forged = decision_token(request, secret="forged-key-0123456789abcdef0123456789")
+        assert api(approving, "POST", path, {}, forged)[0] == 401
+        assert api(approving, "POST", path, {}, decision_token(request, approval_id="another-id"))[0] == 403
+        assert api(approving, "POST", path, {}, decision_token(request, sub="agent"))[0] == 403  # self-approval
+        token = decision_token(request)
+        status, decided = api(approving, "POST", path, {}, token)
+        assert (status, decided["status"], decided["decided_by"]) == (200, "approved", "dave")
+        worker.join(15)
+        assert results == [(direct_value(pg, "SELECT email FROM customers WHERE id = 41"),)]
+        assert api(approving, "POST", path, {}, token)[0] == 409  # a jti is accepted once

@@ -6,17 +6,21 @@ carries only an unguessable id, and seeing a request's details needs a reviewer 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import jwt
 from aiohttp import web
 
 from pgproxy.approvals.service import Approvals, DecisionRefused
+from pgproxy.config import JwtConfig
 from pgproxy.errors import AuthFailed
 from pgproxy.identity import Authenticator, Identity
-from pgproxy.store import Status, StoreError
+from pgproxy.store import ApprovalRequest, Status, StoreError
 
 APPROVALS = web.AppKey("approvals", Approvals)
 REVIEWERS = web.AppKey("reviewers", Authenticator)
+DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -70,6 +74,10 @@ def _public(data: dict[str, Any], approvals: Approvals) -> dict[str, Any]:
 
 
 async def post_decision(request: web.Request) -> web.Response:
+    token = _bearer(request)
+    checker = request.app.get(DECISION_TOKENS)
+    if checker is not None and token and _names_an_approval(token):
+        return await _decision_token(request, checker, token)
     reviewer = await _reviewer(request)
     try:
         body = await request.json()
@@ -95,6 +103,53 @@ async def post_decision(request: web.Request) -> web.Response:
             statement_hash=statement_hash, grant_minutes=grant_minutes)
     except DecisionRefused as exc:
         return _error(exc.status, exc.message)
+    return _decided(decided)
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _names_an_approval(token: str) -> bool:
+    """Whether a bearer token is a self-contained decision (it carries approval_id), unverified yet."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    return isinstance(claims, dict) and "approval_id" in claims
+
+
+async def _decision_token(request: web.Request, checker: JwtConfig, token: str) -> web.Response:
+    """A decision signed by an approval system outside the proxy: verified, bound, used once."""
+    approvals = request.app[APPROVALS]
+    key = checker.secret or checker.public_key or ""  # the config requires one of them
+    try:
+        claims = jwt.decode(token, key, algorithms=list(checker.algorithms), audience=checker.audience,
+                            issuer=checker.issuer, leeway=checker.leeway_seconds,
+                            options={"require": ["exp", "iat", "jti", "sub", "approval_id", "statement_sha256",
+                                                 "decision"]})
+    except jwt.PyJWTError as exc:
+        return _error(401, f"decision token refused: {exc}")
+    if claims["approval_id"] != request.match_info["id"]:
+        return _error(403, "the decision token is for another approval request")
+    if claims["decision"] not in ("approve", "deny"):
+        return _error(400, 'the decision claim must be "approve" or "deny"')
+    if not await approvals.store.use_token_id(str(claims["jti"]), time.time()):
+        return _error(409, "this decision token was used already")
+    groups = claims.get(checker.groups_claim, [])
+    reviewer = Identity(str(claims["sub"]), frozenset(groups.split() if isinstance(groups, str) else groups),
+                        "decision-token")
+    try:
+        decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims["decision"] == "approve",
+                                         reason=str(claims.get("reason", "")),
+                                         statement_hash=str(claims["statement_sha256"]))
+    except DecisionRefused as exc:
+        return _error(exc.status, exc.message)
+    return _decided(decided)
+
+
+def _decided(decided: ApprovalRequest) -> web.Response:
     return web.json_response({"id": decided.id, "status": decided.status.value, "decided_by": decided.decided_by,
                               "approved_by": list(decided.approved_by),
                               "required_approvals": decided.required_approvals,
@@ -110,10 +165,13 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return _error(503, "the approval store is unavailable")
 
 
-def make_app(approvals: Approvals, reviewers: Authenticator) -> web.Application:
+def make_app(approvals: Approvals, reviewers: Authenticator,
+             decision_tokens: JwtConfig | None = None) -> web.Application:
     app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
     app[REVIEWERS] = reviewers
+    if decision_tokens is not None:
+        app[DECISION_TOKENS] = decision_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)

@@ -101,6 +101,10 @@ class Store(Protocol):
 
     async def add_grant(self, grant: Grant) -> None: ...
 
+    async def use_token_id(self, jti: str, now: float) -> bool:
+        """Record a decision token's jti; False if it was used before (a replay)."""
+        ...
+
     async def find_grant(self, agent: str, database: str, shape: str, now: float) -> Grant | None: ...
 
     async def abandon_pending(self) -> int:

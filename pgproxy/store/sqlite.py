@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS grants (
     granted_by TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS grants_lookup ON grants (agent, database, shape, expires_at);
+CREATE TABLE IF NOT EXISTS used_token_ids (
+    jti TEXT PRIMARY KEY,
+    used_at REAL NOT NULL
+);
 """
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
@@ -211,6 +215,17 @@ class SqliteStore:
             return Grant(*row) if row else None
 
         result: Grant | None = await self._run(select)
+        return result
+
+    async def use_token_id(self, jti: str, now: float) -> bool:
+        def insert() -> bool:
+            try:
+                self._connection().execute("INSERT INTO used_token_ids VALUES (?, ?)", (jti, now))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+        result: bool = await self._run(insert)
         return result
 
     async def abandon_pending(self) -> int:
