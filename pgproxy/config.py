@@ -132,6 +132,7 @@ class ApprovalsConfig:
     store: Path = Path("pgproxy-approvals.sqlite3")
     timeout_seconds: float = 300.0
     decision_token_jwt: JwtConfig | None = None  # outside approval systems' self-contained decisions
+    demo_login_token: str | None = field(default=None, repr=False)  # demos only: anyone may sign in with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,7 +621,8 @@ class _Loader:
 
     def approvals(self, at: _At) -> ApprovalsConfig:
         found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
-                                  "signing_key_file", "reviewers", "decision_tokens"), required=("reviewers",))
+                                  "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file"),
+                             required=("reviewers",))
         decision_token_jwt = None
         if "decision_tokens" in found:
             tokens = self.mapping(found["decision_tokens"], ("jwt",), required=("jwt",))
@@ -648,6 +650,8 @@ class _Loader:
             host=host, port=port, public_url=public_url, store=store,
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
             decision_token_jwt=decision_token_jwt,
+            demo_login_token=self.read(found["demo_login_token_file"]).strip() if "demo_login_token_file" in found
+            else None,
         )
 
     def strings(self, at: _At) -> list[str]:

@@ -66,7 +66,7 @@ async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRu
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending")
     runner = web.AppRunner(make_app(approvals, Authenticator(AuthConfig(jwt=config.reviewer_jwt)),
-                                    config.decision_token_jwt), access_log=None)
+                                    config.decision_token_jwt, config.demo_login_token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

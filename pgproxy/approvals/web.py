@@ -7,9 +7,11 @@ carries only an unguessable id, and seeing a request's details needs a reviewer 
 from __future__ import annotations
 
 import time
+from importlib import resources
 from typing import Any
 
 import jwt
+import pglast
 from aiohttp import web
 
 from pgproxy.approvals.service import Approvals, DecisionRefused
@@ -21,6 +23,7 @@ from pgproxy.store import ApprovalRequest, Status, StoreError
 APPROVALS = web.AppKey("approvals", Approvals)
 REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
+DEMO_LOGIN = web.AppKey("demo_login", str)  # the demo reviewer's token: set in the demo only
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -70,7 +73,45 @@ async def get_approval(request: web.Request) -> web.Response:
 
 
 def _public(data: dict[str, Any], approvals: Approvals) -> dict[str, Any]:
-    return {**data, "url": approvals.link(data["id"])}
+    return {**data, "url": approvals.link(data["id"]), "statement_formatted": _formatted(data["statement"])}
+
+
+def _formatted(sql: str) -> str:
+    """The statement laid out by PostgreSQL's own grammar (pglast), for reading; as sent if that fails."""
+    try:
+        return str(pglast.prettify(sql))
+    except Exception:  # any statement pglast cannot print back is shown as it was sent
+        return sql
+
+
+_ASSETS = resources.files("pgproxy.approvals").joinpath("assets")
+_CONTENT_TYPES = {"approval.js": "text/javascript", "approval.css": "text/css"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+async def page(request: web.Request) -> web.Response:
+    """The approval page: a static shell; what it shows comes from the API with a reviewer token."""
+    return web.Response(text=_ASSETS.joinpath("page.html").read_text(), content_type="text/html",
+                        headers=_PAGE_HEADERS)
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in _CONTENT_TYPES:
+        raise web.HTTPNotFound()
+    return web.Response(text=_ASSETS.joinpath(name).read_text(), content_type=_CONTENT_TYPES[name],
+                        headers=_PAGE_HEADERS)
+
+
+async def demo_login(request: web.Request) -> web.Response:
+    """The demo reviewer's token, in the demo only (elsewhere `null`: the page then offers no demo login)."""
+    return web.json_response({"token": request.app.get(DEMO_LOGIN)}, headers={"Cache-Control": "no-store"})
 
 
 async def post_decision(request: web.Request) -> web.Response:
@@ -165,14 +206,19 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return _error(503, "the approval store is unavailable")
 
 
-def make_app(approvals: Approvals, reviewers: Authenticator,
-             decision_tokens: JwtConfig | None = None) -> web.Application:
+def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: JwtConfig | None = None,
+             demo_login_token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
     app[REVIEWERS] = reviewers
     if decision_tokens is not None:
         app[DECISION_TOKENS] = decision_tokens
+    if demo_login_token is not None:
+        app[DEMO_LOGIN] = demo_login_token
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/approvals/{id}", page)
+    app.router.add_get("/assets/{name}", asset)
+    app.router.add_get("/api/demo-login", demo_login)
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)
     app.router.add_post("/api/approvals/{id}/decision", post_decision)

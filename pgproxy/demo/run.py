@@ -30,7 +30,7 @@ TOKEN_AUDIENCE = "pgproxy"
 REVIEWER_ID = "alice"
 REVIEWER_AUDIENCE = "pgproxy-approvals"
 _GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret", "catalog.yaml", "reviewer-secret", "signing-key",
-              "approvals.sqlite3", "approvals.sqlite3-wal", "approvals.sqlite3-shm")
+              "approvals.sqlite3", "approvals.sqlite3-wal", "approvals.sqlite3-shm", "demo-reviewer-token")
 
 
 def demo_file(name: str) -> str:
@@ -97,7 +97,10 @@ class DemoEnvironment:
         secret_file = self.base / "jwt-secret"
         secret_file.write_text(self.jwt_secret + "\n")
         secret_file.chmod(0o600)
-        for name, value in (("reviewer-secret", self.reviewer_secret), ("signing-key", self.signing_key)):
+        self.reviewer_token = mint_token(self.reviewer_secret, REVIEWER_ID, groups=["reviewers"],
+                                         audience=REVIEWER_AUDIENCE)
+        for name, value in (("reviewer-secret", self.reviewer_secret), ("signing-key", self.signing_key),
+                            ("demo-reviewer-token", self.reviewer_token)):
             (self.base / name).write_text(value + "\n")
             (self.base / name).chmod(0o600)
         catalog_file = self.base / "catalog.yaml"
@@ -117,6 +120,8 @@ class DemoEnvironment:
                 "listen": {"host": "127.0.0.1", "port": 0},
                 "store": str(self.base / "approvals.sqlite3"),
                 "signing_key_file": str(self.base / "signing-key"),
+                # The demo's page offers "sign in as the demo reviewer"; never set this outside a demo.
+                "demo_login_token_file": str(self.base / "demo-reviewer-token"),
                 "reviewers": {"jwt": {"algorithms": ["HS256"], "secret_file": str(self.base / "reviewer-secret"),
                                       "issuer": TOKEN_ISSUER, "audience": REVIEWER_AUDIENCE},
                               "groups": ["reviewers"]},
@@ -144,8 +149,7 @@ async def serve_demo(demo: DemoEnvironment) -> int:
         "APPROVALS_URL": server.approvals_url or "",
         "CONFIG": str(demo.config_path),
         "AGENT_TOKEN": token,
-        "REVIEWER_TOKEN": mint_token(demo.reviewer_secret, REVIEWER_ID, groups=["reviewers"],
-                                     audience=REVIEWER_AUDIENCE),
+        "REVIEWER_TOKEN": demo.reviewer_token,
     }
     for key, value in lines.items():
         print(f"{key}={value}", flush=True)

@@ -1,0 +1,110 @@
+"""The approval page in a real headless Chromium (Debian's, driven by Playwright; nothing downloads a browser)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.harness import ProxyThread
+from tests.test_approvals import approving, decide, direct_value, reviewer_token, wait_pending  # noqa: F401
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine notes advise: no sandbox as root, and no background networking on this closed network.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}; ./dev setup installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def held_psql(proxy: ProxyThread, sql: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", proxy.dsn(), "-c", sql],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def sign_in(page: Page, url: str) -> None:
+    page.goto(url)
+    page.fill("#token", reviewer_token())
+    page.click("#signin-button")
+
+
+def test_reviewer_approves_in_the_browser(browser: Browser, approving: ProxyThread, pg: PostgresCluster,
+                                          tmp_path: Path) -> None:
+    sql = "SELECT name, email FROM customers WHERE id = 51"
+    client = held_psql(approving, sql)
+    try:
+        request = wait_pending(approving, "WHERE id = 51")
+        context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#statement")).to_contain_text("FROM customers")
+        expect(page.locator("#statement")).to_contain_text("id = 51")
+        expect(page.locator("#agent")).to_contain_text("agent")
+        expect(page.locator("#rule")).to_contain_text("personal-data")
+        expect(page.locator("#columns")).to_contain_text("public.customers.email (read)")
+        expect(page.locator("#columns")).to_contain_text("pii.email")
+        expect(page.locator("#hash")).to_have_text(request["statement_sha256"])
+        page.screenshot(path=str(tmp_path / "approval-page.png"), full_page=True)
+        page.fill("#reason", "checked in the browser")
+        page.click("#approve")
+        expect(page.locator("#status")).to_have_text("approved")
+        expect(page.locator("#status-detail")).to_contain_text("by alice: checked in the browser")
+        out, _ = client.communicate(timeout=15)
+        assert out.strip() == direct_value(pg, sql)
+        assert not errors, errors
+        context.close()
+    finally:
+        client.kill()
+
+
+def test_page_updates_when_another_reviewer_decides(browser: Browser, approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT phone FROM customers WHERE id = 52")
+    try:
+        request = wait_pending(approving, "WHERE id = 52")
+        page = browser.new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        assert decide(approving, request, "deny", reason="decided elsewhere", token=reviewer_token("carol"))[0] == 200
+        expect(page.locator("#status")).to_have_text("denied", timeout=10_000)
+        expect(page.locator("#decide")).to_be_hidden()
+        page.close()
+        _, err = client.communicate(timeout=15)
+        assert "denied by reviewer carol: decided elsewhere" in err
+    finally:
+        client.kill()
+
+
+def test_page_shows_nothing_without_a_reviewer_token(browser: Browser, approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT ssn FROM customers WHERE id = 53")
+    try:
+        request = wait_pending(approving, "WHERE id = 53")
+        page = browser.new_page()
+        page.goto(request["url"])
+        expect(page.locator("#signin")).to_be_visible()
+        expect(page.locator("#request")).to_be_hidden()
+        assert "customers" not in page.content()  # the link alone reveals nothing
+        page.fill("#token", "not-a-token")
+        page.click("#signin-button")
+        expect(page.locator("#signin-error")).to_contain_text("reviewer token refused")
+        page.close()
+        decide(approving, request, "deny", reason="cleanup")
+        client.communicate(timeout=15)
+    finally:
+        client.kill()
