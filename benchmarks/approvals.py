@@ -61,8 +61,8 @@ def main() -> int:
     from pgproxy.demo.run import demo_sql
     from pgproxy.pgcluster import PostgresCluster
     from tests import corpus
+    from tests.approvals_support import approvals_config, reviewer_token
     from tests.harness import running_proxy, write_enforce_config
-    from tests.test_approvals import approvals_config, reviewer_token
 
     with PostgresCluster(settings={"max_connections": str(args.held + 20)}) as pg:
         pg.create_role("app_scram", "scram-pass")

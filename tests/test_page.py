@@ -7,13 +7,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.approvals_support import decide, direct_value, reviewer_token, wait_pending
 from tests.harness import ProxyThread
-from tests.test_approvals import approving, decide, direct_value, reviewer_token, wait_pending  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine notes advise: no sandbox as root, and no background networking on this closed network.

@@ -1,0 +1,95 @@
+"""Shared by the approvals tests and the page tests: a proxy that holds statements, and its API."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgproxy.config import load_config
+from pgproxy.pgcluster import PostgresCluster
+from tests import corpus
+from tests.harness import ProxyThread, make_token, running_proxy, write_enforce_config
+
+REVIEWER_SECRET = "reviewer-side-secret-0123456789abcdef"
+REVIEWER_AUDIENCE = "pgproxy-approvals"
+DECISION_SECRET = "outside-approval-system-key-0123456789"
+
+
+def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers",), secret: str = REVIEWER_SECRET,
+                   ttl: float = 600) -> str:
+    return make_token(sub, secret=secret, groups=groups, ttl=ttl, aud=REVIEWER_AUDIENCE)
+
+
+def approvals_config(directory: Path, timeout: float) -> str:
+    (directory / "reviewer-secret").write_text(REVIEWER_SECRET)
+    (directory / "signing-key").write_text("proxy-signing-key-0123456789abcdef0123")
+    (directory / "decision-secret").write_text(DECISION_SECRET)
+    return f"""\
+approvals:
+  listen: {{host: 127.0.0.1, port: 0}}
+  store: approvals.sqlite3
+  timeout_seconds: {timeout}
+  signing_key_file: signing-key
+  reviewers:
+    jwt: {{algorithms: [HS256], secret_file: reviewer-secret, issuer: "https://issuer.test",
+           audience: {REVIEWER_AUDIENCE}}}
+    groups: [reviewers]
+  decision_tokens:
+    jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
+           audience: pgproxy-decisions}}
+"""
+
+
+def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30) -> Any:
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=approvals_config(directory, timeout))
+    return running_proxy(load_config(path))
+
+
+@pytest.fixture(scope="module")
+def approving(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    with start_proxy(pg, tmp_path_factory.mktemp("approvals")) as proxy:
+        yield proxy
+
+
+def api(proxy: ProxyThread, method: str, path: str, body: dict[str, Any] | None = None,
+        token: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{proxy.server.approvals_url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_pending(proxy: ProxyThread, fragment: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, body = api(proxy, "GET", "/api/approvals?status=pending", token=reviewer_token())
+        assert status == 200, body
+        for request in body["approvals"]:
+            if fragment in request["statement"]:
+                return request  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"no pending approval for {fragment!r}")
+
+
+def decide(proxy: ProxyThread, request: dict[str, Any], decision: str = "approve", *, reason: str = "ok",
+           token: str | None = None, sha: str | None = None, grant_minutes: int = 0) -> tuple[int, dict[str, Any]]:
+    body = {"decision": decision, "reason": reason, "statement_sha256": sha or request["statement_sha256"],
+            "grant_minutes": grant_minutes}
+    return api(proxy, "POST", f"/api/approvals/{request['id']}/decision", body, token or reviewer_token())
+
+
+def direct_value(pg: PostgresCluster, sql: str) -> str:
+    return pg.psql(sql, dbname="app").strip()
