@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
 from pgproxy.analysis.model import Flag, Kind
+from pgproxy.approvals.notify import NotifierConfig
 from pgproxy.policy import Action, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
 
@@ -133,6 +134,9 @@ class ApprovalsConfig:
     timeout_seconds: float = 300.0
     decision_token_jwt: JwtConfig | None = None  # outside approval systems' self-contained decisions
     demo_login_token: str | None = field(default=None, repr=False)  # demos only: anyone may sign in with it
+    notifiers: tuple[NotifierConfig, ...] = ()
+    slack_signing_secret: str | None = field(default=None, repr=False)  # Slack interactivity
+    slack_users: dict[str, str] = field(default_factory=dict)  # Slack user id -> reviewer name
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,7 +625,8 @@ class _Loader:
 
     def approvals(self, at: _At) -> ApprovalsConfig:
         found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
-                                  "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file"),
+                                  "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file",
+                                  "notify", "slack"),
                              required=("reviewers",))
         decision_token_jwt = None
         if "decision_tokens" in found:
@@ -652,7 +657,33 @@ class _Loader:
             decision_token_jwt=decision_token_jwt,
             demo_login_token=self.read(found["demo_login_token_file"]).strip() if "demo_login_token_file" in found
             else None,
+            notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),
+            **self.slack(found["slack"]) if "slack" in found else {},
         )
+
+    def notifier(self, at: _At) -> NotifierConfig:
+        found = self.mapping(at, ("kind", "url", "url_env", "secret_env", "secret_file", "rules"), required=("kind",))
+        kind = self.choice(found["kind"], ["slack", "teams", "webhook"])
+        source = self.exactly_one(at, found, ("url", "url_env"))  # webhook URLs are secrets too
+        url = self.string(found[source]) if source == "url" else self.env(found[source])
+        if not url.startswith(("https://", "http://")):
+            self.fail(found[source], "expected an http:// or https:// URL")
+        secret_from = self.at_most_one(found, ("secret_env", "secret_file"))
+        secret = None
+        if secret_from is not None:
+            at_secret = found[secret_from]
+            secret = self.env(at_secret) if secret_from == "secret_env" else self.read(at_secret).strip()
+        elif kind == "webhook":
+            self.fail(at, "a webhook needs secret_env or secret_file: its payloads are signed (HMAC-SHA256)")
+        return NotifierConfig(kind=kind, url=url, secret=secret,
+                              rules=frozenset(self.strings(found["rules"])) if "rules" in found else frozenset())
+
+    def slack(self, at: _At) -> dict[str, Any]:
+        found = self.mapping(at, ("signing_secret_env", "signing_secret_file", "users"), required=("users",))
+        source = self.exactly_one(at, found, ("signing_secret_env", "signing_secret_file"))
+        secret = self.env(found[source]) if source == "signing_secret_env" else self.read(found[source]).strip()
+        users = {user: self.string(reviewer) for user, reviewer in self.entries(found["users"]).items()}
+        return {"slack_signing_secret": secret, "slack_users": users}
 
     def strings(self, at: _At) -> list[str]:
         return [self.string(item) for item in self.items(at)]

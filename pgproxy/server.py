@@ -9,6 +9,7 @@ import ssl
 
 from aiohttp import web
 
+from pgproxy.approvals.notify import Notifier
 from pgproxy.approvals.service import Approvals
 from pgproxy.approvals.web import make_app
 from pgproxy.catalog import Catalog, load_catalog
@@ -63,10 +64,13 @@ async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRu
     abandoned = await store.abandon_pending()
     if abandoned:
         log.warning("approval requests abandoned by a restart", extra={"count": abandoned})
+    notifier = Notifier(config.notifiers) if config.notifiers else None
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
-                          timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending")
+                          timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
+                          notifier=notifier)
+    slack = (config.slack_signing_secret, config.slack_users) if config.slack_signing_secret else None
     runner = web.AppRunner(make_app(approvals, Authenticator(AuthConfig(jwt=config.reviewer_jwt)),
-                                    config.decision_token_jwt, config.demo_login_token), access_log=None)
+                                    config.decision_token_jwt, config.demo_login_token, slack), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from pgproxy.approvals.notify import Notifier
 from pgproxy.identity import Identity
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 
@@ -50,8 +51,9 @@ def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
 
 class Approvals:
     def __init__(self, store: Store, *, signing_key: str, reviewer_groups: frozenset[str],
-                 timeout_seconds: float, public_url: str) -> None:
+                 timeout_seconds: float, public_url: str, notifier: Notifier | None = None) -> None:
         self.store = store
+        self.notifier = notifier
         self.signing_key = signing_key
         self.reviewer_groups = reviewer_groups
         self.timeout_seconds = timeout_seconds
@@ -72,6 +74,8 @@ class Approvals:
     async def hold(self, request: ApprovalRequest) -> Outcome:
         """Store `request` and wait for its outcome. Cancelling the wait withdraws it."""
         await self.store.create(request)  # StoreError propagates: the statement does not run
+        if self.notifier is not None:
+            self.notifier.requested(request, self.link(request.id))  # in the background
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[request.id] = waiter
         log.info("statement held", extra={"approval": request.id, "agent": request.agent, "rule": request.rule})
@@ -156,6 +160,8 @@ class Approvals:
         return decided
 
     async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(Outcome(Status.WITHDRAWN))

@@ -6,7 +6,11 @@ carries only an unguessable id, and seeing a request's details needs a reviewer 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
+import urllib.parse
 from importlib import resources
 from typing import Any
 
@@ -24,6 +28,7 @@ APPROVALS = web.AppKey("approvals", Approvals)
 REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
 DEMO_LOGIN = web.AppKey("demo_login", str)  # the demo reviewer's token: set in the demo only
+SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -197,6 +202,47 @@ def _decided(decided: ApprovalRequest) -> web.Response:
                               "decision_token": decided.decision_token})
 
 
+SLACK_MAX_AGE_SECONDS = 300  # Slack's own advice: refuse requests older than five minutes (replays)
+
+
+async def slack_interactivity(request: web.Request) -> web.Response:
+    """Approve/Deny buttons pressed in Slack: Slack signs each request; its user maps to a reviewer."""
+    slack = request.app.get(SLACK)
+    if slack is None:
+        raise web.HTTPNotFound()
+    secret, users = slack
+    body = await request.read()
+    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+    signature = request.headers.get("X-Slack-Signature", "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > SLACK_MAX_AGE_SECONDS:
+        return _error(401, "missing or stale Slack request timestamp")
+    expected = "v0=" + hmac.new(secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        return _error(401, "invalid Slack signature")
+    try:
+        payload = json.loads(urllib.parse.parse_qs(body.decode())["payload"][0])
+        action = payload["actions"][0]
+        approval_id, statement_hash = str(action["value"]).split(":", 1)
+        slack_user = str(payload["user"]["id"])
+    except (KeyError, IndexError, ValueError, TypeError):
+        return _error(400, "not a Slack block action payload")
+    if action.get("action_id") not in ("approve", "deny"):
+        return web.json_response({"text": "ok"})
+    reviewer_name = users.get(slack_user)
+    if reviewer_name is None:
+        return web.json_response({"response_type": "ephemeral",
+                                  "text": "Your Slack account is not mapped to a pgproxy reviewer."}, status=403)
+    approvals = request.app[APPROVALS]
+    reviewer = Identity(reviewer_name, approvals.reviewer_groups, "slack")
+    try:
+        decided = await approvals.decide(approval_id, reviewer, approve=action["action_id"] == "approve",
+                                         reason=f"decided in Slack by {reviewer_name}", statement_hash=statement_hash)
+    except DecisionRefused as exc:
+        return web.json_response({"response_type": "ephemeral", "text": exc.message}, status=exc.status)
+    return web.json_response({"response_type": "in_channel", "replace_original": False,
+                              "text": f"{decided.status.value} by {reviewer_name}"})
+
+
 @web.middleware
 async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -207,7 +253,8 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: JwtConfig | None = None,
-             demo_login_token: str | None = None) -> web.Application:
+             demo_login_token: str | None = None,
+             slack: tuple[str, dict[str, str]] | None = None) -> web.Application:
     app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
     app[REVIEWERS] = reviewers
@@ -219,6 +266,9 @@ def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: Jw
     app.router.add_get("/approvals/{id}", page)
     app.router.add_get("/assets/{name}", asset)
     app.router.add_get("/api/demo-login", demo_login)
+    if slack is not None:
+        app[SLACK] = slack
+    app.router.add_post("/slack/interactivity", slack_interactivity)
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)
     app.router.add_post("/api/approvals/{id}/decision", post_decision)

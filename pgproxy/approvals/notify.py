@@ -1,0 +1,180 @@
+"""Telling reviewers: Slack (Block Kit), Microsoft Teams (Adaptive Card) and a generic JSON webhook
+signed with HMAC-SHA256. Messages never carry a literal value: the statement is shown with its
+constants replaced by `?` (PostgreSQL's own scanner finds them) and parameters only counted; the
+full detail is on the authenticated page. Delivery runs in the background, is retried, and a
+notifier that fails is logged: it never blocks or fails the hold."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pglast
+
+from pgproxy.store import ApprovalRequest
+
+log = logging.getLogger("pgproxy.notify")
+
+_CONSTANTS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+RETRY_DELAYS = (0.5, 2.0, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    kind: str  # slack | teams | webhook
+    url: str
+    secret: str | None = None  # webhook: the HMAC key
+    rules: frozenset[str] = frozenset()  # only requests held by these rules (empty: all)
+
+
+def redact(sql: str) -> str:
+    """The statement with every literal replaced by `?` (comments dropped: they may hold values too)."""
+    try:
+        tokens = pglast.parser.scan(sql)
+    except pglast.parser.ParseError:
+        return "(statement not shown: it cannot be tokenized; see the page)"
+    encoded = sql.encode()
+    parts: list[str] = []
+    position = 0
+    for token in tokens:
+        parts.append(encoded[position:token.start].decode("utf-8", "replace"))
+        if token.name in _CONSTANTS:
+            parts.append("?")
+        elif token.name in ("C_COMMENT", "SQL_COMMENT"):
+            parts.append("")
+        else:
+            parts.append(encoded[token.start:token.end + 1].decode("utf-8", "replace"))
+        position = token.end + 1
+    return " ".join("".join(parts).split())
+
+
+def tagged_columns(request: ApprovalRequest) -> list[str]:
+    found: list[str] = []
+    for statement in request.analysis.get("statements", []):
+        for how in ("reads", "writes"):
+            for column in statement.get(how, []):
+                if column["tags"]:
+                    found.append(f"{column['column']} ({', '.join(column['tags'])})")
+    return sorted(set(found))
+
+
+def summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
+    """What every notifier may say: nothing here is a literal value."""
+    return {
+        "event": "approval.requested", "id": request.id, "url": link, "agent": request.agent,
+        "groups": list(request.groups), "database": request.database, "rule": request.rule,
+        "reason": request.reason, "statement": redact(request.statement),
+        "parameters": len(request.parameters), "statement_sha256": request.statement_sha256,
+        "tagged_columns": tagged_columns(request), "application_name": request.application_name,
+        "required_approvals": request.required_approvals, "expires_at": request.expires_at,
+    }
+
+
+def slack_message(info: dict[str, Any]) -> dict[str, Any]:
+    decision_value = f"{info['id']}:{info['statement_sha256']}"
+    columns = ", ".join(info["tagged_columns"]) or "none"
+    return {
+        "text": f"pgproxy: {info['agent']} needs approval ({info['rule']})",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "Statement held for approval"}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": f"*Agent*\n{info['agent']}"},
+                {"type": "mrkdwn", "text": f"*Database*\n{info['database']}"},
+                {"type": "mrkdwn", "text": f"*Rule*\n{info['rule']}: {info['reason']}"},
+                {"type": "mrkdwn", "text": f"*Tagged columns*\n{columns}"},
+            ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{info['statement']}```"}},
+            {"type": "actions", "elements": [
+                {"type": "button", "text": {"type": "plain_text", "text": "Review"}, "url": info["url"],
+                 "action_id": "open"},
+                {"type": "button", "text": {"type": "plain_text", "text": "Approve"}, "style": "primary",
+                 "action_id": "approve", "value": decision_value},
+                {"type": "button", "text": {"type": "plain_text", "text": "Deny"}, "style": "danger",
+                 "action_id": "deny", "value": decision_value},
+            ]},
+        ],
+    }
+
+
+def teams_message(info: dict[str, Any]) -> dict[str, Any]:
+    facts = [{"title": "Agent", "value": info["agent"]}, {"title": "Database", "value": info["database"]},
+             {"title": "Rule", "value": f"{info['rule']}: {info['reason']}"},
+             {"title": "Tagged columns", "value": ", ".join(info["tagged_columns"]) or "none"}]
+    return {"type": "message", "attachments": [{
+        "contentType": "application/vnd.microsoft.card.adaptive",
+        "content": {
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": "Statement held for approval"},
+                     {"type": "FactSet", "facts": facts},
+                     {"type": "TextBlock", "text": info["statement"], "wrap": True, "fontType": "Monospace"}],
+            "actions": [{"type": "Action.OpenUrl", "title": "Review", "url": info["url"]}],
+        },
+    }]}
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """`X-Pgproxy-Signature`: sha256=HMAC-SHA256(secret, "<timestamp>.<body>")."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class Notifier:
+    def __init__(self, configs: tuple[NotifierConfig, ...]) -> None:
+        self.configs = configs
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def requested(self, request: ApprovalRequest, link: str) -> None:
+        """Send the notices for a new request in the background."""
+        info = summary(request, link)
+        for config in self.configs:
+            if config.rules and request.rule not in config.rules:
+                continue
+            task = asyncio.get_running_loop().create_task(self._deliver(config, info))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, config: NotifierConfig, info: dict[str, Any]) -> None:
+        if config.kind == "slack":
+            payload = slack_message(info)
+        elif config.kind == "teams":
+            payload = teams_message(info)
+        else:
+            payload = info
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if config.kind == "webhook" and config.secret:
+            timestamp = str(int(time.time()))
+            headers["X-Pgproxy-Timestamp"] = timestamp
+            headers["X-Pgproxy-Signature"] = webhook_signature(config.secret, timestamp, body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
+            await asyncio.sleep(delay)
+            try:
+                async with self._session.post(config.url, data=body, headers=headers) as response:
+                    if response.status < 300:
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = type(exc).__name__
+            log.warning("notification failed", extra={"notifier": config.kind, "attempt": attempt + 1,
+                                                       "problem": problem, "approval": info["id"]})
+        log.error("notification given up", extra={"notifier": config.kind, "approval": info["id"]})
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()

@@ -1,0 +1,205 @@
+"""Notifiers, received by a real local HTTP server; Slack interactivity with real signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgproxy.approvals.notify import redact, webhook_signature
+from pgproxy.config import load_config
+from pgproxy.pgcluster import PostgresCluster
+from tests import corpus
+from tests.approvals_support import approvals_config, decide, direct_value, wait_pending
+from tests.harness import ProxyThread, running_proxy, write_enforce_config
+
+WEBHOOK_SECRET = "webhook-hmac-secret-0123456789abcdef"
+SLACK_SECRET = "slack-signing-secret-0123456789abcdef"
+LITERAL = "secret-literal@example.com"
+
+
+class Receiver:
+    """A local HTTP server that records what it receives; /flaky fails twice before it accepts."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.flaky_calls = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.received.append((self.path, dict(self.headers), body))
+                status = 200
+                if self.path == "/flaky":
+                    receiver.flaky_calls += 1
+                    status = 500 if receiver.flaky_calls <= 2 else 200
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def payloads(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(headers, body) for p, headers, body in self.received if p == path]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    running.thread.start()
+    yield running
+    running.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def notifying(pg: PostgresCluster, receiver: Receiver,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    directory = tmp_path_factory.mktemp("notify")
+    (directory / "webhook-secret").write_text(WEBHOOK_SECRET)
+    (directory / "slack-secret").write_text(SLACK_SECRET)
+    extra = approvals_config(directory, 30) + f"""\
+  notify:
+    - {{kind: slack, url: "{receiver.url}/slack"}}
+    - {{kind: teams, url: "{receiver.url}/teams"}}
+    - {{kind: webhook, url: "{receiver.url}/hook", secret_file: webhook-secret}}
+    - {{kind: webhook, url: "{receiver.url}/flaky", secret_file: webhook-secret}}
+    - {{kind: webhook, url: "{receiver.url}/other-rule", secret_file: webhook-secret, rules: [schema-change]}}
+  slack:
+    signing_secret_file: slack-secret
+    users: {{U0ALICE: alice}}
+"""
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra)
+    with running_proxy(load_config(path)) as proxy:
+        yield proxy
+
+
+def held(proxy: ProxyThread, sql: str, outcome: list[Any]) -> threading.Thread:
+    def run() -> None:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            try:
+                outcome.append(conn.execute(sql).fetchall())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker
+
+
+def wait_for(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_redaction_uses_postgres_scanner() -> None:
+    assert redact("SELECT email FROM customers WHERE email = 'a@b.c' AND id > 41 /* 'x' */ AND note = $$y$$") \
+        == "SELECT email FROM customers WHERE email = ? AND id > ? AND note = ?"
+    assert "ssn" not in redact("SELECT 1 -- ssn 123-45-6789")
+
+
+def test_payloads_carry_context_but_no_literal(notifying: ProxyThread, receiver: Receiver) -> None:
+    outcome: list[Any] = []
+    worker = held(notifying, f"SELECT id, email FROM customers WHERE email = '{LITERAL}'", outcome)
+    request = wait_pending(notifying, "WHERE email =")
+    wait_for(lambda: all(any(request["id"].encode() in body for _, body in receiver.payloads(path))
+                         for path in ("/slack", "/teams", "/hook")), "the three notices")
+    wait_for(lambda: receiver.flaky_calls >= 3, "the retried webhook")
+
+    for path in ("/slack", "/teams", "/hook", "/flaky"):
+        for _, body in receiver.payloads(path):
+            assert LITERAL.encode() not in body and b"secret-literal" not in body, path
+
+    slack = json.loads(next(b for _, b in receiver.payloads("/slack") if request["id"].encode() in b))
+    text = json.dumps(slack)
+    assert "WHERE email = ?" in text and "public.customers.email" in text and "personal-data" in text
+    buttons = {e["action_id"]: e for e in slack["blocks"][-1]["elements"]}
+    assert buttons["open"]["url"] == request["url"]
+    assert buttons["approve"]["value"] == f"{request['id']}:{request['statement_sha256']}"
+
+    teams = json.loads(next(b for _, b in receiver.payloads("/teams") if request["id"].encode() in b))
+    card = teams["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    assert card["content"]["actions"][0] == {"type": "Action.OpenUrl", "title": "Review", "url": request["url"]}
+
+    headers, body = next((h, b) for h, b in receiver.payloads("/hook") if request["id"].encode() in b)
+    expected = webhook_signature(WEBHOOK_SECRET, headers["X-Pgproxy-Timestamp"], body)
+    assert hmac.compare_digest(headers["X-Pgproxy-Signature"], expected)
+    hook = json.loads(body)
+    assert (hook["event"], hook["agent"], hook["rule"], hook["parameters"]) == (
+        "approval.requested", "agent", "personal-data", 0)
+    assert not receiver.payloads("/other-rule")  # that notifier is for another rule
+
+    assert decide(notifying, request, "deny", reason="cleanup")[0] == 200
+    worker.join(15)
+
+
+def slack_post(proxy: ProxyThread, payload: dict[str, Any], *, secret: str = SLACK_SECRET,
+               timestamp: int | None = None) -> tuple[int, dict[str, Any]]:
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    stamp = str(timestamp if timestamp is not None else int(time.time()))
+    signature = "v0=" + hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(f"{proxy.server.approvals_url}/slack/interactivity", data=body, method="POST",
+                                     headers={"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_slack_buttons_approve_with_a_valid_signature(notifying: ProxyThread, pg: PostgresCluster) -> None:
+    sql = "SELECT email FROM customers WHERE id = 61"
+    outcome: list[Any] = []
+    worker = held(notifying, sql, outcome)
+    request = wait_pending(notifying, "WHERE id = 61")
+
+    def press(action: str, user: str = "U0ALICE") -> dict[str, Any]:
+        return {"type": "block_actions", "user": {"id": user},
+                "actions": [{"action_id": action, "value": f"{request['id']}:{request['statement_sha256']}"}]}
+
+    assert slack_post(notifying, press("approve"), secret="not-the-slack-secret-0123456789")[0] == 401
+    assert slack_post(notifying, press("approve"), timestamp=int(time.time()) - 600)[0] == 401  # stale: a replay
+    assert slack_post(notifying, press("approve", user="U0MALLORY"))[0] == 403  # not mapped to a reviewer
+    time.sleep(0.2)
+    assert worker.is_alive()  # none of those decided anything
+    status, answer = slack_post(notifying, press("approve"))
+    assert (status, answer["text"]) == (200, "approved by alice")
+    worker.join(15)
+    assert outcome == [[(direct_value(pg, sql),)]]
+
+
+def test_a_failing_notifier_never_blocks_the_hold(notifying: ProxyThread, receiver: Receiver, pg: PostgresCluster,
+                                                 tmp_path: Path) -> None:
+    extra = approvals_config(tmp_path, 30) + """\
+  notify:
+    - {kind: slack, url: "http://127.0.0.1:9/unreachable"}
+"""
+    path = write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG, extra=extra)
+    with running_proxy(load_config(path)) as proxy:
+        sql = "SELECT phone FROM customers WHERE id = 62"
+        outcome: list[Any] = []
+        worker = held(proxy, sql, outcome)
+        request = wait_pending(proxy, "WHERE id = 62")
+        assert decide(proxy, request)[0] == 200
+        worker.join(15)
+        assert outcome == [[(direct_value(pg, sql),)]]
