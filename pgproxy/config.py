@@ -137,6 +137,7 @@ class ApprovalsConfig:
     notifiers: tuple[NotifierConfig, ...] = ()
     slack_signing_secret: str | None = field(default=None, repr=False)  # Slack interactivity
     slack_users: dict[str, str] = field(default_factory=dict)  # Slack user id -> reviewer name
+    sso_header: str | None = None  # a header an SSO proxy in front sets to the reviewer's token
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,7 +639,7 @@ class _Loader:
         signing_key = self.env(found[source]) if source == "signing_key_env" else self.read(found[source]).strip()
         if len(signing_key) < 32:
             self.fail(found[source], "the signing key must be at least 32 characters")
-        reviewers = self.mapping(found["reviewers"], ("jwt", "groups"), required=("jwt",))
+        reviewers = self.mapping(found["reviewers"], ("jwt", "groups", "sso_header"), required=("jwt",))
         reviewer_jwt = replace(self.jwt(reviewers["jwt"]), require_user_match=False)
         listen = self.mapping(found["listen"], ("host", "port")) if "listen" in found else {}
         host = _opt(listen, "host", self.string, "127.0.0.1")
@@ -655,6 +656,7 @@ class _Loader:
             host=host, port=port, public_url=public_url, store=store,
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
             decision_token_jwt=decision_token_jwt,
+            sso_header=_opt(reviewers, "sso_header", self.string, None),
             demo_login_token=self.read(found["demo_login_token_file"]).strip() if "demo_login_token_file" in found
             else None,
             notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),

@@ -70,7 +70,8 @@ async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRu
                           notifier=notifier)
     slack = (config.slack_signing_secret, config.slack_users) if config.slack_signing_secret else None
     runner = web.AppRunner(make_app(approvals, Authenticator(AuthConfig(jwt=config.reviewer_jwt)),
-                                    config.decision_token_jwt, config.demo_login_token, slack), access_log=None)
+                                    config.decision_token_jwt, config.demo_login_token, slack,
+                                    config.sso_header), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

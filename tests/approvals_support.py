@@ -41,6 +41,7 @@ approvals:
     jwt: {{algorithms: [HS256], secret_file: reviewer-secret, issuer: "https://issuer.test",
            audience: {REVIEWER_AUDIENCE}}}
     groups: [reviewers]
+    sso_header: X-Forwarded-Access-Token
   decision_tokens:
     jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
            audience: pgproxy-decisions}}

@@ -107,3 +107,23 @@ def test_page_shows_nothing_without_a_reviewer_token(browser: Browser, approving
         client.communicate(timeout=15)
     finally:
         client.kill()
+
+
+def test_sso_provided_token(browser: Browser, approving: ProxyThread, pg: PostgresCluster) -> None:
+    sql = "SELECT email FROM customers WHERE id = 54"
+    client = held_psql(approving, sql)
+    try:
+        request = wait_pending(approving, "WHERE id = 54")
+        # An SSO proxy in front of pgproxy adds the reviewer's token to every request it forwards.
+        context = browser.new_context(extra_http_headers={"X-Forwarded-Access-Token": reviewer_token()})
+        page = context.new_page()
+        page.goto(request["url"])
+        expect(page.locator("#status")).to_have_text("pending")  # no sign-in step
+        expect(page.locator("#signin")).to_be_hidden()
+        page.click("#approve")
+        expect(page.locator("#status")).to_have_text("approved")
+        out, _ = client.communicate(timeout=15)
+        assert out.strip() == direct_value(pg, sql)
+        context.close()
+    finally:
+        client.kill()

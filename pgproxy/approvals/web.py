@@ -29,6 +29,7 @@ REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
 DEMO_LOGIN = web.AppKey("demo_login", str)  # the demo reviewer's token: set in the demo only
 SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
+SSO_HEADER = web.AppKey("sso_header", str)  # where an SSO proxy in front puts the reviewer's token
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -36,13 +37,15 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _reviewer(request: web.Request) -> Identity:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = _bearer(request)
+    sso_header = request.app.get(SSO_HEADER)
+    if not token and sso_header is not None:
+        token = request.headers.get(sso_header, "").strip()  # set by the SSO proxy in front of pgproxy
+    if not token:
         raise web.HTTPUnauthorized(text='{"error": "a reviewer token is required (Authorization: Bearer …)"}',
                                    content_type="application/json")
     try:
-        return await request.app[REVIEWERS].verify_jwt(token.strip(), "")
+        return await request.app[REVIEWERS].verify_jwt(token, "")
     except AuthFailed as exc:
         message = exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")
         raise web.HTTPUnauthorized(text=f'{{"error": "{_escape(message)}"}}',
@@ -51,6 +54,15 @@ async def _reviewer(request: web.Request) -> Identity:
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """Who the request's token (pasted, or set by an SSO proxy) identifies; null if nobody."""
+    try:
+        reviewer = await _reviewer(request)
+    except web.HTTPUnauthorized:
+        return web.json_response({"reviewer": None}, headers={"Cache-Control": "no-store"})
+    return web.json_response({"reviewer": reviewer.agent_id}, headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -253,8 +265,8 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: JwtConfig | None = None,
-             demo_login_token: str | None = None,
-             slack: tuple[str, dict[str, str]] | None = None) -> web.Application:
+             demo_login_token: str | None = None, slack: tuple[str, dict[str, str]] | None = None,
+             sso_header: str | None = None) -> web.Application:
     app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
     app[REVIEWERS] = reviewers
@@ -266,8 +278,11 @@ def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: Jw
     app.router.add_get("/approvals/{id}", page)
     app.router.add_get("/assets/{name}", asset)
     app.router.add_get("/api/demo-login", demo_login)
+    app.router.add_get("/api/whoami", whoami)
     if slack is not None:
         app[SLACK] = slack
+    if sso_header is not None:
+        app[SSO_HEADER] = sso_header
     app.router.add_post("/slack/interactivity", slack_interactivity)
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)

@@ -7,8 +7,10 @@ let token = sessionStorage.getItem("pgproxy-reviewer-token") || "";
 let current = null;
 
 async function api(path, options = {}) {
-  const response = await fetch(path, {...options, headers: {"Authorization": "Bearer " + token,
-                                                           "Content-Type": "application/json"}});
+  // Without a pasted token, an SSO proxy in front of pgproxy may supply one on every request.
+  const headers = {"Content-Type": "application/json"};
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const response = await fetch(path, {...options, headers});
   const body = await response.json().catch(() => ({}));
   return {status: response.status, body};
 }
@@ -58,7 +60,10 @@ function render(request) {
 }
 
 async function load() {
-  if (!token) { $("signin").hidden = false; return; }
+  if (!token) {
+    const who = await api("/api/whoami");
+    if (!who.body.reviewer) { $("signin").hidden = false; return; }  // no token and no SSO: sign in
+  }
   const {status, body} = await api(`/api/approvals/${encodeURIComponent(id)}`);
   if (status === 401) {
     sessionStorage.removeItem("pgproxy-reviewer-token");
@@ -101,5 +106,5 @@ document.addEventListener("DOMContentLoaded", async () => {
   }
   await load();
   // Another reviewer may decide meanwhile: keep the page current.
-  setInterval(() => { if (token && current && current.status === "pending") load(); }, 2000);
+  setInterval(() => { if (current && current.status === "pending") load(); }, 2000);
 });
