@@ -13,7 +13,7 @@ from pgproxy.approvals.notify import Notifier
 from pgproxy.approvals.service import Approvals
 from pgproxy.approvals.web import make_app
 from pgproxy.catalog import Catalog, load_catalog
-from pgproxy.config import ApprovalsConfig, AuthConfig, Config, Mode
+from pgproxy.config import ApprovalsConfig, Config, Mode
 from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
@@ -68,10 +68,7 @@ async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRu
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
                           notifier=notifier)
-    slack = (config.slack_signing_secret, config.slack_users) if config.slack_signing_secret else None
-    runner = web.AppRunner(make_app(approvals, Authenticator(AuthConfig(jwt=config.reviewer_jwt)),
-                                    config.decision_token_jwt, config.demo_login_token, slack,
-                                    config.sso_header), access_log=None)
+    runner = web.AppRunner(make_app(approvals, config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -19,7 +19,7 @@ import pglast
 from aiohttp import web
 
 from pgproxy.approvals.service import Approvals, DecisionRefused
-from pgproxy.config import JwtConfig
+from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig
 from pgproxy.errors import AuthFailed
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.store import ApprovalRequest, Status, StoreError
@@ -264,25 +264,24 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return _error(503, "the approval store is unavailable")
 
 
-def make_app(approvals: Approvals, reviewers: Authenticator, decision_tokens: JwtConfig | None = None,
-             demo_login_token: str | None = None, slack: tuple[str, dict[str, str]] | None = None,
-             sso_header: str | None = None) -> web.Application:
+def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
+    """The approvals web app for `config`: API, page, and the optional integrations it names."""
     app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
-    app[REVIEWERS] = reviewers
-    if decision_tokens is not None:
-        app[DECISION_TOKENS] = decision_tokens
-    if demo_login_token is not None:
-        app[DEMO_LOGIN] = demo_login_token
+    app[REVIEWERS] = Authenticator(AuthConfig(jwt=config.reviewer_jwt))
+    if config.decision_token_jwt is not None:
+        app[DECISION_TOKENS] = config.decision_token_jwt
+    if config.demo_login_token is not None:
+        app[DEMO_LOGIN] = config.demo_login_token
+    if config.slack_signing_secret is not None:
+        app[SLACK] = (config.slack_signing_secret, config.slack_users)
+    if config.sso_header is not None:
+        app[SSO_HEADER] = config.sso_header
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/approvals/{id}", page)
     app.router.add_get("/assets/{name}", asset)
     app.router.add_get("/api/demo-login", demo_login)
     app.router.add_get("/api/whoami", whoami)
-    if slack is not None:
-        app[SLACK] = slack
-    if sso_header is not None:
-        app[SSO_HEADER] = sso_header
     app.router.add_post("/slack/interactivity", slack_interactivity)
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)
