@@ -868,10 +868,10 @@ class Session:
         assert self.gate is not None
         if not self._guarding and not any(t == m.ROW_DESCRIPTION for t, _, _ in batch):
             # Nothing to inspect (most reads: DataRows of a result already cleared, completions).
-            out = self._watch_upstream(buf, batch)
+            forwarded = self._watch_upstream(buf, batch)
             if any(t == m.READY_FOR_QUERY for t, _, _ in batch):
                 self.gate.cycle_done(self)
-            return out
+            return forwarded
         kept: list[tuple[int, int, int]] = []
         out: list[bytes] = []
         for frame in batch:
