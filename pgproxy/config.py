@@ -365,6 +365,10 @@ class _Loader:
             self.fail(at, f"not a regular file: {path}")
         return path
 
+    def secret(self, found: dict[str, _At], source: str) -> str:
+        """A key or secret from `<name>_env` (an environment variable) or `<name>_file` (trimmed)."""
+        return self.env(found[source]) if source.endswith("_env") else self.read(found[source]).strip()
+
     def read(self, at: _At) -> str:
         """The text of the file named at `at`, without its trailing newline."""
         path = self.file(at)
@@ -636,7 +640,7 @@ class _Loader:
             if decision_token_jwt.jwks_url is not None:
                 self.fail(tokens["jwt"], "decision tokens are checked with secret_* or public_key_file, not jwks_url")
         source = self.exactly_one(at, found, ("signing_key_env", "signing_key_file"))
-        signing_key = self.env(found[source]) if source == "signing_key_env" else self.read(found[source]).strip()
+        signing_key = self.secret(found, source)
         if len(signing_key) < 32:
             self.fail(found[source], "the signing key must be at least 32 characters")
         reviewers = self.mapping(found["reviewers"], ("jwt", "groups", "sso_header"), required=("jwt",))
@@ -671,11 +675,8 @@ class _Loader:
         if not url.startswith(("https://", "http://")):
             self.fail(found[source], "expected an http:// or https:// URL")
         secret_from = self.at_most_one(found, ("secret_env", "secret_file"))
-        secret = None
-        if secret_from is not None:
-            at_secret = found[secret_from]
-            secret = self.env(at_secret) if secret_from == "secret_env" else self.read(at_secret).strip()
-        elif kind == "webhook":
+        secret = self.secret(found, secret_from) if secret_from is not None else None
+        if secret is None and kind == "webhook":
             self.fail(at, "a webhook needs secret_env or secret_file: its payloads are signed (HMAC-SHA256)")
         return NotifierConfig(kind=kind, url=url, secret=secret,
                               rules=frozenset(self.strings(found["rules"])) if "rules" in found else frozenset())
@@ -683,7 +684,7 @@ class _Loader:
     def slack(self, at: _At) -> dict[str, Any]:
         found = self.mapping(at, ("signing_secret_env", "signing_secret_file", "users"), required=("users",))
         source = self.exactly_one(at, found, ("signing_secret_env", "signing_secret_file"))
-        secret = self.env(found[source]) if source == "signing_secret_env" else self.read(found[source]).strip()
+        secret = self.secret(found, source)
         users = {user: self.string(reviewer) for user, reviewer in self.entries(found["users"]).items()}
         return {"slack_signing_secret": secret, "slack_users": users}
 

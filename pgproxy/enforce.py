@@ -47,6 +47,8 @@ class SessionState:
     prepared: dict[str, Analysis] = field(default_factory=dict)
     permitted: set[tuple[int, int]] = field(default_factory=set)  # tagged (table oid, attnum) it may read
     refresh_pending: bool = False  # DDL passed: re-read the schema once it has run
+    # The cache key's context, for the (schema version, search_path) it was built for.
+    key_prefix: tuple[tuple[str, tuple[str, ...]], tuple[str, ...]] = (("", ()), ())
 
 
 class PolicyGate(StatementGate):
@@ -136,10 +138,7 @@ class PolicyGate(StatementGate):
         if grant is not None:
             session.log.info("statement covered by a grant", extra={"grant": grant.id, "granted_by": grant.granted_by,
                                                                     "approval": grant.approval_id})
-            if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
-                self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
-                                                                                     action=Action.ALLOW)))
-            return ALLOW
+            return self._allow_approved(session, verdicts)
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         now = time.time()
         request = ApprovalRequest(
@@ -166,12 +165,9 @@ class PolicyGate(StatementGate):
             return Judgement(Verdict.DENY, SqlState.SYSTEM_ERROR,
                              "pgproxy cannot record the approval request, so the statement was not run")
         if outcome.status is Status.APPROVED:
-            if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
-                self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
-                                                                                     action=Action.ALLOW)))
             session.log.info("held statement approved", extra={"approval": request.id,
                                                                 "reviewer": outcome.reviewer})
-            return ALLOW
+            return self._allow_approved(session, verdicts)
         if outcome.status is Status.DENIED:
             return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
                              f"denied by reviewer {outcome.reviewer}: {outcome.reason or 'no reason given'}",
@@ -182,10 +178,21 @@ class PolicyGate(StatementGate):
                              detail=f"approval request {request.id}")
         return CANCELLED_WHILE_HELD
 
+    def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
+        """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
+        if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
+            self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
+                                                                                 action=Action.ALLOW)))
+        return ALLOW
+
     def _key(self, schema: Schema, state: SessionState, agent: str, groups: frozenset[str]) -> tuple[str, ...]:
         """Everything besides the statement's text that its decision depends on."""
         path = state.search_path or schema.search_path
-        return (schema.version, self.policy.version, agent, ",".join(sorted(groups)), ",".join(path))
+        if state.key_prefix[0] != (schema.version, path):
+            # Rebuilt only when the schema or the session's search_path changes, not per statement.
+            state.key_prefix = ((schema.version, path),
+                                (schema.version, self.policy.version, agent, ",".join(sorted(groups)), ",".join(path)))
+        return state.key_prefix[1]
 
     def _compute(self, sql: str, schema: Schema, state: SessionState, agent: str,
                  groups: frozenset[str]) -> Verdicts:
