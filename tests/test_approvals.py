@@ -224,6 +224,9 @@ def test_store_failure_fails_closed(approving: ProxyThread, pg: PostgresCluster,
 def test_api_needs_a_reviewer_and_lists_by_status(approving: ProxyThread) -> None:
     assert api(approving, "GET", "/api/approvals")[0] == 401
     assert api(approving, "GET", "/api/approvals?status=bogus", token=reviewer_token())[0] == 400
+    assert api(approving, "GET", "/api/approvals?limit=0", token=reviewer_token())[0] == 400
+    status, limited = api(approving, "GET", "/api/approvals?limit=1", token=reviewer_token())
+    assert status == 200 and len(limited["approvals"]) == 1
     status, body = api(approving, "GET", "/api/approvals?status=denied", token=reviewer_token())
     assert status == 200 and all(a["status"] == "denied" for a in body["approvals"])
     assert api(approving, "GET", "/healthz")[0] == 200

@@ -76,7 +76,10 @@ async def list_approvals(request: web.Request) -> web.Response:
         status = Status(raw) if raw else None
     except ValueError:
         return _error(400, f"unknown status {raw!r}; one of {', '.join(s.value for s in Status)}")
-    found = await request.app[APPROVALS].store.list(status)
+    raw_limit = request.query.get("limit", "200")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        return _error(400, "limit must be a number from 1 to 1000")
+    found = await request.app[APPROVALS].store.list(status, int(raw_limit))
     return web.json_response({"approvals": [_public(a.to_json(), request.app[APPROVALS]) for a in found]})
 
 

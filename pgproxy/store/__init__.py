@@ -87,9 +87,9 @@ class Store(Protocol):
 
     async def list(self, status: Status | None = None, limit: int = 200) -> list[ApprovalRequest]: ...
 
-    async def finish(self, approval_id: str, status: Status, *, decided_by: str | None = None,
-                     reason: str | None = None, token: str | None = None, now: float) -> ApprovalRequest | None:
-        """Move a pending, unexpired request to `status`; None if it was not pending any more."""
+    async def finish(self, approval_id: str, status: Status, *, now: float) -> ApprovalRequest | None:
+        """End a pending request without a reviewer (expired, withdrawn); None if it was not pending.
+        Reviewers' decisions go through `vote`, which also refuses a request past its expiry."""
         ...
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,

@@ -131,18 +131,12 @@ class SqliteStore:
         result: list[ApprovalRequest] = await self._run(select)
         return result
 
-    async def finish(self, approval_id: str, status: Status, *, decided_by: str | None = None,
-                     reason: str | None = None, token: str | None = None, now: float) -> ApprovalRequest | None:
+    async def finish(self, approval_id: str, status: Status, *, now: float) -> ApprovalRequest | None:
         def update() -> ApprovalRequest | None:
             db = self._connection()
-            # Expiry is enforced here too: nothing can approve a request after its time.
-            expiry = "" if status in (Status.EXPIRED, Status.WITHDRAWN, Status.ABANDONED) else "AND expires_at > ?"
-            args: tuple[Any, ...] = (status.value, decided_by, reason, now, token, approval_id, Status.PENDING.value)
-            if expiry:
-                args = (*args, now)
             changed = db.execute(
-                "UPDATE approval_requests SET status = ?, decided_by = ?, decision_reason = ?, decided_at = ?, "
-                f"decision_token = ? WHERE id = ? AND status = ? {expiry}", args).rowcount
+                "UPDATE approval_requests SET status = ?, decided_at = ? WHERE id = ? AND status = ?",
+                (status.value, now, approval_id, Status.PENDING.value)).rowcount
             if changed != 1:
                 return None
             found = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?",
