@@ -85,14 +85,8 @@ def test_denied_inside_a_transaction_behaves_like_postgres(approving: ProxyThrea
     with psycopg.connect(approving.dsn()) as conn:
         conn.execute("SELECT count(*) FROM orders")
         outcome: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                conn.execute("UPDATE customers SET email = 'x@example.com' WHERE id = 14")
-            except BaseException as exc:
-                outcome.append(exc)
-
-        worker = threading.Thread(target=run)
+        update = "UPDATE customers SET email = 'x@example.com' WHERE id = 14"
+        worker = threading.Thread(target=_capture, args=(outcome, conn, update))
         worker.start()
         request = wait_pending(approving, "WHERE id = 14")
         assert decide(approving, request, "deny", reason="writes are not allowed today")[0] == 200
@@ -119,14 +113,7 @@ def test_expiry(pg: PostgresCluster, tmp_path: Path) -> None:
 def test_cancel_withdraws_the_request(approving: ProxyThread) -> None:
     with psycopg.connect(approving.dsn(), autocommit=True) as conn:
         outcome: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                conn.execute("SELECT phone FROM customers WHERE id = 16")
-            except BaseException as exc:
-                outcome.append(exc)
-
-        worker = threading.Thread(target=run)
+        worker = threading.Thread(target=_capture, args=(outcome, conn, "SELECT phone FROM customers WHERE id = 16"))
         worker.start()
         request = wait_pending(approving, "WHERE id = 16")
         conn.cancel_safe(timeout=10)
@@ -153,8 +140,8 @@ def test_decisions_that_are_refused(approving: ProxyThread, pg: PostgresCluster)
     before = direct_value(pg, "SELECT phone FROM customers WHERE id = 18")
     with psycopg.connect(approving.dsn(), autocommit=True) as conn:
         outcome: list[BaseException] = []
-        worker = threading.Thread(target=lambda: _capture(outcome, conn,
-                                                           "UPDATE customers SET phone = '0' WHERE id = 18"))
+        update = "UPDATE customers SET phone = '0' WHERE id = 18"
+        worker = threading.Thread(target=_capture, args=(outcome, conn, update))
         worker.start()
         request = wait_pending(approving, "WHERE id = 18")
         path = f"/api/approvals/{request['id']}/decision"
