@@ -36,24 +36,22 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(text=json.dumps({"error": message}), content_type="application/json")
+
+
 async def _reviewer(request: web.Request) -> Identity:
     token = _bearer(request)
     sso_header = request.app.get(SSO_HEADER)
     if not token and sso_header is not None:
         token = request.headers.get(sso_header, "").strip()  # set by the SSO proxy in front of pgproxy
     if not token:
-        raise web.HTTPUnauthorized(text='{"error": "a reviewer token is required (Authorization: Bearer …)"}',
-                                   content_type="application/json")
+        raise _unauthorized("a reviewer token is required (Authorization: Bearer …)")
     try:
         return await request.app[REVIEWERS].verify_jwt(token, "")
     except AuthFailed as exc:
-        message = exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")
-        raise web.HTTPUnauthorized(text=f'{{"error": "{_escape(message)}"}}',
-                                   content_type="application/json") from None
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+        raise _unauthorized(exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")) \
+            from None
 
 
 async def whoami(request: web.Request) -> web.Response:
