@@ -1,15 +1,18 @@
-"""Command line: ``pgproxy run | demo | scram-secret``."""
+"""Command line: ``pgproxy run | demo | check | audit | scram-secret``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import csv
+import datetime
 import getpass
 import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from pgproxy import __version__
 from pgproxy.config import ConfigError, load_config
 from pgproxy.logs import setup_logging
+from pgproxy.store import Store
 
 log = logging.getLogger("pgproxy.cli")
 
@@ -116,12 +120,107 @@ async def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def run_with_config(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command that loads the config; a broken config exits 2 with its file:line message."""
     try:
-        return run_loop(_check(args))
+        return run_loop(main)
     except ConfigError as exc:
         print(f"pgproxy: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return run_with_config(_check(args))
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A point in time: ISO 8601 (UTC unless it names an offset) or a duration ago (30m, 24h, 7d)."""
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time (2026-11-24T09:30Z) nor a duration ago "
+                         "(30m, 24h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from pgproxy import audit
+    from pgproxy.store.sqlite import SqliteStore
+
+    config = load_config(args.config)
+    if config.audit is None:
+        print(f"pgproxy audit: {args.config} has no audit log (it has neither an audit nor an approvals section)",
+              file=sys.stderr)
+        return 2
+    if not config.audit.store.exists():
+        print(f"pgproxy audit: no audit log at {config.audit.store}", file=sys.stderr)
+        return 2
+    store = SqliteStore(config.audit.store)
+    try:
+        if args.audit_command == "verify":
+            found = await audit.verify(store, config.audit.signing_key)
+            print(found.describe())
+            return 0 if found.problem is None else 1
+        if args.audit_command == "export":
+            return await _export(args, store)
+        return await _tail(args, store)
+    finally:
+        await store.close()
+
+
+async def _export(args: argparse.Namespace, store: Store) -> int:
+    from pgproxy import audit
+
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"pgproxy audit export: {exc}", file=sys.stderr)
+        return 2
+    # The loop runs nothing else meanwhile, so a blocking open is harmless here.
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: ASYNC230, SIM115
+    try:
+        if args.format == "csv":
+            writer = csv.writer(out)
+            writer.writerow(audit.CSV_COLUMNS)
+            count = await audit.export(store, since=since, until=until,
+                                       emit=lambda row, prev: writer.writerow(audit.csv_record(row, prev)))
+        else:
+            count = await audit.export(store, since=since, until=until,
+                                       emit=lambda row, prev: out.write(audit.exported_line(row, prev) + "\n"))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"pgproxy audit export: {count} events", file=sys.stderr)
+    return 0
+
+
+async def _tail(args: argparse.Namespace, store: Store) -> int:
+    from pgproxy import audit
+
+    last = await store.last_event()
+    after = max(0, last.seq - args.lines) if last is not None else 0
+    previous: str | None = None
+    while True:
+        for row in await store.events(after_seq=after, limit=1000):
+            if previous is None:
+                previous = await audit.previous_hash(store, row) or ""
+            sys.stdout.write(audit.exported_line(row, previous) + "\n")
+            previous, after = row.hash, row.seq
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        await asyncio.sleep(0.5)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return run_with_config(_audit(args))
 
 
 def cmd_scram_secret(args: argparse.Namespace) -> int:
@@ -159,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON object per statement")
     check.add_argument("sql", help="the statement(s) to explain")
     check.set_defaults(func=cmd_check)
+
+    audit = sub.add_parser("audit", help="verify, export or follow the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the whole hash chain and the signed heads")
+    export = audit_sub.add_parser("export", help="write events as JSONL or CSV (compliance evidence)")
+    export.add_argument("--since", default=None, help="ISO 8601 time (UTC unless an offset is given) or 24h/7d ago")
+    export.add_argument("--until", default=None, help="end (exclusive), same forms as --since")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--output", type=Path, default=None, help="file to write (default: standard output)")
+    tail = audit_sub.add_parser("tail", help="print the newest events, then follow new ones")
+    tail.add_argument("--lines", "-n", type=int, default=10, help="how many of the newest events first")
+    tail.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
+    for command in (verify, export, tail):
+        command.add_argument("--config", type=Path, required=True, help="YAML config file")
+        command.set_defaults(func=cmd_audit)
 
     secret = sub.add_parser("scram-secret",
                             help="print a SCRAM-SHA-256 secret for a static agent (password on stdin)")

@@ -141,6 +141,21 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit log: a hash-chained record of every decision, written in batches off the hot path."""
+
+    signing_key: str = field(repr=False)  # signs the chain's head (HS256); the approvals key by default
+    store: Path = Path("pgproxy-approvals.sqlite3")
+    full_statements: bool = False  # record statements with their literals (which can be PII)
+    retention_days: float = 0  # 0: keep every event
+    queue_events: int = 10_000  # events waiting for the writer; beyond it new statements wait
+    batch_events: int = 1_000  # events per write
+    flush_interval_seconds: float = 0.2  # the longest an event waits before it is written
+    sign_interval_seconds: float = 10.0  # how often the head of the chain is signed
+    queue_full_wait_seconds: float = 5.0  # a statement waits this long for room, then is refused
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     routes: dict[str, Route]
@@ -153,6 +168,7 @@ class Config:
     analysis: AnalysisConfig = AnalysisConfig()
     policy: Policy = field(default_factory=Policy)
     approvals: ApprovalsConfig | None = None  # None: statements that need review are refused
+    audit: AuditConfig | None = None  # None: no audit log (without approvals, unless configured)
 
 
 def read_yaml(path: Path, what: str, expected: str) -> yaml.Node:
@@ -400,7 +416,7 @@ class _Loader:
     def config(self, at: _At) -> Config:
         found = self.mapping(
             at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy",
-                 "approvals"),
+                 "approvals", "audit"),
             required=("routes",),
         )
         if "auth" not in found:
@@ -409,6 +425,7 @@ class _Loader:
                 "required key is missing; without auth.jwt or auth.agents no agent can log in",
             )
         modes = [mode.value for mode in Mode]
+        approvals = _opt(found, "approvals", self.approvals, None)
         return Config(
             source=self._source,
             mode=Mode(_opt(found, "mode", lambda at: self.choice(at, modes), "passthrough")),
@@ -420,7 +437,10 @@ class _Loader:
             catalog=_opt(found, "catalog", self.file, None),
             analysis=_opt(found, "analysis", self.analysis, AnalysisConfig()),
             policy=_opt(found, "policy", self.policy, Policy()),
-            approvals=_opt(found, "approvals", self.approvals, None),
+            approvals=approvals,
+            audit=self.audit(found["audit"], approvals) if "audit" in found
+            else AuditConfig(signing_key=approvals.signing_key, store=approvals.store) if approvals is not None
+            else None,
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -665,6 +685,42 @@ class _Loader:
             else None,
             notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),
             **self.slack(found["slack"]) if "slack" in found else {},
+        )
+
+    def audit(self, at: _At, approvals: ApprovalsConfig | None) -> AuditConfig | None:
+        """The audit section; by default it shares the approvals store and signing key."""
+        found = self.mapping(at, ("enabled", "store", "signing_key_env", "signing_key_file", "full_statements",
+                                  "retention_days", "queue_events", "batch_events", "flush_interval_seconds",
+                                  "sign_interval_seconds", "queue_full_wait_seconds"))
+        if not _opt(found, "enabled", self.boolean, True):
+            return None
+        source = self.at_most_one(found, ("signing_key_env", "signing_key_file"))
+        if source is not None:
+            signing_key = self.secret(found, source)
+            if len(signing_key) < 32:
+                self.fail(found[source], "the signing key must be at least 32 characters")
+        elif approvals is not None:
+            signing_key = approvals.signing_key
+        else:
+            self.fail(at, "signing_key_env or signing_key_file is required (without an approvals section "
+                          "there is no key to borrow)")
+        default_store = approvals.store if approvals is not None else self._base / "pgproxy-audit.sqlite3"
+        default = AuditConfig(signing_key="")
+
+        def seconds(name: str, fallback: float) -> float:
+            return _opt(found, name, lambda a: self.number(a, 0, inclusive=False), fallback)
+
+        return AuditConfig(
+            signing_key=signing_key,
+            store=self._base / Path(self.string(found["store"])).expanduser() if "store" in found else default_store,
+            full_statements=_opt(found, "full_statements", self.boolean, default.full_statements),
+            retention_days=_opt(found, "retention_days", lambda a: self.number(a, 0, inclusive=True),
+                                default.retention_days),
+            queue_events=_opt(found, "queue_events", lambda a: self.integer(a, 100), default.queue_events),
+            batch_events=_opt(found, "batch_events", lambda a: self.integer(a, 1), default.batch_events),
+            flush_interval_seconds=seconds("flush_interval_seconds", default.flush_interval_seconds),
+            sign_interval_seconds=seconds("sign_interval_seconds", default.sign_interval_seconds),
+            queue_full_wait_seconds=seconds("queue_full_wait_seconds", default.queue_full_wait_seconds),
         )
 
     def notifier(self, at: _At) -> NotifierConfig:

@@ -5,6 +5,8 @@ guards results. It owns the decision cache and each session's analysis state
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -16,9 +18,10 @@ from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.service import Approvals, statement_sha256
+from pgproxy.audit import AuditLog, iso, members, statement_members
 from pgproxy.errors import SqlState
 from pgproxy.policy import Action, Decision, decide, rule_named, strictest
-from pgproxy.session import ALLOW, CANCELLED_WHILE_HELD, Judgement, Statement, StatementGate, Verdict
+from pgproxy.session import ALLOW, CANCELLED_WHILE_HELD, FUNCTION_CALL, Judgement, Statement, StatementGate, Verdict
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
 if TYPE_CHECKING:
@@ -33,12 +36,14 @@ log = logging.getLogger("pgproxy.enforce")
 INLINE_ANALYSIS_BYTES = 8 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdicts:
     """A query string's decision and the analyses behind it (cached together)."""
 
     decision: Decision
     analyses: tuple[Analysis, ...]
+    # Its audit event's members (normalized statement; analysis and decision), made once.
+    audit_members: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -54,10 +59,12 @@ class SessionState:
 class PolicyGate(StatementGate):
     """Decides each statement of a session from the analysis and the policy."""
 
-    def __init__(self, config: Config, catalog: Catalog, approvals: Approvals | None = None) -> None:
+    def __init__(self, config: Config, catalog: Catalog, approvals: Approvals | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.approvals = approvals
+        self.audit = audit
         self.holds = approvals is not None
         self.policy = config.policy
         self.limits = config.analysis
@@ -74,23 +81,25 @@ class PolicyGate(StatementGate):
     # -- the decision point -----------------------------------------------------------
 
     def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
+        if self.audit is not None and self.audit.saturated:
+            return self._judge_when_audited(session, statement)
         schema = self.catalog.schema(session.database)
         identity = session.identity
         assert identity is not None
         if statement.protocol == "function":
             return self._judgement(Decision(Action.REVIEW, "function-call",
                                             "the fast-path FunctionCall interface runs a function by OID, "
-                                            "which pgproxy does not analyse"), session, None)
+                                            "which pgproxy does not analyse"), session, statement, None)
         if schema is None:
             return self._judgement(Decision(Action.REVIEW, "no-schema",
-                                            "pgproxy has not read this database's schema"), session, None)
+                                            "pgproxy has not read this database's schema"), session, statement, None)
         state = self.state(session)
         size = len(statement.sql.encode("utf-8", "surrogateescape"))
         if size > self.limits.max_statement_bytes:
             reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
                       "so pgproxy does not analyse it")
             return self._judgement(Decision(self.limits.oversized_action, "oversized-statement", reason),
-                                   session, None)
+                                   session, statement, None)
         key = self._key(schema, state, identity.agent_id, identity.groups)
         cached = self.cache.get(statement.sql, key)
         if cached is not None:
@@ -100,6 +109,18 @@ class PolicyGate(StatementGate):
             self._store(statement.sql, key, verdicts)
             return self._conclude(session, schema, verdicts, statement)
         return self._judge_in_thread(session, schema, statement, state, key)
+
+    async def _judge_when_audited(self, session: Session, statement: Statement) -> Judgement:
+        """The audit queue is full: wait for room (back-pressure), or refuse (fail closed)."""
+        assert self.audit is not None
+        if not await self.audit.admit():
+            session.log.error("statement refused: the audit log is not keeping up",
+                              extra={"audit_error": self.audit.failure})
+            return Judgement(Verdict.DENY, SqlState.SYSTEM_ERROR,
+                             "pgproxy cannot record this statement in its audit log, so it was not run",
+                             detail="The audit log's queue is full; try again shortly.")
+        judged = self.judge(session, statement)
+        return judged if isinstance(judged, Judgement) else await judged
 
     async def _judge_in_thread(self, session: Session, schema: Schema, statement: Statement, state: SessionState,
                                key: tuple[str, ...]) -> Judgement:
@@ -117,7 +138,7 @@ class PolicyGate(StatementGate):
         held_later = (verdicts.decision.action is Action.REVIEW and self.holds
                       and statement.protocol == "extended")
         self._remember(session, schema, verdicts, permit_only=held_later)
-        return self._judgement(verdicts.decision, session, verdicts)
+        return self._judgement(verdicts.decision, session, statement, verdicts)
 
     # -- the hold point ---------------------------------------------------------------------
 
@@ -131,6 +152,15 @@ class PolicyGate(StatementGate):
         decision = verdicts.decision if verdicts is not None else None
         rule = rule_named(self.policy, decision.rule) if decision is not None else None
         shape = normalize(sql) or sql
+        sha = statement_sha256(sql, parameters)
+        started = time.monotonic()
+
+        def audited(outcome: str, result: Judgement, **fields: object) -> Judgement:
+            if self.audit is not None:
+                self._audit(session, sql, judgement.protocol, verdicts, decision, outcome, sha,
+                            {**fields, "wait_seconds": round(time.monotonic() - started, 3)})
+            return result
+
         try:
             grant = await approvals.covered(identity.agent_id, session.database, shape)
         except StoreError:
@@ -138,13 +168,14 @@ class PolicyGate(StatementGate):
         if grant is not None:
             session.log.info("statement covered by a grant", extra={"grant": grant.id, "granted_by": grant.granted_by,
                                                                     "approval": grant.approval_id})
-            return self._allow_approved(session, verdicts)
+            return audited("granted", self._allow_approved(session, verdicts), grant={
+                "id": grant.id, "granted_by": grant.granted_by, "approval_id": grant.approval_id,
+                "expires": iso(grant.expires_at)})
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         now = time.time()
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
-            database=session.database, statement=sql, parameters=parameters,
-            statement_sha256=statement_sha256(sql, parameters),
+            database=session.database, statement=sql, parameters=parameters, statement_sha256=sha,
             analysis={"statements": [a.to_json() for a in verdicts.analyses]} if verdicts is not None else {},
             rule=decision.rule if decision is not None else "review",
             reason=decision.reason if decision is not None else judgement.message,
@@ -162,21 +193,29 @@ class PolicyGate(StatementGate):
             outcome = await approvals.hold(request)
         except StoreError:
             log.exception("approval store unavailable", extra={"session": session.id})
-            return Judgement(Verdict.DENY, SqlState.SYSTEM_ERROR,
-                             "pgproxy cannot record the approval request, so the statement was not run")
+            return audited("error", Judgement(
+                Verdict.DENY, SqlState.SYSTEM_ERROR,
+                "pgproxy cannot record the approval request, so the statement was not run"), approval_id=request.id)
+        except asyncio.CancelledError:
+            audited("withdrawn", CANCELLED_WHILE_HELD, approval_id=request.id)
+            raise
+        held = {"approval_id": request.id, "reviewers": list(outcome.reviewers),
+                "decision_reason": outcome.reason}
         if outcome.status is Status.APPROVED:
             session.log.info("held statement approved", extra={"approval": request.id,
                                                                 "reviewer": outcome.reviewer})
-            return self._allow_approved(session, verdicts)
+            return audited("approved", self._allow_approved(session, verdicts), **held)
         if outcome.status is Status.DENIED:
-            return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
-                             f"denied by reviewer {outcome.reviewer}: {outcome.reason or 'no reason given'}",
-                             detail=f"approval request {request.id}")
+            return audited("rejected", Judgement(
+                Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                f"denied by reviewer {outcome.reviewer}: {outcome.reason or 'no reason given'}",
+                detail=f"approval request {request.id}"), **held)
         if outcome.status is Status.EXPIRED:
-            return Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
-                             f"approval request expired after {timeout:g} s without a decision",
-                             detail=f"approval request {request.id}")
-        return CANCELLED_WHILE_HELD
+            return audited("expired", Judgement(
+                Verdict.DENY, SqlState.QUERY_CANCELED,
+                f"approval request expired after {timeout:g} s without a decision",
+                detail=f"approval request {request.id}"), **held)
+        return audited("withdrawn", CANCELLED_WHILE_HELD, **held)
 
     def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
         """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
@@ -236,9 +275,12 @@ class PolicyGate(StatementGate):
             if relation is not None and key.column in relation.columns:
                 state.permitted.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
 
-    def _judgement(self, decision: Decision, session: Session, verdicts: Verdicts | None) -> Judgement:
+    def _judgement(self, decision: Decision, session: Session, statement: Statement,
+                   verdicts: Verdicts | None) -> Judgement:
         analyses = verdicts.analyses if verdicts is not None else ()
         if decision.action is Action.ALLOW:
+            if self.audit is not None:
+                self._audit(session, statement.sql, statement.protocol, verdicts, decision, "allowed", None)
             return ALLOW
         summary = {"action": decision.action.value, "rule": decision.rule,
                    "kinds": sorted({a.kind.value for a in analyses}),
@@ -246,12 +288,36 @@ class PolicyGate(StatementGate):
         session.log.info("statement refused", extra=summary)
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
+            if self.audit is not None:
+                self._audit(session, statement.sql, statement.protocol, verdicts, decision, "denied", None)
             return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
                              f"pgproxy denied this statement (rule {decision.rule}): {decision.reason}",
                              detail=detail)
+        if self.audit is not None and not self.holds:
+            self._audit(session, statement.sql, statement.protocol, verdicts, decision, "refused", None)
+        # Held statements are audited when the hold ends (`hold`), with its outcome.
         return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
-                         detail=detail, context=verdicts)
+                         detail=detail, context=verdicts, protocol=statement.protocol)
+
+    def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
+               decision: Decision | None, outcome: str, sha: str | None,
+               extra: dict[str, object] | None = None) -> None:
+        """Record one statement decision (the hot path: mostly joins strings made once)."""
+        assert self.audit is not None
+        described = verdicts.audit_members if verdicts is not None else None
+        if described is None:
+            described = _described(sql, verdicts, decision)
+            if verdicts is not None:
+                verdicts.audit_members = described
+        if sha is None:
+            sha = hashlib.sha256(sql.encode("utf-8", "surrogateescape")).hexdigest()
+        text = members({"statement": sql}) if self.audit.full_statements else described[0]
+        parts = [session.audit_members, text, described[1],
+                 f'"protocol":"{protocol}","statement_sha256":"{sha}","outcome":"{outcome}"']
+        if extra:
+            parts.append(members(extra))
+        self.audit.record("statement", ",".join(parts))
 
     # -- after each ReadyForQuery ------------------------------------------------------
 
@@ -261,7 +327,7 @@ class PolicyGate(StatementGate):
             state.refresh_pending = False
             task = asyncio.get_running_loop().create_task(self.catalog.refresh(session.database))
             self._refreshes.add(task)
-            task.add_done_callback(self._refreshed)
+            task.add_done_callback(functools.partial(self._refreshed, session.database))
 
     async def close(self) -> None:
         if self.approvals is not None:
@@ -271,11 +337,26 @@ class PolicyGate(StatementGate):
         await asyncio.gather(*self._refreshes, return_exceptions=True)
         await self.catalog.close()
 
-    def _refreshed(self, task: asyncio.Task[None]) -> None:
+    def _refreshed(self, database: str, task: asyncio.Task[None]) -> None:
         self._refreshes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             # The old schema stays in force; names the DDL created resolve to nothing (review).
             log.warning("schema refresh failed", extra={"error": str(task.exception())})
+            self.audit_catalog("catalog.refresh_failed", database, error=str(task.exception()))
+        else:
+            self.audit_catalog("catalog.refreshed", database)
+
+    def audit_catalog(self, event: str, database: str, **fields: object) -> None:
+        """Record that a database's schema was read (at start, or after DDL)."""
+        if self.audit is None:
+            return
+        schema = self.catalog.schema(database)
+        self.audit.record(event, {"database": database, "schema_version": schema.version if schema else None,
+                                  "relations": len(schema.relations) if schema else 0,
+                                  "tagged_columns": sum(len(r.tags) for r in schema.relations.values())
+                                  if schema else 0, **fields})
 
     # -- the result guard ----------------------------------------------------------------
 
@@ -303,6 +384,28 @@ class PolicyGate(StatementGate):
                       for r in schema.relations.values() for c in r.tags if c in r.columns}
             self._tagged = (schema.version, tagged)
         return self._tagged[1]
+
+
+def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None) -> tuple[str, str]:
+    """A statement's audit members: its text with literals replaced (literals can be PII),
+    and its analysis and decision."""
+    normalized = normalize(sql) if sql != FUNCTION_CALL else sql
+    size = len(sql.encode("utf-8", "surrogateescape"))
+    if normalized is None:
+        shown = f"<{size}-byte statement that PostgreSQL's scanner rejects>"
+    elif decision is not None and decision.rule == "oversized-statement":
+        shown = f"<{size}-byte statement, not analysed>"
+    else:
+        shown = normalized.replace("\x00", "?")
+    analyses = verdicts.analyses if verdicts is not None else ()
+    return members({"statement": shown}), statement_members(
+        commands=[a.command for a in analyses], kinds=[a.kind.value for a in analyses],
+        tables=[t for a in analyses for t in a.tables],
+        reads={str(k): v for a in analyses for k, v in a.reads.items()},
+        writes={str(k): v for a in analyses for k, v in a.writes.items()},
+        functions=[f for a in analyses for f in a.functions], flags=[f.value for a in analyses for f in a.flags],
+        rule=decision.rule if decision is not None else "", action=decision.action.value if decision else "review",
+        reason=decision.reason if decision is not None else "")
 
 
 def _cacheable(analyses: Sequence[Analysis]) -> bool:

@@ -4,14 +4,17 @@ and shuts down gracefully (every session gets PostgreSQL's own 57P01 message).""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 
 from aiohttp import web
 
+from pgproxy import __version__
 from pgproxy.approvals.notify import Notifier
 from pgproxy.approvals.service import Approvals
 from pgproxy.approvals.web import make_app
+from pgproxy.audit import AuditLog
 from pgproxy.catalog import Catalog, load_catalog
 from pgproxy.config import ApprovalsConfig, Config, Mode
 from pgproxy.enforce import PolicyGate
@@ -48,16 +51,37 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def build_policy_gate(config: Config, approvals: Approvals | None) -> PolicyGate:
+async def build_policy_gate(config: Config, approvals: Approvals | None,
+                            audit: AuditLog | None = None) -> PolicyGate:
     """Enforce mode's gate: read the catalog file, introspect every route, log the warnings."""
     catalog = Catalog(max_message_bytes=config.limits.max_message_bytes)
     catalog_file = load_catalog(config.catalog) if config.catalog is not None else None
-    for warning in await catalog.load(config.routes, catalog_file):
+    warnings = await catalog.load(config.routes, catalog_file)
+    for warning in warnings:
         log.warning("catalog warning", extra={"warning": warning})
-    return PolicyGate(config, catalog, approvals)
+    gate = PolicyGate(config, catalog, approvals, audit)
+    for database in config.routes:
+        gate.audit_catalog("catalog.loaded", database, warnings=len(warnings))
+    return gate
 
 
-async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRunner, str]:
+async def start_audit(config: Config) -> AuditLog | None:
+    """Open the audit log (continuing its chain) and record that the proxy started."""
+    if config.audit is None:
+        log.warning("no audit log: the config has neither an audit nor an approvals section")
+        return None
+    audit = AuditLog(config.audit)
+    source = config.source
+    await audit.start({
+        "version": __version__, "mode": config.mode.value, "config": str(source) if source else None,
+        "config_sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source else None,
+        "policy_version": config.policy.version, "full_statements": config.audit.full_statements,
+        "listen": f"{config.listen.host}:{config.listen.port}"})
+    return audit
+
+
+async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
+                          ) -> tuple[Approvals, web.AppRunner, str]:
     """Open the store (abandoning what a previous run left pending), start the web app."""
     store = SqliteStore(config.store)
     await store.open()
@@ -67,7 +91,7 @@ async def start_approvals(config: ApprovalsConfig) -> tuple[Approvals, web.AppRu
     notifier = Notifier(config.notifiers) if config.notifiers else None
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
-                          notifier=notifier)
+                          notifier=notifier, audit=audit)
     runner = web.AppRunner(make_app(approvals, config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
@@ -93,6 +117,7 @@ class ProxyServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._web: web.AppRunner | None = None
         self.approvals_url: str | None = None
+        self.audit: AuditLog | None = None
 
     @property
     def port(self) -> int:
@@ -104,11 +129,13 @@ class ProxyServer:
         return self.config.listen.host
 
     async def start(self) -> None:
+        if self.gate is None:
+            self.audit = await start_audit(self.config)
         if self.config.mode is Mode.ENFORCE and self.gate is None:
             approvals = None
             if self.config.approvals is not None:
-                approvals, self._web, self.approvals_url = await start_approvals(self.config.approvals)
-            self.gate = await build_policy_gate(self.config, approvals)
+                approvals, self._web, self.approvals_url = await start_approvals(self.config.approvals, self.audit)
+            self.gate = await build_policy_gate(self.config, approvals, self.audit)
         listen = self.config.listen
         self._server = await asyncio.start_server(
             self._accept, listen.host, listen.port, limit=READ_CHUNK, backlog=1024,
@@ -137,7 +164,7 @@ class ProxyServer:
                 refusal = ProxyError(SqlState.TOO_MANY_CONNECTIONS, too_many.message)
             session = Session(reader, writer, config=self.config, authenticator=self.authenticator,
                               registry=self.registry, tls_context=self.tls_context, gate=self.gate,
-                              refusal=refusal)
+                              refusal=refusal, audit=self.audit)
             self.sessions.add(session)
             try:
                 await session.run()
@@ -163,6 +190,9 @@ class ProxyServer:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
+        if self.audit is not None:
+            await self.audit.close()
+            self.audit = None
         await self._server.wait_closed()
         self._server = None
         log.info("stopped")

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pgproxy.audit import members
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
@@ -55,6 +56,7 @@ from pgproxy.wire.codec import FrameError, FrameReader, StartupReader
 from pgproxy.wire.scram import ScramError
 
 if TYPE_CHECKING:
+    from pgproxy.audit import AuditLog
     from pgproxy.config import Config
 
 READ_CHUNK = 256 * 1024
@@ -120,6 +122,7 @@ class Judgement:
     message: str = ""
     detail: str | None = None
     context: Any = None  # what the gate needs to hold it (its analysis)
+    protocol: str = "simple"  # of the statement judged: "simple", "extended" or "function"
 
 
 ALLOW = Judgement(Verdict.ALLOW)
@@ -143,12 +146,15 @@ def _shown_parameters(bind: m.Bind) -> tuple[str | None, ...]:
     return tuple(shown)
 
 
+FUNCTION_CALL = "<function call>"  # a FunctionCall's statement text: it carries no SQL
+
+
 @dataclass(frozen=True, slots=True)
 class Statement:
     """What reaches the decision point: one message that can run SQL."""
 
     protocol: str  # "simple" (Query), "extended" (Parse) or "function" (FunctionCall)
-    sql: str  # for FunctionCall: "<function call>"
+    sql: str  # for FunctionCall: FUNCTION_CALL
     statement_name: str = ""  # Parse's prepared-statement name
 
 
@@ -222,9 +228,10 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  config: Config, authenticator: Authenticator, registry: SessionRegistry,
                  tls_context: ssl.SSLContext | None, gate: StatementGate | None = None,
-                 refusal: ProxyError | None = None,
+                 refusal: ProxyError | None = None, audit: AuditLog | None = None,
                  on_state: Callable[[Session, State], None] | None = None) -> None:
         self.id = secrets.token_hex(6)
+        self.started = time.time()
         self.log = SessionLog(self.id)
         self.config = config
         self.limits = config.limits
@@ -233,6 +240,10 @@ class Session:
         self.tls_context = tls_context
         self.gate = gate
         self.refusal = refusal  # refuse the session once its startup packet is read (e.g. 53300)
+        self.audit = audit
+        self.audit_members = ""  # who this session is, as JSON members of its audit events
+        self.statements = 0  # judged so far
+        self.ended_by = "client disconnected"
         self.on_state = on_state
         self.reader = reader
         self.writer = writer
@@ -302,6 +313,7 @@ class Session:
             await self._relay()
         except ProxyError as exc:
             self._log_failure(exc)
+            self._audit_failure(exc)
             await self._fatal(exc)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             # Before a startup packet this is usually a port probe (a load balancer's health check).
@@ -309,6 +321,7 @@ class Session:
             self.log.log(level, "connection lost", extra={"event_detail": type(exc).__name__})
         except InvalidTransition as exc:
             self.log.error("protocol state error", extra={"transition": str(exc)})
+            self.ended_by = "pgproxy internal error"
             await self._fatal(ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error"))
         finally:
             await self.close()
@@ -322,10 +335,27 @@ class Session:
         self.log.warning(event, extra={"sqlstate": exc.sqlstate, "reason": exc.message,
                                        "state": self.state.value})
 
+    def _audit_failure(self, exc: ProxyError) -> None:
+        """A login refused is one event; a session that ended with an error says so when it closes."""
+        if self.audit is None:
+            return
+        if self.identity is None or self.upstream is None or self.backend_key is None:
+            self.audit.record("connection.refused", {
+                "session": self.id, "user": self.parameters.get("user", ""), "client_address": self.client_address,
+                "application_name": self.parameters.get("application_name", ""), "database": self.database,
+                "agent": self.identity.agent_id if self.identity is not None else None,
+                "stage": self.state.value, "sqlstate": exc.sqlstate, "reason": exc.message})
+        else:
+            self.ended_by = f"{exc.sqlstate}: {exc.message}"
+
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        if self.audit is not None and self.backend_key is not None:
+            self.audit.record("connection.closed", f'{self.audit_members},' + members({
+                "duration_seconds": round(time.time() - self.started, 3), "statements": self.statements,
+                "ended_by": self.ended_by}))
         if self.state is not State.STARTUP:
             self.log.info("session closed")
         if self.state is not State.CLOSED:
@@ -340,6 +370,7 @@ class Session:
 
     async def terminate(self, error: ProxyError) -> None:
         """End the session from outside (shutdown, idle timeout) with a FATAL error."""
+        self.ended_by = f"{error.sqlstate}: {error.message}"
         await self._fatal(error)
         await self.close()
 
@@ -473,6 +504,13 @@ class Session:
         self.log.bind(agent=self.identity.agent_id)
         self.log.info("authenticated", extra={"method": self.identity.method,
                                               "client": self.client_address, "tls": self.client_tls})
+        if self.audit is not None:
+            self.audit_members = members({
+                "session": self.id, "agent": self.identity.agent_id, "groups": sorted(self.identity.groups),
+                "client_address": self.client_address,
+                "application_name": self.parameters.get("application_name", ""), "database": self.database})
+            self.audit.record("connection.authenticated", f'{self.audit_members},' + members({
+                "method": self.identity.method, "tls": self.client_tls}))
 
     def _cleartext_allowed(self) -> bool:
         if self.client_tls:
@@ -576,6 +614,7 @@ class Session:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     self.log.info("client disconnected")
+                    self.ended_by = "client disconnected"
                     return
                 self.last_client_activity = time.monotonic()
                 try:
@@ -643,6 +682,7 @@ class Session:
             elif type_byte == m.TERMINATE:
                 upstream.write(buf[run_start:end])
                 self.log.info("client terminated")
+                self.ended_by = "client terminated"
                 self._terminating = True
                 return True
             elif type_byte == m.PASSWORD:
@@ -742,6 +782,7 @@ class Session:
 
     def _judge(self, type_byte: int, body: bytes) -> tuple[Statement, Judgement | Awaitable[Judgement]]:
         assert self.gate is not None
+        self.statements += 1
         try:
             if type_byte == m.QUERY:
                 statement = Statement("simple", m.decode_query(body).sql)
@@ -749,7 +790,7 @@ class Session:
                 parse = m.decode_parse(body)
                 statement = Statement("extended", parse.sql, parse.name)
             else:
-                statement = Statement("function", "<function call>")
+                statement = Statement("function", FUNCTION_CALL)
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
         return statement, self.gate.judge(self, statement)
@@ -889,6 +930,8 @@ class Session:
                 if refused:
                     self._guarding = True
                     self.log.error("result guard refused a result", extra={"columns": refused})
+                    if self.audit is not None:
+                        self.audit.record("result.refused", f'{self.audit_members},' + members({"columns": refused}))
                     if kept:
                         out.append(self._watch_upstream(buf, kept))
                         kept = []

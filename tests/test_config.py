@@ -177,6 +177,31 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
         "app": Route(name="app", host="db", port=5432, dbname="app", user="app_owner")
     }
     assert config.logging == LoggingConfig(level="info")
+    assert config.audit is None  # no approvals and no audit section: nothing to record it with
+
+
+def test_audit_defaults_to_the_approvals_store_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    monkeypatch.setenv("AUDIT_KEY", "a" * 32)
+    approvals = """
+        approvals:
+          signing_key_env: SIGNING_KEY
+          store: state/approvals.db
+          reviewers: {jwt: {secret_env: SIGNING_KEY}}
+    """
+    base = "routes:\n  app: {host: db, user: u}\n<auth>\n" + textwrap.dedent(approvals).lstrip("\n")
+    config = load_config(write(tmp_path, base))
+    assert config.audit is not None and config.approvals is not None
+    assert (config.audit.store, config.audit.signing_key) == (tmp_path / "state/approvals.db", "k" * 32)
+    assert (config.audit.full_statements, config.audit.retention_days, config.audit.queue_events) == (False, 0, 10000)
+    own = load_config(write(tmp_path, base + "audit:\n  store: audit.db\n  signing_key_env: AUDIT_KEY\n"
+                                             "  full_statements: true\n  retention_days: 90\n"))
+    assert own.audit is not None
+    assert (own.audit.store, own.audit.signing_key, own.audit.full_statements, own.audit.retention_days) == (
+        tmp_path / "audit.db", "a" * 32, True, 90)
+    assert "a" * 32 not in repr(own.audit)
+    off = load_config(write(tmp_path, base + "audit: {enabled: false}\n"))
+    assert off.audit is None
 
 
 def test_jwt_algorithms_default_to_the_key_kind(tmp_path: Path) -> None:
@@ -306,7 +331,7 @@ ERRORS = [
         <auth>
         colour: blue
         """, "{file}:4: colour: unknown key 'colour'"
-        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals)",
+        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals, audit)",
         id="unknown-key-without-suggestion"),
     pytest.param("""
         mode: passthrough
@@ -551,6 +576,34 @@ ERRORS = [
         """, "{file}:4: invalid YAML: expected <block end>, but found '<block mapping start>'"
         " (while parsing a block mapping at line 2)",
         id="yaml-bad-indentation"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        audit:
+          retention_days: 30
+        """, "{file}:4: audit: signing_key_env or signing_key_file is required (without an approvals section "
+        "there is no key to borrow)",
+        id="audit-without-a-key"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        audit:
+          signing_key_env: APP_PASSWORD
+          queue_events: 5
+        """, "{file}:5: audit.signing_key_env: the signing key must be at least 32 characters",
+        id="audit-short-key"),
+    pytest.param("""
+        routes:
+          app: {host: db, user: u}
+        <auth>
+        audit:
+          signing_key_env: PGPROXY_TEST_UNSET
+          flush_interval: 1
+        """, "{file}:6: audit.flush_interval: unknown key 'flush_interval'; did you mean "
+        "'flush_interval_seconds'?",
+        id="audit-unknown-key"),
     pytest.param("""
         - routes
         - auth

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import jwt
 
 from pgproxy.approvals.notify import Notifier
+from pgproxy.audit import AuditLog, iso
 from pgproxy.identity import Identity
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 
@@ -41,6 +42,7 @@ class Outcome:
     status: Status
     reviewer: str | None = None
     reason: str | None = None
+    reviewers: tuple[str, ...] = ()  # everyone who voted on it
 
 
 def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
@@ -51,9 +53,11 @@ def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
 
 class Approvals:
     def __init__(self, store: Store, *, signing_key: str, reviewer_groups: frozenset[str],
-                 timeout_seconds: float, public_url: str, notifier: Notifier | None = None) -> None:
+                 timeout_seconds: float, public_url: str, notifier: Notifier | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.store = store
         self.notifier = notifier
+        self.audit = audit
         self.signing_key = signing_key
         self.reviewer_groups = reviewer_groups
         self.timeout_seconds = timeout_seconds
@@ -74,6 +78,11 @@ class Approvals:
     async def hold(self, request: ApprovalRequest) -> Outcome:
         """Store `request` and wait for its outcome. Cancelling the wait withdraws it."""
         await self.store.create(request)  # StoreError propagates: the statement does not run
+        if self.audit is not None:
+            self.audit.record("approval.requested", {
+                "approval_id": request.id, "agent": request.agent, "database": request.database,
+                "rule": request.rule, "statement_sha256": request.statement_sha256,
+                "required_approvals": request.required_approvals, "expires": iso(request.expires_at)})
         if self.notifier is not None:
             self.notifier.requested(request, self.link(request.id))  # in the background
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -107,7 +116,7 @@ class Approvals:
         found = await self.store.get(approval_id)
         if found is None:
             return Outcome(status)
-        return Outcome(found.status, found.decided_by, found.decision_reason)
+        return Outcome(found.status, found.decided_by, found.decision_reason, _voters(found, found.decided_by))
 
     async def covered(self, agent: str, database: str, shape: str) -> Grant | None:
         """A grant that lets `agent` run statements of this shape unreviewed now, if any."""
@@ -149,6 +158,11 @@ class Approvals:
                                        "another reviewer must approve it")
         log.info("approval decision recorded", extra={"approval": approval_id, "outcome": outcome,
                                                       "reviewer": reviewer.agent_id})
+        if self.audit is not None:
+            self.audit.record("approval.decision", {
+                "approval_id": approval_id, "reviewer": reviewer.agent_id, "via": reviewer.method,
+                "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
+                "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256})
         if outcome == "approved" and grant_minutes:
             await self.store.add_grant(Grant(
                 id=secrets.token_urlsafe(12), agent=request.agent, database=request.database, shape=request.shape,
@@ -156,8 +170,18 @@ class Approvals:
         if outcome in ("approved", "denied"):
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
-                waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason))
+                waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason,
+                                          _voters(decided, reviewer.agent_id)))
         return decided
+
+    def refused(self, approval_id: str, status: int, message: str, *, reviewer: str | None, via: str) -> None:
+        """Audit a decision that was not accepted (forged, replayed, self-approval, too late…)."""
+        log.warning("decision refused", extra={"approval": approval_id, "status": status, "reason": message,
+                                               "reviewer": reviewer})
+        if self.audit is not None:
+            self.audit.record("approval.decision_refused", {
+                "approval_id": approval_id, "reviewer": reviewer, "via": via, "http_status": status,
+                "reason": message})
 
     async def close(self) -> None:
         if self.notifier is not None:
@@ -167,3 +191,8 @@ class Approvals:
                 waiter.set_result(Outcome(Status.WITHDRAWN))
         with contextlib.suppress(StoreError):
             await self.store.close()
+
+
+def _voters(request: ApprovalRequest, decider: str | None) -> tuple[str, ...]:
+    """The reviewers who approved `request`, and the one who decided it last."""
+    return tuple(dict.fromkeys((*request.approved_by, *((decider,) if decider else ()))))

@@ -6,6 +6,7 @@ carries only an unguessable id, and seeing a request's details needs a reviewer 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,6 +31,9 @@ DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when deci
 DEMO_LOGIN = web.AppKey("demo_login", str)  # the demo reviewer's token: set in the demo only
 SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
 SSO_HEADER = web.AppKey("sso_header", str)  # where an SSO proxy in front puts the reviewer's token
+# Per request, for the audit of refused decisions: who decided (if known) and how; the approval.
+DECIDER = web.RequestKey("decider", tuple[str | None, str])
+APPROVAL_ID = web.RequestKey("approval_id", str)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -138,6 +142,7 @@ async def post_decision(request: web.Request) -> web.Response:
     if checker is not None and token and _names_an_approval(token):
         return await _decision_token(request, checker, token)
     reviewer = await _reviewer(request)
+    request[DECIDER] = (reviewer.agent_id, reviewer.method)
     try:
         body = await request.json()
     except ValueError:
@@ -199,6 +204,7 @@ async def _decision_token(request: web.Request, checker: JwtConfig, token: str) 
     groups = claims.get(checker.groups_claim, [])
     reviewer = Identity(str(claims["sub"]), frozenset(groups.split() if isinstance(groups, str) else groups),
                         "decision-token")
+    request[DECIDER] = (reviewer.agent_id, reviewer.method)
     try:
         decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims["decision"] == "approve",
                                          reason=str(claims.get("reason", "")),
@@ -239,6 +245,8 @@ async def slack_interactivity(request: web.Request) -> web.Response:
         slack_user = str(payload["user"]["id"])
     except (KeyError, IndexError, ValueError, TypeError):
         return _error(400, "not a Slack block action payload")
+    request[APPROVAL_ID] = approval_id
+    request[DECIDER] = (None, f"slack:{slack_user}")
     if action.get("action_id") not in ("approve", "deny"):
         return web.json_response({"text": "ok"})
     reviewer_name = users.get(slack_user)
@@ -247,6 +255,7 @@ async def slack_interactivity(request: web.Request) -> web.Response:
                                   "text": "Your Slack account is not mapped to a pgproxy reviewer."}, status=403)
     approvals = request.app[APPROVALS]
     reviewer = Identity(reviewer_name, approvals.reviewer_groups, "slack")
+    request[DECIDER] = (reviewer_name, "slack")
     try:
         decided = await approvals.decide(approval_id, reviewer, approve=action["action_id"] == "approve",
                                          reason=f"decided in Slack by {reviewer_name}", statement_hash=statement_hash)
@@ -254,6 +263,31 @@ async def slack_interactivity(request: web.Request) -> web.Response:
         return web.json_response({"response_type": "ephemeral", "text": exc.message}, status=exc.status)
     return web.json_response({"response_type": "in_channel", "replace_original": False,
                               "text": f"{decided.status.value} by {reviewer_name}"})
+
+
+@web.middleware
+async def audit_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every decision the proxy does not accept is recorded: forged, replayed, self-approval, late…"""
+    if request.match_info.route.name not in ("decision", "slack"):
+        return await handler(request)  # type: ignore[no-any-return]
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        _refused(request, exc.status, exc.text or exc.reason)
+        raise
+    if response.status >= 400:
+        _refused(request, response.status, response.text if isinstance(response, web.Response) else None)
+    return response
+
+
+def _refused(request: web.Request, status: int, body: str | None) -> None:
+    message = body or ""
+    with contextlib.suppress(ValueError, AttributeError):
+        found = json.loads(message)  # {"error": …}, or Slack's {"text": …}
+        message = str(found.get("error") or found.get("text") or message)
+    reviewer, via = request.get(DECIDER, (None, "slack" if request.match_info.route.name == "slack" else "api"))
+    request.app[APPROVALS].refused(request.get(APPROVAL_ID, request.match_info.get("id", "")), status, message,
+                                   reviewer=reviewer, via=via)
 
 
 @web.middleware
@@ -267,7 +301,7 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     """The approvals web app for `config`: API, page, and the optional integrations it names."""
-    app = web.Application(middlewares=[store_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[audit_refusals, store_errors], client_max_size=64 * 1024)
     app[APPROVALS] = approvals
     app[REVIEWERS] = Authenticator(AuthConfig(jwt=config.reviewer_jwt))
     if config.decision_token_jwt is not None:
@@ -283,8 +317,8 @@ def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     app.router.add_get("/assets/{name}", asset)
     app.router.add_get("/api/demo-login", demo_login)
     app.router.add_get("/api/whoami", whoami)
-    app.router.add_post("/slack/interactivity", slack_interactivity)
+    app.router.add_post("/slack/interactivity", slack_interactivity, name="slack")
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)
-    app.router.add_post("/api/approvals/{id}/decision", post_decision)
+    app.router.add_post("/api/approvals/{id}/decision", post_decision, name="decision")
     return app

@@ -1,4 +1,4 @@
-"""One interface for approval requests and decisions (grants and audit events join later).
+"""One interface for approval requests, decisions, grants and the audit log.
 
 SQLite (`pgproxy.store.sqlite`) is the default: a file, created on first use, WAL mode.
 Every state change is a single conditional UPDATE, so two deciders (or a decider and the
@@ -7,6 +7,8 @@ expiry) can never both win: the one that finds the request still pending does.
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -80,6 +82,28 @@ class Grant:
     granted_by: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One stored audit event. `body` is the event's JSON exactly as hashed:
+    hash = sha256(previous event's hash + body)."""
+
+    seq: int
+    time: float
+    type: str
+    body: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The chain's head at one moment, signed by the proxy (a JWT naming seq and hash)."""
+
+    seq: int
+    hash: str
+    signed_at: float
+    signature: str
+
+
 class Store(Protocol):
     async def create(self, request: ApprovalRequest) -> None: ...
 
@@ -109,6 +133,31 @@ class Store(Protocol):
 
     async def abandon_pending(self) -> int:
         """At start: every request still pending belongs to a connection that is gone."""
+        ...
+
+    async def append_events(self, rows: Sequence[AuditRow]) -> None:
+        """Append audit events (one transaction: all or none)."""
+        ...
+
+    async def last_event(self) -> AuditRow | None: ...
+
+    async def events(self, *, after_seq: int = 0, since: float | None = None, until: float | None = None,
+                     type: str | None = None, limit: int = 1000) -> builtins.list[AuditRow]:
+        """Events in chain order with seq > after_seq, within [since, until) and of `type` when given."""
+        ...
+
+    async def add_head(self, head: AuditHead) -> None: ...
+
+    async def heads(self) -> builtins.list[AuditHead]: ...
+
+    async def prunable(self, before: float) -> tuple[int, str, int] | None:
+        """The last event older than `before` (its seq and hash) and how many events that is,
+        or None. The newest event is never prunable: the chain keeps a head."""
+        ...
+
+    async def prune_events(self, through_seq: int, anchor: AuditRow) -> None:
+        """Delete events (and signed heads) up to `through_seq` and append `anchor`, which
+        records what was pruned, in one transaction."""
         ...
 
     async def close(self) -> None: ...

@@ -1,14 +1,17 @@
-"""The SQLite store: one file, WAL mode, one connection used from a worker thread."""
+"""The SQLite store: one file, WAL mode, one connection per store object, used from a worker thread."""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pgproxy.store import ApprovalRequest, Grant, Status, StoreError
+from pgproxy.store import ApprovalRequest, AuditHead, AuditRow, Grant, Status, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approval_requests (
@@ -61,6 +64,20 @@ CREATE TABLE IF NOT EXISTS used_token_ids (
     jti TEXT PRIMARY KEY,
     used_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    signed_at REAL NOT NULL,
+    signature TEXT NOT NULL
+);
 """
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
@@ -81,7 +98,7 @@ class SqliteStore:
             try:
                 return await asyncio.to_thread(fn, *args)
             except sqlite3.Error as exc:
-                raise StoreError(f"approval store {self.path}: {exc}") from exc
+                raise StoreError(f"store {self.path}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -150,14 +167,8 @@ class SqliteStore:
                    now: float) -> tuple[ApprovalRequest | None, str]:
         def record() -> tuple[ApprovalRequest | None, str]:
             db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                outcome = self._vote(db, approval_id, reviewer, approve, reason, token, now)
-                db.execute("COMMIT")
-                return outcome
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            with _transaction(db):
+                return self._vote(db, approval_id, reviewer, approve, reason, token, now)
 
         result: tuple[ApprovalRequest | None, str] = await self._run(record)
         return result
@@ -232,10 +243,104 @@ class SqliteStore:
         result: int = await self._run(update)
         return result
 
+    # -- the audit log ------------------------------------------------------------------
+
+    async def append_events(self, rows: Sequence[AuditRow]) -> None:
+        def insert() -> None:
+            db = self._connection()
+            with _transaction(db):
+                db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)",
+                               [(r.seq, r.time, r.type, r.body, r.hash) for r in rows])
+
+        await self._run(insert)
+
+    async def last_event(self) -> AuditRow | None:
+        def select() -> AuditRow | None:
+            row = self._connection().execute(
+                "SELECT seq, time, type, body, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+            return AuditRow(*row) if row else None
+
+        result: AuditRow | None = await self._run(select)
+        return result
+
+    async def events(self, *, after_seq: int = 0, since: float | None = None, until: float | None = None,
+                     type: str | None = None, limit: int = 1000) -> builtins.list[AuditRow]:
+        def select() -> builtins.list[AuditRow]:
+            where: list[str] = ["seq > ?"]
+            args: list[Any] = [after_seq]
+            if since is not None:
+                where.append("time >= ?")
+                args.append(since)
+            if until is not None:
+                where.append("time < ?")
+                args.append(until)
+            if type is not None:
+                where.append("type = ?")
+                args.append(type)
+            rows = self._connection().execute(
+                f"SELECT seq, time, type, body, hash FROM audit_events WHERE {' AND '.join(where)} "
+                "ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+            return [AuditRow(*row) for row in rows]
+
+        result: list[AuditRow] = await self._run(select)
+        return result
+
+    async def add_head(self, head: AuditHead) -> None:
+        def insert() -> None:
+            self._connection().execute("INSERT OR REPLACE INTO audit_heads VALUES (?, ?, ?, ?)",
+                                       (head.seq, head.hash, head.signed_at, head.signature))
+
+        await self._run(insert)
+
+    async def heads(self) -> builtins.list[AuditHead]:
+        def select() -> builtins.list[AuditHead]:
+            rows = self._connection().execute(
+                "SELECT seq, hash, signed_at, signature FROM audit_heads ORDER BY seq").fetchall()
+            return [AuditHead(*row) for row in rows]
+
+        result: list[AuditHead] = await self._run(select)
+        return result
+
+    async def prunable(self, before: float) -> tuple[int, str, int] | None:
+        def select() -> tuple[int, str, int] | None:
+            db = self._connection()
+            newest = db.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
+            row = db.execute("SELECT seq, hash FROM audit_events WHERE time < ? AND seq < ? "
+                             "ORDER BY seq DESC LIMIT 1", (before, newest or 0)).fetchone()
+            if row is None:
+                return None
+            count = db.execute("SELECT count(*) FROM audit_events WHERE seq <= ?", (row[0],)).fetchone()[0]
+            return int(row[0]), str(row[1]), int(count)
+
+        result: tuple[int, str, int] | None = await self._run(select)
+        return result
+
+    async def prune_events(self, through_seq: int, anchor: AuditRow) -> None:
+        def prune() -> None:
+            db = self._connection()
+            with _transaction(db):
+                db.execute("DELETE FROM audit_events WHERE seq <= ?", (through_seq,))
+                db.execute("DELETE FROM audit_heads WHERE seq <= ?", (through_seq,))
+                db.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)",
+                           (anchor.seq, anchor.time, anchor.type, anchor.body, anchor.hash))
+
+        await self._run(prune)
+
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.to_thread(db.close)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _request(row: tuple[Any, ...]) -> ApprovalRequest:

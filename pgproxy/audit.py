@@ -1,0 +1,414 @@
+"""The audit log: every decision, append-only and hash-chained (DESIGN.md, data flow).
+
+Theory of operation
+-------------------
+The hot path only appends to a queue (`AuditLog.record`, a deque append of a string it
+mostly has ready: a session's fields are serialised once per session, a statement's
+analysis once per cache entry). One writer task takes the queue in batches, numbers and
+chains them in a worker thread, and writes each batch in one transaction.
+
+Each stored event is a JSON object (`body`) that starts with its `seq`, `time` and `type`.
+Its hash is ``sha256(previous event's hash + body)`` (the first event follows 64 zeros),
+so changing, removing or reordering a stored event breaks the chain at that event. A
+rewrite of the chain from some event on is caught by the signed heads: every
+`sign_interval_seconds` (and at shutdown) the proxy signs the newest (seq, hash) with
+its key (a JWT, HS256) and stores it; the same head also goes to the proxy's log, a copy
+outside the database.
+
+The queue is bounded. When it is full, a new statement waits for room (back-pressure,
+`admit`); after `queue_full_wait_seconds` it is refused with 58000, so nothing runs
+unaudited (fail closed). Events that cannot wait (a connection closing, a reviewer's
+decision) are queued regardless; there is at most one such event in flight per session
+or request. A crash loses what was not yet written, at most about one flush interval of
+events; the next start records `proxy.started` with ``previous_stop: "unclean"``.
+
+Retention prunes events older than `retention_days` and, in the same transaction,
+appends an `audit.pruned` anchor naming the last pruned event and its hash, so the
+rest of the chain still verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from pgproxy.config import AuditConfig
+from pgproxy.store import AuditHead, AuditRow, Store, StoreError
+from pgproxy.store.sqlite import SqliteStore
+
+log = logging.getLogger("pgproxy.audit")
+
+GENESIS = "0" * 64  # what the first event follows
+HEAD_AUDIENCE = "pgproxy-audit"
+PRUNE_EVERY_SECONDS = 3600.0
+RETRY_SECONDS = 1.0  # after a failed write
+
+
+def chain_hash(previous: str, body: str) -> str:
+    return hashlib.sha256(f"{previous}{body}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def iso(t: float) -> str:
+    """UTC time as stored in events: ``2026-11-24T09:30:00.123456Z``."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def members(values: dict[str, Any]) -> str:
+    """`values` as JSON object members without the braces, ready to join into an event."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str)[1:-1]
+
+
+def _body(seq: int, t: float, type_: str, fragment: str) -> str:
+    return f'{{"seq":{seq},"time":"{iso(t)}","type":"{type_}"{"," if fragment else ""}{fragment}}}'
+
+
+def _chain(batch: Sequence[tuple[float, str, str]], seq: int, previous: str) -> list[AuditRow]:
+    """Number and chain queued events (runs in a worker thread)."""
+    rows: list[AuditRow] = []
+    for t, type_, fragment in batch:
+        seq += 1
+        body = _body(seq, t, type_, fragment)
+        previous = chain_hash(previous, body)
+        rows.append(AuditRow(seq, t, type_, body, previous))
+    return rows
+
+
+class AuditLog:
+    """The proxy's audit log. `await start()`, `record()` from anywhere on the loop, `await close()`."""
+
+    def __init__(self, config: AuditConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store: Store = store if store is not None else SqliteStore(config.store)
+        self._queue: deque[tuple[float, str, str]] = deque()
+        self._seq = 0
+        self._hash = GENESIS
+        self._signed_seq = 0
+        self._signed_at = 0.0
+        self._pruned_at = 0.0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._lock = asyncio.Lock()  # one writer at a time: the loop, a flush at close, a prune
+        self._writer: asyncio.Task[None] | None = None
+        self.failure: str | None = None  # the last write error, until a write succeeds
+        self.written = 0
+
+    @property
+    def full_statements(self) -> bool:
+        return self.config.full_statements
+
+    async def start(self, started: dict[str, Any]) -> None:
+        """Continue the chain in the store and record `proxy.started` (with `started`'s fields)."""
+        last = await self.store.last_event()
+        if last is not None:
+            self._seq, self._hash = last.seq, last.hash
+        previous = "first" if last is None else "clean" if last.type == "proxy.stopped" else "unclean"
+        if previous == "unclean":
+            log.warning("the previous run did not stop cleanly: events it had not written are lost",
+                        extra={"last_seq": last.seq if last else 0})
+        self.record("proxy.started", {**started, "previous_stop": previous, "previous_seq": self._seq})
+        await self.flush()
+        if self.config.retention_days:
+            await self.prune()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def record(self, type_: str, data: dict[str, Any] | str) -> None:
+        """Queue an event; `data` is a dict of fields or already-joined JSON members."""
+        self._queue.append((time.time(), type_, data if isinstance(data, str) else members(data)))
+        if len(self._queue) >= self.config.batch_events:
+            self._wake.set()
+
+    @property
+    def saturated(self) -> bool:
+        return len(self._queue) >= self.config.queue_events
+
+    async def admit(self) -> bool:
+        """Wait until the queue has room for a statement's event; False if it did not come in time."""
+        deadline = time.monotonic() + self.config.queue_full_wait_seconds
+        while self.saturated:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._room.clear()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), remaining)
+        return True
+
+    # -- the writer -------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_seconds)
+            self._wake.clear()
+            try:
+                await self.flush()
+                now = time.time()
+                if now - self._signed_at >= self.config.sign_interval_seconds:
+                    await self.sign()
+                if self.config.retention_days and now - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                    await self.prune()
+            except StoreError as exc:
+                if self.failure is None:
+                    log.error("audit log cannot be written; statements wait, then are refused",
+                              extra={"error": str(exc), "queued": len(self._queue)})
+                self.failure = str(exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def flush(self) -> None:
+        """Write every queued event (in batches). StoreError leaves them queued."""
+        async with self._lock:
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(len(self._queue), self.config.batch_events))]
+                rows = await asyncio.to_thread(_chain, batch, self._seq, self._hash)
+                await self.store.append_events(rows)
+                for _ in batch:
+                    self._queue.popleft()
+                self._seq, self._hash = rows[-1].seq, rows[-1].hash
+                self.written += len(rows)
+                if self.failure is not None:
+                    log.warning("audit log writable again", extra={"error": self.failure})
+                    self.failure = None
+                if not self.saturated:
+                    self._room.set()
+
+    async def sign(self) -> None:
+        """Sign the chain's head (if it moved) and store the signature; also log it."""
+        async with self._lock:
+            if self._seq == self._signed_seq:
+                self._signed_at = time.time()
+                return
+            now = time.time()
+            token = jwt.encode({"iss": "pgproxy", "aud": HEAD_AUDIENCE, "seq": self._seq, "hash": self._hash,
+                                "iat": int(now)}, self.config.signing_key, algorithm="HS256")
+            await self.store.add_head(AuditHead(self._seq, self._hash, now, token))
+            self._signed_seq, self._signed_at = self._seq, now
+            log.info("audit head signed", extra={"seq": self._seq, "hash": self._hash})
+
+    async def prune(self, now: float | None = None) -> int:
+        """Drop events older than the retention; an `audit.pruned` anchor keeps the chain whole."""
+        now = time.time() if now is None else now
+        self._pruned_at = now
+        before = now - self.config.retention_days * 86400
+        await self.flush()
+        async with self._lock:
+            found = await self.store.prunable(before)
+            if found is None:
+                return 0
+            through, last_hash, count = found
+            anchor = _chain([(now, "audit.pruned", members({
+                "pruned_through_seq": through, "pruned_last_hash": last_hash, "pruned_events": count,
+                "before": iso(before)}))], self._seq, self._hash)[0]
+            await self.store.prune_events(through, anchor)
+            self._seq, self._hash = anchor.seq, anchor.hash
+            log.info("audit events pruned", extra={"through_seq": through, "events": count})
+            return count
+
+    async def close(self, stopped: dict[str, Any] | None = None) -> None:
+        """Record `proxy.stopped`, write everything, sign the head, close the store."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        self.record("proxy.stopped", stopped or {})
+        try:
+            await self.flush()
+            await self.sign()
+        except StoreError:
+            log.exception("audit events could not be written at shutdown", extra={"lost": len(self._queue)})
+        await self.store.close()
+
+
+# -- verification ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What `verify` found: `problem` is None when the whole chain holds."""
+
+    events: int
+    first_seq: int
+    last_seq: int
+    heads: int
+    last_signed_seq: int
+    problem: str | None = None
+
+    def describe(self) -> str:
+        if self.problem is not None:
+            return f"audit log BROKEN: {self.problem}"
+        if not self.events:
+            return "audit log verified: it is empty"
+        unsigned = self.last_seq - self.last_signed_seq
+        tail = f"; {unsigned} event(s) after it not signed yet" if unsigned else ""
+        return (f"audit log verified: events {self.first_seq}-{self.last_seq} ({self.events} events) form an "
+                f"unbroken chain; {self.heads} signed head(s), the last at event {self.last_signed_seq}{tail}")
+
+
+def _named(row: AuditRow) -> str:
+    return f"event {row.seq} ({row.type} at {iso(row.time)})"
+
+
+async def rows_in_order(store: Store, *, after_seq: int = 0, since: float | None = None,
+                        until: float | None = None, page: int = 5000) -> AsyncIterator[AuditRow]:
+    """Every stored event in seq order, read a page at a time."""
+    while True:
+        rows = await store.events(after_seq=after_seq, since=since, until=until, limit=page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        after_seq = rows[-1].seq
+
+
+async def previous_hash(store: Store, first: AuditRow) -> str | None:
+    """The hash `first` follows: 64 zeros for event 1, else the hash of the event before it,
+    or the one an `audit.pruned` anchor recorded when that event was pruned; None if lost."""
+    if first.seq == 1:
+        return GENESIS
+    before = await store.events(after_seq=first.seq - 2, limit=1)
+    if before and before[0].seq == first.seq - 1:
+        return before[0].hash
+    for anchor in await store.events(type="audit.pruned", limit=1_000_000):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            fields = json.loads(anchor.body)
+            if fields["pruned_through_seq"] == first.seq - 1:
+                return str(fields["pruned_last_hash"])
+    return None
+
+
+def _content_problem(row: AuditRow, previous: str) -> str | None:
+    try:
+        fields = json.loads(row.body)
+    except ValueError:
+        return f"{_named(row)} was changed: its content is not valid JSON"
+    if not isinstance(fields, dict):
+        return f"{_named(row)} was changed: its content is not a JSON object"
+    if fields.get("seq") != row.seq:
+        return (f"the event stored as event {row.seq} says it is event {fields.get('seq')}: "
+                "events were reordered or renumbered")
+    for column, value in (("time", iso(row.time)), ("type", row.type)):
+        if fields.get(column) != value:
+            return f"{_named(row)} was changed: its {column} column does not match its content"
+    if chain_hash(previous, row.body) != row.hash:
+        return (f"{_named(row)} was changed: its content does not match its hash "
+                "(or the event before it was rewritten)")
+    return None
+
+
+async def verify(store: Store, signing_key: str) -> Verification:
+    """Check the whole chain and the signed heads; report the first broken link."""
+    heads = {head.seq: head for head in await store.heads()}
+    count, first_seq, last_seq, last_signed, previous = 0, 0, 0, 0, GENESIS
+    last_good_head = 0
+
+    def result(problem: str | None = None) -> Verification:
+        return Verification(count, first_seq, last_seq, len(heads), last_signed, problem)
+
+    for head in heads.values():
+        try:
+            claims = jwt.decode(head.signature, signing_key, algorithms=["HS256"], audience=HEAD_AUDIENCE)
+        except jwt.PyJWTError as exc:
+            return result(f"the head signed for event {head.seq} at {iso(head.signed_at)} has an invalid "
+                          f"signature ({exc}): it was forged, or the key is not the proxy's")
+        if claims.get("seq") != head.seq or claims.get("hash") != head.hash:
+            return result(f"the head signed for event {head.seq} was changed: it does not match its signature")
+    async for row in rows_in_order(store):
+        if count == 0:
+            first_seq = row.seq
+            found = await previous_hash(store, row)
+            if found is None:
+                return result(f"the log starts at event {row.seq}: events 1-{row.seq - 1} are missing and no "
+                              "audit.pruned event accounts for them")
+            previous = found
+        elif row.seq != last_seq + 1:
+            missing = (f"event {last_seq + 1} is" if row.seq == last_seq + 2
+                       else f"events {last_seq + 1}-{row.seq - 1} are")
+            return result(f"{missing} missing: the log goes from event {last_seq} to event {row.seq}")
+        problem = _content_problem(row, previous)
+        if problem is not None:
+            return result(problem)
+        signed = heads.get(row.seq)
+        if signed is not None:
+            if signed.hash != row.hash:
+                return result(f"the chain was rewritten: {_named(row)} does not match the head signed at "
+                              f"{iso(signed.signed_at)}; the first rewritten event comes after event "
+                              f"{last_good_head}")
+            last_good_head = last_signed = row.seq
+        previous, last_seq = row.hash, row.seq
+        count += 1
+    beyond = [seq for seq in heads if seq > last_seq]
+    if beyond:
+        return result(f"events after event {last_seq} are missing: a head was signed for event {max(beyond)}")
+    return result()
+
+
+# -- export ------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("seq", "time", "type", "session", "agent", "groups", "client_address", "application_name",
+               "database", "protocol", "commands", "kinds", "statement", "statement_sha256", "tables",
+               "columns_read", "columns_written", "tags", "functions", "flags", "rule", "action", "outcome",
+               "reason", "approval_id", "reviewers", "decision_reason", "grant", "wait_seconds", "sqlstate",
+               "details", "prev", "hash")
+
+
+def exported_line(row: AuditRow, previous: str) -> str:
+    """One JSONL line: the stored event with `prev` and `hash` added at the end. Removing
+    those two members gives back the exact text that was hashed."""
+    return f'{row.body[:-1]},"prev":"{previous}","hash":"{row.hash}"}}'
+
+
+def csv_record(row: AuditRow, previous: str) -> list[str]:
+    """One CSV row in CSV_COLUMNS order; lists are joined with ';', other fields go to `details`."""
+    fields: dict[str, Any] = json.loads(row.body)
+    named = [_cell(fields.pop(column, None)) for column in CSV_COLUMNS[:-3]]
+    return [*named, json.dumps(fields, sort_keys=True, ensure_ascii=False) if fields else "", previous, row.hash]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+async def export(store: Store, *, since: float | None, until: float | None,
+                 emit: Callable[[AuditRow, str], object]) -> int:
+    """Call `emit(row, previous hash)` for each event in [since, until), in order."""
+    count = 0
+    previous: str | None = None
+    async for row in rows_in_order(store, since=since, until=until):
+        if previous is None:
+            previous = await previous_hash(store, row) or ""
+        emit(row, previous)
+        previous = row.hash
+        count += 1
+    return count
+
+
+def statement_members(*, commands: Iterable[str], kinds: Iterable[str], tables: Iterable[str],
+                      reads: dict[str, Iterable[str]], writes: dict[str, Iterable[str]], functions: Iterable[str],
+                      flags: Iterable[str], rule: str, action: str, reason: str) -> str:
+    """A statement's analysis and decision as JSON members (cached with the decision)."""
+    tags = sorted({t for tags in (*reads.values(), *writes.values()) for t in tags})
+    return members({
+        "commands": list(dict.fromkeys(commands)), "kinds": sorted(set(kinds)),
+        "tables": sorted(set(tables)), "columns_read": sorted(reads), "columns_written": sorted(writes),
+        "tags": tags, "functions": sorted(set(functions)), "flags": sorted(set(flags)),
+        "rule": rule, "action": action, "reason": reason})
