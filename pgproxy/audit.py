@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import json
 import logging
@@ -59,9 +58,17 @@ def chain_hash(previous: str, body: str) -> str:
     return hashlib.sha256(f"{previous}{body}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (the writer formats many per second)
+
+
 def iso(t: float) -> str:
-    """UTC time as stored in events: ``2026-11-24T09:30:00.123456Z``."""
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC time as stored in events: ``2026-11-24T09:30:00.123456Z`` (microseconds truncated)."""
+    global _second
+    whole = int(t)
+    last = _second  # one read: another thread may replace it meanwhile
+    if last[0] != whole:
+        last = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{last[1]}.{int((t - whole) * 1_000_000):06d}Z"
 
 
 def members(values: dict[str, Any]) -> str:
@@ -161,10 +168,11 @@ class AuditLog:
                     await self.sign()
                 if self.config.retention_days and now - self._pruned_at >= PRUNE_EVERY_SECONDS:
                     await self.prune()
-            except StoreError as exc:
+            except Exception as exc:  # a store error, or a bug: keep trying; statements wait meanwhile
                 if self.failure is None:
                     log.error("audit log cannot be written; statements wait, then are refused",
-                              extra={"error": str(exc), "queued": len(self._queue)})
+                              extra={"error": str(exc), "queued": len(self._queue)},
+                              exc_info=not isinstance(exc, StoreError))
                 self.failure = str(exc)
                 await asyncio.sleep(RETRY_SECONDS)
 
