@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -340,6 +341,7 @@ def test_grant_covers_the_same_shape_until_it_ends(strict: tuple[ProxyThread, Pa
         request = wait_pending(proxy, "WHERE id = 32")
         assert decide(proxy, request, grant_minutes=31)[0] == 403  # over the rule's 30 minutes
         assert decide(proxy, request, grant_minutes=10)[0] == 200
+        first_request_id = request["id"]
         worker.join(15)
         # Same shape, other literal: passes at once, without a new request.
         assert conn.execute(sql.format(33)).fetchone() == (direct_value(pg, sql.format(33)),)
@@ -365,6 +367,14 @@ def test_grant_covers_the_same_shape_until_it_ends(strict: tuple[ProxyThread, Pa
         assert decide(proxy, request, "deny", reason="grant over")[0] == 200
         worker.join(15)
         assert isinstance(ended[0], psycopg.errors.InsufficientPrivilege)
+    # The audit log says which grant let the statement through, and who gave it.
+    assert proxy.server.audit is not None
+    proxy.call(proxy.server.audit.flush())
+    with sqlite3.connect(directory / "approvals.sqlite3") as db:
+        granted = [json.loads(body) for (body,) in db.execute("SELECT body FROM audit_events WHERE type = 'statement'")
+                   if '"outcome":"granted"' in body]
+    assert [(e["grant"]["approval_id"], e["grant"]["granted_by"], e["action"]) for e in granted] == [
+        (first_request_id, "alice", "review")]
 
 
 def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) -> None:
