@@ -64,11 +64,12 @@ def main() -> int:
     from tests.approvals_support import approvals_config, reviewer_token
     from tests.harness import running_proxy, write_enforce_config
 
-    with PostgresCluster(settings={"max_connections": str(args.held + 20)}) as pg:
+    with (PostgresCluster(settings={"max_connections": str(args.held + 20)}) as pg,
+          tempfile.TemporaryDirectory(prefix="pgproxy-bench-") as tmp):
         pg.create_role("app_scram", "scram-pass")
         pg.create_database("app", owner="app_scram")
         pg.psql(demo_sql(), dbname="app", user="app_scram")
-        directory = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
+        directory = Path(tmp)
         config = load_config(write_enforce_config(pg, directory, catalog=corpus.CATALOG,
                                                   extra=approvals_config(directory, 600)))
         with running_proxy(config) as proxy:

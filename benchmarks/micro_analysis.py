@@ -45,12 +45,12 @@ def main() -> int:
     from tests.harness import write_enforce_config
 
     cases = corpus.load("benign") + corpus.load("risky")
-    with PostgresCluster() as pg:
+    with PostgresCluster() as pg, tempfile.TemporaryDirectory(prefix="pgproxy-bench-") as tmp:
         pg.create_role("app_scram", "scram-pass")
         pg.create_database("app", owner="app_scram")
         pg.psql(demo_sql(), dbname="app", user="app_scram")
         pg.psql((corpus.CORPORA / "setup.sql").read_text(), dbname="app", user="app_scram")
-        directory = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
+        directory = Path(tmp)
         config = load_config(write_enforce_config(pg, directory, catalog=corpus.CATALOG,
                                                   policy=demo_file("policy.yaml")))
         route = Route(name="app", host=pg.host, port=pg.port, dbname="app", user="app_scram",

@@ -2,10 +2,17 @@
 mode and pgproxy enforcing the demo policy, measured in one run in interleaved rounds so that
 machine noise hits all of them alike.
 
-    .venv/bin/python -m benchmarks.run [--duration S] [--rounds N] [--json FILE] [--check] [--smoke]
+    .venv/bin/python -m benchmarks.run [--duration S] [--rounds N] [--copy-repeats N] [--json FILE]
+                                       [--check] [--smoke]
 
-Workloads: pgbench select-only (-S), simple and prepared, at 1 and 8 clients. Reports TPS and
-latency p50/p99 (from pgbench's per-transaction log) per target, and DESIGN.md's ratios.
+Workloads (benchmarks/workloads.py), all on a pgbench scale-10 database:
+- pgbench select-only (-S), simple and prepared, at 1 and 8 clients;
+- pgbench TPC-B-like (its builtin script) at 8 clients;
+- a mixed workload of 200 distinct statement shapes at 8 clients (the decision cache holds 200 keys);
+- a connection storm: select-only with a new connection per transaction (-C), 8 clients;
+- COPY out of 1,000,000 rows (`COPY pgbench_accounts TO STDOUT` through psql into /dev/null).
+Reports TPS and latency p50/p99 (from pgbench's per-transaction log), COPY rows/s, and ratios:
+DESIGN.md's (which have floors) and the same comparisons for the other workloads.
 `--check` compares the ratios with the floors in benchmarks/floors.json and exits 1 on a regression.
 `--smoke` is a short run that proves the suite works (CI); its numbers mean nothing.
 """
@@ -15,46 +22,62 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.workloads import (
+    COPY_TABLE,
+    COPY_WORKLOAD,
+    MIXED,
+    STORM,
+    TPCB,
+    WORKLOADS,
+    Workload,
+    bench_policy,
+    copy_out,
+    pgbench,
+    write_mixed_scripts,
+)
 from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin, free_port
+
+# What other benchmarks (scale.py, audit.py) build on.
+__all__ = ["PASSWORD", "TARGETS", "WORKLOADS", "RunningProxy", "Workload", "bench_database", "pgbench", "pgbouncer",
+           "pgproxy", "pgproxy_process", "wait_for_port"]
 
 FLOORS = Path(__file__).with_name("floors.json")
 PASSWORD = "bench-password"
 TARGETS = ("direct", "pgbouncer", "passthrough", "enforce")
+Results = dict[str, dict[str, dict[str, float]]]  # workload -> target -> measure -> value
 
 
 @dataclass(frozen=True, slots=True)
-class Workload:
-    name: str
-    args: tuple[str, ...]
-    clients: int
+class RunningProxy:
+    """A pgproxy process started by `pgproxy_process()`: the agent's URL, its pid and directory."""
+
+    url: str
+    pid: int
+    home: Path
 
 
-WORKLOADS = (
-    Workload("select-only simple, 1 client", ("-S", "-M", "simple"), 1),
-    Workload("select-only prepared, 1 client", ("-S", "-M", "prepared"), 1),
-    Workload("select-only simple, 8 clients", ("-S", "-M", "simple"), 8),
-    Workload("select-only prepared, 8 clients", ("-S", "-M", "prepared"), 8),
-)
-
-
-def wait_for_port(port: int, seconds: float = 20) -> None:
-    import socket
-
+def wait_for_port(port: int, seconds: float = 20, process: subprocess.Popen[bytes] | None = None,
+                  log: Path | None = None) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`; raise if `process` exits first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"the process exited ({process.returncode}) before listening on {port}:\n{tail}")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -63,7 +86,8 @@ def wait_for_port(port: int, seconds: float = 20) -> None:
 
 
 @contextmanager
-def pgbouncer(pg: PostgresCluster, directory: Path) -> Any:
+def pgbouncer(pg: PostgresCluster, directory: Path) -> Iterator[str]:
+    """pgbouncer in session mode in front of `pg`'s database `app`; yields its URL."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
         raise RuntimeError("pgbouncer is not installed: apt-get install pgbouncer (./dev setup does it)")
@@ -95,7 +119,7 @@ logfile = {home / "pgbouncer.log"}
     process = subprocess.Popen([binary, str(home / "pgbouncer.ini")], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, **kwargs)
     try:
-        wait_for_port(port)
+        wait_for_port(port, process=process, log=home / "pgbouncer.log")
         yield f"postgresql://bench:{PASSWORD}@127.0.0.1:{port}/app"
     finally:
         process.terminate()
@@ -103,16 +127,22 @@ logfile = {home / "pgbouncer.log"}
 
 
 @contextmanager
-def pgproxy(pg: PostgresCluster, directory: Path, mode: str, token_secret: str) -> Any:
+def pgproxy_process(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, *, name: str | None = None,
+                    policy: str | None = None, extra: str = "") -> Iterator[RunningProxy]:
+    """`pgproxy run` (its own process) in `mode` in front of `pg`'s database `app`, with the demo catalog.
+
+    Its files go in `directory / name` (default ``pgproxy-<mode>``), which may already hold files
+    that `extra` (more top-level config) names. `policy` defaults to the demo policy.
+    """
     import jwt
 
     port = free_port()
-    home = directory / f"pgproxy-{mode}"
-    home.mkdir()
+    home = directory / (name or f"pgproxy-{mode}")
+    home.mkdir(exist_ok=True)
     (home / "catalog.yaml").write_text(demo_file("catalog.yaml"))
     (home / "pw").write_text(PASSWORD)
     (home / "jwt").write_text(token_secret)
-    policy = "\n".join("  " + line for line in demo_file("policy.yaml").splitlines())
+    indented = "\n".join("  " + line for line in (policy or demo_file("policy.yaml")).splitlines())
     (home / "pgproxy.yaml").write_text(f"""\
 mode: {mode}
 listen: {{host: 127.0.0.1, port: {port}}}
@@ -123,43 +153,46 @@ auth:
 routes:
   app: {{host: 127.0.0.1, port: {pg.port}, user: bench, password_file: pw}}
 logging: {{level: warning}}
+{extra}
 policy:
-{policy}
+{indented}
 """)
-    process = subprocess.Popen([sys.executable, "-m", "pgproxy.cli", "run", "--config", str(home / "pgproxy.yaml")],
-                               stdout=subprocess.DEVNULL, stderr=open(home / "log", "w"))  # noqa: SIM115
+    with open(home / "log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pgproxy.cli", "run", "--config",
+                                    str(home / "pgproxy.yaml")], stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_for_port(port)
+        wait_for_port(port, process=process, log=home / "log")
         token = jwt.encode({"sub": "agent", "exp": int(time.time()) + 86400}, token_secret, algorithm="HS256")
-        yield f"postgresql://agent:{token}@127.0.0.1:{port}/app"
+        yield RunningProxy(f"postgresql://agent:{token}@127.0.0.1:{port}/app", process.pid, home)
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
-def pgbench(url: str, workload: Workload, duration: float, logs: Path) -> dict[str, float]:
-    """One pgbench run: TPS and latency percentiles (ms) from its per-transaction log."""
-    for old in logs.glob("pgbench_log.*"):
-        old.unlink()
-    result = subprocess.run(
-        [str(find_pg_bin("pgbench")), *workload.args, "-n", "-c", str(workload.clients), "-j",
-         str(min(2, workload.clients)), "-T", str(max(1, round(duration))), "-l", "--log-prefix",
-         str(logs / "pgbench_log"), url],
-        capture_output=True, text=True, timeout=duration + 120, cwd=logs)
-    if result.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {result.stderr.strip()[-500:]}")
-    tps = float(re.search(r"tps = ([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
-    latencies: list[int] = []
-    for log in logs.glob("pgbench_log.*"):
-        latencies += [int(line.split()[2]) for line in log.read_text().splitlines() if line.strip()]
-    latencies.sort()
-    return {"tps": tps, "p50_ms": latencies[len(latencies) // 2] / 1000,
-            "p99_ms": latencies[int(len(latencies) * 0.99)] / 1000,
-            "mean_ms": statistics.fmean(latencies) / 1000}
+@contextmanager
+def pgproxy(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, *, name: str | None = None,
+            policy: str | None = None, extra: str = "") -> Iterator[str]:
+    """`pgproxy_process()`, yielding only the agent's URL."""
+    with pgproxy_process(pg, directory, mode, token_secret, name=name, policy=policy, extra=extra) as proxy:
+        yield proxy.url
 
 
-def ratios(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    """DESIGN.md's performance table, as ratios of this run's medians."""
+def bench_database(pg: PostgresCluster, scale: int) -> str:
+    """Role `bench` owning database `app`, initialised by `pgbench -i -s scale`; its direct URL."""
+    pg.create_role("bench", PASSWORD)
+    pg.create_database("app", owner="bench")
+    url = pg.dsn(user="bench", password=PASSWORD, dbname="app")
+    subprocess.run([str(find_pg_bin("pgbench")), "-i", "-q", "-s", str(scale), url],
+                   check=True, capture_output=True, timeout=600)
+    return url
+
+
+def ratios(results: Results, copy: dict[str, dict[str, float]]) -> dict[str, float]:
+    """DESIGN.md's performance table (and the same comparisons for the other workloads), as ratios."""
     out: dict[str, float] = {}
     for mode in ("simple", "prepared"):
         eight = results[f"select-only {mode}, 8 clients"]
@@ -169,56 +202,31 @@ def ratios(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
         added_bouncer = one["pgbouncer"]["mean_ms"] - one["direct"]["mean_ms"]
         added_proxy = one["enforce"]["mean_ms"] - one["direct"]["mean_ms"]
         out[f"added_latency_vs_pgbouncer_1_{mode}"] = added_proxy / added_bouncer if added_bouncer > 0 else float("inf")
+    for key, workload in (("tpcb", TPCB), ("mixed", MIXED), ("storm", STORM)):
+        by_target = results[workload.name]
+        out[f"enforce_vs_pgbouncer_tps_8_{key}"] = by_target["enforce"]["tps"] / by_target["pgbouncer"]["tps"]
+        out[f"enforce_vs_passthrough_tps_8_{key}"] = by_target["enforce"]["tps"] / by_target["passthrough"]["tps"]
+    # pgbouncer keeps its server connections across a storm; direct and pgproxy open one per client.
+    out["enforce_vs_direct_tps_8_storm"] = results[STORM.name]["enforce"]["tps"] / results[STORM.name]["direct"]["tps"]
+    for other in ("direct", "pgbouncer", "passthrough"):
+        out[f"copy_enforce_vs_{other}_rows_per_s"] = copy["enforce"]["rows_per_s"] / copy[other]["rows_per_s"]
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per pgbench run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median counts)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
-    parser.add_argument("--smoke", action="store_true", help="a short run that only proves the suite works")
-    args = parser.parse_args()
-    if args.smoke:
-        args.duration, args.rounds = 1.0, 1
-
-    directory = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
-    directory.chmod(0o755)
-    samples: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {t: [] for t in TARGETS} for w in WORKLOADS}
-    with ExitStack() as stack:
-        pg = stack.enter_context(PostgresCluster(settings={"max_connections": "200"}))
-        pg.create_role("bench", PASSWORD)
-        pg.create_database("app", owner="bench")
-        subprocess.run([str(find_pg_bin("pgbench")), "-i", "-q", "-s", "10",
-                        pg.dsn(user="bench", password=PASSWORD, dbname="app")],
-                       check=True, capture_output=True, timeout=300)
-        urls = {
-            "direct": pg.dsn(user="bench", password=PASSWORD, dbname="app"),
-            "pgbouncer": stack.enter_context(pgbouncer(pg, directory)),
-            "passthrough": stack.enter_context(pgproxy(pg, directory, "passthrough", "bench-secret-" + "x" * 24)),
-            "enforce": stack.enter_context(pgproxy(pg, directory, "enforce", "bench-secret-" + "y" * 24)),
-        }
-        logs = directory / "logs"
-        logs.mkdir()
-        for round_number in range(args.rounds):
-            for workload in WORKLOADS:
-                # Rotate the order each round so no target always runs first (warm caches, drift).
-                order = TARGETS[round_number % 4:] + TARGETS[:round_number % 4]
-                for target in order:
-                    samples[workload.name][target].append(pgbench(urls[target], workload, args.duration, logs))
-    shutil.rmtree(directory, ignore_errors=True)
-
-    results = {w: {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in by_target.items()}
-               for w, by_target in samples.items()}
-    found = ratios(results)
-    print(f"pgbench, {args.rounds} interleaved round(s) of {args.duration:g} s each; medians\n")
+def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str, float],
+           floors: dict[str, float], args: argparse.Namespace) -> list[str]:
+    """Print the markdown tables; return the names of the ratios past their floor."""
+    print(f"{args.rounds} interleaved round(s); pgbench runs of {args.duration:g} s, "
+          f"COPY {args.copy_repeats} time(s) per round; medians\n")
     print("| workload | target | TPS | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     for name, by_target in results.items():
         for target, r in by_target.items():
             print(f"| {name} | {target} | {r['tps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
-    floors: dict[str, float] = json.loads(FLOORS.read_text())
+    print("\n| workload | target | rows | rows/s | elapsed s |")
+    print("|---|---|---|---|---|")
+    for target, c in copy.items():
+        print(f"| {COPY_WORKLOAD} | {target} | {c['rows']:.0f} | {c['rows_per_s']:.0f} | {c['elapsed_s']:.3f} |")
     print("\n| ratio | this run | floor (DESIGN.md target) |")
     print("|---|---|---|")
     regressions = []
@@ -229,9 +237,61 @@ def main() -> int:
         if bad:
             regressions.append(name)
         print(f"| {name} | {value:.3f} | {floor if floor is not None else '-'}{' REGRESSION' if bad else ''} |")
+    return regressions
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per pgbench run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median counts)")
+    parser.add_argument("--copy-repeats", type=int, default=3, help="COPY runs per target per round")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
+    parser.add_argument("--smoke", action="store_true", help="a short run that only proves the suite works")
+    args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.rounds, args.copy_repeats = 1.0, 1, 1
+
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {t: [] for t in TARGETS} for w in WORKLOADS}
+    copies: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
+    with ExitStack() as stack:
+        directory = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        directory.chmod(0o755)
+        pg = stack.enter_context(PostgresCluster(settings={"max_connections": "200"}))
+        direct = bench_database(pg, scale=10)
+        rows = int(pg.psql(f"SELECT count(*) FROM {COPY_TABLE}", dbname="app"))
+        policy = bench_policy()
+        urls = {
+            "direct": direct,
+            "pgbouncer": stack.enter_context(pgbouncer(pg, directory)),
+            "passthrough": stack.enter_context(pgproxy(pg, directory, "passthrough", "bench-secret-" + "x" * 24,
+                                                       policy=policy)),
+            "enforce": stack.enter_context(pgproxy(pg, directory, "enforce", "bench-secret-" + "y" * 24,
+                                                   policy=policy)),
+        }
+        logs = directory / "logs"
+        logs.mkdir()
+        write_mixed_scripts(logs)
+        for round_number in range(args.rounds):
+            # Rotate the order each round so no target always runs first (warm caches, drift).
+            order = TARGETS[round_number % 4:] + TARGETS[:round_number % 4]
+            for workload in WORKLOADS:
+                for target in order:
+                    samples[workload.name][target].append(pgbench(urls[target], workload, args.duration, logs))
+            for target in order:
+                copies[target].append(copy_out(urls[target], rows, args.copy_repeats))
+
+    results = {w: {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in by_target.items()}
+               for w, by_target in samples.items()}
+    copy = {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in copies.items()}
+    found = ratios(results, copy)
+    floors: dict[str, float] = json.loads(FLOORS.read_text())
+    regressions = report(results, copy, found, floors, args)
     if args.json is not None:
-        args.json.write_text(json.dumps({"results": results, "ratios": found, "floors": floors,
-                                         "duration": args.duration, "rounds": args.rounds}, indent=2))
+        args.json.write_text(json.dumps({"results": results, "copy": copy, "ratios": found, "floors": floors,
+                                         "duration": args.duration, "rounds": args.rounds,
+                                         "copy_repeats": args.copy_repeats}, indent=2))
     if args.check and regressions:
         print(f"\nbelow the floor: {', '.join(regressions)}", file=sys.stderr)
         return 1
