@@ -5,7 +5,7 @@ Theory of operation
 The hot path only appends to a queue (`AuditLog.record`, a deque append of a string it
 mostly has ready: a session's fields are serialised once per session, a statement's
 analysis once per cache entry). One writer task takes the queue in batches, numbers and
-chains them in a worker thread, and writes each batch in one transaction.
+chains them, and writes each batch in one transaction.
 
 Each stored event is a JSON object (`body`) that starts with its `seq`, `time` and `type`.
 Its hash is ``sha256(previous event's hash + body)`` (the first event follows 64 zeros),
@@ -52,6 +52,7 @@ GENESIS = "0" * 64  # what the first event follows
 HEAD_AUDIENCE = "pgproxy-audit"
 PRUNE_EVERY_SECONDS = 3600.0
 RETRY_SECONDS = 1.0  # after a failed write
+CHECKPOINT_EVENTS = 4096  # events between store checkpoints (SQLite: WAL into the database file)
 
 
 def chain_hash(previous: str, body: str) -> str:
@@ -81,7 +82,7 @@ def _body(seq: int, t: float, type_: str, fragment: str) -> str:
 
 
 def _chain(batch: Sequence[tuple[float, str, str]], seq: int, previous: str) -> list[AuditRow]:
-    """Number and chain queued events (runs in a worker thread)."""
+    """Number and chain queued events."""
     rows: list[AuditRow] = []
     for t, type_, fragment in batch:
         seq += 1
@@ -109,6 +110,7 @@ class AuditLog:
         self._writer: asyncio.Task[None] | None = None
         self.failure: str | None = None  # the last write error, until a write succeeds
         self.written = 0
+        self._unsynced = 0  # events written since the last store checkpoint
 
     @property
     def full_statements(self) -> bool:
@@ -180,18 +182,25 @@ class AuditLog:
         """Write every queued event (in batches). StoreError leaves them queued."""
         async with self._lock:
             while self._queue:
+                # Chained on the loop (a few microseconds an event), in batches small enough not to
+                # stall other sessions; see SqliteStore.append_events for why not in a thread.
                 batch = [self._queue[i] for i in range(min(len(self._queue), self.config.batch_events))]
-                rows = await asyncio.to_thread(_chain, batch, self._seq, self._hash)
+                rows = _chain(batch, self._seq, self._hash)
                 await self.store.append_events(rows)
                 for _ in batch:
                     self._queue.popleft()
                 self._seq, self._hash = rows[-1].seq, rows[-1].hash
                 self.written += len(rows)
+                self._unsynced += len(rows)
                 if self.failure is not None:
                     log.warning("audit log writable again", extra={"error": self.failure})
                     self.failure = None
                 if not self.saturated:
                     self._room.set()
+                await asyncio.sleep(0)  # let sessions run between batches
+            if self._unsynced >= CHECKPOINT_EVENTS:
+                self._unsynced = 0
+                await self.store.checkpoint()
 
     async def sign(self) -> None:
         """Sign the chain's head (if it moved) and store the signature; also log it."""

@@ -149,7 +149,7 @@ class AuditConfig:
     full_statements: bool = False  # record statements with their literals (which can be PII)
     retention_days: float = 0  # 0: keep every event
     queue_events: int = 10_000  # events waiting for the writer; beyond it new statements wait
-    batch_events: int = 1_000  # events per write
+    batch_events: int = 256  # events per write (each write holds up the event loop about 1 ms)
     flush_interval_seconds: float = 0.2  # the longest an event waits before it is written
     sign_interval_seconds: float = 10.0  # how often the head of the chain is signed
     queue_full_wait_seconds: float = 5.0  # a statement waits this long for room, then is refused

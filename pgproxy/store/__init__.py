@@ -155,6 +155,10 @@ class Store(Protocol):
         or None. The newest event is never prunable: the chain keeps a head."""
         ...
 
+    async def checkpoint(self) -> None:
+        """Housekeeping after many appends, off the event loop (SQLite: a WAL checkpoint)."""
+        ...
+
     async def prune_events(self, through_seq: int, anchor: AuditRow) -> None:
         """Delete events (and signed heads) up to `through_seq` and append `anchor`, which
         records what was pruned, in one transaction."""
