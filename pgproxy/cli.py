@@ -20,7 +20,7 @@ from typing import Any
 from pgproxy import __version__
 from pgproxy.config import ConfigError, load_config
 from pgproxy.logs import setup_logging
-from pgproxy.store import Store
+from pgproxy.store import Store, StoreError
 
 log = logging.getLogger("pgproxy.cli")
 
@@ -66,6 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     except OSError as exc:
         print(f"pgproxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # the approvals store or the audit log cannot be opened: nothing may run
+        print(f"pgproxy: {exc}", file=sys.stderr)
         return 1
 
 

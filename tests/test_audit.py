@@ -495,3 +495,12 @@ def test_audit_cli_errors(tmp_path: Path, pg: PostgresCluster) -> None:
     path.write_text(path.read_text().replace("audit:\n", "audit:\n  enabled: false\n"))
     result = audit_cli("verify", "--config", str(path))
     assert result.returncode == 2 and "has no audit log" in result.stderr
+
+
+def test_run_refuses_to_start_without_a_writable_audit_log(tmp_path: Path, pg: PostgresCluster) -> None:
+    (tmp_path / "not-a-file").mkdir()
+    path = audited_config(pg, tmp_path, audit="audit:\n  store: not-a-file\n")
+    result = subprocess.run([sys.executable, "-m", "pgproxy.cli", "run", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"pgproxy: store {tmp_path / 'not-a-file'}: unable to open database file" in result.stderr
