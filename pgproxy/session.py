@@ -241,7 +241,7 @@ class Session:
         self.gate = gate
         self.refusal = refusal  # refuse the session once its startup packet is read (e.g. 53300)
         self.audit = audit
-        self.audit_members = ""  # who this session is, as JSON members of its audit events
+        self.audit_members = ""  # who this session is, as JSON members of its audit events (once logged in)
         self.statements = 0  # judged so far
         self.ended_by = "client disconnected"
         self.on_state = on_state
@@ -335,16 +335,27 @@ class Session:
         self.log.warning(event, extra={"sqlstate": exc.sqlstate, "reason": exc.message,
                                        "state": self.state.value})
 
+    def _who(self) -> dict[str, object]:
+        """The session's fields in its audit events (the agent is None before it logged in)."""
+        identity = self.identity
+        return {"session": self.id, "agent": identity.agent_id if identity is not None else None,
+                "groups": sorted(identity.groups) if identity is not None else [],
+                "client_address": self.client_address,
+                "application_name": self.parameters.get("application_name", ""), "database": self.database}
+
+    def _audit_session_event(self, type_: str, **fields: object) -> None:
+        """An event of this logged-in session: its fields (serialised at login) and `fields`."""
+        assert self.audit is not None
+        self.audit.record(type_, f"{self.audit_members},{members(fields)}")
+
     def _audit_failure(self, exc: ProxyError) -> None:
         """A login refused is one event; a session that ended with an error says so when it closes."""
         if self.audit is None:
             return
         if self.identity is None or self.upstream is None or self.backend_key is None:
             self.audit.record("connection.refused", {
-                "session": self.id, "user": self.parameters.get("user", ""), "client_address": self.client_address,
-                "application_name": self.parameters.get("application_name", ""), "database": self.database,
-                "agent": self.identity.agent_id if self.identity is not None else None,
-                "stage": self.state.value, "sqlstate": exc.sqlstate, "reason": exc.message})
+                **self._who(), "user": self.parameters.get("user", ""), "stage": self.state.value,
+                "sqlstate": exc.sqlstate, "reason": exc.message})
         else:
             self.ended_by = f"{exc.sqlstate}: {exc.message}"
 
@@ -353,9 +364,8 @@ class Session:
             return
         self._closing = True
         if self.audit is not None and self.backend_key is not None:
-            self.audit.record("connection.closed", f'{self.audit_members},' + members({
-                "duration_seconds": round(time.time() - self.started, 3), "statements": self.statements,
-                "ended_by": self.ended_by}))
+            self._audit_session_event("connection.closed", duration_seconds=round(time.time() - self.started, 3),
+                                      statements=self.statements, ended_by=self.ended_by)
         if self.state is not State.STARTUP:
             self.log.info("session closed")
         if self.state is not State.CLOSED:
@@ -505,12 +515,8 @@ class Session:
         self.log.info("authenticated", extra={"method": self.identity.method,
                                               "client": self.client_address, "tls": self.client_tls})
         if self.audit is not None:
-            self.audit_members = members({
-                "session": self.id, "agent": self.identity.agent_id, "groups": sorted(self.identity.groups),
-                "client_address": self.client_address,
-                "application_name": self.parameters.get("application_name", ""), "database": self.database})
-            self.audit.record("connection.authenticated", f'{self.audit_members},' + members({
-                "method": self.identity.method, "tls": self.client_tls}))
+            self.audit_members = members(self._who())
+            self._audit_session_event("connection.authenticated", method=self.identity.method, tls=self.client_tls)
 
     def _cleartext_allowed(self) -> bool:
         if self.client_tls:
@@ -931,7 +937,7 @@ class Session:
                     self._guarding = True
                     self.log.error("result guard refused a result", extra={"columns": refused})
                     if self.audit is not None:
-                        self.audit.record("result.refused", f'{self.audit_members},' + members({"columns": refused}))
+                        self._audit_session_event("result.refused", columns=refused)
                     if kept:
                         out.append(self._watch_upstream(buf, kept))
                         kept = []
