@@ -11,12 +11,13 @@ EXTENDED_QUERY, COPY_IN / COPY_OUT, HELD (a statement waits for a decision)
 and FAILED_UNTIL_SYNC (the proxy refused an extended-protocol message and,
 as the server would, ignores the rest of that pipeline until Sync).
 
-Two pumps run once the session is ready. `_from_client` splits the client's
-bytes into messages; each statement (Query, Parse, FunctionCall) passes the
-decision point `_judge`; everything allowed is forwarded as the client's
-original bytes, a run of messages at a time. `_from_upstream` forwards the
-server's bytes a read at a time and watches only the message types that move
-the state (ReadyForQuery, CopyIn/CopyOutResponse, CopyDone, ErrorResponse).
+Once the session is ready, each socket is read by a callback. `_client_data`
+splits the client's bytes into messages; each statement (Query, Parse,
+FunctionCall) passes the decision point `_judge`; everything allowed is
+forwarded as the client's original bytes, a run of messages at a time, in the
+callback itself. `_upstream_data` forwards the server's bytes a read at a
+time and watches only the message types that move the state (ReadyForQuery,
+CopyIn/CopyOutResponse, CopyDone, ErrorResponse).
 
 Refusing a statement must leave the upstream exactly where PostgreSQL would
 be after an error: the transaction block aborted, and in the extended
@@ -24,7 +25,7 @@ protocol the rest of the pipeline skipped until Sync. Rather than imitate
 that, the proxy lets the server do it: in place of the refused message it
 sends ``Describe`` of a statement name that cannot exist (unique to this
 session), so the server raises its own error at exactly that point in the
-stream. When that error comes back, `_from_upstream` replaces it with the
+stream. When that error comes back, `_upstream_data` replaces it with the
 proxy's ErrorResponse. Earlier results therefore arrive first, in order, and
 the ReadyForQuery that follows carries the server's true transaction status.
 """
@@ -44,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pgproxy.audit import members
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
@@ -273,6 +274,16 @@ class Session:
         self.gate_state: Any = None  # the gate's per-session state
         self._waiting: asyncio.Future[Judgement] | None = None  # a decision being waited for
         self._deferred: deque[tuple[bytes, list[tuple[int, int, int]]]] = deque()  # read while held
+        self._deferred_bytes = 0
+        # The relay (see `_relay`): its end, its two sockets, why the client is not being read,
+        # and the task finishing a statement whose decision takes time.
+        self._ended: asyncio.Future[None] | None = None
+        self._client: _ClientSide | None = None
+        self._upstream: _UpstreamSide | None = None
+        self._upstream_frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
+                                            allowed_types=m.BACKEND_TYPES)
+        self._client_pauses: set[str] = set()
+        self._slow: asyncio.Task[None] | None = None
         # Extended protocol: statements that need review (name -> sql, judgement) and portals
         # bound to them (name -> sql, parameters as shown, judgement): held at Execute.
         self._review_statements: dict[str, tuple[str, Judgement]] = {}
@@ -375,8 +386,10 @@ class Session:
             self.upstream.close()
         if not self.writer.is_closing():
             self.writer.close()
+        # Once relaying, the socket's protocol is `_ClientSide`, which knows when it is closed.
+        closed = self.writer.wait_closed() if self._client is None else asyncio.shield(self._client.closed)
         with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            await asyncio.wait_for(closed, 1.0)
 
     async def terminate(self, error: ProxyError) -> None:
         """End the session from outside (shutdown, idle timeout) with a FATAL error."""
@@ -568,38 +581,27 @@ class Session:
                                               "application_name": self.parameters.get("application_name", "")})
 
     # -- relay ---------------------------------------------------------------------------
+    #
+    # Once the session is ready, both sockets are read by callbacks (`_ClientSide`,
+    # `_UpstreamSide`) rather than stream tasks: a read is framed, checked and forwarded in
+    # the callback itself, so an allowed statement costs no task switch. Only a statement
+    # whose decision takes time (a long analysis, a hold) starts a task, `_continue`; the
+    # client's later messages wait their turn in `_deferred` until it ends.
 
     async def _relay(self) -> None:
         assert self.upstream is not None
-        transport = self.writer.transport
-        transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
-        self.upstream.writer.transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
-        client = asyncio.create_task(self._from_client())
-        upstream = asyncio.create_task(self._from_upstream())
-        tasks = [client, upstream]
-        if self.limits.idle_timeout_seconds > 0:
-            tasks.append(asyncio.create_task(self._idle_watch()))
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if self._terminating and not upstream.done():
-                # The server answers what came before Terminate, then closes; pass that on.
-                await asyncio.wait([upstream], timeout=TERMINATE_DRAIN_SECONDS)
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if result is None or isinstance(result, (asyncio.CancelledError, ConnectionError,
-                                                     ssl.SSLError)):
-                continue
-            if isinstance(result, (ProxyError, InvalidTransition)):
-                raise result
-            self.log.error("internal error", exc_info=result)
-            raise ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error")
-
-    async def _from_client(self) -> None:
-        assert self.upstream is not None
-        upstream = self.upstream.writer
+        loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
+        client = _ClientSide(self, self.writer.transport)
+        upstream = _UpstreamSide(self, self.upstream.writer.transport)
+        # Bytes the startup's stream readers took in but nobody read yet come first.
+        client_rest, client_eof = await client.take_over(self.reader)
+        upstream_rest, upstream_eof = await upstream.take_over(self.upstream.reader)
+        upstream_rest = self.upstream.leftover + upstream_rest
+        self._client = client
+        self._upstream = upstream
+        client.transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
+        upstream.transport.set_write_buffer_limits(high=self.limits.max_buffered_bytes)
         if self._pending_client:
             # Messages the client pipelined behind its last authentication message.
             batch, pos = [], 0
@@ -608,37 +610,178 @@ class Session:
                 pos += len(raw)
             buf = b"".join(raw for _, raw in self._pending_client)
             self._pending_client.clear()
-            if await self._forward_client(buf, batch):
+            self._client_batch(buf, batch)
+        for data in (client_rest, *client.start()):
+            if data and not self._ended.done():
+                self._client_data(data)
+        for data in (upstream_rest, *upstream.start()):
+            if data and not self._ended.done():
+                self._upstream_data(data)
+        if client_eof:
+            self._client_lost()
+        if upstream_eof:
+            self._upstream_lost()
+        idle = None
+        if self.limits.idle_timeout_seconds > 0:
+            idle = asyncio.create_task(self._idle_watch())
+        try:
+            await asyncio.wait([self._ended] if idle is None else [self._ended, idle],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if idle is not None:
+                idle.cancel()
+            slow = self._slow
+            if slow is not None:
+                slow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*(t for t in (idle, slow) if t is not None), return_exceptions=True)
+        if idle is not None and idle.done() and not idle.cancelled() and idle.exception() is not None:
+            raise idle.exception()  # type: ignore[misc]
+        if self._ended.done():
+            error = self._ended.exception()
+            if error is None or isinstance(error, (ConnectionError, ssl.SSLError)):
                 return
-        reader = self.reader
-        frames = self._frames
-        while True:
-            if self._deferred:
-                # Messages that arrived while a statement was held: their turn comes now, in order.
-                buf, batch = self._deferred.popleft()
-            else:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    self.log.info("client disconnected")
-                    self.ended_by = "client disconnected"
-                    return
-                self.last_client_activity = time.monotonic()
-                try:
-                    batch = frames.feed(data)
-                except FrameError as exc:
-                    raise ClientProtocolError(str(exc)) from None
-                buf = frames.buffer
-            if batch and await self._forward_client(buf, batch):
-                return
-            if upstream.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
-                await upstream.drain()
+            if isinstance(error, (ProxyError, InvalidTransition)):
+                raise error
+            self.log.error("internal error", exc_info=error)
+            raise ProxyError(SqlState.INTERNAL_ERROR, "pgproxy internal error")
 
-    async def _forward_client(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bool:
-        """Forward one read's messages; return True when the client terminated."""
-        assert self.upstream is not None
-        upstream = self.upstream.writer
-        run_start = batch[0][1]
-        for type_byte, start, end in batch:
+    def _end(self, error: BaseException | None = None) -> None:
+        """The relay is over: cleanly (None) or with the error that ended it."""
+        ended = self._ended
+        if ended is None or ended.done():
+            return
+        if error is None:
+            ended.set_result(None)
+        else:
+            ended.set_exception(error)
+
+    def _pause_client(self, reason: str) -> None:
+        if not self._client_pauses and self._client is not None:
+            self._client.transport.pause_reading()
+        self._client_pauses.add(reason)
+
+    def _resume_client(self, reason: str) -> None:
+        if reason not in self._client_pauses:
+            return
+        self._client_pauses.discard(reason)
+        if not self._client_pauses and self._client is not None and not self._client.transport.is_closing():
+            self._client.transport.resume_reading()
+
+    def _client_data(self, data: bytes) -> None:
+        """A read from the client: forward it now, or queue it behind a statement being decided."""
+        if self._ended is None or self._ended.done():
+            return
+        self.last_client_activity = time.monotonic()
+        try:
+            batch = self._frames.feed(data)
+        except FrameError as exc:
+            self._cancel_waiting()
+            self._end(ClientProtocolError(str(exc)))
+            return
+        if not batch:
+            return
+        buf = self._frames.buffer
+        if self._slow is not None:
+            self._defer(buf, batch)
+        else:
+            self._client_batch(buf, batch)
+
+    def _defer(self, buf: bytes, batch: list[tuple[int, int, int]]) -> None:
+        """Messages that arrive while a statement is decided or held wait their turn, within the
+        buffered-bytes cap (past it the client is not read: back-pressure). A Terminate withdraws
+        the statement and ends the session."""
+        if any(t == m.TERMINATE for t, _, _ in batch):
+            self.log.info("client terminated while a statement was held")
+            self.ended_by = "client terminated"
+            self._terminating = True
+            self._cancel_waiting()
+            self._end()
+            return
+        self._deferred.append((buf, batch))
+        self._deferred_bytes += len(buf)
+        if self._deferred_bytes >= self.limits.max_buffered_bytes:
+            self._pause_client("deferred")
+
+    def _cancel_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _client_batch(self, buf: bytes, batch: list[tuple[int, int, int]]) -> None:
+        try:
+            outcome = self._forward_client(buf, batch)
+        except Exception as exc:  # it ends this session only (see _relay)
+            self._end(exc)
+            return
+        self._forwarded(buf, batch, outcome)
+
+    def _forwarded(self, buf: bytes, batch: list[tuple[int, int, int]], outcome: bool | _Wait) -> None:
+        if outcome is True:
+            self._client_terminated()
+        elif isinstance(outcome, _Wait):
+            self._slow = asyncio.create_task(self._continue(buf, batch, outcome))
+            self._slow.add_done_callback(self._continued)
+
+    def _client_terminated(self) -> None:
+        """After Terminate the server answers what came before, then closes: pass that on."""
+        assert self._client is not None and self._upstream is not None
+        self._pause_client("terminated")
+        if self._upstream.transport.is_closing():
+            self._end()
+        else:
+            asyncio.get_running_loop().call_later(TERMINATE_DRAIN_SECONDS, self._end)
+
+    async def _continue(self, buf: bytes, batch: list[tuple[int, int, int]], wait: _Wait) -> None:
+        """Finish the statement `wait` stopped at, then the rest of its batch and what was deferred."""
+        while True:
+            type_byte, start, end = batch[wait.index]
+            hold = wait.hold
+            judgement: Judgement | None = None
+            if wait.decide is not None:
+                assert wait.statement is not None
+                decided = await self._await_decision(wait.decide)
+                judgement = self._after_decision(type_byte, wait.statement, decided)
+                if judgement is None:
+                    hold = (wait.statement.sql, (), decided)
+            if hold is not None:
+                judgement = await self._hold(*hold)
+            assert judgement is not None
+            run_start = start
+            if judgement.verdict is not Verdict.ALLOW:
+                run_start = end
+                self._refuse(wait.refuse_as, judgement)
+            outcome = self._forward_client(buf, batch, wait.index + 1, run_start)
+            while outcome is False and self._deferred:
+                buf, batch = self._deferred.popleft()
+                self._deferred_bytes -= len(buf)
+                outcome = self._forward_client(buf, batch)
+            if not isinstance(outcome, _Wait):
+                break
+            wait = outcome
+        # Still in the same callback as the last forward: nothing can have been deferred since.
+        self._slow = None
+        self._resume_client("deferred")
+        if outcome is True:
+            self._client_terminated()
+
+    def _continued(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._end(task.exception())
+
+    def _forward_client(self, buf: bytes, batch: list[tuple[int, int, int]], first: int = 0,
+                        run_start: int | None = None) -> bool | _Wait:
+        """Forward messages `first`… of one read. True when the client terminated; a `_Wait` when a
+        statement's decision must be awaited (what came before it is forwarded)."""
+        assert self._upstream is not None
+        upstream = self._upstream.transport
+        if first >= len(batch):
+            if run_start is not None and run_start < batch[-1][2]:
+                upstream.write(buf[run_start:batch[-1][2]])
+            return False
+        if run_start is None:
+            run_start = batch[first][1]
+        for index in range(first, len(batch)):
+            type_byte, start, end = batch[index]
             if self.state is State.FAILED_UNTIL_SYNC and type_byte != m.SYNC and type_byte != m.TERMINATE:
                 continue  # the server discards it unseen (it is failing until Sync); forwarded as is
             if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
@@ -648,23 +791,15 @@ class Session:
                     if not isinstance(decided, Judgement):
                         # Deciding takes a while: let what came before go ahead, then wait.
                         upstream.write(buf[run_start:start])
-                        run_start = start
-                        decided = await self._await_decision(decided)
-                    judgement = decided
-                    if type_byte == m.PARSE:
-                        self._review_statements.pop(statement.statement_name, None)
-                    if judgement.verdict is Verdict.REVIEW and self.gate.holds:
-                        if type_byte == m.PARSE:
-                            # Parsing runs nothing: the hold comes at Execute, with the parameters.
-                            self._review_statements[statement.statement_name] = (statement.sql, judgement)
-                            continue
+                        return _Wait(index, type_byte, decide=decided, statement=statement)
+                    after = self._after_decision(type_byte, statement, decided)
+                    if after is None:
                         upstream.write(buf[run_start:start])
-                        run_start = start
-                        judgement = await self._hold(statement.sql, (), judgement)
-                    if judgement.verdict is not Verdict.ALLOW:
+                        return _Wait(index, type_byte, hold=(statement.sql, (), decided))
+                    if after.verdict is not Verdict.ALLOW:
                         upstream.write(buf[run_start:start])
                         run_start = end
-                        await self._refuse(type_byte, judgement)
+                        self._refuse(type_byte, after)
             elif type_byte == m.SYNC:
                 self._cycles_sent += 1
                 self._outstanding += 1
@@ -676,12 +811,9 @@ class Session:
                 if self._review_statements and type_byte != m.FLUSH:
                     held = self._track_review(type_byte, buf[start + 5:end])
                     if held is not None:
+                        # Fails, if refused, in place of the Execute.
                         upstream.write(buf[run_start:start])
-                        run_start = start
-                        judgement = await self._hold(*held)
-                        if judgement.verdict is not Verdict.ALLOW:
-                            run_start = end
-                            await self._refuse(m.PARSE, judgement)  # fails in place of the Execute
+                        return _Wait(index, m.PARSE, hold=held)
             elif type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
                 if self.state is State.COPY_IN:
                     self._to(self._copy_return)
@@ -695,6 +827,20 @@ class Session:
                 raise ClientProtocolError("unexpected password message after authentication")
         upstream.write(buf[run_start:batch[-1][2]])
         return False
+
+    def _after_decision(self, type_byte: int, statement: Statement, judgement: Judgement) -> Judgement | None:
+        """Bookkeeping once a statement is decided: the judgement to act on now, or None when
+        the statement is to be held now."""
+        assert self.gate is not None
+        if type_byte == m.PARSE:
+            self._review_statements.pop(statement.statement_name, None)
+        if judgement.verdict is not Verdict.REVIEW or not self.gate.holds:
+            return judgement
+        if type_byte == m.PARSE:
+            # Parsing runs nothing: the hold comes at Execute, with the parameters.
+            self._review_statements[statement.statement_name] = (statement.sql, judgement)
+            return ALLOW
+        return None
 
     def _track_review(self, type_byte: int, body: bytes) -> tuple[str, tuple[str | None, ...], Judgement] | None:
         """Follow statements that need review through Bind and Close; at their Execute, say what to hold."""
@@ -728,54 +874,19 @@ class Session:
                 self._to(previous if previous in _QUERY_STATES else State.EXTENDED_QUERY)
 
     async def _await_decision(self, pending: Awaitable[Judgement]) -> Judgement:
-        """Wait for a decision while still reading the client: a Terminate or a disconnect
-        withdraws the statement; other messages wait their turn (in `_deferred`), within the
-        buffered-bytes cap (past it the client is simply not read: back-pressure)."""
+        """Wait for a decision. Meanwhile the client is still read (`_client_data`): a Terminate,
+        a disconnect or a CancelRequest withdraws the statement; other messages wait their turn."""
         decision = asyncio.ensure_future(pending)
         self._waiting = decision
-        read: asyncio.Task[bytes] | None = None
         try:
-            while not decision.done():
-                room = sum(len(b) for b, _ in self._deferred) < self.limits.max_buffered_bytes
-                if read is None and room:
-                    read = asyncio.ensure_future(self.reader.read(READ_CHUNK))
-                await asyncio.wait({decision} if read is None else {decision, read},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if read is not None and read.done():
-                    data, read = read.result(), None
-                    self._take_while_held(data, decision)
+            await asyncio.wait((decision,))
         finally:
             self._waiting = None
-            if read is not None:
-                # Finish the read before anyone reads again; keep what it got, if anything.
-                read.cancel()
-                data = b""
-                with contextlib.suppress(asyncio.CancelledError):
-                    data = await read
-                if data:
-                    self._take_while_held(data, decision)
             if not decision.done():
                 decision.cancel()
         if decision.cancelled():
             return CANCELLED_WHILE_HELD
         return decision.result()
-
-    def _take_while_held(self, data: bytes, decision: asyncio.Future[Judgement]) -> None:
-        """Bytes read from the client while a statement is held: queue them, or end the wait."""
-        if not data:
-            decision.cancel()
-            raise ConnectionResetError("client disconnected while a statement was held")
-        try:
-            batch = self._frames.feed(data)
-        except FrameError as exc:
-            decision.cancel()
-            raise ClientProtocolError(str(exc)) from None
-        if any(t == m.TERMINATE for t, _, _ in batch):
-            decision.cancel()
-            self._terminating = True
-            raise ConnectionResetError("client terminated while a statement was held")
-        if batch:
-            self._deferred.append((self._frames.buffer, batch))
 
     def _enter_statement(self, type_byte: int) -> None:
         if type_byte == m.PARSE:
@@ -805,7 +916,7 @@ class Session:
         """A NoticeResponse to the client (whole messages only, so it cannot split another)."""
         self.writer.write(m.NoticeResponse.make(message, detail=detail).encode())
 
-    async def _refuse(self, type_byte: int, judgement: Judgement) -> None:
+    def _refuse(self, type_byte: int, judgement: Judgement) -> None:
         """Send the server a message that fails where the refused one stood (see the module doc)."""
         assert self.upstream is not None
         if judgement.verdict is Verdict.REVIEW:
@@ -826,32 +937,40 @@ class Session:
             self.upstream.writer.write(probe + m.Sync().encode())
             self._to(State.SIMPLE_QUERY)
 
-    async def _from_upstream(self) -> None:
-        assert self.upstream is not None
-        reader = self.upstream.reader
-        client = self.writer
-        frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
-                             allowed_types=m.BACKEND_TYPES)
-        data = self.upstream.leftover
-        while True:
-            if not data:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    if self._upstream_said_fatal or self._terminating:
-                        return  # the client has the server's own FATAL error, or asked to leave
-                    raise UpstreamProtocolError("the upstream server closed the connection unexpectedly")
-            try:
-                batch = frames.feed(data)
-            except FrameError as exc:
-                raise UpstreamProtocolError(f"upstream sent an invalid message: {exc}") from None
-            data = b""
+    def _upstream_data(self, data: bytes) -> None:
+        """A read from the server: watch it (and guard results), then pass it on."""
+        if self._ended is None or self._ended.done():
+            return
+        try:
+            batch = self._upstream_frames.feed(data)
             if not batch:
-                continue
-            buf = frames.buffer
+                return
+            buf = self._upstream_frames.buffer
             out = self._watch_upstream(buf, batch) if self.gate is None else self._guard_upstream(buf, batch)
-            client.write(out)
-            if client.transport.get_write_buffer_size() > self.limits.max_buffered_bytes:
-                await client.drain()
+        except FrameError as exc:
+            self._end(UpstreamProtocolError(f"upstream sent an invalid message: {exc}"))
+            return
+        except Exception as exc:  # it ends this session only (see _relay)
+            self._end(exc)
+            return
+        assert self._client is not None
+        self._client.transport.write(out)
+
+    def _client_lost(self) -> None:
+        if not self._terminating:
+            if self._waiting is not None:
+                self.log.info("client disconnected while a statement was held")
+            else:
+                self.log.info("client disconnected")
+            self.ended_by = "client disconnected"
+        self._cancel_waiting()
+        self._end()
+
+    def _upstream_lost(self) -> None:
+        if self._upstream_said_fatal or self._terminating:
+            self._end()  # the client has the server's own FATAL error, or asked to leave
+        else:
+            self._end(UpstreamProtocolError("the upstream server closed the connection unexpectedly"))
 
     def _watch_upstream(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bytes:
         """Track the state from the server's messages; return the bytes for the client."""
@@ -964,6 +1083,93 @@ class Session:
                 self.log.info("idle session timeout")
                 raise ProxyError(SqlState.IDLE_SESSION_TIMEOUT,
                                  "terminating connection due to idle-session timeout")
+
+
+@dataclass(slots=True)
+class _Wait:
+    """Where forwarding stopped: message `index` of the batch waits for its decision (`decide`)
+    or for a reviewer (`hold`: sql, parameters as shown, judgement). If it is refused, the
+    server is made to fail in place of a message of type `refuse_as`."""
+
+    index: int
+    refuse_as: int
+    decide: Awaitable[Judgement] | None = None
+    statement: Statement | None = None
+    hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a relaying session, read by callbacks instead of a stream reader."""
+
+    def __init__(self, session: Session, transport: asyncio.BaseTransport) -> None:
+        self.session = session
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._early: list[bytes] | None = []  # read before start()
+
+    async def take_over(self, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+        """Become the transport's protocol; return what `reader` held unread and whether it had
+        seen the end of the stream."""
+        eof = bool(getattr(reader, "_eof", False))
+        self.transport.set_protocol(self)
+        reader.feed_eof()
+        rest = await reader.read()
+        if not self.transport.is_reading() and not self.transport.is_closing():
+            self.transport.resume_reading()  # the reader may have paused it (a full buffer)
+        return rest, eof
+
+    def start(self) -> list[bytes]:
+        """From now on reads go to the session; these came in since take_over()."""
+        early, self._early = self._early or [], None
+        return early
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.lost()
+
+    def lost(self) -> None:
+        raise NotImplementedError
+
+
+class _ClientSide(_Side):
+    def data_received(self, data: bytes) -> None:
+        if self._early is None:
+            self.session._client_data(data)
+        else:
+            self._early.append(data)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server answers: stop reading the server.
+        if self.session._upstream is not None:
+            self.session._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        upstream = self.session._upstream
+        if upstream is not None and not upstream.transport.is_closing():
+            upstream.transport.resume_reading()
+
+    def lost(self) -> None:
+        if self._early is None:
+            self.session._client_lost()
+
+
+class _UpstreamSide(_Side):
+    def data_received(self, data: bytes) -> None:
+        if self._early is None:
+            self.session._upstream_data(data)
+        else:
+            self._early.append(data)
+
+    def pause_writing(self) -> None:
+        self.session._pause_client("upstream")
+
+    def resume_writing(self) -> None:
+        self.session._resume_client("upstream")
+
+    def lost(self) -> None:
+        if self._early is None:
+            self.session._upstream_lost()
 
 
 _EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
