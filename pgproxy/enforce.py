@@ -44,6 +44,8 @@ class Verdicts:
     analyses: tuple[Analysis, ...]
     # Its audit event's members (normalized statement; analysis and decision), made once.
     audit_members: tuple[str, str] | None = None
+    # Whether allowing it changes the session's state (see PolicyGate._remember), found once.
+    remembered: bool | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +96,12 @@ class PolicyGate(StatementGate):
             return self._judgement(Decision(Action.REVIEW, "no-schema",
                                             "pgproxy has not read this database's schema"), session, statement, None)
         state = self.state(session)
-        size = len(statement.sql.encode("utf-8", "surrogateescape"))
+        sql = statement.sql
+        # UTF-8 takes at most 4 bytes a character, so a short statement needs no encoding to be
+        # known to be under both limits below (its character count stands in for its size).
+        size = len(sql)
+        if size * 4 > min(INLINE_ANALYSIS_BYTES, self.limits.max_statement_bytes):
+            size = len(sql.encode("utf-8", "surrogateescape"))
         if size > self.limits.max_statement_bytes:
             reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
                       "so pgproxy does not analyse it")
@@ -250,6 +257,12 @@ class PolicyGate(StatementGate):
         for review (`permit_only`) only adds its columns to what results may show: a Describe
         reveals its result's shape before the Execute, which waits for the approval."""
         if verdicts.decision.action is not Action.ALLOW and not permit_only:
+            return
+        if verdicts.remembered is None:
+            verdicts.remembered = any(
+                a.prepared_name is not None or a.search_path is not None or a.command == "DEALLOCATE"
+                or a.kind is Kind.DDL or any(a.reads.values()) for a in verdicts.analyses)
+        if not verdicts.remembered:
             return
         state = self.state(session)
         for analysis in verdicts.analyses:

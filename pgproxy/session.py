@@ -80,6 +80,10 @@ class State(enum.Enum):
     FAILED_UNTIL_SYNC = "failed until sync"
     CLOSED = "closed"
 
+    # Members are singletons: hashing by identity (in C) beats Enum's hash of the name, and
+    # every message that moves the state looks its transition up.
+    __hash__ = object.__hash__
+
 
 _QUERY_STATES = frozenset({State.SIMPLE_QUERY, State.EXTENDED_QUERY})
 _CYCLE = frozenset({State.READY, State.SIMPLE_QUERY, State.EXTENDED_QUERY, State.COPY_IN,
@@ -150,7 +154,7 @@ def _shown_parameters(bind: m.Bind) -> tuple[str | None, ...]:
 FUNCTION_CALL = "<function call>"  # a FunctionCall's statement text: it carries no SQL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Statement:
     """What reaches the decision point: one message that can run SQL."""
 
@@ -1034,8 +1038,9 @@ class Session:
         assert self.gate is not None
         if not self._guarding and not any(t == m.ROW_DESCRIPTION for t, _, _ in batch):
             # Nothing to inspect (most reads: DataRows of a result already cleared, completions).
+            cycles = self._cycles_done
             forwarded = self._watch_upstream(buf, batch)
-            if any(t == m.READY_FOR_QUERY for t, _, _ in batch):
+            if self._cycles_done != cycles:
                 self.gate.cycle_done(self)
             return forwarded
         kept: list[tuple[int, int, int]] = []
@@ -1047,11 +1052,8 @@ class Session:
             elif self._guarding:
                 continue
             elif type_byte == m.ROW_DESCRIPTION:
-                try:
-                    columns = m.row_description_sources(buf[start + 5:end])
-                except m.MessageFormatError as exc:
-                    raise UpstreamProtocolError(f"upstream sent an invalid RowDescription: {exc}") from None
-                refused = self.gate.forbidden_columns(self, columns)
+                columns = _table_columns(buf[start + 5:end])
+                refused = self.gate.forbidden_columns(self, columns) if columns else None
                 if refused:
                     self._guarding = True
                     self.log.error("result guard refused a result", extra={"columns": refused})
@@ -1083,6 +1085,28 @@ class Session:
                 self.log.info("idle session timeout")
                 raise ProxyError(SqlState.IDLE_SESSION_TIMEOUT,
                                  "terminating connection due to idle-session timeout")
+
+
+_TABLE_COLUMNS_MEMO = 4096  # entries
+_TABLE_COLUMNS_MEMO_BODY = 2048  # bytes: larger RowDescriptions are decoded each time
+_table_columns_memo: dict[bytes, list[tuple[int, int]]] = {}
+
+
+def _table_columns(body: bytes) -> list[tuple[int, int]]:
+    """A RowDescription's fields that are columns of a table, as (table oid, attnum).
+
+    A statement's results repeat the same RowDescription, so it is decoded once."""
+    found = _table_columns_memo.get(body)
+    if found is None:
+        try:
+            found = [c for c in m.row_description_sources(body) if c[0] != 0]
+        except m.MessageFormatError as exc:
+            raise UpstreamProtocolError(f"upstream sent an invalid RowDescription: {exc}") from None
+        if len(body) <= _TABLE_COLUMNS_MEMO_BODY:
+            if len(_table_columns_memo) >= _TABLE_COLUMNS_MEMO:
+                _table_columns_memo.clear()
+            _table_columns_memo[body] = found
+    return found
 
 
 @dataclass(slots=True)

@@ -170,6 +170,36 @@ def test_cache_never_merges_statements_that_differ_in_meaning(enforce: tuple[Pro
         assert gate.cache.hits == hits + 1
 
 
+def test_normalize_memo_never_merges_texts_the_scanner_tells_apart() -> None:
+    from pgproxy.analysis.cache import _normalize, normalize
+
+    # Each group: texts that differ only in digits. The memo (keyed by the text with its
+    # integers replaced, when that is sound) must give what the scanner gives for every one.
+    groups = [
+        ["SELECT abalance FROM pgbench_accounts WHERE aid = 1", "SELECT abalance FROM pgbench_accounts WHERE aid = 22"],
+        ['SELECT "c 1" FROM t', 'SELECT "c 2" FROM t'],
+        ["SELECT t1.a FROM t1", "SELECT t2.a FROM t2"],
+        ["SELECT é1 FROM t", "SELECT é2 FROM t"],
+        ["SELECT $1::int", "SELECT $2::int"],
+        ["SELECT 1.5", "SELECT 1.6", "SELECT 15"],
+        ["SELECT 1e3", "SELECT 1e4"],
+        ["SELECT 0x1F", "SELECT 0x2F"],
+        ["SELECT a -- 1\nFROM t", "SELECT a -- 2\nFROM t"],
+        ["SELECT a /* 1 */ FROM t1", "SELECT a /* 2 */ FROM t1"],
+        ["SELECT 'a1'", "SELECT 'a2'"],
+        ["SELECT $$1$$", "SELECT $$2$$"],
+        ["SELECT x[1:2] FROM t", "SELECT x[3:4] FROM t"],
+        ["SELECT 1::numeric(10, 2)", "SELECT 2::numeric(12, 3)"],
+        ["SELECT a FROM t LIMIT 10 OFFSET 5", "SELECT a FROM t LIMIT 20 OFFSET 6"],
+    ]
+    for group in groups:
+        for text in group + group:  # the second pass comes from the memo
+            assert normalize(text) == _normalize(text), text
+    assert normalize("SELECT t1.a FROM t1") != normalize("SELECT t2.a FROM t2")
+    assert normalize('SELECT "c 1" FROM t') != normalize('SELECT "c 2" FROM t')
+    assert normalize("SELECT $1::int") != normalize("SELECT $2::int")
+
+
 def test_cache_key_includes_search_path(enforce: tuple[ProxyThread, Config]) -> None:
     proxy, _ = enforce
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:

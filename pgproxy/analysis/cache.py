@@ -11,6 +11,7 @@ records that, and the lookup falls through to the exact text.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,8 +25,37 @@ _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 V = TypeVar("V")
 
 
+# normalize() runs PostgreSQL's scanner once per *shape* of statement, not per statement.
+# In an ASCII text without quotes, dollar signs or comments, a run of digits with no
+# identifier character or dot on either side can only be a whole integer constant, which
+# the scanner turns into the placeholder. Two such texts that differ only in those runs
+# therefore normalize alike, and the text with the runs replaced is a sound memo key; any
+# other text is memoised under its exact self. (A key with a placeholder cannot equal an
+# exact text: texts containing NUL are never memoised.)
+_INTEGER = re.compile(r"\b(?<!\.)[0-9]+\b(?!\.)", re.ASCII)
+MEMO_ENTRIES = 4096
+MEMO_KEY_CHARS = 1024  # longer statements are scanned every time (bounds the memo's memory)
+_memo: dict[str, str] = {}
+
+
 def normalize(sql: str) -> str | None:
     """Tokens joined by spaces with constants replaced; None if the scanner fails."""
+    if len(sql) > MEMO_KEY_CHARS or _PLACEHOLDER in sql:
+        return _normalize(sql)
+    quick = sql.isascii() and not ("'" in sql or '"' in sql or "$" in sql or "--" in sql or "/*" in sql)
+    key = _INTEGER.sub(_PLACEHOLDER, sql) if quick else sql
+    found = _memo.get(key)
+    if found is None:
+        found = _normalize(sql)
+        if found is None:
+            return None
+        if len(_memo) >= MEMO_ENTRIES:
+            _memo.clear()  # simple, and safe if a worker thread normalizes too
+        _memo[key] = found
+    return found
+
+
+def _normalize(sql: str) -> str | None:
     try:
         tokens = pglast.parser.scan(sql)
     except pglast.parser.ParseError:
