@@ -378,17 +378,9 @@ class PolicyGate(StatementGate):
         schema = self.catalog.schema(session.database)
         if schema is None:
             return []
-        state = self.state(session)
         by_oid = self._tagged_columns(schema)
-        refused: list[str] = []
-        for table_oid, attnum in columns:
-            if table_oid == 0 or (table_oid, attnum) in state.permitted:
-                continue
-            name = by_oid.get((table_oid, attnum))
-            if name is not None:
-                refused.append(name)
-        return refused
-
+        permitted = self.state(session).permitted
+        return [by_oid[column] for column in columns if column in by_oid and column not in permitted]
 
     def _tagged_columns(self, schema: Schema) -> dict[tuple[int, int], str]:
         """(table oid, attnum) -> schema.table.column for every tagged column (views included)."""

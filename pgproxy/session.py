@@ -906,7 +906,7 @@ class Session:
         self.statements += 1
         try:
             if type_byte == m.QUERY:
-                statement = Statement("simple", m.decode_query(body).sql)
+                statement = Statement("simple", m.decode_query_text(body))
             elif type_byte == m.PARSE:
                 parse = m.decode_parse(body)
                 statement = Statement("extended", parse.sql, parse.name)
@@ -1035,14 +1035,21 @@ class Session:
         ErrorResponse and everything the server sends up to ReadyForQuery is dropped, so
         not one of its rows reaches the client.
         """
-        assert self.gate is not None
-        if not self._guarding and not any(t == m.ROW_DESCRIPTION for t, _, _ in batch):
-            # Nothing to inspect (most reads: DataRows of a result already cleared, completions).
-            cycles = self._cycles_done
-            forwarded = self._watch_upstream(buf, batch)
-            if self._cycles_done != cycles:
-                self.gate.cycle_done(self)
-            return forwarded
+        gate = self.gate
+        assert gate is not None
+        if not self._guarding:
+            for type_byte, start, end in batch:
+                if type_byte == m.ROW_DESCRIPTION:
+                    columns = _table_columns(buf[start + 5:end])
+                    if columns and gate.forbidden_columns(self, columns):
+                        break
+            else:
+                # Nothing to refuse (most reads: results cleared, DataRows, completions).
+                cycles = self._cycles_done
+                forwarded = self._watch_upstream(buf, batch)
+                if self._cycles_done != cycles:
+                    gate.cycle_done(self)
+                return forwarded
         kept: list[tuple[int, int, int]] = []
         out: list[bytes] = []
         for frame in batch:
@@ -1053,7 +1060,7 @@ class Session:
                 continue
             elif type_byte == m.ROW_DESCRIPTION:
                 columns = _table_columns(buf[start + 5:end])
-                refused = self.gate.forbidden_columns(self, columns) if columns else None
+                refused = gate.forbidden_columns(self, columns) if columns else None
                 if refused:
                     self._guarding = True
                     self.log.error("result guard refused a result", extra={"columns": refused})
@@ -1071,7 +1078,7 @@ class Session:
             if type_byte == m.READY_FOR_QUERY:
                 out.append(self._watch_upstream(buf, kept))
                 kept = []
-                self.gate.cycle_done(self)
+                gate.cycle_done(self)
         if kept:
             out.append(self._watch_upstream(buf, kept))
         return b"".join(out)

@@ -241,10 +241,17 @@ class Query:
 
 
 def decode_query(body: bytes) -> Query:
-    cur = _Cursor(body)
+    return Query(decode_query_text(body))
+
+
+def decode_query_text(body: bytes) -> str:
+    """A Query's SQL text (what the relay needs of it, without building a Query)."""
+    if body.find(b"\x00") == len(body) - 1:
+        return decode_str(body[:-1])
+    cur = _Cursor(body)  # to say what is wrong
     sql = cur.cstring()
     cur.done()
-    return Query(sql)
+    return sql
 
 
 @dataclass(frozen=True, slots=True)
