@@ -621,9 +621,9 @@ class Session:
         for data in (upstream_rest, *upstream.start()):
             if data and not self._ended.done():
                 self._upstream_data(data)
-        if client_eof:
+        if client_eof or client.lost_early:
             self._client_lost()
-        if upstream_eof:
+        if upstream_eof or upstream.lost_early:
             self._upstream_lost()
         idle = None
         if self.limits.idle_timeout_seconds > 0:
@@ -1137,6 +1137,7 @@ class _Side(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._early: list[bytes] | None = []  # read before start()
+        self.lost_early = False  # the connection ended before start()
 
     async def take_over(self, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
         """Become the transport's protocol; return what `reader` held unread and whether it had
@@ -1157,7 +1158,10 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        self.lost()
+        if self._early is None:
+            self.lost()
+        else:
+            self.lost_early = True
 
     def lost(self) -> None:
         raise NotImplementedError
@@ -1181,8 +1185,7 @@ class _ClientSide(_Side):
             upstream.transport.resume_reading()
 
     def lost(self) -> None:
-        if self._early is None:
-            self.session._client_lost()
+        self.session._client_lost()
 
 
 class _UpstreamSide(_Side):
@@ -1199,8 +1202,7 @@ class _UpstreamSide(_Side):
         self.session._resume_client("upstream")
 
     def lost(self) -> None:
-        if self._early is None:
-            self.session._upstream_lost()
+        self.session._upstream_lost()
 
 
 _EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
