@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hmac
 import ipaddress
 import itertools
@@ -282,8 +283,8 @@ class Session:
         # The relay (see `_relay`): its end, its two sockets, why the client is not being read,
         # and the task finishing a statement whose decision takes time.
         self._ended: asyncio.Future[None] | None = None
-        self._client: _ClientSide | None = None
-        self._upstream: _UpstreamSide | None = None
+        self._client: _Side | None = None
+        self._upstream: _Side | None = None
         self._upstream_frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
                                             allowed_types=m.BACKEND_TYPES)
         self._client_pauses: set[str] = set()
@@ -390,7 +391,7 @@ class Session:
             self.upstream.close()
         if not self.writer.is_closing():
             self.writer.close()
-        # Once relaying, the socket's protocol is `_ClientSide`, which knows when it is closed.
+        # Once relaying, the socket's protocol is a `_Side`, which knows when it is closed.
         closed = self.writer.wait_closed() if self._client is None else asyncio.shield(self._client.closed)
         with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
             await asyncio.wait_for(closed, 1.0)
@@ -586,18 +587,22 @@ class Session:
 
     # -- relay ---------------------------------------------------------------------------
     #
-    # Once the session is ready, both sockets are read by callbacks (`_ClientSide`,
-    # `_UpstreamSide`) rather than stream tasks: a read is framed, checked and forwarded in
-    # the callback itself, so an allowed statement costs no task switch. Only a statement
-    # whose decision takes time (a long analysis, a hold) starts a task, `_continue`; the
-    # client's later messages wait their turn in `_deferred` until it ends.
+    # Once the session is ready, both sockets are read by callbacks (`_Side`) rather than
+    # stream tasks: a read is framed, checked and forwarded in the callback itself, so an
+    # allowed statement costs no task switch. Only a statement whose decision takes time (a
+    # long analysis, a hold) starts a task, `_continue`; the client's later messages wait
+    # their turn in `_deferred` until it ends.
 
     async def _relay(self) -> None:
         assert self.upstream is not None
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
-        client = _ClientSide(self, self.writer.transport)
-        upstream = _UpstreamSide(self, self.upstream.writer.transport)
+        client = _Side(self.writer.transport, self._client_data, self._client_lost,
+                       # The client reads slower than the server answers: stop reading the server.
+                       pause_peer=self._pause_upstream, resume_peer=self._resume_upstream)
+        upstream = _Side(self.upstream.writer.transport, self._upstream_data, self._upstream_lost,
+                         pause_peer=functools.partial(self._pause_client, "upstream"),
+                         resume_peer=functools.partial(self._resume_client, "upstream"))
         # Bytes the startup's stream readers took in but nobody read yet come first.
         client_rest, client_eof = await client.take_over(self.reader)
         upstream_rest, upstream_eof = await upstream.take_over(self.upstream.reader)
@@ -672,6 +677,14 @@ class Session:
         if not self._client_pauses and self._client is not None and not self._client.transport.is_closing():
             self._client.transport.resume_reading()
 
+    def _pause_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.transport.pause_reading()
+
+    def _resume_upstream(self) -> None:
+        if self._upstream is not None and not self._upstream.transport.is_closing():
+            self._upstream.transport.resume_reading()
+
     def _client_data(self, data: bytes) -> None:
         """A read from the client: forward it now, or queue it behind a statement being decided."""
         if self._ended is None or self._ended.done():
@@ -717,9 +730,6 @@ class Session:
         except Exception as exc:  # it ends this session only (see _relay)
             self._end(exc)
             return
-        self._forwarded(buf, batch, outcome)
-
-    def _forwarded(self, buf: bytes, batch: list[tuple[int, int, int]], outcome: bool | _Wait) -> None:
         if outcome is True:
             self._client_terminated()
         elif isinstance(outcome, _Wait):
@@ -1130,11 +1140,17 @@ class _Wait:
 
 
 class _Side(asyncio.Protocol):
-    """One socket of a relaying session, read by callbacks instead of a stream reader."""
+    """One socket of a relaying session, read by callbacks instead of a stream reader: its
+    reads go to `receive`, its end to `lost`, and `pause_peer`/`resume_peer` stop and restart
+    reading the other socket while this one's write buffer is full."""
 
-    def __init__(self, session: Session, transport: asyncio.BaseTransport) -> None:
-        self.session = session
+    def __init__(self, transport: asyncio.BaseTransport, receive: Callable[[bytes], None],
+                 lost: Callable[[], None], pause_peer: Callable[[], None], resume_peer: Callable[[], None]) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.receive = receive
+        self.lost = lost
+        self._pause_peer = pause_peer
+        self._resume_peer = resume_peer
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._early: list[bytes] | None = []  # read before start()
         self.lost_early = False  # the connection ended before start()
@@ -1151,9 +1167,21 @@ class _Side(asyncio.Protocol):
         return rest, eof
 
     def start(self) -> list[bytes]:
-        """From now on reads go to the session; these came in since take_over()."""
+        """From now on reads go to `receive`; these came in since take_over()."""
         early, self._early = self._early or [], None
         return early
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is None:
+            self.receive(data)
+        else:
+            self._early.append(data)
+
+    def pause_writing(self) -> None:
+        self._pause_peer()
+
+    def resume_writing(self) -> None:
+        self._resume_peer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -1162,47 +1190,6 @@ class _Side(asyncio.Protocol):
             self.lost()
         else:
             self.lost_early = True
-
-    def lost(self) -> None:
-        raise NotImplementedError
-
-
-class _ClientSide(_Side):
-    def data_received(self, data: bytes) -> None:
-        if self._early is None:
-            self.session._client_data(data)
-        else:
-            self._early.append(data)
-
-    def pause_writing(self) -> None:
-        # The client reads slower than the server answers: stop reading the server.
-        if self.session._upstream is not None:
-            self.session._upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        upstream = self.session._upstream
-        if upstream is not None and not upstream.transport.is_closing():
-            upstream.transport.resume_reading()
-
-    def lost(self) -> None:
-        self.session._client_lost()
-
-
-class _UpstreamSide(_Side):
-    def data_received(self, data: bytes) -> None:
-        if self._early is None:
-            self.session._upstream_data(data)
-        else:
-            self._early.append(data)
-
-    def pause_writing(self) -> None:
-        self.session._pause_client("upstream")
-
-    def resume_writing(self) -> None:
-        self.session._resume_client("upstream")
-
-    def lost(self) -> None:
-        self.session._upstream_lost()
 
 
 _EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
