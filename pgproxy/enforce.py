@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pgproxy.analysis.cache import DecisionCache, normalize
+from pgproxy.analysis.cache import DecisionCache, normalize, shape_key
 from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
@@ -56,6 +56,16 @@ class SessionState:
     refresh_pending: bool = False  # DDL passed: re-read the schema once it has run
     # The cache key's context, for the (schema version, search_path) it was built for.
     key_prefix: tuple[tuple[str, tuple[str, ...]], tuple[str, ...]] = (("", ()), ())
+    # This session's recent decisions by statement shape (see cache.shape_key), valid for
+    # one cache key context and one generation of the shared cache: a hit skips the shared
+    # cache's normalizing and LRU bookkeeping.
+    recent: dict[str, Verdicts] = field(default_factory=dict)
+    recent_for: tuple[tuple[str, ...], int] = ((), -1)
+    recent_chars: int = 0
+
+
+RECENT_ENTRIES = 128  # per session
+RECENT_CHARS = 32 * 1024  # of statement text, per session
 
 
 class PolicyGate(StatementGate):
@@ -108,14 +118,36 @@ class PolicyGate(StatementGate):
             return self._judgement(Decision(self.limits.oversized_action, "oversized-statement", reason),
                                    session, statement, None)
         key = self._key(schema, state, identity.agent_id, identity.groups)
-        cached = self.cache.get(statement.sql, key)
+        shape = shape_key(sql)
+        if shape is not None:
+            if state.recent_for[0] is not key or state.recent_for[1] != self.cache.generation:
+                state.recent_for = (key, self.cache.generation)
+                state.recent.clear()
+                state.recent_chars = 0
+            verdicts = state.recent.get(shape)
+            if verdicts is not None:
+                self.cache.hits += 1
+                return self._conclude(session, schema, verdicts, statement)
+        cached, by_shape = self.cache.lookup(sql, key)
         if cached is not None:
+            if by_shape and shape is not None:
+                self._recall(state, shape, cached)
             return self._conclude(session, schema, cached, statement)
         if size <= INLINE_ANALYSIS_BYTES:
-            verdicts = self._compute(statement.sql, schema, state, identity.agent_id, identity.groups)
-            self._store(statement.sql, key, verdicts)
+            verdicts = self._compute(sql, schema, state, identity.agent_id, identity.groups)
+            if self._store(sql, key, verdicts) and shape is not None:
+                self._recall(state, shape, verdicts)
             return self._conclude(session, schema, verdicts, statement)
         return self._judge_in_thread(session, schema, statement, state, key)
+
+    @staticmethod
+    def _recall(state: SessionState, shape: str, verdicts: Verdicts) -> None:
+        """Keep a decision that holds for every statement of this shape in the session's memo."""
+        if len(state.recent) >= RECENT_ENTRIES or state.recent_chars + len(shape) > RECENT_CHARS:
+            state.recent.clear()
+            state.recent_chars = 0
+        state.recent[shape] = verdicts
+        state.recent_chars += len(shape)
 
     async def _judge_when_audited(self, session: Session, statement: Statement) -> Judgement:
         """The audit queue is full: wait for room (back-pressure), or refuse (fail closed)."""
@@ -140,6 +172,8 @@ class PolicyGate(StatementGate):
         return self._conclude(session, schema, verdicts, statement)
 
     def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
+        if verdicts.remembered is False and self.audit is None and verdicts.decision.action is Action.ALLOW:
+            return ALLOW  # the common case: nothing to remember, nothing to record
         # An extended-protocol statement that will be held at its Execute may be Described
         # before: its result's shape (no rows) must pass the result guard.
         held_later = (verdicts.decision.action is Action.REVIEW and self.holds
@@ -248,9 +282,12 @@ class PolicyGate(StatementGate):
         decision = strictest(decide(self.policy, a, agent, groups) for a in analyses)
         return Verdicts(decision, tuple(analyses))
 
-    def _store(self, sql: str, key: tuple[str, ...], verdicts: Verdicts) -> None:
-        if _cacheable(verdicts.analyses):
-            self.cache.put(sql, key, verdicts, literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
+    def _store(self, sql: str, key: tuple[str, ...], verdicts: Verdicts) -> bool:
+        """Cache a decision; return whether it holds for every statement that normalizes alike."""
+        if not _cacheable(verdicts.analyses):
+            return False
+        return self.cache.put(sql, key, verdicts,
+                              literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
 
     def _remember(self, session: Session, schema: Schema, verdicts: Verdicts, *, permit_only: bool = False) -> None:
         """Track what an allowed statement changes in the session's own state. A statement held
@@ -380,7 +417,11 @@ class PolicyGate(StatementGate):
             return []
         by_oid = self._tagged_columns(schema)
         permitted = self.state(session).permitted
-        return [by_oid[column] for column in columns if column in by_oid and column not in permitted]
+        refused: list[str] = []
+        for column in columns:  # a loop, not a comprehension: most results have no tagged column
+            if column in by_oid and column not in permitted:
+                refused.append(by_oid[column])
+        return refused
 
     def _tagged_columns(self, schema: Schema) -> dict[tuple[int, int], str]:
         """(table oid, attnum) -> schema.table.column for every tagged column (views included)."""

@@ -285,8 +285,10 @@ class Session:
         self._ended: asyncio.Future[None] | None = None
         self._client: _Side | None = None
         self._upstream: _Side | None = None
+        # Only the server messages the relay looks at are listed (not DataRows, for one).
         self._upstream_frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
-                                            allowed_types=m.BACKEND_TYPES)
+                                            allowed_types=m.BACKEND_TYPES,
+                                            listed_types=_WATCHED if gate is None else _GUARDED)
         self._client_pauses: set[str] = set()
         self._slow: asyncio.Task[None] | None = None
         # Extended protocol: statements that need review (name -> sql, judgement) and portals
@@ -955,12 +957,16 @@ class Session:
         """A read from the server: watch it (and guard results), then pass it on."""
         if self._ended is None or self._ended.done():
             return
+        frames = self._upstream_frames
         try:
-            batch = self._upstream_frames.feed(data)
-            if not batch:
+            batch = frames.feed(data)
+            if not frames.end:
                 return
-            buf = self._upstream_frames.buffer
-            out = self._watch_upstream(buf, batch) if self.gate is None else self._guard_upstream(buf, batch)
+            buf = frames.buffer
+            if self.gate is None:
+                out = self._watch_upstream(buf, batch, 0, frames.end)
+            else:
+                out = self._guard_upstream(buf, batch, frames.end)
         except FrameError as exc:
             self._end(UpstreamProtocolError(f"upstream sent an invalid message: {exc}"))
             return
@@ -986,12 +992,11 @@ class Session:
         else:
             self._end(UpstreamProtocolError("the upstream server closed the connection unexpectedly"))
 
-    def _watch_upstream(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bytes:
-        """Track the state from the server's messages; return the bytes for the client."""
+    def _watch_upstream(self, buf: bytes, batch: list[tuple[int, int, int]], first: int, last: int) -> bytes:
+        """Track the state from the server's messages (`batch`: the watched ones among
+        buf[first:last]); return the bytes for the client."""
         replaced: list[tuple[int, int, bytes]] = []
         for type_byte, start, end in batch:
-            if type_byte not in _WATCHED:
-                continue
             if type_byte == m.READY_FOR_QUERY:
                 self._cycles_done += 1
                 self._outstanding -= 1
@@ -1026,7 +1031,6 @@ class Session:
                 raise UpstreamProtocolError("upstream started COPY BOTH, which pgproxy does not relay")
             elif type_byte == m.AUTHENTICATION or type_byte == m.BACKEND_KEY_DATA:
                 raise UpstreamProtocolError(f"upstream sent {chr(type_byte)!r} after startup")
-        first, last = batch[0][1], batch[-1][2]
         if not replaced:
             return buf if first == 0 and last == len(buf) else buf[first:last]
         parts: list[bytes] = []
@@ -1037,7 +1041,7 @@ class Session:
         parts.append(buf[pos:last])
         return b"".join(parts)
 
-    def _guard_upstream(self, buf: bytes, batch: list[tuple[int, int, int]]) -> bytes:
+    def _guard_upstream(self, buf: bytes, batch: list[tuple[int, int, int]], last: int) -> bytes:
         """The result guard (DESIGN.md, decision 5), then the usual state tracking.
 
         A RowDescription naming a tagged column that no allowed statement of this session
@@ -1056,41 +1060,43 @@ class Session:
             else:
                 # Nothing to refuse (most reads: results cleared, DataRows, completions).
                 cycles = self._cycles_done
-                forwarded = self._watch_upstream(buf, batch)
+                forwarded = self._watch_upstream(buf, batch, 0, last)
                 if self._cycles_done != cycles:
                     gate.cycle_done(self)
                 return forwarded
-        kept: list[tuple[int, int, int]] = []
         out: list[bytes] = []
+        kept: list[tuple[int, int, int]] = []  # watched messages in buf[pos:]
+        pos = 0  # what comes before is forwarded or dropped
         for frame in batch:
             type_byte, start, end = frame
-            if type_byte == m.READY_FOR_QUERY:
+            if self._guarding:
+                if type_byte != m.READY_FOR_QUERY:
+                    continue
                 self._guarding = False
-            elif self._guarding:
-                continue
+                pos = start  # the refused result's cycle is over: what it sent before is dropped
             elif type_byte == m.ROW_DESCRIPTION:
                 columns = _table_columns(buf[start + 5:end])
                 refused = gate.forbidden_columns(self, columns) if columns else None
                 if refused:
-                    self._guarding = True
                     self.log.error("result guard refused a result", extra={"columns": refused})
                     if self.audit is not None:
                         self._audit_session_event("result.refused", columns=refused)
-                    if kept:
-                        out.append(self._watch_upstream(buf, kept))
-                        kept = []
+                    out.append(self._watch_upstream(buf, kept, pos, start))
+                    kept = []
                     out.append(m.ErrorResponse.make(
                         "ERROR", SqlState.INSUFFICIENT_PRIVILEGE,
                         "pgproxy refused a result that contains a tagged column the statement was "
                         "not cleared to read", detail=f"columns: {', '.join(refused)}").encode())
+                    self._guarding = True
                     continue
             kept.append(frame)
             if type_byte == m.READY_FOR_QUERY:
-                out.append(self._watch_upstream(buf, kept))
+                out.append(self._watch_upstream(buf, kept, pos, end))
                 kept = []
+                pos = end
                 gate.cycle_done(self)
-        if kept:
-            out.append(self._watch_upstream(buf, kept))
+        if not self._guarding:
+            out.append(self._watch_upstream(buf, kept, pos, last))
         return b"".join(out)
 
     async def _idle_watch(self) -> None:
@@ -1193,5 +1199,7 @@ class _Side(asyncio.Protocol):
 
 
 _EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
+# The server messages the relay looks at: state tracking, then the result guard's too.
 _WATCHED = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE, m.COPY_OUT_RESPONSE,
                       m.COPY_DONE, m.COPY_BOTH_RESPONSE, m.AUTHENTICATION, m.BACKEND_KEY_DATA})
+_GUARDED = _WATCHED | {m.ROW_DESCRIPTION}

@@ -379,7 +379,10 @@ def test_kill_9_during_traffic_leaves_a_verifiable_log(pg: PostgresCluster, tmp_
 
     worker = threading.Thread(target=traffic)
     worker.start()
-    while len(sent) < 300:
+    # Killed mid-traffic, once some statements are in the log (a flush interval may pass first).
+    deadline = time.monotonic() + 30
+    while len(sent) < 300 or not of(stored_events(tmp_path / "approvals.sqlite3"), "statement"):
+        assert time.monotonic() < deadline and worker.is_alive()
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)

@@ -19,6 +19,7 @@ from pgproxy.errors import SqlState
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.session import ALLOW, Judgement, Session, State, Statement, StatementGate, Verdict
 from pgproxy.wire import messages as m
+from pgproxy.wire.codec import FrameReader
 from tests.harness import ProxyThread, error_fields, make_config, raw_session, running_proxy
 
 COPY_ROWS = 1_000_000
@@ -40,6 +41,21 @@ def test_copy_out_million_rows_byte_identical(proxy: ProxyThread, direct_dsn: st
     direct = copy_out_digest(direct_dsn, query)
     assert via == direct
     assert via[1] > 40 * COPY_ROWS
+
+
+def test_frames_of_unlisted_types_are_checked_and_passed_over() -> None:
+    """The relay lists only the server messages it watches; the rest still count towards `end`."""
+    rows = m.frame(m.DATA_ROW, b"\x00\x01\x00\x00\x00\x011") * 3
+    ready = m.ReadyForQuery("I").encode()
+    reader = FrameReader(max_message_bytes=1024, allowed_types=m.BACKEND_TYPES,
+                         listed_types=frozenset({m.READY_FOR_QUERY}))
+    stream = rows + ready
+    assert reader.feed(stream[:len(rows) + 2]) == [] and reader.end == len(rows)
+    # The held-back start of ReadyForQuery and the rest of it: offsets are into the new buffer.
+    assert reader.feed(stream[len(rows) + 2:]) == [(m.READY_FOR_QUERY, 0, len(ready))]
+    assert reader.end == len(ready) and reader.buffer == ready
+    with pytest.raises(m.MessageFormatError, match="invalid message type"):
+        reader.feed(b"\x01\x00\x00\x00\x04")  # an unlisted message is still checked
 
 
 def test_copy_in_million_rows_byte_identical(proxy: ProxyThread, direct_dsn: str) -> None:

@@ -38,12 +38,20 @@ MEMO_KEY_CHARS = 1024  # longer statements are scanned every time (bounds the me
 _memo: dict[str, str] = {}
 
 
+def shape_key(sql: str) -> str | None:
+    """The key under which `sql`'s normalized form is memoised: equal keys normalize alike.
+    None for a text that is not memoised (long, or containing NUL)."""
+    if len(sql) > MEMO_KEY_CHARS or _PLACEHOLDER in sql:
+        return None
+    quick = sql.isascii() and not ("'" in sql or '"' in sql or "$" in sql or "--" in sql or "/*" in sql)
+    return _INTEGER.sub(_PLACEHOLDER, sql) if quick else sql
+
+
 def normalize(sql: str) -> str | None:
     """Tokens joined by spaces with constants replaced; None if the scanner fails."""
-    if len(sql) > MEMO_KEY_CHARS or _PLACEHOLDER in sql:
+    key = shape_key(sql)
+    if key is None:
         return _normalize(sql)
-    quick = sql.isascii() and not ("'" in sql or '"' in sql or "$" in sql or "--" in sql or "/*" in sql)
-    key = _INTEGER.sub(_PLACEHOLDER, sql) if quick else sql
     found = _memo.get(key)
     if found is None:
         found = _normalize(sql)
@@ -91,6 +99,7 @@ class DecisionCache(Generic[V]):
         self._bytes = 0
         self.hits = 0
         self.misses = 0
+        self.generation = 0  # counts clear()s: memos of its values made before one are stale
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -100,17 +109,24 @@ class DecisionCache(Generic[V]):
         return sum(len(part) for part in key) + 64
 
     def get(self, sql: str, context: tuple[str, ...]) -> V | None:
+        return self.lookup(sql, context)[0]
+
+    def lookup(self, sql: str, context: tuple[str, ...]) -> tuple[V | None, bool]:
+        """The value for `sql` in `context`, and whether it holds for every statement that
+        normalizes alike (False when it was found by exact text)."""
         normalized = normalize(sql)
         if normalized is None:
-            return None
+            return None, False
         value = self._lookup((normalized, *context))
+        by_shape = True
         if isinstance(value, _ExactOnly):
             value = self._lookup(("=", sql, *context))
+            by_shape = False
         if value is None or isinstance(value, _ExactOnly):
             self.misses += 1
-            return None
+            return None, False
         self.hits += 1
-        return value
+        return value, by_shape
 
     def _lookup(self, key: tuple[str, ...]) -> V | _ExactOnly | None:
         value = self._entries.get(key)
@@ -118,19 +134,21 @@ class DecisionCache(Generic[V]):
             self._entries.move_to_end(key)
         return value
 
-    def put(self, sql: str, context: tuple[str, ...], value: V, *, literal_sensitive: bool) -> None:
+    def put(self, sql: str, context: tuple[str, ...], value: V, *, literal_sensitive: bool) -> bool:
+        """Store `value`; return whether it was stored for every statement that normalizes alike."""
         normalized = normalize(sql)
         if normalized is None or self.max_entries == 0:
-            return
+            return False
         if literal_sensitive:
             self._store((normalized, *context), EXACT_ONLY)
             self._store(("=", sql, *context), value)
-        else:
-            existing = self._entries.get((normalized, *context))
-            if isinstance(existing, _ExactOnly):
-                self._store(("=", sql, *context), value)  # a sibling needed its literals: stay exact
-            else:
-                self._store((normalized, *context), value)
+            return False
+        existing = self._entries.get((normalized, *context))
+        if isinstance(existing, _ExactOnly):
+            self._store(("=", sql, *context), value)  # a sibling needed its literals: stay exact
+            return False
+        self._store((normalized, *context), value)
+        return True
 
     def _store(self, key: tuple[str, ...], value: V | _ExactOnly) -> None:
         size = self._size(key)
@@ -148,3 +166,4 @@ class DecisionCache(Generic[V]):
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+        self.generation += 1

@@ -36,14 +36,24 @@ class FrameReader:
     >>> frames = r.feed(b"Q\\x00\\x00\\x00\\x0dSELECT 1\\x00")
     >>> [(chr(t), r.buffer[s + 5:e]) for t, s, e in frames]
     [('Q', b'SELECT 1\\x00')]
+
+    With `listed_types`, only messages of those types are listed; the others are checked
+    all the same, and `end` says where the complete messages end:
+
+    >>> r = FrameReader(max_message_bytes=1024, allowed_types=frozenset(b"DZ"), listed_types=frozenset(b"Z"))
+    >>> r.feed(b"D\\x00\\x00\\x00\\x06\\x00\\x00Z\\x00\\x00\\x00\\x05IZ\\x00"), r.end
+    ([(90, 7, 13)], 13)
     """
 
-    __slots__ = ("_need", "_partial", "allowed_types", "buffer", "max_message_bytes")
+    __slots__ = ("_need", "_partial", "allowed_types", "buffer", "end", "listed_types", "max_message_bytes")
 
-    def __init__(self, *, max_message_bytes: int, allowed_types: frozenset[int]) -> None:
+    def __init__(self, *, max_message_bytes: int, allowed_types: frozenset[int],
+                 listed_types: frozenset[int] | None = None) -> None:
         self.max_message_bytes = max_message_bytes
         self.allowed_types = allowed_types
+        self.listed_types = allowed_types if listed_types is None else listed_types
         self.buffer: bytes = b""
+        self.end = 0  # where the complete messages of the last feed() end in `buffer`
         self._partial = bytearray()
         self._need = 0  # bytes needed in _partial before parsing can go on
 
@@ -53,10 +63,11 @@ class FrameReader:
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add received bytes; return the messages completed by them, in order."""
+        """Add received bytes; return the messages completed by them (of the listed types), in order."""
         if self._partial:
             self._partial += data
             if len(self._partial) < self._need:
+                self.end = 0
                 return []
             buf = bytes(self._partial)
             self._partial = bytearray()
@@ -67,15 +78,17 @@ class FrameReader:
         pos = 0
         size = len(buf)
         allowed = self.allowed_types
+        listed = self.listed_types
         unpack = _I32.unpack_from
+        longest = self.max_message_bytes + 4  # counting the length field
         while size - pos >= 5:
             type_byte = buf[pos]
             if type_byte not in allowed:
                 raise FrameError(f"invalid message type 0x{type_byte:02x} ({_printable(type_byte)})")
             (length,) = unpack(buf, pos + 1)
-            if length < 4:
-                raise FrameError(f"invalid message length {length}")
-            if length - 4 > self.max_message_bytes:
+            if not 4 <= length <= longest:
+                if length < 4:
+                    raise FrameError(f"invalid message length {length}")
                 raise FrameError(
                     f"message of {length - 4} bytes exceeds the limit of {self.max_message_bytes} bytes"
                 )
@@ -83,7 +96,8 @@ class FrameReader:
             if end > size:
                 self._need = end - pos
                 break
-            frames.append((type_byte, pos, end))
+            if type_byte in listed:
+                frames.append((type_byte, pos, end))
             pos = end
         else:
             if pos < size:
@@ -93,6 +107,7 @@ class FrameReader:
                         f"invalid message type 0x{buf[pos]:02x} ({_printable(buf[pos])})"
                     )
                 self._need = 5
+        self.end = pos
         if pos < size:
             self._partial = bytearray(buf[pos:])
         return frames
