@@ -76,10 +76,11 @@ def main() -> int:
             decision = strictest(decide(config.policy, a, "agent", groups) for a in analyses)
             best = min(best, time.perf_counter() - started)
         cold.append(best)
-        if normalize(case.sql) is None:
+        normalized = normalize(case.sql)
+        if normalized is None:
             uncacheable += 1  # the scanner cannot tokenize it (a syntax error): never cached
             continue
-        cache.put(case.sql, key, decision, literal_sensitive=any(a.literal_sensitive for a in analyses))
+        cache.put(case.sql, normalized, key, decision, literal_sensitive=any(a.literal_sensitive for a in analyses))
         best = float("inf")
         for _ in range(args.rounds):
             started = time.perf_counter()

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pgproxy.analysis.cache import DecisionCache, normalize, shape_key
+from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, shape_key
 from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
@@ -128,17 +128,18 @@ class PolicyGate(StatementGate):
             if verdicts is not None:
                 self.cache.hits += 1
                 return self._conclude(session, schema, verdicts, statement)
-        cached, by_shape = self.cache.lookup(sql, key)
+        normalized = normalize_shaped(sql, shape)
+        cached, by_shape = self.cache.lookup(sql, normalized, key)
         if cached is not None:
             if by_shape and shape is not None:
                 self._recall(state, shape, cached)
             return self._conclude(session, schema, cached, statement)
         if size <= INLINE_ANALYSIS_BYTES:
             verdicts = self._compute(sql, schema, state, identity.agent_id, identity.groups)
-            if self._store(sql, key, verdicts) and shape is not None:
+            if self._store(sql, normalized, key, verdicts) and shape is not None:
                 self._recall(state, shape, verdicts)
             return self._conclude(session, schema, verdicts, statement)
-        return self._judge_in_thread(session, schema, statement, state, key)
+        return self._judge_in_thread(session, schema, statement, state, normalized, key)
 
     @staticmethod
     def _recall(state: SessionState, shape: str, verdicts: Verdicts) -> None:
@@ -162,13 +163,13 @@ class PolicyGate(StatementGate):
         return judged if isinstance(judged, Judgement) else await judged
 
     async def _judge_in_thread(self, session: Session, schema: Schema, statement: Statement, state: SessionState,
-                               key: tuple[str, ...]) -> Judgement:
+                               normalized: str | None, key: tuple[str, ...]) -> Judgement:
         """A long statement is analysed off the event loop, so other sessions carry on meanwhile."""
         identity = session.identity
         assert identity is not None
         verdicts = await asyncio.to_thread(self._compute, statement.sql, schema, state, identity.agent_id,
                                            identity.groups)
-        self._store(statement.sql, key, verdicts)
+        self._store(statement.sql, normalized, key, verdicts)
         return self._conclude(session, schema, verdicts, statement)
 
     def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
@@ -282,11 +283,11 @@ class PolicyGate(StatementGate):
         decision = strictest(decide(self.policy, a, agent, groups) for a in analyses)
         return Verdicts(decision, tuple(analyses))
 
-    def _store(self, sql: str, key: tuple[str, ...], verdicts: Verdicts) -> bool:
+    def _store(self, sql: str, normalized: str | None, key: tuple[str, ...], verdicts: Verdicts) -> bool:
         """Cache a decision; return whether it holds for every statement that normalizes alike."""
         if not _cacheable(verdicts.analyses):
             return False
-        return self.cache.put(sql, key, verdicts,
+        return self.cache.put(sql, normalized, key, verdicts,
                               literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
 
     def _remember(self, session: Session, schema: Schema, verdicts: Verdicts, *, permit_only: bool = False) -> None:

@@ -49,7 +49,11 @@ def shape_key(sql: str) -> str | None:
 
 def normalize(sql: str) -> str | None:
     """Tokens joined by spaces with constants replaced; None if the scanner fails."""
-    key = shape_key(sql)
+    return normalize_shaped(sql, shape_key(sql))
+
+
+def normalize_shaped(sql: str, key: str | None) -> str | None:
+    """normalize(sql) for a caller that already has its shape_key."""
     if key is None:
         return _normalize(sql)
     found = _memo.get(key)
@@ -109,12 +113,11 @@ class DecisionCache(Generic[V]):
         return sum(len(part) for part in key) + 64
 
     def get(self, sql: str, context: tuple[str, ...]) -> V | None:
-        return self.lookup(sql, context)[0]
+        return self.lookup(sql, normalize(sql), context)[0]
 
-    def lookup(self, sql: str, context: tuple[str, ...]) -> tuple[V | None, bool]:
-        """The value for `sql` in `context`, and whether it holds for every statement that
-        normalizes alike (False when it was found by exact text)."""
-        normalized = normalize(sql)
+    def lookup(self, sql: str, normalized: str | None, context: tuple[str, ...]) -> tuple[V | None, bool]:
+        """The value for `sql` (normalized: normalize(sql)) in `context`, and whether it holds for
+        every statement that normalizes alike (False when it was found by exact text)."""
         if normalized is None:
             return None, False
         value = self._lookup((normalized, *context))
@@ -134,9 +137,10 @@ class DecisionCache(Generic[V]):
             self._entries.move_to_end(key)
         return value
 
-    def put(self, sql: str, context: tuple[str, ...], value: V, *, literal_sensitive: bool) -> bool:
-        """Store `value`; return whether it was stored for every statement that normalizes alike."""
-        normalized = normalize(sql)
+    def put(self, sql: str, normalized: str | None, context: tuple[str, ...], value: V, *,
+            literal_sensitive: bool) -> bool:
+        """Store `value` (normalized: normalize(sql)); return whether it was stored for every
+        statement that normalizes alike."""
         if normalized is None or self.max_entries == 0:
             return False
         if literal_sensitive:
