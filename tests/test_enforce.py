@@ -5,8 +5,10 @@ nested statements, and the result guard."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from pgproxy.config import Config, load_config
 from pgproxy.enforce import PolicyGate
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from pgproxy.policy import strictest
+from pgproxy.wire import messages as m
 from tests import corpus
-from tests.harness import ProxyThread, running_proxy, write_enforce_config
+from tests.harness import ProxyThread, RawClient, error_fields, raw_session, running_proxy, write_enforce_config
 
 REFUSED = {"review": "approval required", "deny": "pgproxy denied this statement"}
 BENIGN = corpus.load("benign")
@@ -168,6 +171,58 @@ def test_cache_never_merges_statements_that_differ_in_meaning(enforce: tuple[Pro
         # Literals do not change a decision's key: a new value is a cache hit.
         assert _outcome(conn, "SELECT id FROM customers WHERE id = 2") == "allow"
         assert gate.cache.hits == hits + 1
+
+
+def _answers(client: RawClient, count: int) -> list[list[str]]:
+    """The next `count` answers (up to ReadyForQuery): each one's first-column values, or
+    ["error <SQLSTATE>"]."""
+    answers = []
+    for _ in range(count):
+        answer = []
+        for type_byte, body in client.until_ready():
+            if type_byte == ord("D"):
+                (length,) = struct.unpack_from("!i", body, 2)
+                answer.append(body[6:6 + length].decode())
+            elif type_byte == ord("E"):
+                answer.append(f"error {error_fields(body)['C']}")
+        answers.append(answer)
+    return answers
+
+
+def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[ProxyThread, Config]) -> None:
+    """A Query the session has already decided (by its shape) takes the relay's shortcut when
+    it arrives alone in one read; split across reads, several in one read, or followed by part
+    of the next, it is framed and judged like any other, and every answer comes in order."""
+    proxy, _ = enforce
+
+    def ask(row: int) -> bytes:
+        return m.Query(f"SELECT id FROM orders WHERE id = {row}").encode()
+
+    def pause() -> None:
+        time.sleep(0.05)  # so that the proxy reads what came before on its own
+
+    with raw_session(proxy) as client:
+        client.send(ask(1))
+        assert _answers(client, 1) == [["1"]]
+        client.send(ask(2))  # alone: the shortcut
+        assert _answers(client, 1) == [["2"]]
+        split = ask(3)
+        client.send(split[:3])
+        pause()
+        client.send(split[3:])
+        assert _answers(client, 1) == [["3"]]
+        client.send(ask(4) + ask(5))
+        assert _answers(client, 2) == [["4"], ["5"]]
+        following = ask(7)
+        client.send(ask(6) + following[:8])
+        pause()
+        client.send(following[8:])
+        assert _answers(client, 2) == [["6"], ["7"]]
+        # A statement of another shape behind a remembered one is still judged.
+        client.send(ask(8) + m.Query("SELECT email FROM customers WHERE id = 1").encode())
+        assert _answers(client, 2) == [["8"], ["error 42501"]]
+        client.send(ask(9))
+        assert _answers(client, 1) == [["9"]]
 
 
 def test_normalize_memo_never_merges_texts_the_scanner_tells_apart() -> None:
