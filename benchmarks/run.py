@@ -3,7 +3,7 @@ mode and pgproxy enforcing the demo policy, measured in one run in interleaved r
 machine noise hits all of them alike.
 
     .venv/bin/python -m benchmarks.run [--duration S] [--rounds N] [--copy-repeats N] [--json FILE]
-                                       [--check] [--smoke]
+                                       [--relay-floor] [--check] [--smoke]
 
 Workloads (benchmarks/workloads.py), all on a pgbench scale-10 database:
 - pgbench select-only (-S), simple and prepared, at 1 and 8 clients;
@@ -12,7 +12,10 @@ Workloads (benchmarks/workloads.py), all on a pgbench scale-10 database:
 - a connection storm: select-only with a new connection per transaction (-C), 8 clients;
 - COPY out of 1,000,000 rows (`COPY pgbench_accounts TO STDOUT` through psql into /dev/null).
 Reports TPS and latency p50/p99 (from pgbench's per-transaction log), COPY rows/s, and ratios:
-DESIGN.md's (which have floors) and the same comparisons for the other workloads.
+DESIGN.md's (which have floors) and the same comparisons for the other workloads. Each ratio is
+the ratio of the medians, followed by its lowest and highest value within one round.
+`--relay-floor` adds a fifth target, benchmarks/relay_floor.py: a relay on the same event loop that
+forwards bytes without looking at them, the floor under any relay of pgproxy's design.
 `--check` compares the ratios with the floors in benchmarks/floors.json and exits 1 on a regression.
 `--smoke` is a short run that proves the suite works (CI); its numbers mean nothing.
 """
@@ -58,6 +61,7 @@ __all__ = ["PASSWORD", "TARGETS", "WORKLOADS", "RunningProxy", "Workload", "benc
 FLOORS = Path(__file__).with_name("floors.json")
 PASSWORD = "bench-password"
 TARGETS = ("direct", "pgbouncer", "passthrough", "enforce")
+RELAY_FLOOR = "relay-floor"
 Results = dict[str, dict[str, dict[str, float]]]  # workload -> target -> measure -> value
 
 
@@ -181,6 +185,22 @@ def pgproxy(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, 
         yield proxy.url
 
 
+@contextmanager
+def relay_floor(pg: PostgresCluster, directory: Path) -> Iterator[str]:
+    """benchmarks/relay_floor.py in front of `pg`; yields the URL that logs in to `app` through it."""
+    port = free_port()
+    log = directory / "relay-floor.log"
+    with open(log, "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "benchmarks.relay_floor", str(port), str(pg.port)],
+                                   stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parent.parent)
+    try:
+        wait_for_port(port, process=process, log=log)
+        yield f"postgresql://bench:{PASSWORD}@127.0.0.1:{port}/app"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def bench_database(pg: PostgresCluster, scale: int) -> str:
     """Role `bench` owning database `app`, initialised by `pgbench -i -s scale`; its direct URL."""
     pg.create_role("bench", PASSWORD)
@@ -198,6 +218,9 @@ def ratios(results: Results, copy: dict[str, dict[str, float]]) -> dict[str, flo
         eight = results[f"select-only {mode}, 8 clients"]
         out[f"enforce_vs_pgbouncer_tps_8_{mode}"] = eight["enforce"]["tps"] / eight["pgbouncer"]["tps"]
         out[f"enforce_vs_passthrough_tps_8_{mode}"] = eight["enforce"]["tps"] / eight["passthrough"]["tps"]
+        out[f"passthrough_vs_pgbouncer_tps_8_{mode}"] = eight["passthrough"]["tps"] / eight["pgbouncer"]["tps"]
+        if RELAY_FLOOR in eight:
+            out[f"relay_floor_vs_pgbouncer_tps_8_{mode}"] = eight[RELAY_FLOOR]["tps"] / eight["pgbouncer"]["tps"]
         one = results[f"select-only {mode}, 1 client"]
         added_bouncer = one["pgbouncer"]["mean_ms"] - one["direct"]["mean_ms"]
         added_proxy = one["enforce"]["mean_ms"] - one["direct"]["mean_ms"]
@@ -214,7 +237,7 @@ def ratios(results: Results, copy: dict[str, dict[str, float]]) -> dict[str, flo
 
 
 def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str, float],
-           floors: dict[str, float], args: argparse.Namespace) -> list[str]:
+           by_round: dict[str, list[float]], floors: dict[str, float], args: argparse.Namespace) -> list[str]:
     """Print the markdown tables; return the names of the ratios past their floor."""
     print(f"{args.rounds} interleaved round(s); pgbench runs of {args.duration:g} s, "
           f"COPY {args.copy_repeats} time(s) per round; medians\n")
@@ -227,8 +250,8 @@ def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str,
     print("|---|---|---|---|---|")
     for target, c in copy.items():
         print(f"| {COPY_WORKLOAD} | {target} | {c['rows']:.0f} | {c['rows_per_s']:.0f} | {c['elapsed_s']:.3f} |")
-    print("\n| ratio | this run | floor (DESIGN.md target) |")
-    print("|---|---|---|")
+    print("\n| ratio | this run | rounds: lowest-highest | floor (DESIGN.md target) |")
+    print("|---|---|---|---|")
     regressions = []
     for name, value in found.items():
         floor = floors.get(name)
@@ -236,7 +259,9 @@ def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str,
         bad = floor is not None and (value > floor if name.startswith("added_latency") else value < floor)
         if bad:
             regressions.append(name)
-        print(f"| {name} | {value:.3f} | {floor if floor is not None else '-'}{' REGRESSION' if bad else ''} |")
+        spread = f"{min(by_round[name]):.3f}-{max(by_round[name]):.3f}"
+        target = f"{floor if floor is not None else '-'}{' REGRESSION' if bad else ''}"
+        print(f"| {name} | {value:.3f} | {spread} | {target} |")
     return regressions
 
 
@@ -246,14 +271,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median counts)")
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY runs per target per round")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--relay-floor", action="store_true",
+                        help="also measure benchmarks/relay_floor.py (a relay that looks at nothing)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
     parser.add_argument("--smoke", action="store_true", help="a short run that only proves the suite works")
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.rounds, args.copy_repeats = 1.0, 1, 1
 
-    samples: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {t: [] for t in TARGETS} for w in WORKLOADS}
-    copies: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
+    targets = (*TARGETS, RELAY_FLOOR) if args.relay_floor else TARGETS
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {t: [] for t in targets} for w in WORKLOADS}
+    copies: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
     with ExitStack() as stack:
         directory = Path(tempfile.mkdtemp(prefix="pgproxy-bench-"))
         stack.callback(shutil.rmtree, directory, ignore_errors=True)
@@ -262,7 +290,7 @@ def main() -> int:
         direct = bench_database(pg, scale=10)
         rows = int(pg.psql(f"SELECT count(*) FROM {COPY_TABLE}", dbname="app"))
         policy = bench_policy()
-        urls = {
+        urls: dict[str, str] = {
             "direct": direct,
             "pgbouncer": stack.enter_context(pgbouncer(pg, directory)),
             "passthrough": stack.enter_context(pgproxy(pg, directory, "passthrough", "bench-secret-" + "x" * 24,
@@ -270,12 +298,15 @@ def main() -> int:
             "enforce": stack.enter_context(pgproxy(pg, directory, "enforce", "bench-secret-" + "y" * 24,
                                                    policy=policy)),
         }
+        if args.relay_floor:
+            urls[RELAY_FLOOR] = stack.enter_context(relay_floor(pg, directory))
         logs = directory / "logs"
         logs.mkdir()
         write_mixed_scripts(logs)
         for round_number in range(args.rounds):
             # Rotate the order each round so no target always runs first (warm caches, drift).
-            order = TARGETS[round_number % 4:] + TARGETS[:round_number % 4]
+            turn = round_number % len(targets)
+            order = targets[turn:] + targets[:turn]
             for workload in WORKLOADS:
                 for target in order:
                     samples[workload.name][target].append(pgbench(urls[target], workload, args.duration, logs))
@@ -286,10 +317,18 @@ def main() -> int:
                for w, by_target in samples.items()}
     copy = {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in copies.items()}
     found = ratios(results, copy)
+    # The same ratios within each round (its targets ran back to back): how far the medians can be trusted.
+    by_round: dict[str, list[float]] = {name: [] for name in found}
+    for index in range(args.rounds):
+        within = ratios({w: {t: runs[index] for t, runs in by_target.items()} for w, by_target in samples.items()},
+                        {t: runs[index] for t, runs in copies.items()})
+        for name, value in within.items():
+            by_round[name].append(value)
     floors: dict[str, float] = json.loads(FLOORS.read_text())
-    regressions = report(results, copy, found, floors, args)
+    regressions = report(results, copy, found, by_round, floors, args)
     if args.json is not None:
-        args.json.write_text(json.dumps({"results": results, "copy": copy, "ratios": found, "floors": floors,
+        args.json.write_text(json.dumps({"results": results, "copy": copy, "ratios": found, "ratio_rounds": by_round,
+                                         "floors": floors,
                                          "duration": args.duration, "rounds": args.rounds,
                                          "copy_repeats": args.copy_repeats}, indent=2))
     if args.check and regressions:

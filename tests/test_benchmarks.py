@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.run import TARGETS, WORKLOADS
+from benchmarks.run import RELAY_FLOOR, TARGETS, WORKLOADS
 from benchmarks.workloads import MIXED_SCRIPTS, MIXED_SHAPES, bench_policy, mixed_shapes, substituted
 from pgproxy.analysis.cache import normalize
 
 
-def run_smoke(module: str, repo_root: Path, out: Path) -> tuple[dict[str, Any], str]:
-    """Run `python -m module --smoke --json out`; its JSON report and its stdout."""
-    result = subprocess.run([sys.executable, "-m", module, "--smoke", "--json", str(out)],
+def run_smoke(module: str, repo_root: Path, out: Path, *options: str) -> tuple[dict[str, Any], str]:
+    """Run `python -m module --smoke --json out [options]`; its JSON report and its stdout."""
+    result = subprocess.run([sys.executable, "-m", module, "--smoke", "--json", str(out), *options],
                             capture_output=True, text=True, timeout=600, cwd=repo_root)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(out.read_text()), result.stdout
@@ -29,19 +29,22 @@ def run_smoke(module: str, repo_root: Path, out: Path) -> tuple[dict[str, Any], 
 
 @pytest.mark.timeout(300)  # a minute on an idle machine; more when the suite runs beside it
 def test_benchmark_suite_smoke(tmp_path: Path, repo_root: Path) -> None:
-    report, stdout = run_smoke("benchmarks.run", repo_root, tmp_path / "bench.json")
+    report, stdout = run_smoke("benchmarks.run", repo_root, tmp_path / "bench.json", "--relay-floor")
     assert set(report["results"]) == {w.name for w in WORKLOADS}
     for by_target in report["results"].values():
-        assert set(by_target) == set(TARGETS)
+        assert set(by_target) == {*TARGETS, RELAY_FLOOR}
         assert all(r["tps"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in by_target.values())
-    assert set(report["copy"]) == set(TARGETS)
+    assert set(report["copy"]) == {*TARGETS, RELAY_FLOOR}
     assert all(c["rows"] == 1_000_000 and c["rows_per_s"] > 0 for c in report["copy"].values())
     assert set(report["floors"]) <= set(report["ratios"])  # every DESIGN.md ratio is measured
     for workload in ("tpcb", "mixed", "storm"):
         assert f"enforce_vs_pgbouncer_tps_8_{workload}" in report["ratios"]
         assert f"enforce_vs_passthrough_tps_8_{workload}" in report["ratios"]
     assert "copy_enforce_vs_direct_rows_per_s" in report["ratios"]
-    assert "| ratio | this run | floor" in stdout
+    assert {"relay_floor_vs_pgbouncer_tps_8_simple", "passthrough_vs_pgbouncer_tps_8_prepared"} <= set(report["ratios"])
+    # One round: each ratio's spread over rounds is that round's value, which is the median's.
+    assert report["ratio_rounds"] == {name: [value] for name, value in report["ratios"].items()}
+    assert "| ratio | this run | rounds: lowest-highest | floor" in stdout
     assert "| COPY pgbench_accounts TO STDOUT | enforce |" in stdout
 
 
