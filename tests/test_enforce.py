@@ -225,6 +225,40 @@ def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[P
         assert _answers(client, 1) == [["9"]]
 
 
+def test_prepared_statement_reads_are_framed_alike(enforce: tuple[ProxyThread, Config]) -> None:
+    """Runs of an allowed prepared statement (Bind, Execute, Sync) take the relay's shortcut
+    when a read holds only such whole messages; split across reads, or sharing a read with
+    a Parse, they are framed and judged like any other."""
+    proxy, _ = enforce
+
+    def run(row: int, statement: str = "allowed") -> bytes:
+        return (m.Bind("", statement, (), (str(row).encode(),), ()).encode() + m.Execute("").encode()
+                + m.Sync().encode())
+
+    def pause() -> None:
+        time.sleep(0.05)  # so that the proxy reads what came before on its own
+
+    with raw_session(proxy) as client:
+        client.send(m.Parse("allowed", "SELECT id FROM orders WHERE id = $1").encode() + m.Sync().encode())
+        assert _answers(client, 1) == [[]]
+        client.send(run(1))  # alone: the shortcut
+        assert _answers(client, 1) == [["1"]]
+        client.send(run(2) + run(3))
+        assert _answers(client, 2) == [["2"], ["3"]]
+        split = run(4)
+        client.send(split[:12])
+        pause()
+        client.send(split[12:])
+        assert _answers(client, 1) == [["4"]]
+        # A Parse in the same read is judged: this one needs review, so it fails, and with it
+        # the rest of its cycle.
+        risky = m.Parse("risky", "SELECT email FROM customers WHERE id = $1").encode()
+        client.send(run(5) + risky + run(6, "risky"))
+        assert _answers(client, 2) == [["5"], ["error 42501"]]
+        client.send(run(7))
+        assert _answers(client, 1) == [["7"]]
+
+
 def test_normalize_memo_never_merges_texts_the_scanner_tells_apart() -> None:
     from pgproxy.analysis.cache import _normalize, normalize
 

@@ -308,11 +308,20 @@ def test_unknown_message_type(proxy: ProxyThread, type_byte: bytes) -> None:
 
 
 @pytest.mark.parametrize("length", [-1, 0, 3])
-def test_message_length_too_small(proxy: ProxyThread, length: int) -> None:
+@pytest.mark.parametrize("type_byte", [b"Q", b"B"])
+def test_message_length_too_small(proxy: ProxyThread, type_byte: bytes, length: int) -> None:
     with others_unharmed(proxy), raw_session(proxy) as client:
-        client.send(b"Q" + struct.pack("!i", length) + b"SELECT 1\x00")
+        client.send(type_byte + struct.pack("!i", length) + b"SELECT 1\x00")
         message = expect_fatal(client, "08P01")
         assert message == f"invalid message length {length}"
+
+
+def test_bad_length_behind_a_whole_message(proxy: ProxyThread) -> None:
+    """A read that starts with a whole, valid message is still checked to its end."""
+    with others_unharmed(proxy), raw_session(proxy) as client:
+        client.send(m.Bind("", "", (), (), ()).encode() + b"E" + struct.pack("!i", 2) + b"\x00" * 8)
+        message = expect_fatal(client, "08P01")
+        assert message == "invalid message length 2"
 
 
 def test_message_over_the_size_limit(small_proxy: ProxyThread) -> None:
