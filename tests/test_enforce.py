@@ -189,6 +189,11 @@ def _answers(client: RawClient, count: int) -> list[list[str]]:
     return answers
 
 
+def _read_apart() -> None:
+    """Let the proxy read what was sent so far on its own, before the rest arrives."""
+    time.sleep(0.05)
+
+
 def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[ProxyThread, Config]) -> None:
     """A Query the session has already decided (by its shape) takes the relay's shortcut when
     it arrives alone in one read; split across reads, several in one read, or followed by part
@@ -198,9 +203,6 @@ def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[P
     def ask(row: int) -> bytes:
         return m.Query(f"SELECT id FROM orders WHERE id = {row}").encode()
 
-    def pause() -> None:
-        time.sleep(0.05)  # so that the proxy reads what came before on its own
-
     with raw_session(proxy) as client:
         client.send(ask(1))
         assert _answers(client, 1) == [["1"]]
@@ -208,14 +210,14 @@ def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[P
         assert _answers(client, 1) == [["2"]]
         split = ask(3)
         client.send(split[:3])
-        pause()
+        _read_apart()
         client.send(split[3:])
         assert _answers(client, 1) == [["3"]]
         client.send(ask(4) + ask(5))
         assert _answers(client, 2) == [["4"], ["5"]]
         following = ask(7)
         client.send(ask(6) + following[:8])
-        pause()
+        _read_apart()
         client.send(following[8:])
         assert _answers(client, 2) == [["6"], ["7"]]
         # A statement of another shape behind a remembered one is still judged.
@@ -235,9 +237,6 @@ def test_prepared_statement_reads_are_framed_alike(enforce: tuple[ProxyThread, C
         return (m.Bind("", statement, (), (str(row).encode(),), ()).encode() + m.Execute("").encode()
                 + m.Sync().encode())
 
-    def pause() -> None:
-        time.sleep(0.05)  # so that the proxy reads what came before on its own
-
     with raw_session(proxy) as client:
         client.send(m.Parse("allowed", "SELECT id FROM orders WHERE id = $1").encode() + m.Sync().encode())
         assert _answers(client, 1) == [[]]
@@ -247,7 +246,7 @@ def test_prepared_statement_reads_are_framed_alike(enforce: tuple[ProxyThread, C
         assert _answers(client, 2) == [["2"], ["3"]]
         split = run(4)
         client.send(split[:12])
-        pause()
+        _read_apart()
         client.send(split[12:])
         assert _answers(client, 1) == [["4"]]
         # A Parse in the same read is judged: this one needs review, so it fails, and with it
