@@ -449,6 +449,10 @@ class PolicyGate(StatementGate):
                 refused.append(by_oid[column])
         return refused
 
+    def tags_version(self, session: Session) -> str:
+        schema = self.catalog.schema(session.database)
+        return "" if schema is None else schema.version
+
     def _tagged_columns(self, schema: Schema) -> dict[tuple[int, int], str]:
         """(table oid, attnum) -> schema.table.column for every tagged column (views included)."""
         if self._tagged[0] != schema.version:

@@ -17,7 +17,10 @@ FunctionCall) passes the decision point `_judge`; everything allowed is
 forwarded as the client's original bytes, a run of messages at a time, in the
 callback itself. `_upstream_data` forwards the server's bytes a read at a
 time and watches only the message types that move the state (ReadyForQuery,
-CopyIn/CopyOutResponse, CopyDone, ErrorResponse).
+CopyIn/CopyOutResponse, CopyDone, ErrorResponse). Reads of whole messages of
+the most common kinds, while nothing is queued, partly read or refused, go
+through shortcuts (`_quick_query`, `_quick_bind`, `_quick_answer`) that do the
+same in fewer steps and leave anything else to the general path.
 
 Refusing a statement must leave the upstream exactly where PostgreSQL would
 be after an error: the transaction block aborted, and in the extended
@@ -42,6 +45,7 @@ import itertools
 import logging
 import secrets
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
     from pgproxy.config import Config
 
 READ_CHUNK = 256 * 1024
+_LENGTH = struct.Struct("!i").unpack_from  # a message's length field
 # Until the agent has logged in, a message may be at most this large (PostgreSQL's own cap
 # on authentication packets), whatever limits.max_message_bytes allows afterwards.
 AUTH_MAX_MESSAGE_BYTES = 65535
@@ -191,6 +196,12 @@ class StatementGate:
         """Of a result's (table oid, attnum) columns, those the session may not see (their names)."""
         return []
 
+    def tags_version(self, session: Session) -> str:
+        """Changes whenever the tagged columns of the session's database may have changed. Until
+        it does, a result with no forbidden column keeps having none: a session's permitted
+        columns only grow."""
+        return ""
+
     async def close(self) -> None:
         """Stop background work (the server is shutting down)."""
 
@@ -295,6 +306,7 @@ class Session:
         self._upstream_frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
                                             allowed_types=m.BACKEND_TYPES,
                                             listed_types=_WATCHED if gate is None else _GUARDED)
+        self._passed = _PASSED | {m.ROW_DESCRIPTION} if gate is None else _PASSED  # see _quick_answer
         self._client_pauses: set[str] = set()
         self._slow: asyncio.Task[None] | None = None
         # Extended protocol: statements that need review (name -> sql, judgement) and portals
@@ -302,6 +314,8 @@ class Session:
         self._review_statements: dict[str, tuple[str, Judgement]] = {}
         self._review_portals: dict[str, tuple[str, tuple[str | None, ...], Judgement]] = {}
         self._guarding = False  # a result was refused: drop the server's output until ReadyForQuery
+        self._clean_results: set[bytes] = set()  # see _refused
+        self._clean_version = ""
         self._upstream_said_fatal = False
         self._terminating = False  # the client sent Terminate
 
@@ -752,12 +766,14 @@ class Session:
         syncs = 0
         pos = 0
         while pos < size:
+            if size - pos < 5:
+                return False  # a header split across reads
             type_byte = data[pos]
             if type_byte == m.SYNC:
                 syncs += 1
             elif type_byte not in _EXTENDED:
                 return False
-            length = int.from_bytes(data[pos + 1:pos + 5], "big")
+            (length,) = _LENGTH(data, pos + 1)
             if not 4 <= length <= longest:
                 return False
             pos += 1 + length
@@ -1022,6 +1038,13 @@ class Session:
         if self._ended is None or self._ended.done():
             return
         frames = self._upstream_frames
+        if not frames.pending_bytes and not self._refusals and not self._guarding:
+            try:
+                if self._quick_answer(data):
+                    return
+            except Exception as exc:  # it ends this session only (see _relay)
+                self._end(exc)
+                return
         try:
             batch = frames.feed(data)
             if not frames.end:
@@ -1039,6 +1062,51 @@ class Session:
             return
         assert self._client is not None
         self._client.transport.write(out)
+
+    def _quick_answer(self, data: bytes) -> bool:
+        """The server's hot path, like the client's (see `_quick_query`): a read of whole
+        messages that only complete results (rows, completions, ReadyForQuery, and
+        RowDescriptions the result guard lets through), with no refusal in flight and no
+        result being dropped. ReadyForQuery moves the state as in `_watch_upstream`; any
+        other message it looks at, or a bad length, takes the general path."""
+        size = len(data)
+        longest = self._upstream_frames.max_message_bytes + 4
+        passed = self._passed
+        gate = self.gate
+        ready = 0
+        last = 0
+        pos = 0
+        while pos < size:
+            if size - pos < 5:
+                return False  # a header split across reads
+            type_byte = data[pos]
+            (length,) = _LENGTH(data, pos + 1)
+            end = pos + 1 + length
+            if not 4 <= length <= longest or end > size:
+                return False  # a bad length, or the last message is not all there
+            if type_byte in passed:
+                pass
+            elif type_byte == m.READY_FOR_QUERY and length == 5:
+                ready += 1
+                last = pos
+            elif type_byte == m.ROW_DESCRIPTION and gate is not None:
+                if self._refused(data[pos + 5:end]):
+                    return False
+            else:
+                return False
+            pos = end
+        if ready:
+            self._cycles_done += ready
+            self._outstanding -= ready
+            self.transaction_status = chr(data[last + 5])
+            if self._outstanding <= 0:
+                self._outstanding = 0
+                self._to(State.READY)
+            if gate is not None:
+                gate.cycle_done(self)
+        assert self._client is not None
+        self._client.transport.write(data)
+        return True
 
     def _client_lost(self) -> None:
         if not self._terminating:
@@ -1117,10 +1185,8 @@ class Session:
         assert gate is not None
         if not self._guarding:
             for type_byte, start, end in batch:
-                if type_byte == m.ROW_DESCRIPTION:
-                    columns = _table_columns(buf[start + 5:end])
-                    if columns and gate.forbidden_columns(self, columns):
-                        break
+                if type_byte == m.ROW_DESCRIPTION and self._refused(buf[start + 5:end]):
+                    break
             else:
                 # Nothing to refuse (most reads: results cleared, DataRows, completions).
                 cycles = self._cycles_done
@@ -1139,8 +1205,7 @@ class Session:
                 self._guarding = False
                 pos = start  # the refused result's cycle is over: what it sent before is dropped
             elif type_byte == m.ROW_DESCRIPTION:
-                columns = _table_columns(buf[start + 5:end])
-                refused = gate.forbidden_columns(self, columns) if columns else None
+                refused = self._refused(buf[start + 5:end])
                 if refused:
                     self.log.error("result guard refused a result", extra={"columns": refused})
                     if self.audit is not None:
@@ -1163,6 +1228,28 @@ class Session:
             out.append(self._watch_upstream(buf, kept, pos, last))
         return b"".join(out)
 
+    def _refused(self, description: bytes) -> list[str]:
+        """The result guard's verdict on a RowDescription's body: the tagged columns in it that
+        this session may not read. A session's permitted columns only grow, so a description
+        found clean stays clean while the tagged columns stay the same (`tags_version`): it
+        is not decoded or checked again."""
+        gate = self.gate
+        assert gate is not None
+        clean = self._clean_results
+        version = gate.tags_version(self)
+        if version != self._clean_version:
+            clean.clear()
+            self._clean_version = version
+        elif description in clean:
+            return []
+        columns = _table_columns(description)
+        refused = gate.forbidden_columns(self, columns) if columns else []
+        if not refused and len(description) <= _CLEAN_RESULT_BYTES:
+            if len(clean) >= _CLEAN_RESULTS:
+                clean.clear()
+            clean.add(description)
+        return refused
+
     async def _idle_watch(self) -> None:
         timeout = self.limits.idle_timeout_seconds
         while True:
@@ -1174,6 +1261,8 @@ class Session:
                                  "terminating connection due to idle-session timeout")
 
 
+_CLEAN_RESULTS = 32  # RowDescriptions a session remembers as clean (see Session._refused)
+_CLEAN_RESULT_BYTES = 512  # larger ones are checked each time
 _TABLE_COLUMNS_MEMO = 4096  # entries
 _TABLE_COLUMNS_MEMO_BODY = 2048  # bytes: larger RowDescriptions are decoded each time
 _table_columns_memo: dict[bytes, list[tuple[int, int]]] = {}
@@ -1267,3 +1356,4 @@ _EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
 _WATCHED = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE, m.COPY_OUT_RESPONSE,
                       m.COPY_DONE, m.COPY_BOTH_RESPONSE, m.AUTHENTICATION, m.BACKEND_KEY_DATA})
 _GUARDED = _WATCHED | {m.ROW_DESCRIPTION}
+_PASSED = m.BACKEND_TYPES - _GUARDED  # server messages that move nothing

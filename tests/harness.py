@@ -7,7 +7,10 @@ the test's own loop) can all talk to it, as they would to a deployed proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
+import random
 import socket
 import struct
 import threading
@@ -135,6 +138,60 @@ def running_proxy(config: Config, *, gate: StatementGate | None = None) -> Itera
         yield proxy
     finally:
         proxy.stop()
+
+
+@contextmanager
+def piecemeal_upstream(cluster: PostgresCluster, *, seed: int = 6) -> Iterator[int]:
+    """A TCP relay in front of `cluster` (its port is yielded) that passes what the server sends
+    on in bursts (what arrives within a few milliseconds), every other one cut at random places
+    into pieces sent one by one: the proxy behind it reads the server's messages split in
+    headers and bodies, whole, and several answers to a read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    cuts = random.Random(seed)
+    sockets: list[socket.socket] = [listener]
+
+    def pipe(source: socket.socket, target: socket.socket, piecemeal: bool) -> None:
+        bursts = itertools.count()
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not piecemeal:
+                    target.sendall(data)
+                    continue
+                time.sleep(0.005)  # answers to pipelined statements join into one burst
+                source.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while more := source.recv(65536):
+                        data += more
+                source.setblocking(True)
+                if next(bursts) % 2:  # every other burst is cut (the others go whole)
+                    points = sorted(cuts.sample(range(1, len(data)), min(len(data) - 1, 4)))
+                    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+                        target.sendall(data[start:end])
+                        time.sleep(0.002)  # each piece a read of its own
+                else:
+                    target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection((cluster.host, cluster.port))
+                for side in (client, server):
+                    side.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sockets.extend((client, server))
+                threading.Thread(target=pipe, args=(client, server, False), daemon=True).start()
+                threading.Thread(target=pipe, args=(server, client, True), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def tls_config(pki: Pki) -> TlsConfig:

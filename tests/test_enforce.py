@@ -4,6 +4,7 @@ nested statements, and the result guard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -24,7 +25,15 @@ from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from pgproxy.policy import strictest
 from pgproxy.wire import messages as m
 from tests import corpus
-from tests.harness import ProxyThread, RawClient, error_fields, raw_session, running_proxy, write_enforce_config
+from tests.harness import (
+    ProxyThread,
+    RawClient,
+    error_fields,
+    piecemeal_upstream,
+    raw_session,
+    running_proxy,
+    write_enforce_config,
+)
 
 REFUSED = {"review": "approval required", "deny": "pgproxy denied this statement"}
 BENIGN = corpus.load("benign")
@@ -227,6 +236,49 @@ def test_reads_are_framed_alike_when_the_decision_is_remembered(enforce: tuple[P
         assert _answers(client, 1) == [["9"]]
 
 
+async def test_server_reads_cut_anywhere_reach_the_client_whole(pg: PostgresCluster, corpus_db: None,
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's answers read in pieces cut at random places (inside a header, inside a
+    body, several messages and a part) or several to a read: every result and error arrives
+    whole and in order, the result guard still refuses before any row leaves, and the session
+    is known to be idle after answers that came joined (its idle timeout ends it)."""
+    config = load_config(write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG))
+    with piecemeal_upstream(pg) as port:
+        routes = {name: dataclasses.replace(route, port=port) for name, route in config.routes.items()}
+        limits = dataclasses.replace(config.limits, idle_timeout_seconds=2)
+        with running_proxy(dataclasses.replace(config, routes=routes, limits=limits)) as proxy:
+            with raw_session(proxy) as client:
+                for _ in range(6):
+                    client.send(b"".join(m.Query(f"SELECT {i} + 1").encode() for i in range(3)))
+                    assert _answers(client, 3) == [["1"], ["2"], ["3"]]
+                assert any(type_byte == ord("E") and error_fields(body)["C"] == "57P05"
+                           for type_byte, body in client.until_ready())
+            with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+                for i in range(1, 40):
+                    assert conn.execute(f"SELECT {i}, repeat('x', {i * 7})").fetchone() == (i, "x" * i * 7)
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1 / 0")
+                with conn.pipeline():
+                    first = conn.execute("SELECT count(*) FROM orders")
+                    second = conn.execute("SELECT id FROM orders ORDER BY id LIMIT 3")
+                assert first.fetchone() == (5000,) and second.fetchall() == [(1,), (2,), (3,)]
+                rows = conn.execute("SELECT id, status FROM orders ORDER BY id").fetchall()
+                assert [row[0] for row in rows] == list(range(1, 5001))
+            client = await asyncpg.connect(proxy.dsn())
+            try:
+                for i in range(1, 30):
+                    assert await client.fetchval("SELECT count(*) FROM orders WHERE id <= $1", i) == i
+                monkeypatch.setattr(References, "read_all", lambda self, relation: None)
+                _gate(proxy).cache.clear()
+                for _ in range(3):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="refused a result"):
+                        await client.fetch("SELECT * FROM customers WHERE id = $1", 5)
+                assert await client.fetchval("SELECT count(*) FROM orders WHERE id <= $1", 7) == 7
+            finally:
+                await client.close()
+
+
 def test_prepared_statement_reads_are_framed_alike(enforce: tuple[ProxyThread, Config]) -> None:
     """Runs of an allowed prepared statement (Bind, Execute, Sync) take the relay's shortcut
     when a read holds only such whole messages; split across reads, or sharing a read with
@@ -387,6 +439,35 @@ async def test_result_guard_in_extended_protocol(enforce: tuple[ProxyThread, Con
         assert await conn.fetchval("SELECT count(*) FROM orders WHERE id < $1", 10) == 9
     finally:
         await conn.close()
+
+
+def test_result_guard_checks_a_result_again_once_the_tags_change(enforce: tuple[ProxyThread, Config],
+                                                                 pg: PostgresCluster,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result the guard once let through is not let through on memory alone after the schema
+    is re-read: a replaced view can carry a tag in a column that looks just as before."""
+    proxy, _ = enforce
+    gate = _gate(proxy)
+    view = "CREATE OR REPLACE VIEW guard_probe AS SELECT id, {} AS country FROM customers"
+    with psycopg.connect(pg.dsn(dbname="app"), autocommit=True) as owner:
+        owner.execute(view.format("country"))
+        owner.execute("GRANT SELECT ON guard_probe TO app_scram")
+        try:
+            proxy.call(gate.catalog.refresh("app"))
+            monkeypatch.setattr(References, "read_all", lambda self, relation: None)
+            gate.cache.clear()
+            with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+                for _ in range(2):
+                    assert conn.execute("SELECT * FROM guard_probe LIMIT 1").fetchone() is not None
+                owner.execute(view.format("ssn"))  # the same name and type: an identical RowDescription
+                proxy.call(gate.catalog.refresh("app"))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="refused a result") as info:
+                    conn.execute("SELECT * FROM guard_probe LIMIT 1")
+                assert "guard_probe.country" in (info.value.diag.message_detail or "")
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            owner.execute("DROP VIEW guard_probe")
+            proxy.call(gate.catalog.refresh("app"))
 
 
 # --- pgproxy check ----------------------------------------------------------------------------
