@@ -251,8 +251,7 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  config: Config, authenticator: Authenticator, registry: SessionRegistry,
                  tls_context: ssl.SSLContext | None, gate: StatementGate | None = None,
-                 refusal: ProxyError | None = None, audit: AuditLog | None = None,
-                 on_state: Callable[[Session, State], None] | None = None) -> None:
+                 refusal: ProxyError | None = None, audit: AuditLog | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.started = time.time()
         self.log = SessionLog(self.id)
@@ -267,7 +266,6 @@ class Session:
         self.audit_members = ""  # who this session is, as JSON members of its audit events (once logged in)
         self.statements = 0  # judged so far
         self.ended_by = "client disconnected"
-        self.on_state = on_state
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
@@ -327,8 +325,6 @@ class Session:
         if new not in _TRANSITIONS[self.state]:
             raise InvalidTransition(f"{self.state.value} -> {new.value}")
         self.state = new
-        if self.on_state is not None:
-            self.on_state(self, new)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -742,7 +738,7 @@ class Session:
         """A read that is one whole Query, which the gate (if any) has `settled`."""
         size = len(data)
         if (size < 6 or size > self._frames.max_message_bytes + 5 or data[-1] != 0
-                or int.from_bytes(data[1:5], "big") != size - 1):
+                or _LENGTH(data, 1)[0] != size - 1):
             return False
         if self.gate is not None:
             if not self.gate.settled(self, m.decode_str(data[5:-1])):
