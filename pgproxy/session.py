@@ -662,6 +662,10 @@ class Session:
                 slow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(*(t for t in (idle, slow) if t is not None), return_exceptions=True)
+            if not self._ended.done():
+                # Ended by the idle timeout (or cancelled): the sockets closing next is no news,
+                # and an error set on this future now would never be read.
+                self._ended.set_result(None)
         if idle is not None and idle.done() and not idle.cancelled() and idle.exception() is not None:
             raise idle.exception()  # type: ignore[misc]
         if self._ended.done():
