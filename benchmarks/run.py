@@ -14,8 +14,10 @@ Workloads (benchmarks/workloads.py), all on a pgbench scale-10 database:
 Reports TPS and latency p50/p99 (from pgbench's per-transaction log), COPY rows/s, and ratios:
 DESIGN.md's (which have floors) and the same comparisons for the other workloads. Each ratio is
 the ratio of the medians, followed by its lowest and highest value within one round.
-`--relay-floor` adds a fifth target, benchmarks/relay_floor.py: a relay on the same event loop that
-forwards bytes without looking at them, the floor under any relay of pgproxy's design.
+`--relay-floor` adds two targets, benchmarks/relay_floor.py: a relay on the same event loop that
+forwards bytes without looking at them, the floor under any relay of pgproxy's design, and the same
+relay doing only the looking the design requires (message headers, shape keys, ReadyForQuery,
+RowDescription), the floor under pgproxy itself.
 `--check` compares the ratios with the floors in benchmarks/floors.json and exits 1 on a regression.
 `--smoke` is a short run that proves the suite works (CI); its numbers mean nothing.
 """
@@ -62,6 +64,7 @@ FLOORS = Path(__file__).with_name("floors.json")
 PASSWORD = "bench-password"
 TARGETS = ("direct", "pgbouncer", "passthrough", "enforce")
 RELAY_FLOOR = "relay-floor"
+RELAY_LOOKING = "relay-looking"
 Results = dict[str, dict[str, dict[str, float]]]  # workload -> target -> measure -> value
 
 
@@ -186,13 +189,14 @@ def pgproxy(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, 
 
 
 @contextmanager
-def relay_floor(pg: PostgresCluster, directory: Path) -> Iterator[str]:
+def relay_floor(pg: PostgresCluster, directory: Path, *, looking: bool = False) -> Iterator[str]:
     """benchmarks/relay_floor.py in front of `pg`; yields the URL that logs in to `app` through it."""
     port = free_port()
-    log = directory / "relay-floor.log"
+    log = directory / f"{RELAY_LOOKING if looking else RELAY_FLOOR}.log"
+    command = [sys.executable, "-m", "benchmarks.relay_floor", *(["--looking"] if looking else []), str(port),
+               str(pg.port)]
     with open(log, "w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "benchmarks.relay_floor", str(port), str(pg.port)],
-                                   stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parent.parent)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parent.parent)
     try:
         wait_for_port(port, process=process, log=log)
         yield f"postgresql://bench:{PASSWORD}@127.0.0.1:{port}/app"
@@ -221,6 +225,7 @@ def ratios(results: Results, copy: dict[str, dict[str, float]]) -> dict[str, flo
         out[f"passthrough_vs_pgbouncer_tps_8_{mode}"] = eight["passthrough"]["tps"] / eight["pgbouncer"]["tps"]
         if RELAY_FLOOR in eight:
             out[f"relay_floor_vs_pgbouncer_tps_8_{mode}"] = eight[RELAY_FLOOR]["tps"] / eight["pgbouncer"]["tps"]
+            out[f"relay_looking_vs_pgbouncer_tps_8_{mode}"] = eight[RELAY_LOOKING]["tps"] / eight["pgbouncer"]["tps"]
         one = results[f"select-only {mode}, 1 client"]
         added_bouncer = one["pgbouncer"]["mean_ms"] - one["direct"]["mean_ms"]
         added_proxy = one["enforce"]["mean_ms"] - one["direct"]["mean_ms"]
@@ -272,14 +277,15 @@ def main() -> int:
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY runs per target per round")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--relay-floor", action="store_true",
-                        help="also measure benchmarks/relay_floor.py (a relay that looks at nothing)")
+                        help="also measure benchmarks/relay_floor.py, looking at nothing and at what the "
+                             "design requires")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
     parser.add_argument("--smoke", action="store_true", help="a short run that only proves the suite works")
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.rounds, args.copy_repeats = 1.0, 1, 1
 
-    targets = (*TARGETS, RELAY_FLOOR) if args.relay_floor else TARGETS
+    targets = (*TARGETS, RELAY_FLOOR, RELAY_LOOKING) if args.relay_floor else TARGETS
     samples: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {t: [] for t in targets} for w in WORKLOADS}
     copies: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
     with ExitStack() as stack:
@@ -300,6 +306,7 @@ def main() -> int:
         }
         if args.relay_floor:
             urls[RELAY_FLOOR] = stack.enter_context(relay_floor(pg, directory))
+            urls[RELAY_LOOKING] = stack.enter_context(relay_floor(pg, directory, looking=True))
         logs = directory / "logs"
         logs.mkdir()
         write_mixed_scripts(logs)

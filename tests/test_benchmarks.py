@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.run import RELAY_FLOOR, TARGETS, WORKLOADS
+from benchmarks.run import RELAY_FLOOR, RELAY_LOOKING, TARGETS, WORKLOADS
 from benchmarks.workloads import MIXED_SCRIPTS, MIXED_SHAPES, bench_policy, mixed_shapes, substituted
 from pgproxy.analysis.cache import normalize
 
@@ -32,16 +32,17 @@ def test_benchmark_suite_smoke(tmp_path: Path, repo_root: Path) -> None:
     report, stdout = run_smoke("benchmarks.run", repo_root, tmp_path / "bench.json", "--relay-floor")
     assert set(report["results"]) == {w.name for w in WORKLOADS}
     for by_target in report["results"].values():
-        assert set(by_target) == {*TARGETS, RELAY_FLOOR}
+        assert set(by_target) == {*TARGETS, RELAY_FLOOR, RELAY_LOOKING}
         assert all(r["tps"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in by_target.values())
-    assert set(report["copy"]) == {*TARGETS, RELAY_FLOOR}
+    assert set(report["copy"]) == {*TARGETS, RELAY_FLOOR, RELAY_LOOKING}
     assert all(c["rows"] == 1_000_000 and c["rows_per_s"] > 0 for c in report["copy"].values())
     assert set(report["floors"]) <= set(report["ratios"])  # every DESIGN.md ratio is measured
     for workload in ("tpcb", "mixed", "storm"):
         assert f"enforce_vs_pgbouncer_tps_8_{workload}" in report["ratios"]
         assert f"enforce_vs_passthrough_tps_8_{workload}" in report["ratios"]
     assert "copy_enforce_vs_direct_rows_per_s" in report["ratios"]
-    assert {"relay_floor_vs_pgbouncer_tps_8_simple", "passthrough_vs_pgbouncer_tps_8_prepared"} <= set(report["ratios"])
+    assert {"relay_floor_vs_pgbouncer_tps_8_simple", "relay_looking_vs_pgbouncer_tps_8_prepared",
+            "passthrough_vs_pgbouncer_tps_8_prepared"} <= set(report["ratios"])
     # One round: each ratio's spread over rounds is that round's value, which is the median's.
     assert report["ratio_rounds"] == {name: [value] for name, value in report["ratios"].items()}
     assert "| ratio | this run | rounds: lowest-highest | floor" in stdout
