@@ -18,7 +18,9 @@ the ratio of the medians, followed by its lowest and highest value within one ro
 forwards bytes without looking at them, the floor under any relay of pgproxy's design, and the same
 relay doing only the looking the design requires (message headers, shape keys, ReadyForQuery,
 RowDescription), the floor under pgproxy itself.
-`--check` compares the ratios with the floors in benchmarks/floors.json and exits 1 on a regression.
+`--check` compares the ratios with the regression floors in benchmarks/floors.json (what this code
+reaches on the reference machine, less its noise; DESIGN.md's targets are kept and shown beside them)
+and exits 1 on a regression.
 `--smoke` is a short run that proves the suite works (CI); its numbers mean nothing.
 """
 
@@ -241,9 +243,16 @@ def ratios(results: Results, copy: dict[str, dict[str, float]]) -> dict[str, flo
     return out
 
 
+def past(name: str, value: float, limit: float) -> bool:
+    """Whether a ratio is on the wrong side of a floor or target: added latency is a ceiling
+    (lower is better), the TPS ratios are floors."""
+    return value > limit if name.startswith("added_latency") else value < limit
+
+
 def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str, float],
-           by_round: dict[str, list[float]], floors: dict[str, float], args: argparse.Namespace) -> list[str]:
-    """Print the markdown tables; return the names of the ratios past their floor."""
+           by_round: dict[str, list[float]], limits: dict[str, dict[str, float]],
+           args: argparse.Namespace) -> list[str]:
+    """Print the markdown tables; return the names of the ratios past their regression floor."""
     print(f"{args.rounds} interleaved round(s); pgbench runs of {args.duration:g} s, "
           f"COPY {args.copy_repeats} time(s) per round; medians\n")
     print("| workload | target | TPS | p50 ms | p99 ms |")
@@ -255,18 +264,20 @@ def report(results: Results, copy: dict[str, dict[str, float]], found: dict[str,
     print("|---|---|---|---|---|")
     for target, c in copy.items():
         print(f"| {COPY_WORKLOAD} | {target} | {c['rows']:.0f} | {c['rows_per_s']:.0f} | {c['elapsed_s']:.3f} |")
-    print("\n| ratio | this run | rounds: lowest-highest | floor (DESIGN.md target) |")
-    print("|---|---|---|---|")
+    print("\n| ratio | this run | rounds: lowest-highest | regression floor | DESIGN.md target |")
+    print("|---|---|---|---|---|")
     regressions = []
     for name, value in found.items():
-        floor = floors.get(name)
-        # Added latency is a ceiling (lower is better); the TPS ratios are floors.
-        bad = floor is not None and (value > floor if name.startswith("added_latency") else value < floor)
-        if bad:
-            regressions.append(name)
         spread = f"{min(by_round[name]):.3f}-{max(by_round[name]):.3f}"
-        target = f"{floor if floor is not None else '-'}{' REGRESSION' if bad else ''}"
-        print(f"| {name} | {value:.3f} | {spread} | {target} |")
+        if name not in limits:
+            print(f"| {name} | {value:.3f} | {spread} | - | - |")
+            continue
+        floor, design = limits[name]["floor"], limits[name]["target"]
+        regressed = past(name, value, floor)
+        if regressed:
+            regressions.append(name)
+        print(f"| {name} | {value:.3f} | {spread} | {floor}{' REGRESSION' if regressed else ''} "
+              f"| {design}{' not met' if past(name, value, design) else ''} |")
     return regressions
 
 
@@ -279,7 +290,7 @@ def main() -> int:
     parser.add_argument("--relay-floor", action="store_true",
                         help="also measure benchmarks/relay_floor.py, looking at nothing and at what the "
                              "design requires")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a ratio is past its regression floor")
     parser.add_argument("--smoke", action="store_true", help="a short run that only proves the suite works")
     args = parser.parse_args()
     if args.smoke:
@@ -331,11 +342,12 @@ def main() -> int:
                         {t: runs[index] for t, runs in copies.items()})
         for name, value in within.items():
             by_round[name].append(value)
-    floors: dict[str, float] = json.loads(FLOORS.read_text())
-    regressions = report(results, copy, found, by_round, floors, args)
+    limits: dict[str, dict[str, float]] = json.loads(FLOORS.read_text())
+    regressions = report(results, copy, found, by_round, limits, args)
     if args.json is not None:
         args.json.write_text(json.dumps({"results": results, "copy": copy, "ratios": found, "ratio_rounds": by_round,
-                                         "floors": floors,
+                                         "floors": {name: v["floor"] for name, v in limits.items()},
+                                         "targets": {name: v["target"] for name, v in limits.items()},
                                          "duration": args.duration, "rounds": args.rounds,
                                          "copy_repeats": args.copy_repeats}, indent=2))
     if args.check and regressions:

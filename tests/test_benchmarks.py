@@ -5,6 +5,7 @@ No timing is asserted: the numbers of a one-second run on a shared machine mean 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.run import RELAY_FLOOR, RELAY_LOOKING, TARGETS, WORKLOADS
+from benchmarks.run import FLOORS, RELAY_FLOOR, RELAY_LOOKING, TARGETS, WORKLOADS
+from benchmarks.run import report as print_report
 from benchmarks.workloads import MIXED_SCRIPTS, MIXED_SHAPES, bench_policy, mixed_shapes, substituted
 from pgproxy.analysis.cache import normalize
 
@@ -36,7 +38,7 @@ def test_benchmark_suite_smoke(tmp_path: Path, repo_root: Path) -> None:
         assert all(r["tps"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in by_target.values())
     assert set(report["copy"]) == {*TARGETS, RELAY_FLOOR, RELAY_LOOKING}
     assert all(c["rows"] == 1_000_000 and c["rows_per_s"] > 0 for c in report["copy"].values())
-    assert set(report["floors"]) <= set(report["ratios"])  # every DESIGN.md ratio is measured
+    assert set(report["floors"]) == set(report["targets"]) <= set(report["ratios"])  # DESIGN.md's all measured
     for workload in ("tpcb", "mixed", "storm"):
         assert f"enforce_vs_pgbouncer_tps_8_{workload}" in report["ratios"]
         assert f"enforce_vs_passthrough_tps_8_{workload}" in report["ratios"]
@@ -45,8 +47,34 @@ def test_benchmark_suite_smoke(tmp_path: Path, repo_root: Path) -> None:
             "passthrough_vs_pgbouncer_tps_8_prepared"} <= set(report["ratios"])
     # One round: each ratio's spread over rounds is that round's value, which is the median's.
     assert report["ratio_rounds"] == {name: [value] for name, value in report["ratios"].items()}
-    assert "| ratio | this run | rounds: lowest-highest | floor" in stdout
+    assert "| ratio | this run | rounds: lowest-highest | regression floor | DESIGN.md target |" in stdout
     assert "| COPY pgbench_accounts TO STDOUT | enforce |" in stdout
+
+
+def test_check_flags_only_ratios_past_their_regression_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    limits = {"enforce_vs_pgbouncer_tps_8_simple": {"floor": 0.75, "target": 0.9},
+              "enforce_vs_pgbouncer_tps_8_prepared": {"floor": 0.75, "target": 0.9},
+              "added_latency_vs_pgbouncer_1_simple": {"floor": 1.8, "target": 1.5},
+              "added_latency_vs_pgbouncer_1_prepared": {"floor": 1.8, "target": 1.5}}
+    found = {"enforce_vs_pgbouncer_tps_8_simple": 0.8, "enforce_vs_pgbouncer_tps_8_prepared": 0.7,
+             "added_latency_vs_pgbouncer_1_simple": 1.6, "added_latency_vs_pgbouncer_1_prepared": 1.9,
+             "passthrough_vs_pgbouncer_tps_8_simple": 0.1}
+    args = argparse.Namespace(rounds=1, duration=1.0, copy_repeats=1)
+    regressions = print_report({}, {}, found, {name: [value] for name, value in found.items()}, limits, args)
+    assert regressions == ["enforce_vs_pgbouncer_tps_8_prepared", "added_latency_vs_pgbouncer_1_prepared"]
+    table = capsys.readouterr().out
+    assert "| enforce_vs_pgbouncer_tps_8_simple | 0.800 | 0.800-0.800 | 0.75 | 0.9 not met |" in table
+    assert "| enforce_vs_pgbouncer_tps_8_prepared | 0.700 | 0.700-0.700 | 0.75 REGRESSION | 0.9 not met |" in table
+    assert "| added_latency_vs_pgbouncer_1_simple | 1.600 | 1.600-1.600 | 1.8 | 1.5 not met |" in table
+    assert "| passthrough_vs_pgbouncer_tps_8_simple | 0.100 | 0.100-0.100 | - | - |" in table
+
+
+def test_floors_keep_design_targets() -> None:
+    limits = json.loads(FLOORS.read_text())
+    assert {name: v["target"] for name, v in limits.items()} == {
+        "enforce_vs_pgbouncer_tps_8_simple": 0.9, "enforce_vs_pgbouncer_tps_8_prepared": 0.9,
+        "enforce_vs_passthrough_tps_8_simple": 0.95, "enforce_vs_passthrough_tps_8_prepared": 0.95,
+        "added_latency_vs_pgbouncer_1_simple": 1.5, "added_latency_vs_pgbouncer_1_prepared": 1.5}
 
 
 def test_mixed_workload_has_distinct_shapes() -> None:
