@@ -12,7 +12,7 @@ Workloads (benchmarks/workloads.py), all on a pgbench scale-10 database:
 - a connection storm: select-only with a new connection per transaction (-C), 8 clients;
 - COPY out of 1,000,000 rows (`COPY pgbench_accounts TO STDOUT` through psql into /dev/null).
 Reports TPS and latency p50/p99 (from pgbench's per-transaction log), COPY rows/s, and ratios:
-DESIGN.md's (which have floors) and the same comparisons for the other workloads. Each ratio is
+DESIGN.md's (each with a target and a regression floor) and the same comparisons for the other workloads. Each ratio is
 the ratio of the medians, followed by its lowest and highest value within one round.
 `--relay-floor` adds two targets, benchmarks/relay_floor.py: a relay on the same event loop that
 forwards bytes without looking at them, the floor under any relay of pgproxy's design, and the same
