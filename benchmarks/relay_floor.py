@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import struct
 from typing import cast
 
 from pgproxy.analysis.cache import shape_key
 from pgproxy.server import new_event_loop
 from pgproxy.wire import messages as m
-
-_LENGTH = struct.Struct("!i").unpack_from
+from pgproxy.wire.codec import unpack_length
 
 
 class _Side(asyncio.Protocol):
@@ -76,7 +74,7 @@ class _LookingClient(_Side):
     def look(self, data: bytes) -> None:
         pos, size = 0, len(data)
         while size - pos >= 5:
-            (length,) = _LENGTH(data, pos + 1)
+            (length,) = unpack_length(data, pos + 1)
             if data[pos] == m.QUERY:
                 shape = shape_key(data[pos + 5:pos + length].decode("utf-8", "surrogateescape"))
                 if self.decided.get(shape) is None:
@@ -95,7 +93,7 @@ class _LookingServer(_Side):
     def look(self, data: bytes) -> None:
         pos, size = 0, len(data)
         while size - pos >= 5:
-            (length,) = _LENGTH(data, pos + 1)
+            (length,) = unpack_length(data, pos + 1)
             if data[pos] == m.READY_FOR_QUERY:
                 self.cycles += 1
             elif data[pos] == m.ROW_DESCRIPTION:

@@ -45,7 +45,6 @@ import itertools
 import logging
 import secrets
 import ssl
-import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -58,7 +57,7 @@ from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
 from pgproxy.upstream import UpstreamConnection, connect_upstream, send_cancel
 from pgproxy.wire import messages as m
-from pgproxy.wire.codec import FrameError, FrameReader, StartupReader
+from pgproxy.wire.codec import FrameError, FrameReader, StartupReader, unpack_length
 from pgproxy.wire.scram import ScramError
 
 if TYPE_CHECKING:
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
     from pgproxy.config import Config
 
 READ_CHUNK = 256 * 1024
-_LENGTH = struct.Struct("!i").unpack_from  # a message's length field
 # Until the agent has logged in, a message may be at most this large (PostgreSQL's own cap
 # on authentication packets), whatever limits.max_message_bytes allows afterwards.
 AUTH_MAX_MESSAGE_BYTES = 65535
@@ -742,7 +740,7 @@ class Session:
         """A read that is one whole Query, which the gate (if any) has `settled`."""
         size = len(data)
         if (size < 6 or size > self._frames.max_message_bytes + 5 or data[-1] != 0
-                or _LENGTH(data, 1)[0] != size - 1):
+                or unpack_length(data, 1)[0] != size - 1):
             return False
         if self.gate is not None:
             if not self.gate.settled(self, m.decode_str(data[5:-1])):
@@ -773,7 +771,7 @@ class Session:
                 syncs += 1
             elif type_byte not in _EXTENDED:
                 return False
-            (length,) = _LENGTH(data, pos + 1)
+            (length,) = unpack_length(data, pos + 1)
             if not 4 <= length <= longest:
                 return False
             pos += 1 + length
@@ -1080,7 +1078,7 @@ class Session:
             if size - pos < 5:
                 return False  # a header split across reads
             type_byte = data[pos]
-            (length,) = _LENGTH(data, pos + 1)
+            (length,) = unpack_length(data, pos + 1)
             end = pos + 1 + length
             if not 4 <= length <= longest or end > size:
                 return False  # a bad length, or the last message is not all there

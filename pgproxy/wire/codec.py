@@ -21,6 +21,8 @@ import struct
 from pgproxy.wire.messages import MessageFormatError
 
 _I32 = struct.Struct("!i")
+# A typed message's int32 length field: unpack_length(buffer, offset of the type byte + 1) -> (length,).
+unpack_length = _I32.unpack_from
 
 Frame = tuple[int, int, int]  # (type byte, start offset, end offset) into FrameReader.buffer
 
@@ -79,7 +81,7 @@ class FrameReader:
         size = len(buf)
         allowed = self.allowed_types
         listed = self.listed_types
-        unpack = _I32.unpack_from
+        unpack = unpack_length
         longest = self.max_message_bytes + 4  # counting the length field
         while size - pos >= 5:
             type_byte = buf[pos]
