@@ -1094,12 +1094,7 @@ class Session:
                 return False
             pos = end
         if ready:
-            self._cycles_done += ready
-            self._outstanding -= ready
-            self.transaction_status = chr(data[last + 5])
-            if self._outstanding <= 0:
-                self._outstanding = 0
-                self._to(State.READY)
+            self._cycles_ended(ready, data[last + 5])
             if gate is not None:
                 gate.cycle_done(self)
         assert self._client is not None
@@ -1128,14 +1123,7 @@ class Session:
         replaced: list[tuple[int, int, bytes]] = []
         for type_byte, start, end in batch:
             if type_byte == m.READY_FOR_QUERY:
-                self._cycles_done += 1
-                self._outstanding -= 1
-                self.transaction_status = chr(buf[start + 5])
-                while self._refusals and self._refusals[0][1] <= self._cycles_done:
-                    self._refusals.popleft()  # its pipeline failed earlier; the server skipped it
-                if self._outstanding <= 0:
-                    self._outstanding = 0
-                    self._to(State.READY)
+                self._cycles_ended(1, buf[start + 5])
             elif type_byte == m.ERROR_RESPONSE:
                 if self.state is State.COPY_IN or self.state is State.COPY_OUT:
                     self._to(self._copy_return)
@@ -1170,6 +1158,17 @@ class Session:
             pos = end
         parts.append(buf[pos:last])
         return b"".join(parts)
+
+    def _cycles_ended(self, count: int, status: int) -> None:
+        """`count` ReadyForQuery messages arrived, the last with transaction `status`."""
+        self._cycles_done += count
+        self._outstanding -= count
+        self.transaction_status = chr(status)
+        while self._refusals and self._refusals[0][1] <= self._cycles_done:
+            self._refusals.popleft()  # its pipeline failed earlier; the server skipped it
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._to(State.READY)
 
     def _guard_upstream(self, buf: bytes, batch: list[tuple[int, int, int]], last: int) -> bytes:
         """The result guard (DESIGN.md, decision 5), then the usual state tracking.
