@@ -47,6 +47,11 @@ class Verdicts:
     # Whether allowing it changes the session's state (see PolicyGate._remember), found once.
     remembered: bool | None = None
 
+    @property
+    def plain_allow(self) -> bool:
+        """An ALLOW already found to change nothing in the session's state."""
+        return self.remembered is False and self.decision.action is Action.ALLOW
+
 
 @dataclass(slots=True)
 class SessionState:
@@ -152,7 +157,7 @@ class PolicyGate(StatementGate):
         if shape is None:
             return False
         verdicts = self._recent(state, self._key(schema, state, identity.agent_id, identity.groups)).get(shape)
-        if verdicts is None or verdicts.remembered is not False or verdicts.decision.action is not Action.ALLOW:
+        if verdicts is None or not verdicts.plain_allow:
             return False
         self.cache.hits += 1
         return True
@@ -198,7 +203,7 @@ class PolicyGate(StatementGate):
         return self._conclude(session, schema, verdicts, statement)
 
     def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
-        if verdicts.remembered is False and self.audit is None and verdicts.decision.action is Action.ALLOW:
+        if self.audit is None and verdicts.plain_allow:
             return ALLOW  # the common case: nothing to remember, nothing to record
         # An extended-protocol statement that will be held at its Execute may be Described
         # before: its result's shape (no rows) must pass the result guard.
