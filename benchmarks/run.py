@@ -60,7 +60,7 @@ from pgproxy.pgcluster import PostgresCluster, find_pg_bin, free_port
 
 # What other benchmarks (scale.py, audit.py) build on.
 __all__ = ["PASSWORD", "TARGETS", "WORKLOADS", "RunningProxy", "Workload", "bench_database", "pgbench", "pgbouncer",
-           "pgproxy", "pgproxy_process", "wait_for_port"]
+           "pgproxy", "pgproxy_process", "wait_for_port", "write_proxy_config"]
 
 FLOORS = Path(__file__).with_name("floors.json")
 PASSWORD = "bench-password"
@@ -135,16 +135,10 @@ logfile = {home / "pgbouncer.log"}
         process.wait(10)
 
 
-@contextmanager
-def pgproxy_process(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, *, name: str | None = None,
-                    policy: str | None = None, extra: str = "") -> Iterator[RunningProxy]:
-    """`pgproxy run` (its own process) in `mode` in front of `pg`'s database `app`, with the demo catalog.
-
-    Its files go in `directory / name` (default ``pgproxy-<mode>``), which may already hold files
-    that `extra` (more top-level config) names. `policy` defaults to the demo policy.
-    """
-    import jwt
-
+def write_proxy_config(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, *, name: str | None = None,
+                       policy: str | None = None, extra: str = "") -> tuple[Path, int]:
+    """The files of a pgproxy in `mode` in front of `pg`'s database `app` (see pgproxy_process);
+    returns its directory (its config is ``pgproxy.yaml`` there) and the port it will listen on."""
     port = free_port()
     home = directory / (name or f"pgproxy-{mode}")
     home.mkdir(exist_ok=True)
@@ -166,6 +160,20 @@ logging: {{level: warning}}
 policy:
 {indented}
 """)
+    return home, port
+
+
+@contextmanager
+def pgproxy_process(pg: PostgresCluster, directory: Path, mode: str, token_secret: str, *, name: str | None = None,
+                    policy: str | None = None, extra: str = "") -> Iterator[RunningProxy]:
+    """`pgproxy run` (its own process) in `mode` in front of `pg`'s database `app`, with the demo catalog.
+
+    Its files go in `directory / name` (default ``pgproxy-<mode>``), which may already hold files
+    that `extra` (more top-level config) names. `policy` defaults to the demo policy.
+    """
+    import jwt
+
+    home, port = write_proxy_config(pg, directory, mode, token_secret, name=name, policy=policy, extra=extra)
     with open(home / "log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "pgproxy.cli", "run", "--config",
                                     str(home / "pgproxy.yaml")], stdout=subprocess.DEVNULL, stderr=log)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pgproxy.analysis.gate import analyze, unknown
 from pgproxy.analysis.model import Analysis, ColumnKey
 from pgproxy.analysis.schema import Schema
 from pgproxy.config import Config
 from pgproxy.policy import Decision, Policy, decide, strictest
+from pgproxy.protocol.objects import REFERENCES, OpKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,30 @@ def explain(sql: str, schema: Schema, config: Config, *, agent: str,
         return [Explanation(analysis, Decision(config.analysis.oversized_action, "oversized-statement",
                                                analysis.reasons[0]))]
     analyses = analyze(sql, schema, allowed_functions=config.analysis.allowed_functions)
-    return [Explanation(a, decide(config.policy, a, agent, groups)) for a in analyses]
+    explained: list[Explanation] = []
+    # What PREPARE and DECLARE in this string keep is judged where EXECUTE, FETCH or MOVE run it,
+    # as the session does (a name defined elsewhere is judged by what it stands for then).
+    kept: dict[tuple[bool, str], Decision] = {}
+    for analysis in analyses:
+        decision = decide(config.policy, analysis, agent, groups)
+        op = analysis.op
+        if op is not None and analysis.stored is not None:
+            kept[(op.kind is OpKind.PREPARE, op.name)] = decide(config.policy, analysis.stored, agent, groups)
+        elif op is not None and op.kind in REFERENCES:
+            runs = kept.get((op.kind is OpKind.EXECUTE, op.name))
+            if runs is not None:
+                decision = strictest([decision, runs])
+            else:
+                analysis = replace(analysis, reasons=(*analysis.reasons, f'"{op.name}" is not defined in this '
+                                                      "statement: what it runs is judged when it runs"))
+        elif op is not None and op.kind in (OpKind.DEALLOCATE, OpKind.CLOSE, OpKind.DISCARD_ALL):
+            if op.all or op.kind is OpKind.DISCARD_ALL:
+                kept = {key: value for key, value in kept.items()
+                        if op.kind is not OpKind.DISCARD_ALL and key[0] != (op.kind is OpKind.DEALLOCATE)}
+            else:
+                kept.pop((op.kind is OpKind.DEALLOCATE, op.name), None)
+        explained.append(Explanation(analysis, decision))
+    return explained
 
 
 def _columns(cols: dict[ColumnKey, frozenset[str]]) -> str:

@@ -1,6 +1,8 @@
 """Enforce mode: the StatementGate that analyses each statement, applies the policy and
-guards results. It owns the decision cache and each session's analysis state
-(search_path set by the session, statements it PREPAREd, tagged columns it may read)."""
+guards results. It owns the decision cache and each session's analysis state (the
+search_path the session set). What the session's prepared statements and cursors are is the
+protocol model's to know: a judgement travels with the object it judged (see
+pgproxy.decision)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,18 @@ from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
+from pgproxy.decision import (
+    ALLOW,
+    CANCELLED_WHILE_HELD,
+    FUNCTION_CALL,
+    Judgement,
+    Part,
+    Statement,
+    StatementGate,
+    Verdict,
+)
 from pgproxy.errors import SqlState
 from pgproxy.policy import Action, Decision, decide, rule_named, strictest
-from pgproxy.session import ALLOW, CANCELLED_WHILE_HELD, FUNCTION_CALL, Judgement, Statement, StatementGate, Verdict
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
 if TYPE_CHECKING:
@@ -46,6 +57,8 @@ class Verdicts:
     audit_members: tuple[str, str] | None = None
     # Whether allowing it changes the session's state (see PolicyGate._remember), found once.
     remembered: bool | None = None
+    # Per statement: its effect on the session's objects and the tagged columns it reads.
+    parts: tuple[Part, ...] | None = None
 
     @property
     def plain_allow(self) -> bool:
@@ -56,8 +69,6 @@ class Verdicts:
 @dataclass(slots=True)
 class SessionState:
     search_path: tuple[str, ...] | None = None
-    prepared: dict[str, Analysis] = field(default_factory=dict)
-    permitted: set[tuple[int, int]] = field(default_factory=set)  # tagged (table oid, attnum) it may read
     refresh_pending: bool = False  # DDL passed: re-read the schema once it has run
     # The cache key's context, for the (schema version, search_path) it was built for.
     key_prefix: tuple[tuple[str, tuple[str, ...]], tuple[str, ...]] = (("", ()), ())
@@ -83,6 +94,7 @@ class PolicyGate(StatementGate):
         self.approvals = approvals
         self.audit = audit
         self.holds = approvals is not None
+        self.strict = True  # every statement is analysed: the protocol model's predictions bind
         self.policy = config.policy
         self.limits = config.analysis
         self.cache: DecisionCache[Verdicts] = DecisionCache(
@@ -142,26 +154,6 @@ class PolicyGate(StatementGate):
             return self._conclude(session, schema, verdicts, statement)
         return self._judge_in_thread(session, schema, statement, state, normalized, key)
 
-    def settled(self, session: Session, sql: str) -> bool:
-        """The relay's shortcut (see StatementGate.settled): true only when the session's memo
-        holds an ALLOW for the statement's shape that has nothing to remember, and there is
-        no audit log to write; judge() would then return ALLOW and do nothing else."""
-        state = session.gate_state
-        schema = self.catalog.schema(session.database)
-        if (self.audit is not None or schema is None or not isinstance(state, SessionState)
-                or len(sql) * 4 > self.limits.max_statement_bytes):
-            return False
-        identity = session.identity
-        assert identity is not None
-        shape = shape_key(sql)
-        if shape is None:
-            return False
-        verdicts = self._recent(state, self._key(schema, state, identity.agent_id, identity.groups)).get(shape)
-        if verdicts is None or not verdicts.plain_allow:
-            return False
-        self.cache.hits += 1
-        return True
-
     def _recent(self, state: SessionState, key: tuple[str, ...]) -> dict[str, Verdicts]:
         """The session's memo of decisions by shape, emptied if it was kept for another cache
         key context or generation of the shared cache."""
@@ -205,12 +197,27 @@ class PolicyGate(StatementGate):
     def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
         if self.audit is None and verdicts.plain_allow:
             return ALLOW  # the common case: nothing to remember, nothing to record
-        # An extended-protocol statement that will be held at its Execute may be Described
-        # before: its result's shape (no rows) must pass the result guard.
-        held_later = (verdicts.decision.action is Action.REVIEW and self.holds
-                      and statement.protocol == "extended")
-        self._remember(session, schema, verdicts, permit_only=held_later)
+        self._remember(session, verdicts)
+        if verdicts.parts is None:
+            verdicts.parts = self._parts(schema, verdicts, session)
         return self._judgement(verdicts.decision, session, statement, verdicts)
+
+    def _parts(self, schema: Schema, verdicts: Verdicts, session: Session) -> tuple[Part, ...]:
+        """Each statement's effect on the session's objects (with the judgement of the query a
+        PREPARE or DECLARE keeps, decided now and applied when it runs) and its tagged reads."""
+        identity = session.identity
+        assert identity is not None
+        parts = []
+        for analysis in verdicts.analyses:
+            op = analysis.op
+            if op is not None and analysis.stored is not None:
+                stored = analysis.stored
+                decision = decide(self.policy, stored, identity.agent_id, identity.groups)
+                inner = Verdicts(decision, (stored,))
+                inner.parts = (Part(None, _tagged_reads(schema, stored)),)
+                op = replace(op, facts=self._verdict(decision, inner, "extended"))
+            parts.append(Part(op, _tagged_reads(schema, analysis)))
+        return tuple(parts)
 
     # -- the hold point ---------------------------------------------------------------------
 
@@ -237,6 +244,8 @@ class PolicyGate(StatementGate):
             grant = await approvals.covered(identity.agent_id, session.database, shape)
         except StoreError:
             grant = None
+        if grant is not None and judgement.composed:
+            grant = None  # it covers what a name stood for when it ran: a shape says nothing of that
         if grant is not None:
             session.log.info("statement covered by a grant", extra={"grant": grant.id, "granted_by": grant.granted_by,
                                                                     "approval": grant.approval_id})
@@ -291,9 +300,8 @@ class PolicyGate(StatementGate):
 
     def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
         """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
-        if verdicts is not None and (schema := self.catalog.schema(session.database)) is not None:
-            self._remember(session, schema, replace(verdicts, decision=replace(verdicts.decision,
-                                                                                 action=Action.ALLOW)))
+        if verdicts is not None:
+            self._remember(session, replace(verdicts, decision=replace(verdicts.decision, action=Action.ALLOW)))
         return ALLOW
 
     def _key(self, schema: Schema, state: SessionState, agent: str, groups: frozenset[str]) -> tuple[str, ...]:
@@ -308,8 +316,7 @@ class PolicyGate(StatementGate):
     def _compute(self, sql: str, schema: Schema, state: SessionState, agent: str,
                  groups: frozenset[str]) -> Verdicts:
         """Analyse and decide; touches no shared state, so it may run in a worker thread."""
-        analyses = analyze(sql, schema, search_path=state.search_path, prepared=dict(state.prepared),
-                           allowed_functions=self.limits.allowed_functions)
+        analyses = analyze(sql, schema, search_path=state.search_path, allowed_functions=self.limits.allowed_functions)
         decision = strictest(decide(self.policy, a, agent, groups) for a in analyses)
         return Verdicts(decision, tuple(analyses))
 
@@ -320,41 +327,23 @@ class PolicyGate(StatementGate):
         return self.cache.put(sql, normalized, key, verdicts,
                               literal_sensitive=any(a.literal_sensitive for a in verdicts.analyses))
 
-    def _remember(self, session: Session, schema: Schema, verdicts: Verdicts, *, permit_only: bool = False) -> None:
-        """Track what an allowed statement changes in the session's own state. A statement held
-        for review (`permit_only`) only adds its columns to what results may show: a Describe
-        reveals its result's shape before the Execute, which waits for the approval."""
-        if verdicts.decision.action is not Action.ALLOW and not permit_only:
+    def _remember(self, session: Session, verdicts: Verdicts) -> None:
+        """Track what an allowed statement changes in the session's own state (its search_path;
+        after DDL, the schema is read again)."""
+        if verdicts.decision.action is not Action.ALLOW:
             return
         if verdicts.remembered is None:
             verdicts.remembered = any(
-                a.prepared_name is not None or a.search_path is not None or a.command == "DEALLOCATE"
-                or a.kind is Kind.DDL or any(a.reads.values()) for a in verdicts.analyses)
+                a.op is not None or a.search_path is not None or a.kind is Kind.DDL or any(a.reads.values())
+                for a in verdicts.analyses)
         if not verdicts.remembered:
             return
         state = self.state(session)
         for analysis in verdicts.analyses:
-            if permit_only:
-                self._permit(state, schema, analysis)
-                continue
-            if analysis.prepared_name is not None:
-                state.prepared[analysis.prepared_name] = analysis
             if analysis.search_path is not None:
                 state.search_path = analysis.search_path
-            if analysis.command == "DEALLOCATE":
-                state.prepared.clear()  # conservative: forget them all (EXECUTE then needs review)
             if analysis.kind is Kind.DDL:
                 state.refresh_pending = True
-            self._permit(state, schema, analysis)
-
-    @staticmethod
-    def _permit(state: SessionState, schema: Schema, analysis: Analysis) -> None:
-        for key, tags in analysis.reads.items():
-            if not tags:
-                continue
-            relation = schema.relations.get((key.schema, key.table))
-            if relation is not None and key.column in relation.columns:
-                state.permitted.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
 
     def _judgement(self, decision: Decision, session: Session, statement: Statement,
                    verdicts: Verdicts | None) -> Judgement:
@@ -362,24 +351,37 @@ class PolicyGate(StatementGate):
         if decision.action is Action.ALLOW:
             if self.audit is not None:
                 self._audit(session, statement.sql, statement.protocol, verdicts, decision, "allowed", None)
-            return ALLOW
+            if verdicts is None or verdicts.parts is None or not any(p.op or p.permitted for p in verdicts.parts):
+                return ALLOW
+            return Judgement(Verdict.ALLOW, context=verdicts, protocol=statement.protocol, parts=verdicts.parts)
         summary = {"action": decision.action.value, "rule": decision.rule,
                    "kinds": sorted({a.kind.value for a in analyses}),
                    "tables": sorted({t for a in analyses for t in a.tables})}
         session.log.info("statement refused", extra=summary)
-        detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
             if self.audit is not None:
                 self._audit(session, statement.sql, statement.protocol, verdicts, decision, "denied", None)
-            return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
-                             f"pgproxy denied this statement (rule {decision.rule}): {decision.reason}",
-                             detail=detail)
+            return self._verdict(decision, verdicts, statement.protocol)
         if self.audit is not None and not self.holds:
             self._audit(session, statement.sql, statement.protocol, verdicts, decision, "refused", None)
         # Held statements are audited when the hold ends (`hold`), with its outcome.
+        return self._verdict(decision, verdicts, statement.protocol)
+
+    @staticmethod
+    def _verdict(decision: Decision, verdicts: Verdicts | None, protocol: str) -> Judgement:
+        """The judgement a decision makes (no audit, no log: see _judgement)."""
+        analyses = verdicts.analyses if verdicts is not None else ()
+        parts = verdicts.parts if verdicts is not None else None
+        if decision.action is Action.ALLOW:
+            return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
+        detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
+        if decision.action is Action.DENY:
+            return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                             f"pgproxy denied this statement (rule {decision.rule}): {decision.reason}",
+                             detail=detail, context=verdicts, protocol=protocol, parts=parts)
         return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
-                         detail=detail, context=verdicts, protocol=statement.protocol)
+                         detail=detail, context=verdicts, protocol=protocol, parts=parts)
 
     def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
                decision: Decision | None, outcome: str, sha: str | None,
@@ -441,22 +443,18 @@ class PolicyGate(StatementGate):
 
     # -- the result guard ----------------------------------------------------------------
 
-    def forbidden_columns(self, session: Session, columns: list[tuple[int, int]]) -> list[str]:
-        """Tagged columns in a result that no allowed statement of this session declared it reads."""
+    def forbidden_columns(self, session: Session, columns: list[tuple[int, int]],
+                          permitted: frozenset[tuple[int, int]]) -> list[str]:
+        """Tagged columns in a result that the execution producing it did not declare it reads."""
         schema = self.catalog.schema(session.database)
         if schema is None:
             return []
         by_oid = self._tagged_columns(schema)
-        permitted = self.state(session).permitted
         refused: list[str] = []
         for column in columns:  # a loop, not a comprehension: most results have no tagged column
             if column in by_oid and column not in permitted:
                 refused.append(by_oid[column])
         return refused
-
-    def tags_version(self, session: Session) -> str:
-        schema = self.catalog.schema(session.database)
-        return "" if schema is None else schema.version
 
     def _tagged_columns(self, schema: Schema) -> dict[tuple[int, int], str]:
         """(table oid, attnum) -> schema.table.column for every tagged column (views included)."""
@@ -490,6 +488,17 @@ def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None) -
 
 
 def _cacheable(analyses: Sequence[Analysis]) -> bool:
-    """Statements whose meaning depends on the session's own history are judged afresh."""
-    return not any(a.prepared_name is not None or a.search_path is not None or a.command.startswith("EXECUTE")
-                   or a.command == "DEALLOCATE" for a in analyses)
+    """Statements that change how later ones are read (SET search_path) are judged afresh."""
+    return not any(a.search_path is not None for a in analyses)
+
+
+def _tagged_reads(schema: Schema, analysis: Analysis) -> frozenset[tuple[int, int]]:
+    """The tagged columns a statement reads, as (table oid, attnum): what its results may show."""
+    found = set()
+    for key, tags in analysis.reads.items():
+        if not tags:
+            continue
+        relation = schema.relations.get((key.schema, key.table))
+        if relation is not None and key.column in relation.columns:
+            found.add((relation.oid, relation.attnums[relation.columns.index(key.column)]))
+    return frozenset(found)

@@ -17,10 +17,11 @@ from pgproxy.approvals.web import make_app
 from pgproxy.audit import AuditLog
 from pgproxy.catalog import Catalog, load_catalog
 from pgproxy.config import ApprovalsConfig, Config, Mode
+from pgproxy.decision import StatementGate
 from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
-from pgproxy.session import READ_CHUNK, Session, SessionRegistry, StatementGate
+from pgproxy.session import READ_CHUNK, Session, SessionRegistry
 from pgproxy.store.sqlite import SqliteStore
 from pgproxy.wire import messages as m
 

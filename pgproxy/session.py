@@ -1,36 +1,26 @@
-"""The relay state machine: one Session per client connection.
+"""The relay: one Session per client connection, an asyncio shell around the protocol model.
 
 Theory of operation
 -------------------
-A session moves through the states of the protocol chapter's message flow:
-STARTUP (SSL/GSSENC negotiation, the startup packet), AUTHENTICATING (the
-agent proves who it is: SCRAM for static agents, a JWT sent as the password
-otherwise), CONNECTING (the proxy opens and authenticates the upstream with
-its own credentials), then the query cycle: READY, SIMPLE_QUERY,
-EXTENDED_QUERY, COPY_IN / COPY_OUT, HELD (a statement waits for a decision)
-and FAILED_UNTIL_SYNC (the proxy refused an extended-protocol message and,
-as the server would, ignores the rest of that pipeline until Sync).
+A session goes through STARTUP (SSL/GSSENC negotiation, the startup packet),
+AUTHENTICATING (the agent proves who it is: SCRAM for static agents, a JWT sent as the
+password otherwise), CONNECTING (the proxy opens and authenticates the upstream with its
+own credentials), then relays. Where it is in the query cycle -- what the server holds,
+what it still owes, COPY, the transaction -- is the protocol model's to say
+(`pgproxy.protocol.ProtocolModel`, sans-IO); the relay keeps no second account of it.
 
-Once the session is ready, each socket is read by a callback. `_client_data`
-splits the client's bytes into messages; each statement (Query, Parse,
-FunctionCall) passes the decision point `_judge`; everything allowed is
-forwarded as the client's original bytes, a run of messages at a time, in the
-callback itself. `_upstream_data` forwards the server's bytes a read at a
-time and watches only the message types that move the state (ReadyForQuery,
-CopyIn/CopyOutResponse, CopyDone, ErrorResponse). Reads of whole messages of
-the most common kinds, while nothing is queued, partly read or refused, go
-through shortcuts (`_quick_query`, `_quick_bind`, `_quick_answer`) that do the
-same in fewer steps and leave anything else to the general path.
+Once relaying, each socket is read by a callback. `_client_data` splits the client's bytes
+into messages and hands each to the decision point (`_client_message`): a statement's text
+is judged when it arrives (Query, Parse); what is held or refused is an execution (an
+Execute of a portal, a simple Query, and the FETCH / EXECUTE of objects a name stands for),
+judged by what the model says it runs. Everything allowed is forwarded as the client's
+original bytes, a run of messages at a time, in the callback itself. A message whose
+decision takes time (a long analysis, a hold, or the server's answers to what came before
+it) starts a task, `_continue`; the client's later messages wait their turn.
 
-Refusing a statement must leave the upstream exactly where PostgreSQL would
-be after an error: the transaction block aborted, and in the extended
-protocol the rest of the pipeline skipped until Sync. Rather than imitate
-that, the proxy lets the server do it: in place of the refused message it
-sends ``Describe`` of a statement name that cannot exist (unique to this
-session), so the server raises its own error at exactly that point in the
-stream. When that error comes back, `_upstream_data` replaces it with the
-proxy's ErrorResponse. Earlier results therefore arrive first, in order, and
-the ReadyForQuery that follows carries the server's true transaction status.
+`_upstream_data` checks each server message against the model, which replaces the error the
+refusal mechanism provoked with the proxy's own, drops what the result guard refused, and
+raises `Desync` when the server answers what it did not expect: the session then ends (08P01).
 """
 
 from __future__ import annotations
@@ -41,23 +31,38 @@ import enum
 import functools
 import hmac
 import ipaddress
-import itertools
 import logging
 import secrets
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from pgproxy.audit import members
+from pgproxy.decision import (
+    ALLOW,
+    CANCELLED_WHILE_HELD,
+    FUNCTION_CALL,
+    Judgement,
+    Statement,
+    StatementGate,
+    Verdict,
+    approved,
+    execution,
+    facts,
+    shown_parameters,
+    strictest,
+)
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
+from pgproxy.protocol import RESERVED_PREFIX, Desync, GuardRefusal, Portal, PreparedStatement, ProtocolModel, QueryPart
+from pgproxy.protocol.objects import REFERENCES, OpKind
 from pgproxy.upstream import UpstreamConnection, connect_upstream, send_cancel
 from pgproxy.wire import messages as m
-from pgproxy.wire.codec import FrameError, FrameReader, StartupReader, unpack_length
+from pgproxy.wire.codec import FrameError, FrameReader, StartupReader
 from pgproxy.wire.scram import ScramError
 
 if TYPE_CHECKING:
@@ -72,136 +77,27 @@ TERMINATE_DRAIN_SECONDS = 5.0  # how long replies to messages sent before Termin
 
 
 class State(enum.Enum):
+    """Where the session is in its life. Once relaying, where it is in the query cycle (idle,
+    waiting for answers, in COPY, held) is the protocol model's to say (`Session.model`)."""
+
     STARTUP = "startup"
     AUTHENTICATING = "authenticating"
     CONNECTING = "connecting"
-    READY = "ready"
-    SIMPLE_QUERY = "simple query"
-    EXTENDED_QUERY = "extended query"
-    COPY_IN = "copy in"
-    COPY_OUT = "copy out"
-    HELD = "held"
-    FAILED_UNTIL_SYNC = "failed until sync"
+    READY = "ready"  # relaying
     CLOSED = "closed"
 
-    # Members are singletons: hashing by identity (in C) beats Enum's hash of the name, and
-    # every message that moves the state looks its transition up.
-    __hash__ = object.__hash__
 
-
-_QUERY_STATES = frozenset({State.SIMPLE_QUERY, State.EXTENDED_QUERY})
-_CYCLE = frozenset({State.READY, State.SIMPLE_QUERY, State.EXTENDED_QUERY, State.COPY_IN,
-                    State.COPY_OUT, State.HELD, State.FAILED_UNTIL_SYNC})
-
-# Legal transitions. Pipelining means a client may send the next statement before the
-# previous one's results arrive, so every state of the query cycle can follow another,
-# except that COPY states are entered only from a query state and left only to one.
 _TRANSITIONS: dict[State, frozenset[State]] = {
     State.STARTUP: frozenset({State.AUTHENTICATING, State.CLOSED}),
     State.AUTHENTICATING: frozenset({State.CONNECTING, State.CLOSED}),
     State.CONNECTING: frozenset({State.READY, State.CLOSED}),
-    State.READY: (_CYCLE - {State.COPY_IN, State.COPY_OUT}) | {State.CLOSED},
-    State.SIMPLE_QUERY: _CYCLE | {State.CLOSED},
-    State.EXTENDED_QUERY: _CYCLE | {State.CLOSED},
-    State.COPY_IN: _QUERY_STATES | {State.READY, State.CLOSED},
-    State.COPY_OUT: _QUERY_STATES | {State.READY, State.CLOSED},
-    State.HELD: _QUERY_STATES | {State.READY, State.FAILED_UNTIL_SYNC, State.CLOSED},
-    State.FAILED_UNTIL_SYNC: _QUERY_STATES | {State.READY, State.CLOSED},
+    State.READY: frozenset({State.CLOSED}),
     State.CLOSED: frozenset({State.CLOSED}),
 }
 
 
 class InvalidTransition(RuntimeError):
     """A bug in the proxy: the session tried a transition the protocol does not have."""
-
-
-# --- The decision point ---------------------------------------------------------------
-
-
-class Verdict(enum.Enum):
-    ALLOW = "allow"
-    REVIEW = "review"
-    DENY = "deny"
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    verdict: Verdict
-    sqlstate: str = SqlState.INSUFFICIENT_PRIVILEGE
-    message: str = ""
-    detail: str | None = None
-    context: Any = None  # what the gate needs to hold it (its analysis)
-    protocol: str = "simple"  # of the statement judged: "simple", "extended" or "function"
-
-
-ALLOW = Judgement(Verdict.ALLOW)
-CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
-                                 "canceling statement due to user request",
-                                 detail="The statement was waiting for approval; the request was withdrawn.")
-
-
-def _shown_parameters(bind: m.Bind) -> tuple[str | None, ...]:
-    """Bind parameters as a reviewer sees them: text as text, binary values as hex."""
-    formats = bind.param_formats
-    shown: list[str | None] = []
-    for index, value in enumerate(bind.params):
-        binary = (formats[0] if len(formats) == 1 else formats[index] if formats else 0) == 1
-        if value is None:
-            shown.append(None)
-        elif binary:
-            shown.append("\\x" + value.hex())
-        else:
-            shown.append(value.decode("utf-8", "replace"))
-    return tuple(shown)
-
-
-FUNCTION_CALL = "<function call>"  # a FunctionCall's statement text: it carries no SQL
-
-
-@dataclass(slots=True)
-class Statement:
-    """What reaches the decision point: one message that can run SQL."""
-
-    protocol: str  # "simple" (Query), "extended" (Parse) or "function" (FunctionCall)
-    sql: str  # for FunctionCall: FUNCTION_CALL
-    statement_name: str = ""  # Parse's prepared-statement name
-
-
-class StatementGate:
-    """Decides each statement (the analysis and policy plug in here) and guards results."""
-
-    holds = False  # whether REVIEW statements are held for a reviewer (else refused)
-
-    async def hold(self, session: Session, sql: str, parameters: tuple[str | None, ...],
-                   judgement: Judgement) -> Judgement:
-        """Wait for a reviewer's decision on a statement judged REVIEW."""
-        return judgement
-
-    def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
-        """The decision, or an awaitable of it when deciding takes time (the session waits)."""
-        return ALLOW
-
-    def settled(self, session: Session, sql: str) -> bool:
-        """Whether a simple-protocol `sql` is allowed by a decision the session already holds,
-        with nothing to remember or record: then the relay forwards it without judge(). False
-        whenever in doubt (judge() decides)."""
-        return False
-
-    def cycle_done(self, session: Session) -> None:
-        """Called at each ReadyForQuery."""
-
-    def forbidden_columns(self, session: Session, columns: list[tuple[int, int]]) -> list[str]:
-        """Of a result's (table oid, attnum) columns, those the session may not see (their names)."""
-        return []
-
-    def tags_version(self, session: Session) -> str:
-        """Changes whenever the tagged columns of the session's database may have changed. Until
-        it does, a result with no forbidden column keeps having none: a session's permitted
-        columns only grow."""
-        return ""
-
-    async def close(self) -> None:
-        """Stop background work (the server is shutting down)."""
 
 
 # --- Registry shared by the server's sessions ------------------------------------------
@@ -280,38 +176,24 @@ class Session:
         self._frames = FrameReader(max_message_bytes=min(AUTH_MAX_MESSAGE_BYTES, self.limits.max_message_bytes),
                                    allowed_types=m.FRONTEND_TYPES)
         self._pending_client: deque[tuple[int, bytes]] = deque()  # frames read during auth
-        self._outstanding = 0  # Query/Sync/FunctionCall forwarded, not yet answered by ReadyForQuery
-        self._copy_return = State.SIMPLE_QUERY
-        self._refusal_prefix = f"pgproxy.refused.{secrets.token_hex(8)}."
-        self._refusal_seq = itertools.count(1)
-        # Refusals in flight: (marker name, cycle number it belongs to, error to send instead).
-        self._refusals: deque[tuple[str, int, bytes]] = deque()
-        self._cycles_sent = 0
-        self._cycles_done = 0
         self._closing = False
         self.gate_state: Any = None  # the gate's per-session state
         self._waiting: asyncio.Future[Judgement] | None = None  # a decision being waited for
         self._deferred: deque[tuple[bytes, list[tuple[int, int, int]]]] = deque()  # read while held
         self._deferred_bytes = 0
         # The relay (see `_relay`): its end, its two sockets, why the client is not being read,
-        # and the task finishing a statement whose decision takes time.
+        # the task finishing a statement whose decision takes time, and what it waits for.
         self._ended: asyncio.Future[None] | None = None
         self._client: _Side | None = None
         self._upstream: _Side | None = None
-        # Only the server messages the relay looks at are listed (not DataRows, for one).
         self._upstream_frames = FrameReader(max_message_bytes=self.limits.max_message_bytes,
-                                            allowed_types=m.BACKEND_TYPES,
-                                            listed_types=_WATCHED if gate is None else _GUARDED)
-        self._passed = _PASSED | {m.ROW_DESCRIPTION} if gate is None else _PASSED  # see _quick_answer
+                                            allowed_types=m.BACKEND_TYPES)
         self._client_pauses: set[str] = set()
         self._slow: asyncio.Task[None] | None = None
-        # Extended protocol: statements that need review (name -> sql, judgement) and portals
-        # bound to them (name -> sql, parameters as shown, judgement): held at Execute.
-        self._review_statements: dict[str, tuple[str, Judgement]] = {}
-        self._review_portals: dict[str, tuple[str, tuple[str | None, ...], Judgement]] = {}
-        self._guarding = False  # a result was refused: drop the server's output until ReadyForQuery
-        self._clean_results: set[bytes] = set()  # see _refused
-        self._clean_version = ""
+        self._answered: asyncio.Future[None] | None = None
+        # What the server holds and owes (the one model; see pgproxy.protocol).
+        self.model = ProtocolModel(strict=gate is not None and gate.strict,
+                                   guard=None if gate is None else self._forbidden)
         self._upstream_said_fatal = False
         self._terminating = False  # the client sent Terminate
 
@@ -710,13 +592,6 @@ class Session:
         if self._ended is None or self._ended.done():
             return
         self.last_client_activity = time.monotonic()
-        if self.state is State.READY and self._slow is None and not self._frames.pending_bytes:
-            try:
-                if (data[0] == m.QUERY and self._quick_query(data)) or (data[0] == m.BIND and self._quick_bind(data)):
-                    return
-            except Exception as exc:  # it ends this session only (see _relay)
-                self._end(exc)
-                return
         try:
             batch = self._frames.feed(data)
         except FrameError as exc:
@@ -730,59 +605,6 @@ class Session:
             self._defer(buf, batch)
         else:
             self._client_batch(buf, batch)
-
-    # The hot paths: reads that the general path (_frames.feed, then _forward_client) would
-    # only forward and count, taken while the session is idle with nothing queued or partly
-    # read. Each does the same for them in fewer steps, and returns False (nothing done) for
-    # anything else, which then takes the general path.
-
-    def _quick_query(self, data: bytes) -> bool:
-        """A read that is one whole Query, which the gate (if any) has `settled`."""
-        size = len(data)
-        if (size < 6 or size > self._frames.max_message_bytes + 5 or data[-1] != 0
-                or unpack_length(data, 1)[0] != size - 1):
-            return False
-        if self.gate is not None:
-            if not self.gate.settled(self, m.decode_str(data[5:-1])):
-                return False
-            self.statements += 1
-        assert self._upstream is not None
-        self._cycles_sent += 1
-        self._outstanding += 1
-        self._to(State.SIMPLE_QUERY)
-        self._upstream.transport.write(data)
-        return True
-
-    def _quick_bind(self, data: bytes) -> bool:
-        """A read of whole Bind, Describe, Execute, Close, Flush and Sync messages (a prepared
-        statement run again) in a session with no statement under review: the statements
-        they run were judged at their Parse, so there is nothing to judge or track."""
-        if self._review_statements or self._review_portals:
-            return False
-        size = len(data)
-        longest = self._frames.max_message_bytes + 4
-        syncs = 0
-        pos = 0
-        while pos < size:
-            if size - pos < 5:
-                return False  # a header split across reads
-            type_byte = data[pos]
-            if type_byte == m.SYNC:
-                syncs += 1
-            elif type_byte not in _EXTENDED:
-                return False
-            (length,) = unpack_length(data, pos + 1)
-            if not 4 <= length <= longest:
-                return False
-            pos += 1 + length
-        if pos != size:
-            return False  # the last message is not all there
-        assert self._upstream is not None
-        self._cycles_sent += syncs
-        self._outstanding += syncs
-        self._to(State.EXTENDED_QUERY)
-        self._upstream.transport.write(data)
-        return True
 
     def _defer(self, buf: bytes, batch: list[tuple[int, int, int]]) -> None:
         """Messages that arrive while a statement is decided or held wait their turn, within the
@@ -826,25 +648,26 @@ class Session:
             asyncio.get_running_loop().call_later(TERMINATE_DRAIN_SECONDS, self._end)
 
     async def _continue(self, buf: bytes, batch: list[tuple[int, int, int]], wait: _Wait) -> None:
-        """Finish the statement `wait` stopped at, then the rest of its batch and what was deferred."""
+        """Finish the message `wait` stopped at, then the rest of its batch and what was deferred."""
         while True:
             type_byte, start, end = batch[wait.index]
-            hold = wait.hold
-            judgement: Judgement | None = None
-            if wait.decide is not None:
-                assert wait.statement is not None
-                decided = await self._await_decision(wait.decide)
-                judgement = self._after_decision(type_byte, wait.statement, decided)
-                if judgement is None:
-                    hold = (wait.statement.sql, (), decided)
-            if hold is not None:
-                judgement = await self._hold(*hold)
-            assert judgement is not None
+            resume: _Resume | None = None
             run_start = start
-            if judgement.verdict is not Verdict.ALLOW:
-                run_start = end
-                self._refuse(wait.refuse_as, judgement)
-            outcome = self._forward_client(buf, batch, wait.index + 1, run_start)
+            first = wait.index
+            if wait.decide is not None:
+                resume = _Resume(await self._await_decision(wait.decide))
+            elif wait.hold is not None:
+                decided = await self._hold(*wait.hold)
+                if decided.verdict is Verdict.ALLOW:
+                    for portal in wait.approve:
+                        portal.approved = True
+                    resume = _Resume(wait.judged, approved=True)
+                else:
+                    self._send_refusal(type_byte, decided)
+                    first, run_start = wait.index + 1, end
+            else:
+                await self._until_answered()
+            outcome = self._forward_client(buf, batch, first, run_start, resume)
             while outcome is False and self._deferred:
                 buf, batch = self._deferred.popleft()
                 self._deferred_bytes -= len(buf)
@@ -862,10 +685,27 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             self._end(task.exception())
 
+    async def _until_answered(self) -> None:
+        """Wait until the server answered everything forwarded (see ProtocolModel: a message
+        that would rely on a prediction across segments waits for the answers instead)."""
+        if self.model.idle:
+            return
+        assert self._upstream is not None
+        # The server keeps answers to a pipeline until its Sync or a Flush: ask for them now.
+        # (Flush has no answer and changes nothing.)
+        self._upstream.transport.write(m.FLUSH_MESSAGE)
+        waiter = asyncio.get_running_loop().create_future()
+        self._answered = waiter
+        try:
+            await waiter
+        finally:
+            self._answered = None
+
     def _forward_client(self, buf: bytes, batch: list[tuple[int, int, int]], first: int = 0,
-                        run_start: int | None = None) -> bool | _Wait:
-        """Forward messages `first`… of one read. True when the client terminated; a `_Wait` when a
-        statement's decision must be awaited (what came before it is forwarded)."""
+                        run_start: int | None = None, resume: _Resume | None = None) -> bool | _Wait:
+        """Forward messages `first`... of one read. True when the client terminated; a `_Wait`
+        when a message must wait (for its decision, a reviewer, or the server's answers to
+        what came before it, which is forwarded)."""
         assert self._upstream is not None
         upstream = self._upstream.transport
         if first >= len(batch):
@@ -874,98 +714,242 @@ class Session:
             return False
         if run_start is None:
             run_start = batch[first][1]
+        model = self.model
         for index in range(first, len(batch)):
             type_byte, start, end = batch[index]
-            if self.state is State.FAILED_UNTIL_SYNC and type_byte != m.SYNC and type_byte != m.TERMINATE:
-                continue  # the server discards it unseen (it is failing until Sync); forwarded as is
-            if type_byte == m.QUERY or type_byte == m.PARSE or type_byte == m.FUNCTION_CALL:
-                self._enter_statement(type_byte)
-                if self.gate is not None:
-                    statement, decided = self._judge(type_byte, buf[start + 5:end])
-                    if not isinstance(decided, Judgement):
-                        # Deciding takes a while: let what came before go ahead, then wait.
-                        upstream.write(buf[run_start:start])
-                        return _Wait(index, type_byte, decide=decided, statement=statement)
-                    after = self._after_decision(type_byte, statement, decided)
-                    if after is None:
-                        upstream.write(buf[run_start:start])
-                        return _Wait(index, type_byte, hold=(statement.sql, (), decided))
-                    if after.verdict is not Verdict.ALLOW:
-                        upstream.write(buf[run_start:start])
-                        run_start = end
-                        self._refuse(type_byte, after)
-            elif type_byte == m.SYNC:
-                self._cycles_sent += 1
-                self._outstanding += 1
-                if self.state is State.FAILED_UNTIL_SYNC or self.state is State.READY:
-                    self._to(State.EXTENDED_QUERY)  # ReadyForQuery will answer this Sync
-            elif type_byte in _EXTENDED:
-                if self.state is State.READY:
-                    self._to(State.EXTENDED_QUERY)
-                if self._review_statements and type_byte != m.FLUSH:
-                    held = self._track_review(type_byte, buf[start + 5:end])
-                    if held is not None:
-                        # Fails, if refused, in place of the Execute.
-                        upstream.write(buf[run_start:start])
-                        return _Wait(index, m.PARSE, hold=held)
-            elif type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
-                if self.state is State.COPY_IN:
-                    self._to(self._copy_return)
-            elif type_byte == m.TERMINATE:
+            if model.doomed and type_byte != m.SYNC and type_byte != m.TERMINATE:
+                continue  # a refusal made the server fail earlier in this pipeline: it skips this unseen
+            action = self._client_message(type_byte, buf, start, end, resume if index == first else None)
+            if action is None:
+                continue
+            if isinstance(action, _Wait):
+                upstream.write(buf[run_start:start])
+                action.index = index
+                return action
+            if action is _TERMINATE:
                 upstream.write(buf[run_start:end])
-                self.log.info("client terminated")
-                self.ended_by = "client terminated"
-                self._terminating = True
                 return True
-            elif type_byte == m.PASSWORD:
-                raise ClientProtocolError("unexpected password message after authentication")
+            if isinstance(action, _Refuse):
+                upstream.write(buf[run_start:start] + action.data)
+                run_start = end
+            else:  # bytes the proxy sends before the message (a Describe the result guard needs)
+                assert isinstance(action, bytes)
+                upstream.write(buf[run_start:start] + action)
+                run_start = start
         upstream.write(buf[run_start:batch[-1][2]])
         return False
 
-    def _after_decision(self, type_byte: int, statement: Statement, judgement: Judgement) -> Judgement | None:
-        """Bookkeeping once a statement is decided: the judgement to act on now, or None when
-        the statement is to be held now."""
-        assert self.gate is not None
-        if type_byte == m.PARSE:
-            self._review_statements.pop(statement.statement_name, None)
-        if judgement.verdict is not Verdict.REVIEW or not self.gate.holds:
-            return judgement
-        if type_byte == m.PARSE:
-            # Parsing runs nothing: the hold comes at Execute, with the parameters.
-            self._review_statements[statement.statement_name] = (statement.sql, judgement)
-            return ALLOW
-        return None
-
-    def _track_review(self, type_byte: int, body: bytes) -> tuple[str, tuple[str | None, ...], Judgement] | None:
-        """Follow statements that need review through Bind and Close; at their Execute, say what to hold."""
+    def _client_message(self, type_byte: int, buf: bytes, start: int, end: int,
+                        resume: _Resume | None) -> bytes | _Refuse | _Wait | object | None:
+        """One client message: None to forward it, or what to do instead (see _forward_client)."""
+        model = self.model
         try:
+            if type_byte == m.EXECUTE:
+                return self._on_execute(buf, start, end, resume)
             if type_byte == m.BIND:
-                bind = m.decode_bind(body)
-                reviewed = self._review_statements.get(bind.statement)
-                if reviewed is None:
-                    self._review_portals.pop(bind.portal, None)
-                else:
-                    self._review_portals[bind.portal] = (reviewed[0], _shown_parameters(bind), reviewed[1])
-            elif type_byte == m.EXECUTE:
-                portal = m.decode_execute(body).portal
-                return self._review_portals.get(portal)
-            elif type_byte == m.CLOSE:
-                kind, name = body[:1], m.decode_str(body[1:-1])
-                (self._review_statements if kind == b"S" else self._review_portals).pop(name, None)
+                return self._on_bind(buf, start, end)
+            if type_byte == m.SYNC:
+                model.sync()
+                return None
+            if type_byte == m.PARSE:
+                return self._on_parse(buf[start + 5:end], resume)
+            if type_byte == m.QUERY or type_byte == m.FUNCTION_CALL:
+                return self._on_query(type_byte, buf[start + 5:end], resume)
+            if type_byte == m.DESCRIBE or type_byte == m.CLOSE:
+                kind, name = chr(buf[start + 5]), m.decode_str(buf[start + 6:end - 1])
+                if buf[end - 1] != 0 or kind not in ("S", "P"):
+                    raise m.MessageFormatError("invalid Describe or Close message")
+                if model.is_reserved(name):
+                    return self._reserved(name)
+                (model.describe if type_byte == m.DESCRIBE else model.close)(kind, name)
+                return None
+            if type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
+                model.copy_end()
+                return None
+            if type_byte == m.TERMINATE:
+                self.log.info("client terminated")
+                self.ended_by = "client terminated"
+                self._terminating = True
+                return _TERMINATE
+            if type_byte == m.PASSWORD:
+                raise ClientProtocolError("unexpected password message after authentication")
+            return None  # Flush, CopyData
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
+
+    def _reserved(self, name: str) -> _Refuse:
+        return self._refusal(m.PARSE, Judgement(
+            Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+            f'the name "{name}" is reserved by pgproxy', detail=f"Names starting with {RESERVED_PREFIX} are "
+            "pgproxy's own."))
+
+    def _on_parse(self, body: bytes, resume: _Resume | None) -> _Refuse | _Wait | None:
+        parse = m.decode_parse(body)
+        if self.model.is_reserved(parse.name):
+            return self._reserved(parse.name)
+        judged: Judgement = ALLOW
+        if self.gate is not None:
+            if resume is not None and resume.judgement is not None:
+                judged = resume.judgement
+            else:
+                decided = self._judge(Statement("extended", parse.sql, parse.name))
+                if not isinstance(decided, Judgement):
+                    return _Wait(decide=decided)
+                judged = decided
+            # Parsing runs nothing: a statement that needs review is held when it is executed.
+            if judged.verdict is Verdict.DENY or (judged.verdict is Verdict.REVIEW and not self.gate.holds):
+                return self._refusal(m.PARSE, judged)
+        parts = judged.parts
+        op = parts[0].op if parts is not None and len(parts) == 1 else None
+        self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op))
         return None
+
+    def _on_bind(self, buf: bytes, start: int, end: int) -> _Refuse | _Wait | None:
+        body = buf[start + 5:end]
+        portal_end = body.index(0)
+        statement_end = body.index(0, portal_end + 1)
+        portal = m.decode_str(body[:portal_end])
+        statement = m.decode_str(body[portal_end + 1:statement_end])
+        model = self.model
+        if model.is_reserved(portal) or model.is_reserved(statement):
+            return self._reserved(portal if model.is_reserved(portal) else statement)
+        # Binding to the unnamed portal always replaces it; a named one must not exist yet.
+        if not model.statement(statement)[1] or (portal != "" and not model.portal(portal)[1]):
+            return _Wait()
+        model.bind(portal, statement, body)
+        return None
+
+    def _on_execute(self, buf: bytes, start: int, end: int, resume: _Resume | None) -> bytes | _Refuse | _Wait | None:
+        name = m.decode_str(buf[start + 5:buf.index(0, start + 5)])
+        model = self.model
+        portal, certain = model.portal(name)
+        if not certain:
+            return _Wait()
+        if portal is None:
+            model.execute(name, None, frozenset())  # the server refuses it: no such portal
+            return None
+        found = execution(model, portal)
+        if found is None:
+            return _Wait()
+        judged = found.judgement
+        if resume is not None and resume.approved:
+            judged = approved(judged)
+        if judged.verdict is Verdict.ALLOW:
+            before = None
+            if self.gate is not None and model.needs_describe(portal):
+                # The result guard must know the portal's columns before its rows come.
+                model.describe("P", name, own=True)
+                before = m.Describe("P", name).encode()
+            runs = model.runs(portal.statement)[0]
+            model.execute(name, portal, judged.permitted,
+                          runs.statement if isinstance(runs, Portal) else runs)
+            return before
+        if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
+            return _Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
+        return self._refusal(m.EXECUTE, judged)
+
+    def _on_query(self, type_byte: int, body: bytes, resume: _Resume | None) -> _Refuse | _Wait | None:
+        model = self.model
+        if self.gate is None:
+            (model.query(None) if type_byte == m.QUERY else model.function_call())
+            return None
+        sql = m.decode_query_text(body) if type_byte == m.QUERY else FUNCTION_CALL
+        if resume is not None and resume.judgement is not None:
+            judged = resume.judgement
+        else:
+            decided = self._judge(Statement("simple" if type_byte == m.QUERY else "function", sql))
+            if not isinstance(decided, Judgement):
+                return _Wait(decide=decided)
+            judged = decided
+        is_approved = resume is not None and resume.approved
+        if type_byte == m.FUNCTION_CALL:
+            if judged.verdict is Verdict.ALLOW or is_approved:
+                model.function_call()
+                return None
+            if judged.verdict is Verdict.REVIEW and self.gate.holds:
+                return _Wait(hold=(FUNCTION_CALL, (), judged), judged=judged)
+            return self._refusal(type_byte, judged)
+        resolved = self._resolve_query(judged, is_approved, sql)
+        if resolved is None:
+            return _Wait()
+        parts, combined, shown, bind, covered = resolved
+        if combined.verdict is Verdict.ALLOW or is_approved:
+            model.query(parts)
+            return None
+        if combined.verdict is Verdict.REVIEW and self.gate.holds:
+            return _Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
+        return self._refusal(type_byte, combined)
+
+    def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[
+            list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
+        """A simple Query's statements as the model records them, with what each EXECUTE or
+        FETCH in it runs (objects its earlier statements create count), and the judgement of
+        the whole; None when a name it runs is not yet certain."""
+        if judged.parts is None:
+            return None, judged, sql, None, []
+        model = self.model
+        objects = model.predicted.copy()
+        segment = model.segment + 1
+        combined = judged
+        notes: list[str] = []
+        bind: bytes | None = None
+        covered: list[Portal] = []
+        parts: list[QueryPart] = []
+        for part in judged.parts:
+            op = part.op
+            runs: PreparedStatement | None = None
+            permitted = part.permitted
+            if op is not None and op.kind in REFERENCES:
+                table = objects.statements if op.kind is OpKind.EXECUTE else objects.portals
+                touched = (objects.statement_touched if op.kind is OpKind.EXECUTE else objects.portal_touched)
+                everything = (objects.statements_touched_all if op.kind is OpKind.EXECUTE
+                              else objects.portals_touched_all)
+                if not model.certain_at(max(touched.get(op.name, -1), everything)):
+                    return None
+                target = table.get(op.name)
+                if isinstance(target, Portal):
+                    referenced = facts(target.statement)
+                    if target.approved and referenced.verdict is not Verdict.DENY:
+                        referenced = approved(referenced)
+                    runs = target.statement
+                    bind = target.bind or bind
+                    covered.append(target)
+                elif isinstance(target, PreparedStatement):
+                    referenced = facts(target)
+                    runs = target
+                else:
+                    referenced = ALLOW
+                if runs is not None:
+                    notes.append(f"-- {op.name} is: {runs.sql}")
+                    combined = replace(strictest(combined, referenced), composed=True)
+                    permitted = permitted | referenced.permitted
+            if op is not None and is_approved and op.kind is OpKind.DECLARE and isinstance(op.facts, Judgement):
+                op = replace(op, facts=approved(op.facts))  # the approval covers the cursor it declares
+            if op is not None and objects.touches(op):
+                objects.apply(op, segment)
+            parts.append(QueryPart(op, permitted, runs))
+        shown = "\n".join([sql, *notes]) if notes else sql
+        return parts, combined, shown, bind, covered
+
+    def _judge(self, statement: Statement) -> Judgement | Awaitable[Judgement]:
+        assert self.gate is not None
+        self.statements += 1
+        return self.gate.judge(self, statement)
+
+    def _refusal(self, type_byte: int, judgement: Judgement) -> _Refuse:
+        """The bytes that make the server fail in place of a refused message (see ProtocolModel.refuse)."""
+        error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message, detail=judgement.detail).encode()
+        simple = type_byte == m.QUERY or type_byte == m.FUNCTION_CALL
+        return _Refuse(self.model.refuse(error, simple=simple))
+
+    def _send_refusal(self, type_byte: int, judgement: Judgement) -> None:
+        assert self._upstream is not None
+        self._upstream.transport.write(self._refusal(type_byte, judgement).data)
 
     async def _hold(self, sql: str, parameters: tuple[str | None, ...], judgement: Judgement) -> Judgement:
         """The hold point: wait for a reviewer while the connection stays responsive."""
         assert self.gate is not None
-        previous = self.state
-        self._to(State.HELD)
-        try:
-            return await self._await_decision(self.gate.hold(self, sql, parameters, judgement))
-        finally:
-            if self.state is State.HELD:
-                self._to(previous if previous in _QUERY_STATES else State.EXTENDED_QUERY)
+        return await self._await_decision(self.gate.hold(self, sql, parameters, judgement))
 
     async def _await_decision(self, pending: Awaitable[Judgement]) -> Judgement:
         """Wait for a decision. Meanwhile the client is still read (`_client_data`): a Terminate,
@@ -982,124 +966,107 @@ class Session:
             return CANCELLED_WHILE_HELD
         return decision.result()
 
-    def _enter_statement(self, type_byte: int) -> None:
-        if type_byte == m.PARSE:
-            self._to(State.EXTENDED_QUERY)
-        else:
-            # Query and FunctionCall each form one cycle ended by ReadyForQuery.
-            self._cycles_sent += 1
-            self._outstanding += 1
-            self._to(State.SIMPLE_QUERY)
-
-    def _judge(self, type_byte: int, body: bytes) -> tuple[Statement, Judgement | Awaitable[Judgement]]:
-        assert self.gate is not None
-        self.statements += 1
-        try:
-            if type_byte == m.QUERY:
-                statement = Statement("simple", m.decode_query_text(body))
-            elif type_byte == m.PARSE:
-                parse = m.decode_parse(body)
-                statement = Statement("extended", parse.sql, parse.name)
-            else:
-                statement = Statement("function", FUNCTION_CALL)
-        except m.MessageFormatError as exc:
-            raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
-        return statement, self.gate.judge(self, statement)
-
     def send_notice(self, message: str, detail: str | None = None) -> None:
         """A NoticeResponse to the client (whole messages only, so it cannot split another)."""
         self.writer.write(m.NoticeResponse.make(message, detail=detail).encode())
 
-    def _refuse(self, type_byte: int, judgement: Judgement) -> None:
-        """Send the server a message that fails where the refused one stood (see the module doc)."""
-        assert self.upstream is not None
-        if judgement.verdict is Verdict.REVIEW:
-            # The hold point: the approvals issue waits here for a reviewer. Until then a
-            # statement that needs review is refused with a message saying so.
-            self._to(State.HELD)
-        marker = f"{self._refusal_prefix}{next(self._refusal_seq)}"
-        error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message,
-                                     detail=judgement.detail).encode()
-        probe = m.Describe("S", marker).encode()
-        if type_byte == m.PARSE:
-            # The cycle this belongs to ends at the client's own Sync.
-            self._refusals.append((marker, self._cycles_sent + 1, error))
-            self.upstream.writer.write(probe)
-            self._to(State.FAILED_UNTIL_SYNC)
-        else:
-            self._refusals.append((marker, self._cycles_sent, error))
-            self.upstream.writer.write(probe + m.Sync().encode())
-            self._to(State.SIMPLE_QUERY)
+    # -- the server's side ---------------------------------------------------------------
 
     def _upstream_data(self, data: bytes) -> None:
-        """A read from the server: watch it (and guard results), then pass it on."""
+        """A read from the server: follow it in the model (and guard results), then pass it on."""
         if self._ended is None or self._ended.done():
             return
         frames = self._upstream_frames
-        if not frames.pending_bytes and not self._refusals and not self._guarding:
-            try:
-                if self._quick_answer(data):
-                    return
-            except Exception as exc:  # it ends this session only (see _relay)
-                self._end(exc)
-                return
         try:
             batch = frames.feed(data)
             if not frames.end:
                 return
-            buf = frames.buffer
-            if self.gate is None:
-                out = self._watch_upstream(buf, batch, 0, frames.end)
-            else:
-                out = self._guard_upstream(buf, batch, frames.end)
+            out = self._answers(frames.buffer, batch, frames.end)
         except FrameError as exc:
             self._end(UpstreamProtocolError(f"upstream sent an invalid message: {exc}"))
+            return
+        except (Desync, m.MessageFormatError) as exc:
+            self._desynced(str(exc))
             return
         except Exception as exc:  # it ends this session only (see _relay)
             self._end(exc)
             return
         assert self._client is not None
         self._client.transport.write(out)
+        if self._answered is not None and self.model.idle and not self._answered.done():
+            self._answered.set_result(None)
 
-    def _quick_answer(self, data: bytes) -> bool:
-        """The server's hot path, like the client's (see `_quick_query`): a read of whole
-        messages that only complete results (rows, completions, ReadyForQuery, and
-        RowDescriptions the result guard lets through), with no refusal in flight and no
-        result being dropped. ReadyForQuery moves the state as in `_watch_upstream`; any
-        other message it looks at, or a bad length, takes the general path."""
-        size = len(data)
-        longest = self._upstream_frames.max_message_bytes + 4
-        passed = self._passed
-        gate = self.gate
-        ready = 0
-        last = 0
-        pos = 0
-        while pos < size:
-            if size - pos < 5:
-                return False  # a header split across reads
-            type_byte = data[pos]
-            (length,) = unpack_length(data, pos + 1)
-            end = pos + 1 + length
-            if not 4 <= length <= longest or end > size:
-                return False  # a bad length, or the last message is not all there
-            if type_byte in passed:
-                pass
-            elif type_byte == m.READY_FOR_QUERY and length == 5:
-                ready += 1
-                last = pos
-            elif type_byte == m.ROW_DESCRIPTION and gate is not None:
-                if self._refused(data[pos + 5:end]):
-                    return False
+    def _answers(self, buf: bytes, batch: list[tuple[int, int, int]], last: int) -> bytes:
+        """Check each server message against the model; return the bytes for the client (the
+        server's own, except where the model replaces or drops a message)."""
+        model = self.model
+        out: list[bytes] | None = None
+        pos = 0  # buf[:pos] is in `out` already
+        ready = False
+        for type_byte, start, end in batch:
+            if (type_byte == m.DATA_ROW or type_byte == m.COPY_DATA) and model.rows_ok:
+                continue
+            if model.refusals:
+                if out is None:
+                    out = []
+                out += (buf[pos:start], self._guard_refused(model.refusals.pop()))
+                pos = start
+            if type_byte == m.DATA_ROW and not model.rows_ok:
+                if not model.guarding:
+                    raise Desync("the server sent rows pgproxy did not expect")
+                replacement: bytes | None = b""
+            elif type_byte == m.ERROR_RESPONSE and self._fatal_upstream(buf[start + 5:end]):
+                replacement = None
             else:
-                return False
+                if type_byte == m.READY_FOR_QUERY:
+                    ready = True
+                replacement = model.answer(type_byte, buf[start + 5:end])
+            if model.refusals:
+                replacement = (replacement if replacement is not None else buf[start:end]) + \
+                    self._guard_refused(model.refusals.pop())
+            if replacement is None:
+                continue
+            if out is None:
+                out = []
+            out += (buf[pos:start], replacement)
             pos = end
-        if ready:
-            self._cycles_ended(ready, data[last + 5])
-            if gate is not None:
-                gate.cycle_done(self)
-        assert self._client is not None
-        self._client.transport.write(data)
-        return True
+        if ready and self.gate is not None:
+            self.gate.cycle_done(self)
+        if out is None:
+            return buf if last == len(buf) else buf[:last]
+        out.append(buf[pos:last])
+        return b"".join(out)
+
+    def _fatal_upstream(self, body: bytes) -> bool:
+        """A FATAL or PANIC error: the server ends the session; the client gets the server's words."""
+        severity = m.decode_fields(body).get("S", "")
+        if severity in ("FATAL", "PANIC"):
+            self._upstream_said_fatal = True
+            return True
+        return False
+
+    def _guard_refused(self, refusal: GuardRefusal) -> bytes:
+        """The result guard refused an execution's result (DESIGN.md, decision 5): an analysis
+        bug caught in time. Its rows, and what the server sends up to ReadyForQuery, are dropped."""
+        self.log.error("result guard refused a result", extra={"columns": refusal.columns})
+        if self.audit is not None:
+            self._audit_session_event("result.refused", columns=refusal.columns)
+        return m.ErrorResponse.make(
+            "ERROR", SqlState.INSUFFICIENT_PRIVILEGE,
+            "pgproxy refused a result that contains a tagged column the statement was not cleared to read",
+            detail=f"columns: {', '.join(refusal.columns)}").encode()
+
+    def _desynced(self, reason: str) -> None:
+        """The server answered what the model did not expect: end the session, fail closed."""
+        self.log.error("protocol model out of step with the server", extra={"reason": reason})
+        if self.audit is not None:
+            self._audit_session_event("session.desync", reason=reason)
+        self._cancel_waiting()
+        self._end(UpstreamDesync(f"pgproxy lost track of the server's state and ended the session: {reason}"))
+
+    def _forbidden(self, columns: list[tuple[int, int]], permitted: frozenset[tuple[int, int]]) -> list[str]:
+        assert self.gate is not None
+        return self.gate.forbidden_columns(self, columns, permitted)
 
     def _client_lost(self) -> None:
         if not self._terminating:
@@ -1117,182 +1084,54 @@ class Session:
         else:
             self._end(UpstreamProtocolError("the upstream server closed the connection unexpectedly"))
 
-    def _watch_upstream(self, buf: bytes, batch: list[tuple[int, int, int]], first: int, last: int) -> bytes:
-        """Track the state from the server's messages (`batch`: the watched ones among
-        buf[first:last]); return the bytes for the client."""
-        replaced: list[tuple[int, int, bytes]] = []
-        for type_byte, start, end in batch:
-            if type_byte == m.READY_FOR_QUERY:
-                self._cycles_ended(1, buf[start + 5])
-            elif type_byte == m.ERROR_RESPONSE:
-                if self.state is State.COPY_IN or self.state is State.COPY_OUT:
-                    self._to(self._copy_return)
-                try:
-                    error = m.decode_error_response(buf[start + 5:end])
-                except m.MessageFormatError as exc:
-                    raise UpstreamProtocolError(f"upstream sent an invalid ErrorResponse: {exc}") from None
-                if error.severity in ("FATAL", "PANIC"):
-                    self._upstream_said_fatal = True
-                if self._refusals:
-                    marker, _, ours = self._refusals[0]
-                    if error.code == "26000" and f'"{marker}"' in error.message:
-                        self._refusals.popleft()
-                        replaced.append((start, end, ours))
-            elif type_byte == m.COPY_IN_RESPONSE or type_byte == m.COPY_OUT_RESPONSE:
-                if self.state in _QUERY_STATES:
-                    self._copy_return = self.state
-                self._to(State.COPY_IN if type_byte == m.COPY_IN_RESPONSE else State.COPY_OUT)
-            elif type_byte == m.COPY_DONE:
-                if self.state is State.COPY_OUT:
-                    self._to(self._copy_return)
-            elif type_byte == m.COPY_BOTH_RESPONSE:
-                raise UpstreamProtocolError("upstream started COPY BOTH, which pgproxy does not relay")
-            elif type_byte == m.AUTHENTICATION or type_byte == m.BACKEND_KEY_DATA:
-                raise UpstreamProtocolError(f"upstream sent {chr(type_byte)!r} after startup")
-        if not replaced:
-            return buf if first == 0 and last == len(buf) else buf[first:last]
-        parts: list[bytes] = []
-        pos = first
-        for start, end, ours in replaced:
-            parts += (buf[pos:start], ours)
-            pos = end
-        parts.append(buf[pos:last])
-        return b"".join(parts)
-
-    def _cycles_ended(self, count: int, status: int) -> None:
-        """`count` ReadyForQuery messages arrived, the last with transaction `status`."""
-        self._cycles_done += count
-        self._outstanding -= count
-        self.transaction_status = chr(status)
-        while self._refusals and self._refusals[0][1] <= self._cycles_done:
-            self._refusals.popleft()  # its pipeline failed earlier; the server skipped it
-        if self._outstanding <= 0:
-            self._outstanding = 0
-            self._to(State.READY)
-
-    def _guard_upstream(self, buf: bytes, batch: list[tuple[int, int, int]], last: int) -> bytes:
-        """The result guard (DESIGN.md, decision 5), then the usual state tracking.
-
-        A RowDescription naming a tagged column that no allowed statement of this session
-        declared it reads is an analysis bug caught in time: the result is replaced by an
-        ErrorResponse and everything the server sends up to ReadyForQuery is dropped, so
-        not one of its rows reaches the client.
-        """
-        gate = self.gate
-        assert gate is not None
-        if not self._guarding:
-            for type_byte, start, end in batch:
-                if type_byte == m.ROW_DESCRIPTION and self._refused(buf[start + 5:end]):
-                    break
-            else:
-                # Nothing to refuse (most reads: results cleared, DataRows, completions).
-                cycles = self._cycles_done
-                forwarded = self._watch_upstream(buf, batch, 0, last)
-                if self._cycles_done != cycles:
-                    gate.cycle_done(self)
-                return forwarded
-        out: list[bytes] = []
-        kept: list[tuple[int, int, int]] = []  # watched messages in buf[pos:]
-        pos = 0  # what comes before is forwarded or dropped
-        for frame in batch:
-            type_byte, start, end = frame
-            if self._guarding:
-                if type_byte != m.READY_FOR_QUERY:
-                    continue
-                self._guarding = False
-                pos = start  # the refused result's cycle is over: what it sent before is dropped
-            elif type_byte == m.ROW_DESCRIPTION:
-                refused = self._refused(buf[start + 5:end])
-                if refused:
-                    self.log.error("result guard refused a result", extra={"columns": refused})
-                    if self.audit is not None:
-                        self._audit_session_event("result.refused", columns=refused)
-                    out.append(self._watch_upstream(buf, kept, pos, start))
-                    kept = []
-                    out.append(m.ErrorResponse.make(
-                        "ERROR", SqlState.INSUFFICIENT_PRIVILEGE,
-                        "pgproxy refused a result that contains a tagged column the statement was "
-                        "not cleared to read", detail=f"columns: {', '.join(refused)}").encode())
-                    self._guarding = True
-                    continue
-            kept.append(frame)
-            if type_byte == m.READY_FOR_QUERY:
-                out.append(self._watch_upstream(buf, kept, pos, end))
-                kept = []
-                pos = end
-                gate.cycle_done(self)
-        if not self._guarding:
-            out.append(self._watch_upstream(buf, kept, pos, last))
-        return b"".join(out)
-
-    def _refused(self, description: bytes) -> list[str]:
-        """The result guard's verdict on a RowDescription's body: the tagged columns in it that
-        this session may not read. A session's permitted columns only grow, so a description
-        found clean stays clean while the tagged columns stay the same (`tags_version`): it
-        is not decoded or checked again."""
-        gate = self.gate
-        assert gate is not None
-        clean = self._clean_results
-        version = gate.tags_version(self)
-        if version != self._clean_version:
-            clean.clear()
-            self._clean_version = version
-        elif description in clean:
-            return []
-        columns = _table_columns(description)
-        refused = gate.forbidden_columns(self, columns) if columns else []
-        if not refused and len(description) <= _CLEAN_RESULT_BYTES:
-            if len(clean) >= _CLEAN_RESULTS:
-                clean.clear()
-            clean.add(description)
-        return refused
-
     async def _idle_watch(self) -> None:
         timeout = self.limits.idle_timeout_seconds
         while True:
             await asyncio.sleep(min(timeout / 4, 5.0))
             idle = time.monotonic() - self.last_client_activity
-            if self.state is State.READY and self.transaction_status == "I" and idle >= timeout:
+            if (self.model.idle and self._waiting is None and self.model.transaction_status == "I"
+                    and idle >= timeout):
                 self.log.info("idle session timeout")
                 raise ProxyError(SqlState.IDLE_SESSION_TIMEOUT,
                                  "terminating connection due to idle-session timeout")
 
 
-_CLEAN_RESULTS = 32  # RowDescriptions a session remembers as clean (see Session._refused)
-_CLEAN_RESULT_BYTES = 512  # larger ones are checked each time
-_TABLE_COLUMNS_MEMO = 4096  # entries
-_TABLE_COLUMNS_MEMO_BODY = 2048  # bytes: larger RowDescriptions are decoded each time
-_table_columns_memo: dict[bytes, list[tuple[int, int]]] = {}
+class UpstreamDesync(UpstreamProtocolError):
+    """The server's answers and the protocol model disagree: the session ends (08P01)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = str(SqlState.PROTOCOL_VIOLATION)
 
 
-def _table_columns(body: bytes) -> list[tuple[int, int]]:
-    """A RowDescription's fields that are columns of a table, as (table oid, attnum).
+@dataclass(slots=True)
+class _Resume:
+    """Continuing at a message that waited: its decision (`judgement`), and whether a reviewer
+    approved running it."""
 
-    A statement's results repeat the same RowDescription, so it is decoded once."""
-    found = _table_columns_memo.get(body)
-    if found is None:
-        try:
-            found = [c for c in m.row_description_sources(body) if c[0] != 0]
-        except m.MessageFormatError as exc:
-            raise UpstreamProtocolError(f"upstream sent an invalid RowDescription: {exc}") from None
-        if len(body) <= _TABLE_COLUMNS_MEMO_BODY:
-            if len(_table_columns_memo) >= _TABLE_COLUMNS_MEMO:
-                _table_columns_memo.clear()
-            _table_columns_memo[body] = found
-    return found
+    judgement: Judgement | None = None
+    approved: bool = False
+
+
+@dataclass(slots=True)
+class _Refuse:
+    data: bytes  # what the server is sent instead of the refused message
+
+
+_TERMINATE = object()
 
 
 @dataclass(slots=True)
 class _Wait:
-    """Where forwarding stopped: message `index` of the batch waits for its decision (`decide`)
-    or for a reviewer (`hold`: sql, parameters as shown, judgement). If it is refused, the
-    server is made to fail in place of a message of type `refuse_as`."""
+    """Where forwarding stopped: message `index` of the batch waits for its decision (`decide`),
+    for a reviewer (`hold`: sql, parameters as shown, judgement; `approve`: the portals an
+    approval covers), or, with neither, for the server's answers to what came before it."""
 
-    index: int
-    refuse_as: int
+    index: int = 0
     decide: Awaitable[Judgement] | None = None
-    statement: Statement | None = None
     hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
+    judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
+    approve: list[Portal] = field(default_factory=list)
 
 
 class _Side(asyncio.Protocol):
@@ -1348,9 +1187,3 @@ class _Side(asyncio.Protocol):
             self.lost_early = True
 
 
-_EXTENDED = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
-# The server messages the relay looks at: state tracking, then the result guard's too.
-_WATCHED = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE, m.COPY_OUT_RESPONSE,
-                      m.COPY_DONE, m.COPY_BOTH_RESPONSE, m.AUTHENTICATION, m.BACKEND_KEY_DATA})
-_GUARDED = _WATCHED | {m.ROW_DESCRIPTION}
-_PASSED = m.BACKEND_TYPES - _GUARDED  # server messages that move nothing

@@ -34,10 +34,10 @@ from pgproxy.config import (
     StaticAgent,
     TlsConfig,
 )
+from pgproxy.decision import StatementGate
 from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.server import ProxyServer, new_event_loop
-from pgproxy.session import StatementGate
 from pgproxy.wire.messages import PasswordMessage, StartupMessage, decode_fields
 from pgproxy.wire.scram import make_scram_secret
 from tests.pki import Pki

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pglast
 import psycopg
 import pytest
 
@@ -95,6 +96,13 @@ def _copy_from_stdin(sql: str) -> bool:
     return "FROM STDIN" in " ".join(sql.upper().split())
 
 
+def _statements(sql: str) -> int:
+    try:
+        return len(pglast.split(sql))
+    except pglast.parser.ParseError:
+        return 1
+
+
 def _refusal(message: str) -> str | None:
     return next((action for action, text in REFUSED.items() if text in message), None)
 
@@ -123,6 +131,10 @@ async def test_corpus_live_with_asyncpg_extended_protocol(enforce: tuple[ProxyTh
         for case in corpus.load(corpus_name):
             if case.expect == "allow" and _copy_from_stdin(case.sql):
                 continue  # asyncpg's fetch() waits forever for COPY data, direct or not: psql covers these
+            if _statements(case.sql) > 1:
+                # The server refuses to prepare several statements at once: nothing of them runs,
+                # so there is nothing to hold (psql's simple protocol runs these).
+                continue
             transaction = conn.transaction()
             await transaction.start()
             refused = None

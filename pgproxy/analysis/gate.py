@@ -4,6 +4,7 @@ resolves what each touches; sqlglot cross-checks the tables. Anything either
 parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
 
 >>> from pgproxy.analysis.schema import Schema
+from pgproxy.protocol.objects import OpKind, SessionOp
 >>> empty = Schema({}, {}, frozenset(), ("public",), "v0")
 >>> [a.kind.value for a in analyze("BEGIN; SHOW TimeZone", empty)]
 ['transaction', 'session']
@@ -11,19 +12,19 @@ parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pglast
 from pglast import ast
-from pglast.enums import VariableSetKind
+from pglast.enums import DiscardMode, TransactionStmtKind, VariableSetKind
 from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import crosscheck_tables
 from pgproxy.analysis.model import Analysis, Flag, Kind
 from pgproxy.analysis.references import References, Scope, Unresolved
 from pgproxy.analysis.schema import Schema
+from pgproxy.protocol.objects import OpKind, SessionOp
 
 _DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 
@@ -36,7 +37,7 @@ _UTILITY: dict[type[Any], tuple[str, Kind]] = {
     ast.ListenStmt: ("LISTEN", Kind.UTILITY),
     ast.UnlistenStmt: ("UNLISTEN", Kind.UTILITY),
     ast.NotifyStmt: ("NOTIFY", Kind.UTILITY),
-    ast.FetchStmt: ("FETCH", Kind.UTILITY),  # the cursor's query was judged at DECLARE
+    ast.FetchStmt: ("FETCH", Kind.UTILITY),  # what it runs is judged when it runs (see SessionOp)
     ast.ClosePortalStmt: ("CLOSE", Kind.UTILITY),
     ast.ConstraintsSetStmt: ("SET CONSTRAINTS", Kind.TRANSACTION),
     ast.LockStmt: ("LOCK", Kind.UTILITY),
@@ -66,7 +67,6 @@ class Context:
 
     schema: Schema
     search_path: tuple[str, ...] | None = None  # the session's, when it changed it
-    prepared: Mapping[str, Analysis] = field(default_factory=dict)  # PREPAREd in this session
     allowed_functions: frozenset[str] = frozenset()  # user functions/procedures allow-listed
     nested: bool = False  # analysing the query inside another statement
 
@@ -80,10 +80,13 @@ class Context:
 
 
 def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = None,
-            prepared: Mapping[str, Analysis] | None = None,
             allowed_functions: frozenset[str] = frozenset()) -> list[Analysis]:
-    """Analyse every statement of a query string (one Analysis each; one UNKNOWN if it does not parse)."""
-    context = Context(schema, search_path, prepared or {}, allowed_functions)
+    """Analyse every statement of a query string (one Analysis each; one UNKNOWN if it does not parse).
+
+    What a statement does to the session's objects (PREPARE, DECLARE, EXECUTE, FETCH, CLOSE,
+    transaction control...) is its `op`; what an EXECUTE or FETCH runs is resolved by the
+    session when it runs (the protocol model knows what the name then stands for)."""
+    context = Context(schema, search_path, allowed_functions)
     try:
         parsed = pglast.parse_sql(sql)
         texts = pglast.split(sql) if len(parsed) > 1 else [sql.strip().rstrip(";").strip()]
@@ -92,13 +95,10 @@ def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = N
     if len(texts) != len(parsed):
         return [unknown(sql, "?", "statement boundaries are ambiguous")]
     results: list[Analysis] = []
-    prepared = dict(context.prepared)
     for raw, text in zip(parsed, texts, strict=True):
         # Later statements of one query string see what earlier ones did to the session.
-        analysis = analyze_node(raw.stmt, text, replace(context, prepared=prepared))
+        analysis = analyze_node(raw.stmt, text, context)
         results.append(analysis)
-        if analysis.prepared_name is not None:
-            prepared[analysis.prepared_name] = analysis
         if analysis.search_path is not None:
             context = replace(context, search_path=analysis.search_path)
     return results
@@ -112,7 +112,9 @@ def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False
     """Analyse one parsed statement (`nested`: the query inside EXPLAIN, PREPARE, COPY…)."""
     command = _command(node)
     try:
-        return _analyze(node, text, command, replace(context, nested=nested))
+        analysis = _analyze(node, text, command, replace(context, nested=nested))
+        op = _session_op(node, text)
+        return analysis if op is None else replace(analysis, op=op)
     except Unresolved as exc:
         return unknown(text, command, str(exc))
     except RecursionError:
@@ -154,17 +156,23 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
     if isinstance(node, ast.ExplainStmt):
         return _explain(node, text, context)
     if isinstance(node, ast.PrepareStmt):
+        # Preparing runs nothing: the query is judged at each EXECUTE of the name.
         inner = analyze_node(node.query, text, context, nested=True)
-        return replace(inner, command=f"PREPARE ({inner.command})", prepared_name=node.name)
+        return Analysis(sql=text, command="PREPARE", kind=Kind.SESSION, literal_sensitive=True,
+                        stored=replace(inner, command=f"PREPARE ({inner.command})"))
     if isinstance(node, ast.ExecuteStmt):
-        prepared = context.prepared.get(node.name or "")
-        if prepared is None:
-            return unknown(text, command, f'prepared statement "{node.name}" was not prepared in this session')
-        params = _walk(text, command, Kind.READ, context, node.params, check_tables=False)
-        return replace(prepared, sql=text, command=f"EXECUTE ({prepared.command})", prepared_name=None,
-                       flags=prepared.flags | params.flags, literal_sensitive=True)
+        # What it runs is the prepared statement the name stands for when it runs; here only
+        # its own parameters (expressions, subqueries included) are read.
+        params = _walk(text, command, Kind.UTILITY, context, node.params or (), check_tables=False)
+        return replace(params, literal_sensitive=True)
     if isinstance(node, ast.DeclareCursorStmt):
-        return replace(analyze_node(node.query, text, context, nested=True), command="DECLARE CURSOR")
+        inner = replace(analyze_node(node.query, text, context, nested=True), command="DECLARE CURSOR")
+        if (node.options or 0) & _CURSOR_OPT_HOLD:
+            # A WITH HOLD cursor runs its query to the end when its transaction commits.
+            return replace(inner, stored=inner)
+        # Declaring runs nothing: the query is judged at each FETCH or MOVE of the cursor.
+        return Analysis(sql=text, command="DECLARE CURSOR", kind=Kind.SESSION, literal_sensitive=True,
+                        stored=inner)
     if isinstance(node, (ast.CreateTableAsStmt, ast.ViewStmt)):
         return _walk(text, command, Kind.DDL, replace(context, nested=True), node.query)
     if isinstance(node, ast.VariableSetStmt):
@@ -183,6 +191,53 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
     if type(node).__name__.startswith(_DDL_PREFIXES):
         return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True)
     return unknown(text, command, f"pgproxy does not know what {command} does", literal_sensitive=True)
+
+
+_CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
+
+
+def _session_op(node: Any, text: str) -> SessionOp | None:
+    """What a statement does to the session's prepared statements, cursors and transaction."""
+    if isinstance(node, ast.PrepareStmt):
+        return SessionOp(OpKind.PREPARE, node.name or "", query=text)
+    if isinstance(node, ast.ExecuteStmt):
+        return SessionOp(OpKind.EXECUTE, node.name or "")
+    if isinstance(node, ast.DeallocateStmt):
+        return SessionOp(OpKind.DEALLOCATE, node.name or "", all=bool(node.isall) or node.name is None)
+    if isinstance(node, ast.DeclareCursorStmt):
+        return SessionOp(OpKind.DECLARE, node.portalname or "", hold=bool((node.options or 0) & _CURSOR_OPT_HOLD),
+                         query=text)
+    if isinstance(node, ast.FetchStmt):
+        return SessionOp(OpKind.FETCH, node.portalname or "")
+    if isinstance(node, ast.ClosePortalStmt):
+        return SessionOp(OpKind.CLOSE, node.portalname or "", all=node.portalname is None)
+    if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+        return SessionOp(OpKind.DISCARD_ALL)
+    if isinstance(node, ast.ExplainStmt) and _explain_runs(node) and isinstance(node.query, ast.ExecuteStmt):
+        return SessionOp(OpKind.EXECUTE, node.query.name or "")  # EXPLAIN ANALYZE EXECUTE x runs x
+    if isinstance(node, ast.TransactionStmt):
+        kind = node.kind
+        chain = bool(node.chain)
+        if kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START):
+            return SessionOp(OpKind.BEGIN)
+        if kind == TransactionStmtKind.TRANS_STMT_COMMIT:
+            return SessionOp(OpKind.COMMIT, chain=chain)
+        if kind == TransactionStmtKind.TRANS_STMT_ROLLBACK:
+            return SessionOp(OpKind.ROLLBACK, chain=chain)
+        if kind == TransactionStmtKind.TRANS_STMT_PREPARE:
+            return SessionOp(OpKind.PREPARE_TRANSACTION)
+        name = node.savepoint_name or ""
+        if kind == TransactionStmtKind.TRANS_STMT_SAVEPOINT:
+            return SessionOp(OpKind.SAVEPOINT, name)
+        if kind == TransactionStmtKind.TRANS_STMT_RELEASE:
+            return SessionOp(OpKind.RELEASE, name)
+        if kind == TransactionStmtKind.TRANS_STMT_ROLLBACK_TO:
+            return SessionOp(OpKind.ROLLBACK_TO, name)
+    return None
+
+
+def _explain_runs(node: ast.ExplainStmt) -> bool:
+    return any(opt.defname == "analyze" and (opt.arg is None or _truthy(opt.arg)) for opt in node.options or ())
 
 
 def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
@@ -215,9 +270,7 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
 
 
 def _explain(node: ast.ExplainStmt, text: str, context: Context) -> Analysis:
-    analyze_option = any(
-        opt.defname == "analyze" and (opt.arg is None or _truthy(opt.arg)) for opt in node.options or ()
-    )
+    analyze_option = _explain_runs(node)
     inner = analyze_node(node.query, text, context, nested=True)
     if analyze_option:  # EXPLAIN ANALYZE runs the statement: judge it as the statement
         return replace(inner, command=f"EXPLAIN ANALYZE ({inner.command})",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pgproxy.protocol.objects import SessionOp
+
 
 class Kind(StrEnum):
     """What sort of statement it is (the policy's `kinds`)."""
@@ -58,7 +60,9 @@ class Analysis:
     flags: frozenset[Flag] = frozenset()
     reasons: tuple[str, ...] = ()  # why unknown, or notes a reviewer should see
     literal_sensitive: bool = False  # the decision depends on a literal: never cache by normalized text
-    prepared_name: str | None = None  # PREPARE name AS …: the session remembers this analysis
+    op: SessionOp | None = None  # what running it does to the session's statements, cursors, transaction
+    # PREPARE / DECLARE: the analysis of the query the new object keeps (judged when it runs)
+    stored: Analysis | None = None
     search_path: tuple[str, ...] | None = None  # SET search_path: the session's new path
 
     @property

@@ -94,6 +94,9 @@ def encode_str(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\x00"
 
 
+FLUSH_MESSAGE = b"H\x00\x00\x00\x04"  # Flush: the server sends what it has buffered
+
+
 def frame(type_byte: int, body: bytes) -> bytes:
     """A complete message: type byte, int32 length (counting itself), body."""
     return _HEADER.pack(bytes((type_byte,)), len(body) + 4) + body

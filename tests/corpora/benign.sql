@@ -709,3 +709,13 @@ SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_us
 
 -- expect: allow | metadata: privilege check function
 SELECT has_table_privilege('orders', 'SELECT');
+
+-- expect: allow | prepare-execute: PREPARE of a PII read runs nothing (EXECUTE is judged when it runs)
+PREPARE get_email_later(int) AS SELECT email FROM customers WHERE id = $1;
+
+-- expect: allow | cursor: DECLARE CURSOR over email runs nothing (FETCH and MOVE are judged when they run)
+DECLARE c_email_later CURSOR FOR SELECT email FROM customers;
+
+-- expect: allow | prepare-execute: EXECUTE of a name that does not exist: the server refuses it [runtime-error]
+EXECUTE not_prepared_here(1);
+

@@ -559,8 +559,8 @@ EXPLAIN (ANALYZE 1, COSTS OFF) SELECT order_count(1);
 -- expect: review | explain-analyze: EXPLAIN ANALYZE of CREATE TABLE AS over email
 EXPLAIN ANALYZE CREATE TABLE emails_explained AS SELECT email FROM customers;
 
--- expect: review | prepare-execute: PREPARE of a PII read
-PREPARE get_email(int) AS SELECT email FROM customers WHERE id = $1;
+-- expect: review | prepare-execute: PREPARE of a PII read, executed
+PREPARE get_email(int) AS SELECT email FROM customers WHERE id = $1; EXECUTE get_email(1);
 
 -- expect: review | prepare-execute: PREPARE then EXECUTE of an ssn read
 PREPARE p_ssn AS SELECT ssn FROM customers; EXECUTE p_ssn;
@@ -575,11 +575,14 @@ EXECUTE set_mail(1, 'x@example.com');
 -- expect: review | prepare-execute: a name first prepared benign, then re-prepared over email
 PREPARE q AS SELECT 1; DEALLOCATE q; PREPARE q AS SELECT email FROM customers; EXECUTE q;
 
--- expect: review | prepare-execute: EXECUTE of a statement the proxy never saw prepared [runtime-error]
-EXECUTE not_prepared_here(1);
+-- expect: review | cursor: DECLARE CURSOR over email, fetched
+DECLARE c_email CURSOR FOR SELECT email FROM customers; FETCH 1 FROM c_email;
 
--- expect: review | cursor: DECLARE CURSOR over email
-DECLARE c_email CURSOR FOR SELECT email FROM customers;
+-- expect: review | cursor: DECLARE CURSOR over ssn, MOVE counts its rows
+DECLARE c_move CURSOR FOR SELECT 1 FROM customers WHERE ssn LIKE '1%'; MOVE ALL IN c_move;
+
+-- expect: review | cursor: WITH HOLD cursor over email runs its query at commit
+DECLARE c_hold CURSOR WITH HOLD FOR SELECT email FROM customers;
 
 -- expect: review | cursor: SCROLL WITH HOLD cursor over *, fetched
 DECLARE c_all SCROLL CURSOR WITH HOLD FOR SELECT * FROM customers;

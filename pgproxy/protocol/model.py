@@ -1,0 +1,633 @@
+"""The protocol model: what the server holds and what it owes, without any I/O.
+
+Theory of operation
+-------------------
+PostgreSQL executes *portals* (snapshots of a statement taken at Bind) and changes its state
+only when a message succeeds. The model follows it the way pgbouncer's outstanding-request
+queue and PgDog's protocol state do:
+
+- Every message the relay forwards is recorded as an `Expect`: what the server will answer
+  to it (ParseComplete, BindComplete, rows and CommandComplete, ReadyForQuery, ...) and what
+  the server's objects become when it succeeds. Messages are numbered into *segments*: the
+  extended-protocol messages up to a Sync are one; each simple Query or FunctionCall is one
+  of its own.
+- Two `Objects` are kept. `confirmed` changes only when the server's answer confirms a
+  message (a failed Parse or Bind changes nothing; after an ErrorResponse everything up to
+  Sync is known to be skipped). `predicted` is `confirmed` plus what every message still
+  waiting for its answer will do if it succeeds; it is rebuilt from `confirmed` when an
+  error proves a prediction wrong.
+- The relay judges each message against `predicted`, but only where a wrong prediction
+  cannot matter: a message may rely on an unanswered message of its own segment (if that one
+  fails, the server skips the rest of the segment, this message included), never on one of
+  an earlier segment (whose failure would leave the name as it was). When it would have to,
+  `certain` is False and the relay waits for the answers first.
+- The server's answers are checked against the queue. An answer the model did not expect
+  (rows from a portal it believes does not exist, a ReadyForQuery whose transaction status
+  disagrees, a stray message) raises `Desync`: the session ends, it never continues on a guess.
+
+The refusal mechanism is part of the same queue: in place of a refused message the relay
+sends ``Describe`` of a statement name this session reserved (random, and refused when a
+client uses its prefix), so the server raises its own error at exactly that point; the model
+knows the position of that error in the answers and replaces it with the proxy's.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
+from pgproxy.wire import messages as m
+
+RESERVED_PREFIX = "pgproxy_reserved"  # statement and portal names a client may not use
+
+
+class Desync(Exception):
+    """The server answered something the model did not expect: the session must end."""
+
+
+class K(enum.IntEnum):
+    """What an `Expect` waits for an answer to."""
+
+    PARSE = 1
+    BIND = 2
+    DESCRIBE = 3
+    EXECUTE = 4
+    CLOSE = 5
+    SYNC = 6
+    QUERY = 7
+    FUNCTION = 8
+    PROBE = 9  # the refusal mechanism: an error in place of a refused message
+    COPY_END = 10  # the client's CopyDone/CopyFail: a position in the stream, no answer
+
+
+_EXTENDED = frozenset({K.PARSE, K.BIND, K.DESCRIBE, K.EXECUTE, K.CLOSE, K.PROBE})
+
+
+@dataclass(slots=True)
+class QueryPart:
+    """One statement of a simple Query: its effect on the session's objects, the tagged columns
+    its result may show (table oid, attnum), and what it runs when it runs another object."""
+
+    op: SessionOp | None = None
+    permitted: frozenset[tuple[int, int]] = frozenset()
+    runs: PreparedStatement | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Expect:
+    kind: K
+    segment: int
+    name: str = ""
+    describe_kind: str = ""  # DESCRIBE / CLOSE: "S" or "P"
+    statement: PreparedStatement | None = None  # PARSE: the new one; DESCRIBE S: the one described
+    portal: Portal | None = None  # BIND: the new one; DESCRIBE P / EXECUTE: the one it names
+    expect_ok: bool = True  # BIND / EXECUTE: the model believes the message can succeed
+    own: bool = False  # sent by the proxy: its answer is not forwarded
+    maybe: bool = False  # SYNC: may be ignored by the server (sent during COPY IN)
+    op: SessionOp | None = None  # EXECUTE: what running the portal does to the session
+    permitted: frozenset[tuple[int, int]] = frozenset()  # EXECUTE: tagged columns it may show
+    parts: list[QueryPart] | None = None  # QUERY: None when its statements are not known
+    index: int = 0  # QUERY: the statement being answered
+    phase: int = 0  # where in its answer the server is (see the _P_* constants)
+    ran: bool = False  # QUERY: a statement got as far as running
+    error: bytes = b""  # PROBE: the proxy's ErrorResponse to send instead
+
+
+# Phases of an answer.
+_P_START = 0
+_P_ROWS = 1  # rows may come (after RowDescription, or from an Execute)
+_P_DESCRIBED = 2  # DESCRIBE S: ParameterDescription came
+_P_COPY_IN = 3
+_P_COPY_OUT = 4
+_P_WAIT_READY = 5  # QUERY / FUNCTION: only ReadyForQuery is left
+_P_REFUSED = 6  # the result guard refused it: drop what it sends
+
+_ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
+
+# The result guard: (columns of a result, columns the execution may show) -> refused names.
+Guard = Callable[[list[tuple[int, int]], frozenset[tuple[int, int]]], list[str]]
+
+
+@dataclass(slots=True)
+class GuardRefusal:
+    columns: list[str]
+
+
+class ProtocolModel:
+    """One session's model. The relay calls the client methods (`parse`, `bind`, `execute`,
+    ...) for each message it forwards, in order, and `answer` for each server message.
+
+    `strict` (enforce mode) makes every prediction binding: a success the model did not expect
+    ends the session. Without it (pass-through, where statements are not analysed and SQL
+    PREPARE or DECLARE are unknown) only the shape of the answers is followed."""
+
+    trace: ClassVar[bool] = False  # tests: record what each execution was predicted to run
+
+    def __init__(self, *, strict: bool = True, guard: Guard | None = None) -> None:
+        self.strict = strict
+        self.guard = guard
+        self.confirmed = Objects()
+        self.predicted = Objects()
+        self.queue: deque[Expect] = deque()
+        self.segment = 0  # the segment messages forwarded now belong to
+        self.confirmed_segment = -1  # every segment up to this one is answered
+        self.doomed = False  # a refusal was sent in this segment: the server skips the rest
+        self.copy_in = False  # the server is reading COPY data from the client
+        self.rows_ok = False  # DataRows may come now (and pass the guard)
+        self.guarding = False  # the guard refused a result: drop answers until ReadyForQuery
+        self.transaction_status = "I"
+        self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
+        self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
+        self._probes = 0
+        self.predicted_runs: list[str] = []
+
+    # -- what the relay asks --------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No answer is outstanding."""
+        return not self.queue
+
+    def certain_at(self, touched: int) -> bool:
+        """Whether a name last changed by a message of segment `touched` may be predicted:
+        that segment is answered, or it is the segment being forwarded."""
+        return touched <= self.confirmed_segment or touched >= self.segment
+
+    def statement(self, name: str) -> tuple[PreparedStatement | None, bool]:
+        """The statement `name` will be when the next message runs, and whether that is certain."""
+        objects = self.predicted
+        touched = max(objects.statement_touched.get(name, -1), objects.statements_touched_all)
+        return objects.statements.get(name), self.certain_at(touched)
+
+    def portal(self, name: str) -> tuple[Portal | None, bool]:
+        """The portal `name` will be when the next message runs, and whether that is certain."""
+        objects = self.predicted
+        touched = max(objects.portal_touched.get(name, -1), objects.portals_touched_all)
+        return objects.portals.get(name), self.certain_at(touched)
+
+    @staticmethod
+    def is_reserved(name: str) -> bool:
+        return name.startswith(RESERVED_PREFIX)
+
+    # -- client messages, as they are forwarded ------------------------------------------
+
+    def _push(self, expect: Expect) -> None:
+        was_idle = not self.queue
+        self.queue.append(expect)
+        if was_idle:
+            self._activate()
+
+    def parse(self, name: str, statement: PreparedStatement) -> None:
+        if self.doomed:
+            return
+        expect = Expect(K.PARSE, self.segment, name, statement=statement)
+        self._predict(expect, self.predicted)
+        self._push(expect)
+
+    def bind(self, portal: str, statement_name: str, body: bytes) -> Portal | None:
+        """Record a Bind; return the portal it creates (None when the statement does not exist
+        or the portal name is taken, so that the server will refuse it)."""
+        if self.doomed:
+            return None
+        statement = self.predicted.statements.get(statement_name)
+        created = Portal(statement, body) if statement is not None else None
+        taken = portal != "" and portal in self.predicted.portals and portal not in self.predicted.doubtful
+        expect = Expect(K.BIND, self.segment, portal, portal=created,
+                        expect_ok=created is not None and not taken)
+        self._predict(expect, self.predicted)
+        self._push(expect)
+        return created if expect.expect_ok else None
+
+    def describe(self, kind: str, name: str, *, own: bool = False) -> None:
+        if self.doomed:
+            return
+        expect = Expect(K.DESCRIBE, self.segment, name, describe_kind=kind, own=own)
+        if kind == "S":
+            expect.statement = self.statement(name)[0] if self.statement(name)[1] else None
+        else:
+            expect.portal = self.portal(name)[0] if self.portal(name)[1] else None
+        self._push(expect)
+
+    def execute(self, name: str, portal: Portal | None, permitted: frozenset[tuple[int, int]],
+                runs: PreparedStatement | None = None) -> None:
+        """Record an Execute of `portal` (None: the model believes it does not exist)."""
+        if self.doomed:
+            return
+        op = portal.statement.op if portal is not None else None
+        expect = Expect(K.EXECUTE, self.segment, name, portal=portal, expect_ok=portal is not None,
+                        op=op, permitted=permitted)
+        if self.trace and portal is not None:
+            self.predicted_runs.append((runs or portal.statement).sql)
+        self._predict(expect, self.predicted)
+        self._push(expect)
+
+    def needs_describe(self, portal: Portal) -> bool:
+        """Whether the result guard needs the proxy to Describe `portal` before it runs: its
+        columns are unknown and no Describe of it or of its statement is on the way."""
+        if portal.result_columns is not None:
+            return False
+        return not any(e.kind is K.DESCRIBE and (e.portal is portal or e.statement is portal.statement)
+                       for e in self.queue)
+
+    def close(self, kind: str, name: str) -> None:
+        if self.doomed:
+            return
+        expect = Expect(K.CLOSE, self.segment, name, describe_kind=kind)
+        self._predict(expect, self.predicted)
+        self._push(expect)
+
+    def sync(self) -> None:
+        expect = Expect(K.SYNC, self.segment, maybe=self.copy_in)
+        self.doomed = False
+        if not expect.maybe:
+            self._predict(expect, self.predicted)
+            self.segment += 1
+        self._push(expect)
+
+    def query(self, parts: list[QueryPart] | None) -> None:
+        """Record a simple Query: `parts` are its statements in order (None: not known)."""
+        if self.doomed:
+            return
+        self.segment += 1
+        expect = Expect(K.QUERY, self.segment, parts=parts)
+        if self.trace:
+            self.predicted_runs.extend(p.runs.sql for p in parts or () if p.runs is not None)
+        self._predict(expect, self.predicted)
+        self.segment += 1
+        self._push(expect)
+
+    def function_call(self) -> None:
+        if self.doomed:
+            return
+        self.segment += 1
+        expect = Expect(K.FUNCTION, self.segment)
+        self._predict(expect, self.predicted)
+        self.segment += 1
+        self._push(expect)
+
+    def copy_end(self) -> None:
+        """The client sent CopyDone or CopyFail."""
+        self.copy_in = False
+        if self.queue:
+            self.queue.append(Expect(K.COPY_END, self.segment))
+
+    def refuse(self, error: bytes, *, simple: bool) -> bytes:
+        """The bytes to send the server in place of a refused message: a Describe of a
+        statement that cannot exist, so the server fails at exactly that point (and, for a
+        simple Query or FunctionCall, a Sync that ends the cycle as the client expects)."""
+        self._probes += 1
+        if simple:
+            self.segment += 1
+        probe = Expect(K.PROBE, self.segment, f"{self.reserved}{self._probes}", error=error)
+        self._push(probe)
+        out = m.Describe("S", probe.name).encode()
+        if simple:
+            self.sync()
+            out += m.Sync().encode()
+        else:
+            self.doomed = True  # the server skips the rest of this segment
+        return out
+
+    # -- predictions ----------------------------------------------------------------------
+
+    def _predict(self, expect: Expect, objects: Objects) -> None:
+        """What `expect` does to `objects` if it succeeds (applied to `predicted` as it is
+        forwarded, and again when `predicted` is rebuilt)."""
+        kind = expect.kind
+        segment = expect.segment
+        if kind is K.PARSE:
+            named = expect.name != ""
+            if not (named and expect.name in objects.statements):
+                assert expect.statement is not None
+                objects.set_statement(expect.name, expect.statement, segment)
+        elif kind is K.BIND:
+            if expect.expect_ok and expect.portal is not None:
+                objects.add_portal(expect.name, expect.portal, segment)
+        elif kind is K.EXECUTE:
+            if expect.op is not None and objects.touches(expect.op):
+                objects.apply(expect.op, segment)
+        elif kind is K.CLOSE:
+            if expect.describe_kind == "S":
+                objects.drop_statement(expect.name, segment)
+            else:
+                objects.drop_portal(expect.name, segment)
+        elif kind is K.SYNC or kind is K.FUNCTION:
+            if not objects.in_block:
+                objects.end_transaction(True, segment)
+        elif kind is K.QUERY:
+            objects.drop_statement("", segment)
+            objects.drop_portal("", segment)
+            for part in expect.parts or ():
+                if part.op is not None and objects.touches(part.op):
+                    objects.apply(part.op, segment)
+            if not objects.in_block:
+                objects.end_transaction(True, segment)
+
+    def _rebuild(self) -> None:
+        predicted = self.confirmed.copy()
+        for expect in self.queue:
+            if expect.kind is K.SYNC and expect.maybe:
+                continue
+            self._predict(expect, predicted)
+        self.predicted = predicted
+
+    # -- server messages ------------------------------------------------------------------
+
+    def _activate(self) -> None:
+        """The head of the queue changed: say whether rows may come, running the result guard
+        for an Execute whose columns are known (an injected Describe's answer came first)."""
+        while self.queue and self.queue[0].kind is K.COPY_END:
+            self.queue.popleft()
+        head = self.queue[0] if self.queue else None
+        self.rows_ok = False
+        if head is None or head.kind is not K.EXECUTE or not head.expect_ok:
+            return
+        assert head.portal is not None
+        self._guard(head, head.portal.result_columns, head.permitted)
+
+    def _guard(self, expect: Expect, columns: list[tuple[int, int]] | None,
+               permitted: frozenset[tuple[int, int]]) -> None:
+        if self.guard is not None and columns is None and expect.kind is K.EXECUTE:
+            refused = ["(columns unknown)"]  # cannot happen: the proxy described the portal first
+        else:
+            refused = self.guard(columns, permitted) if self.guard is not None and columns else []
+        if refused:
+            expect.phase = _P_REFUSED
+            self.refusals.append(GuardRefusal(refused))
+            self.guarding = True
+        else:
+            expect.phase = _P_ROWS
+            self.rows_ok = not self.guarding
+
+    def _pop(self) -> Expect:
+        expect = self.queue.popleft()
+        self._activate()
+        return expect
+
+    def _desync(self, type_byte: int, expected: str) -> Desync:
+        return Desync(f"the server sent {chr(type_byte)!r} where pgproxy expected {expected}")
+
+    def answer(self, type_byte: int, body: bytes) -> bytes | None:
+        """Follow one server message (not a DataRow while `rows_ok`). Returns None to forward it
+        as it is, or the bytes to send the client instead (b"" to drop it)."""
+        if type_byte in _ASYNC:
+            return None
+        if not self.queue:
+            if type_byte == m.ERROR_RESPONSE:
+                return None  # a FATAL error before the server closes (shutdown, terminate)
+            raise self._desync(type_byte, "nothing")
+        head = self.queue[0]
+        if type_byte == m.ERROR_RESPONSE:
+            return self._error(head, body)
+        out = b"" if self.guarding and type_byte != m.READY_FOR_QUERY else None
+        kind = head.kind
+        if kind is K.EXECUTE:
+            self._execute_answer(head, type_byte, body)
+        elif kind is K.QUERY:
+            self._query_answer(head, type_byte, body)
+        elif kind is K.SYNC:
+            if type_byte != m.READY_FOR_QUERY:
+                if head.maybe:  # the server ignored that Sync (it was reading COPY data)
+                    self._pop()
+                    return self.answer(type_byte, body)
+                raise self._desync(type_byte, "ReadyForQuery")
+            self._ready(head, body)
+        elif kind is K.PARSE:
+            if type_byte != m.PARSE_COMPLETE:
+                raise self._desync(type_byte, "ParseComplete")
+            assert head.statement is not None
+            if self.strict and head.name in self.confirmed.statements and head.name != "":
+                raise self._desync(type_byte, "an error (the statement name is taken)")
+            self.confirmed.set_statement(head.name, head.statement, head.segment)
+            self._pop()
+        elif kind is K.BIND:
+            if type_byte != m.BIND_COMPLETE:
+                raise self._desync(type_byte, "BindComplete")
+            if not head.expect_ok:
+                if self.strict:
+                    raise self._desync(type_byte, "an error (no such statement, or the portal name is taken)")
+            elif head.portal is not None:
+                self.confirmed.add_portal(head.name, head.portal, head.segment)
+            self._pop()
+        elif kind is K.DESCRIBE:
+            out = self._describe_answer(head, type_byte, body, out)
+        elif kind is K.CLOSE:
+            if type_byte != m.CLOSE_COMPLETE:
+                raise self._desync(type_byte, "CloseComplete")
+            if head.describe_kind == "S":
+                self.confirmed.drop_statement(head.name, head.segment)
+            else:
+                self.confirmed.drop_portal(head.name, head.segment)
+            self._pop()
+        elif kind is K.FUNCTION:
+            if type_byte == m.FUNCTION_CALL_RESPONSE and head.phase == _P_START:
+                head.phase = _P_WAIT_READY
+            elif type_byte == m.READY_FOR_QUERY:
+                self._ready(head, body)
+            else:
+                raise self._desync(type_byte, "FunctionCallResponse")
+        else:  # K.PROBE
+            raise self._desync(type_byte, "the error pgproxy provoked")
+        return out
+
+    def _describe_answer(self, head: Expect, type_byte: int, body: bytes, out: bytes | None) -> bytes | None:
+        if head.describe_kind == "S" and head.phase == _P_START:
+            if type_byte != m.PARAMETER_DESCRIPTION:
+                raise self._desync(type_byte, "ParameterDescription")
+            head.phase = _P_DESCRIBED
+            return out
+        if type_byte == m.ROW_DESCRIPTION:
+            columns: list[tuple[int, int]] = [c for c in m.row_description_sources(body) if c[0] != 0]
+        elif type_byte == m.NO_DATA:
+            columns = []
+        else:
+            raise self._desync(type_byte, "RowDescription or NoData")
+        if head.statement is not None:
+            head.statement.columns = columns
+        if head.portal is not None:
+            head.portal.columns = columns
+        self._pop()
+        return b"" if head.own else out
+
+    def _execute_answer(self, head: Expect, type_byte: int, body: bytes) -> None:
+        if not head.expect_ok and self.strict:
+            raise self._desync(type_byte, "an error (no such portal)")
+        phase = head.phase
+        if type_byte == m.DATA_ROW and phase in (_P_ROWS, _P_REFUSED):
+            return
+        if type_byte == m.COMMAND_COMPLETE and phase != _P_COPY_IN:
+            if head.op is not None and self.confirmed.touches(head.op):
+                self.confirmed.apply(head.op, head.segment, tag=body)
+            self._pop()
+        elif type_byte == m.PORTAL_SUSPENDED or type_byte == m.EMPTY_QUERY_RESPONSE:
+            self._pop()
+        elif type_byte == m.COPY_IN_RESPONSE and phase in (_P_START, _P_ROWS):
+            head.phase = _P_COPY_IN
+            self._copy_started()
+        elif type_byte == m.COPY_OUT_RESPONSE and phase in (_P_START, _P_ROWS):
+            head.phase = _P_COPY_OUT
+        elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
+            pass
+        elif type_byte == m.COMMAND_COMPLETE:  # after COPY IN
+            self._copy_done()
+            self._pop()
+        else:
+            raise self._desync(type_byte, "the rows and completion of an Execute")
+
+    def _copy_started(self) -> None:
+        """COPY FROM STDIN began: Syncs the client sent before its CopyDone are read by the
+        server while it reads COPY data, which ignores them (unless the COPY fails first)."""
+        self.copy_in = True
+        for expect in list(self.queue)[1:]:
+            if expect.kind is K.COPY_END:
+                self.copy_in = False
+                break
+            if expect.kind is K.SYNC:
+                expect.maybe = True
+
+    def _copy_done(self) -> None:
+        """COPY FROM STDIN completed: the Syncs sent before the CopyDone were read during the COPY
+        and ignored; they will get no ReadyForQuery."""
+        kept: list[Expect] = [self.queue[0]]
+        rest = list(self.queue)[1:]
+        for index, expect in enumerate(rest):
+            if expect.kind is K.COPY_END:
+                kept += rest[index:]
+                break
+            if not (expect.kind is K.SYNC and expect.maybe):
+                kept.append(expect)
+        self.queue = deque(kept)
+
+    def _query_answer(self, head: Expect, type_byte: int, body: bytes) -> None:
+        phase = head.phase
+        parts = head.parts
+        if type_byte == m.READY_FOR_QUERY:
+            if parts is not None and phase != _P_WAIT_READY and head.index < len(parts) and self.strict:
+                raise self._desync(type_byte, f"the results of {len(parts)} statements")
+            self._ready(head, body)
+            return
+        if phase == _P_WAIT_READY:
+            raise self._desync(type_byte, "ReadyForQuery")
+        if parts is not None and head.index >= len(parts) and not (type_byte == m.EMPTY_QUERY_RESPONSE and not parts):
+                raise self._desync(type_byte, f"no more than {len(parts)} statements")
+        part = parts[head.index] if parts is not None and head.index < len(parts) else None
+        if type_byte == m.DATA_ROW and phase in (_P_ROWS, _P_REFUSED):
+            return
+        head.ran = True
+        if type_byte == m.ROW_DESCRIPTION and phase == _P_START:
+            columns = [c for c in m.row_description_sources(body) if c[0] != 0]
+            self._guard(head, columns, part.permitted if part is not None else frozenset())
+        elif type_byte == m.COMMAND_COMPLETE:
+            if phase == _P_COPY_IN:
+                self._copy_done()
+            if part is not None and part.op is not None and self.confirmed.touches(part.op):
+                self.confirmed.apply(part.op, head.segment, tag=body)
+            head.index += 1
+            head.phase = _P_START
+            self.rows_ok = False
+            if parts is not None and head.index >= len(parts):
+                head.phase = _P_WAIT_READY
+        elif type_byte == m.EMPTY_QUERY_RESPONSE and phase == _P_START:
+            head.phase = _P_WAIT_READY
+        elif type_byte == m.COPY_IN_RESPONSE and phase == _P_START:
+            head.phase = _P_COPY_IN
+            self._copy_started()
+        elif type_byte == m.COPY_OUT_RESPONSE and phase == _P_START:
+            head.phase = _P_COPY_OUT
+        elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
+            pass
+        else:
+            raise self._desync(type_byte, "a statement's result")
+
+    def _ready(self, head: Expect, body: bytes) -> None:
+        """ReadyForQuery ends a Sync, Query or FunctionCall: the implicit transaction ends,
+        and the transaction status must be the one the model expects."""
+        if len(body) != 1 or body not in (b"I", b"T", b"E"):
+            raise Desync("the server sent an invalid ReadyForQuery")
+        status = chr(body[0])
+        objects = self.confirmed
+        if head.kind is K.QUERY:
+            objects.drop_statement("", head.segment)
+            if head.ran:
+                objects.drop_portal("", head.segment)
+            else:
+                objects.doubt("", head.segment)
+        in_block = status != "I"
+        if self.strict and head.parts is not None and (objects.in_block != in_block
+                                                       or (in_block and objects.failed != (status == "E"))):
+            raise Desync(f"the server's transaction status is {status!r}, which pgproxy did not expect")
+        if not in_block and objects.frames:
+            objects.end_transaction(True, head.segment)
+        objects.in_block = in_block
+        objects.failed = status == "E"
+        if in_block and not objects.frames:
+            objects.begin()
+        self.transaction_status = status
+        self.confirmed_segment = max(self.confirmed_segment, head.segment)
+        self.guarding = False
+        self._pop()
+        if not self.queue:
+            # Nothing is outstanding: the prediction is the server's state. (Sharing one copy
+            # keeps the usual one-round-trip case from applying each effect twice.)
+            self.predicted = objects.copy()
+
+    def _error(self, head: Expect, body: bytes) -> bytes | None:
+        """An ErrorResponse: the message at the head failed. Its effect never happened (with
+        the server's exceptions for unnamed objects); after an extended-protocol message the
+        server skips everything up to Sync."""
+        out: bytes | None = b"" if self.guarding else None
+        objects = self.confirmed
+        kind = head.kind
+        if kind is K.PROBE:
+            try:
+                code = m.decode_fields(body).get("C")
+            except m.MessageFormatError:
+                code = None
+            if code != "26000":
+                raise Desync("the server answered pgproxy's refusal with an unexpected error")
+            out = head.error
+        elif kind is K.PARSE and head.name == "":
+            objects.drop_statement("", head.segment)  # dropped before the new one was parsed
+        elif kind is K.BIND and head.name == "":
+            objects.doubt("", head.segment)  # it may have been replaced before the error
+        elif kind is K.EXECUTE:
+            objects.doubt(head.name, head.segment)
+        elif kind is K.QUERY and not head.ran:
+            objects.doubt("", head.segment)
+        self.rows_ok = False
+        if kind in _EXTENDED:
+            objects.error(head.segment)
+            self.copy_in = False
+            self.queue.popleft()
+            while self.queue and self.queue[0].kind is not K.SYNC:
+                self.queue.popleft()  # skipped by the server: no answer will come
+            if self.queue:
+                self.queue[0].maybe = False
+        elif kind is K.QUERY or kind is K.FUNCTION or kind is K.SYNC:
+            # A simple Query stops at its failed statement; a Sync's commit can fail too.
+            objects.error(head.segment)
+            self.copy_in = False
+            head.phase = _P_WAIT_READY
+            head.ran = head.ran or kind is not K.QUERY
+        else:  # K.COPY_END cannot be the head here
+            raise Desync("the server sent an error pgproxy cannot place")
+        self._rebuild()
+        self._activate()
+        return out
+
+    # -- what executes ---------------------------------------------------------------------
+
+    def runs(self, statement: PreparedStatement) -> tuple[PreparedStatement | Portal | None, bool]:
+        """For a statement that runs another object (EXECUTE x, FETCH c): that object as the
+        next message would find it, and whether that is certain. (None, True) otherwise."""
+        op = statement.op
+        if op is None or op.kind not in REFERENCES:
+            return None, True
+        if op.kind is OpKind.EXECUTE:
+            return self.statement(op.name)
+        return self.portal(op.name)

@@ -1,0 +1,154 @@
+"""The attacks of the protocol-model issue, through a real proxy in front of a real server:
+a raw v3 client makes PostgreSQL run a portal other than the one the proxy would judge by
+statement name or by its own counts. Each must be held (the test's reviewer never approves),
+so no tagged value reaches the client; benign results still arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pgproxy.pgcluster import PostgresCluster
+from pgproxy.wire import messages as m
+from tests.approvals_support import start_proxy
+from tests.harness import ProxyThread, RawClient, raw_session
+
+RISKY = "SELECT ssn, email FROM customers WHERE id = 1"
+
+
+@pytest.fixture(scope="module")
+def held(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    # Held statements expire after a second: the tests see the refusal instead of the rows.
+    with start_proxy(pg, tmp_path_factory.mktemp("portals"), timeout=1) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def secrets_of_customer_1(pg: PostgresCluster) -> list[bytes]:
+    row = pg.psql("SELECT ssn || '|' || email FROM customers WHERE id = 1", dbname="app").strip()
+    return [value.encode() for value in row.split("|")]
+
+
+def _parse(name: str, sql: str) -> bytes:
+    return m.Parse(name, sql).encode()
+
+
+def _bind(portal: str, statement: str) -> bytes:
+    return m.Bind(portal, statement, (), (), ()).encode()
+
+
+def _execute(portal: str, rows: int = 0) -> bytes:
+    return m.Execute(portal, rows).encode()
+
+
+def _close(kind: str, name: str) -> bytes:
+    return m.frame(m.CLOSE, kind.encode() + m.encode_str(name))
+
+
+SYNC = m.Sync().encode()
+
+
+def _exchange(client: RawClient, data: bytes, cycles: int = 1) -> list[tuple[int, bytes]]:
+    client.send(data)
+    replies: list[tuple[int, bytes]] = []
+    for _ in range(cycles):
+        replies += [r for r in client.until_ready() if r[0] != m.NOTICE_RESPONSE]
+    return replies
+
+
+def _leaked(replies: list[tuple[int, bytes]], secrets: list[bytes]) -> bool:
+    return any(secret in body for _, body in replies for secret in secrets)
+
+
+def _rows(replies: list[tuple[int, bytes]]) -> list[bytes]:
+    return [body for type_byte, body in replies if type_byte == m.DATA_ROW]
+
+
+def test_portal_keeps_the_statement_it_was_bound_from(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        replies = _exchange(client, _parse("", RISKY) + _bind("", "") + _parse("", "SELECT 'x'")
+                            + _execute("") + SYNC)
+        assert not _leaked(replies, secrets_of_customer_1)
+        assert m.ERROR_RESPONSE in [t for t, _ in replies]
+        assert _rows(_exchange(client, m.Query("SELECT 'still here'").encode()))
+
+
+def test_close_of_the_statement_leaves_its_portal(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, m.Query("BEGIN").encode())
+        replies = _exchange(client, _parse("s", RISKY) + _bind("p", "s") + _close("S", "s")
+                            + _parse("s", "SELECT 'x'") + _execute("p") + SYNC)
+        assert not _leaked(replies, secrets_of_customer_1)
+
+
+def test_failed_duplicate_parse_changes_nothing(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, _parse("s", RISKY) + SYNC)
+        # The second Parse fails (42P05): "s" is still the risky statement.
+        _exchange(client, _parse("s", "SELECT 'x'") + SYNC)
+        replies = _exchange(client, _bind("", "s") + _execute("") + SYNC)
+        assert not _leaked(replies, secrets_of_customer_1)
+
+
+def test_sql_fetch_reads_a_protocol_portal(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, m.Query("BEGIN").encode())
+        _exchange(client, _parse("s", RISKY) + _bind("p", "s") + SYNC)
+        replies = _exchange(client, m.Query("FETCH ALL FROM p").encode())
+        assert not _leaked(replies, secrets_of_customer_1)
+        _exchange(client, m.Query("ROLLBACK").encode())
+
+
+def test_sql_execute_runs_a_protocol_statement(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, _parse("s", RISKY) + SYNC)
+        # PREPARE of the same name fails: the protocol statement holds it; EXECUTE runs that one.
+        _exchange(client, m.Query("PREPARE s AS SELECT 'x'").encode())
+        replies = _exchange(client, m.Query("EXECUTE s").encode())
+        assert not _leaked(replies, secrets_of_customer_1)
+
+
+def test_a_portal_from_before_a_savepoint_survives_rollback_to(held: ProxyThread,
+                                                                secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, m.Query("BEGIN").encode())
+        _exchange(client, _parse("s", RISKY) + _bind("p", "s") + SYNC)
+        _exchange(client, m.Query("SAVEPOINT a").encode())
+        # A failed pipeline: the Close after the error is skipped, so "p" is still there.
+        _exchange(client, _parse("", "SELECT 1/0") + _bind("", "") + _execute("") + _close("P", "p") + SYNC)
+        _exchange(client, m.Query("ROLLBACK TO a").encode())
+        replies = _exchange(client, _execute("p") + SYNC)
+        assert not _leaked(replies, secrets_of_customer_1)
+
+
+def test_with_hold_cursor_outlives_its_transaction(held: ProxyThread, secrets_of_customer_1: list[bytes]) -> None:
+    with raw_session(held) as client:
+        _exchange(client, m.Query("DECLARE c CURSOR WITH HOLD FOR " + RISKY).encode())
+        replies = _exchange(client, m.Query("FETCH ALL FROM c").encode())
+        assert not _leaked(replies, secrets_of_customer_1)
+
+
+def test_reserved_names_are_refused(held: ProxyThread) -> None:
+    with raw_session(held) as client:
+        replies = _exchange(client, _parse("pgproxy_reserved_x", "SELECT 1") + SYNC)
+        assert [t for t, _ in replies] == [m.ERROR_RESPONSE, m.READY_FOR_QUERY]
+        assert b"reserved" in replies[0][1]
+        assert _rows(_exchange(client, m.Query("SELECT 'after'").encode()))
+
+
+def test_benign_pipelines_pass(held: ProxyThread) -> None:
+    with raw_session(held) as client:
+        replies = _exchange(client, _parse("", "SELECT 'b1'") + _bind("", "") + _execute("") + SYNC
+                            + _parse("", "SELECT 'b2'") + _bind("", "") + _execute("") + SYNC, cycles=2)
+        assert [row[-2:] for row in _rows(replies)] == [b"b1", b"b2"]
+        replies = _exchange(client, m.Query("BEGIN; DECLARE c CURSOR FOR SELECT g FROM generate_series(1, 3) g; "
+                                            "FETCH 2 FROM c; COMMIT").encode())
+        assert len(_rows(replies)) == 2
+
+
+def test_unknown_portal_reaches_the_server(held: ProxyThread) -> None:
+    """An Execute of a portal the model says does not exist goes to the server, which refuses it."""
+    with raw_session(held) as client:
+        replies = _exchange(client, _execute("nope") + SYNC)
+        assert replies[0][0] == m.ERROR_RESPONSE and b"34000" in replies[0][1]
