@@ -176,6 +176,12 @@ class StatementGate:
         """The decision, or an awaitable of it when deciding takes time (the session waits)."""
         return ALLOW
 
+    def settled(self, session: Session, sql: str) -> bool:
+        """Whether a simple-protocol `sql` is allowed by a decision the session already holds,
+        with nothing to remember or record, no effect on the session's objects and nothing
+        tagged to show: then the relay forwards it without judge(). False whenever in doubt."""
+        return False
+
     def cycle_done(self, session: Session) -> None:
         """Called at each ReadyForQuery."""
 

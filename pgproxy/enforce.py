@@ -154,6 +154,26 @@ class PolicyGate(StatementGate):
             return self._conclude(session, schema, verdicts, statement)
         return self._judge_in_thread(session, schema, statement, state, normalized, key)
 
+    def settled(self, session: Session, sql: str) -> bool:
+        """The relay's shortcut (see StatementGate.settled): true only when the session's memo
+        holds an ALLOW for the statement's shape that has nothing to remember, and there is
+        no audit log to write; judge() would then return ALLOW and do nothing else."""
+        state = session.gate_state
+        schema = self.catalog.schema(session.database)
+        if (self.audit is not None or schema is None or not isinstance(state, SessionState)
+                or len(sql) * 4 > self.limits.max_statement_bytes):
+            return False
+        identity = session.identity
+        assert identity is not None
+        shape = shape_key(sql)
+        if shape is None:
+            return False
+        verdicts = self._recent(state, self._key(schema, state, identity.agent_id, identity.groups)).get(shape)
+        if verdicts is None or not verdicts.plain_allow:
+            return False
+        self.cache.hits += 1
+        return True
+
     def _recent(self, state: SessionState, key: tuple[str, ...]) -> dict[str, Verdicts]:
         """The session's memo of decisions by shape, emptied if it was kept for another cache
         key context or generation of the shared cache."""

@@ -62,7 +62,7 @@ from pgproxy.protocol import RESERVED_PREFIX, Desync, GuardRefusal, Portal, Prep
 from pgproxy.protocol.objects import REFERENCES, OpKind
 from pgproxy.upstream import UpstreamConnection, connect_upstream, send_cancel
 from pgproxy.wire import messages as m
-from pgproxy.wire.codec import FrameError, FrameReader, StartupReader
+from pgproxy.wire.codec import FrameError, FrameReader, StartupReader, unpack_length
 from pgproxy.wire.scram import ScramError
 
 if TYPE_CHECKING:
@@ -592,6 +592,13 @@ class Session:
         if self._ended is None or self._ended.done():
             return
         self.last_client_activity = time.monotonic()
+        if self._slow is None and not self._frames.pending_bytes and self.model.idle:
+            try:
+                if (data[0] == m.BIND and self._quick_cycle(data)) or (data[0] == m.QUERY and self._quick_query(data)):
+                    return
+            except Exception as exc:  # it ends this session only (see _relay)
+                self._end(exc)
+                return
         try:
             batch = self._frames.feed(data)
         except FrameError as exc:
@@ -605,6 +612,61 @@ class Session:
             self._defer(buf, batch)
         else:
             self._client_batch(buf, batch)
+
+    # The hot paths: reads that the general path (_frames.feed, then _forward_client) would
+    # forward unchanged, taken while nothing is outstanding. Each asks the model and the gate
+    # the same questions in fewer steps, and returns False (nothing done) for anything else,
+    # which then takes the general path.
+
+    def _quick_query(self, data: bytes) -> bool:
+        """A read that is one whole Query which the gate has `settled`: allowed, with nothing to
+        remember or record, no effect on the session's objects and nothing tagged to show."""
+        size = len(data)
+        if (size < 6 or size > self._frames.max_message_bytes + 5 or data[-1] != 0
+                or unpack_length(data, 1)[0] != size - 1):
+            return False
+        if self.gate is not None:
+            if not self.gate.settled(self, m.decode_str(data[5:-1])):
+                return False
+            self.statements += 1
+        assert self._upstream is not None
+        self.model.query(None)
+        self._upstream.transport.write(data)
+        return True
+
+    def _quick_cycle(self, data: bytes) -> bool:
+        """A read that is exactly Bind (unnamed portal), Describe of it or not, Execute (all rows)
+        and Sync, of a prepared statement the model knows and the gate allowed with nothing to
+        resolve when it runs, outside a transaction block (see ProtocolModel.quick_cycle)."""
+        model = self.model
+        if model.confirmed.in_block or model.confirmed.frames or model.doomed:
+            return False
+        size = len(data)
+        (length,) = unpack_length(data, 1)
+        end = 1 + length
+        if length < 7 or end + 15 > size or data[5] != 0:
+            return False  # not whole, or a named portal
+        name_end = data.index(0, 6, end)
+        statement = model.confirmed.statements.get(m.decode_str(data[6:name_end]))
+        if statement is None or statement.op is not None:
+            return False
+        judged = statement.facts
+        if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW):
+            return False
+        described = data[end] == m.DESCRIBE
+        if described:
+            if data[end:end + 7] != _DESCRIBE_UNNAMED_PORTAL:
+                return False
+            end += 7
+        if data[end:] != _EXECUTE_ALL_SYNC:
+            return False
+        if not described and self.gate is not None and statement.columns is None:
+            return False  # the result guard needs the portal described first (the general path does it)
+        model.quick_cycle(statement, data[5:1 + length], described,
+                          judged.permitted if judged is not None else frozenset())
+        assert self._upstream is not None
+        self._upstream.transport.write(data)
+        return True
 
     def _defer(self, buf: bytes, batch: list[tuple[int, int, int]]) -> None:
         """Messages that arrive while a statement is decided or held wait their turn, within the
@@ -977,6 +1039,19 @@ class Session:
         if self._ended is None or self._ended.done():
             return
         frames = self._upstream_frames
+        if not frames.pending_bytes:
+            try:
+                if self.model.whole_answer(data, frames.max_message_bytes + 4):
+                    assert self._client is not None
+                    self._client.transport.write(data)
+                    if self.gate is not None:
+                        self.gate.cycle_done(self)
+                    if self._answered is not None and not self._answered.done():
+                        self._answered.set_result(None)
+                    return
+            except Exception as exc:  # it ends this session only (see _relay)
+                self._end(exc)
+                return
         try:
             batch = frames.feed(data)
             if not frames.end:
@@ -1119,6 +1194,8 @@ class _Refuse:
 
 
 _TERMINATE = object()
+_DESCRIBE_UNNAMED_PORTAL = m.Describe("P", "").encode()
+_EXECUTE_ALL_SYNC = m.Execute("", 0).encode() + m.Sync().encode()
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ from typing import ClassVar
 
 from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
 from pgproxy.wire import messages as m
+from pgproxy.wire.codec import unpack_length as _unpack_length
 
 RESERVED_PREFIX = "pgproxy_reserved"  # statement and portal names a client may not use
 
@@ -63,6 +64,7 @@ class K(enum.IntEnum):
     FUNCTION = 8
     PROBE = 9  # the refusal mechanism: an error in place of a refused message
     COPY_END = 10  # the client's CopyDone/CopyFail: a position in the stream, no answer
+    CYCLE = 11  # Bind, [Describe], Execute and Sync of a prepared statement run again (see quick_cycle)
 
 
 _EXTENDED = frozenset({K.PARSE, K.BIND, K.DESCRIBE, K.EXECUTE, K.CLOSE, K.PROBE})
@@ -78,24 +80,36 @@ class QueryPart:
     runs: PreparedStatement | None = None
 
 
-@dataclass(slots=True, eq=False)
 class Expect:
+    """One forwarded message (or the proxy's own) and the answer it waits for. Its fields other
+    than `kind`, `segment` and `name` are class-level defaults until set: most messages set
+    one or two, and this is built on every message of the hot path."""
+
     kind: K
     segment: int
-    name: str = ""
-    describe_kind: str = ""  # DESCRIBE / CLOSE: "S" or "P"
+    name: str
+    describe_kind = ""  # DESCRIBE / CLOSE: "S" or "P"
     statement: PreparedStatement | None = None  # PARSE: the new one; DESCRIBE S: the one described
     portal: Portal | None = None  # BIND: the new one; DESCRIBE P / EXECUTE: the one it names
-    expect_ok: bool = True  # BIND / EXECUTE: the model believes the message can succeed
-    own: bool = False  # sent by the proxy: its answer is not forwarded
-    maybe: bool = False  # SYNC: may be ignored by the server (sent during COPY IN)
+    expect_ok = True  # BIND / EXECUTE: the model believes the message can succeed
+    own = False  # sent by the proxy: its answer is not forwarded
+    maybe = False  # SYNC: may be ignored by the server (sent during COPY IN)
     op: SessionOp | None = None  # EXECUTE: what running the portal does to the session
     permitted: frozenset[tuple[int, int]] = frozenset()  # EXECUTE: tagged columns it may show
     parts: list[QueryPart] | None = None  # QUERY: None when its statements are not known
-    index: int = 0  # QUERY: the statement being answered
-    phase: int = 0  # where in its answer the server is (see the _P_* constants)
-    ran: bool = False  # QUERY: a statement got as far as running
-    error: bytes = b""  # PROBE: the proxy's ErrorResponse to send instead
+    index = 0  # QUERY: the statement being answered
+    phase = 0  # where in its answer the server is (see the _P_* constants)
+    ran = False  # QUERY: a statement got as far as running
+    error = b""  # PROBE: the proxy's ErrorResponse to send instead
+    described = False  # CYCLE: the client described the portal (a RowDescription comes first)
+
+    def __init__(self, kind: K, segment: int, name: str = "") -> None:
+        self.kind = kind
+        self.segment = segment
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Expect({self.kind.name}, segment={self.segment}, name={self.name!r}, {vars(self)})"
 
 
 # Phases of an answer.
@@ -107,7 +121,26 @@ _P_COPY_OUT = 4
 _P_WAIT_READY = 5  # QUERY / FUNCTION: only ReadyForQuery is left
 _P_REFUSED = 6  # the result guard refused it: drop what it sends
 
+_STATUS = {b"I": "I", b"T": "T", b"E": "E"}  # ReadyForQuery's transaction status
 _ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
+
+_COLUMNS_MEMO = 4096  # entries
+_COLUMNS_MEMO_BODY = 2048  # bytes: larger RowDescriptions are decoded each time
+_columns_memo: dict[bytes, list[tuple[int, int]]] = {}
+
+
+def table_columns(body: bytes) -> list[tuple[int, int]]:
+    """A RowDescription's fields that are columns of a table, as (table oid, attnum). A
+    statement's results repeat the same RowDescription, so it is decoded once."""
+    found = _columns_memo.get(body)
+    if found is None:
+        found = [c for c in m.row_description_sources(body) if c[0] != 0]
+        if len(body) <= _COLUMNS_MEMO_BODY:
+            if len(_columns_memo) >= _COLUMNS_MEMO:
+                _columns_memo.clear()
+            _columns_memo[body] = found
+    return found
+
 
 # The result guard: (columns of a result, columns the execution may show) -> refused names.
 Guard = Callable[[list[tuple[int, int]], frozenset[tuple[int, int]]], list[str]]
@@ -185,7 +218,8 @@ class ProtocolModel:
     def parse(self, name: str, statement: PreparedStatement) -> None:
         if self.doomed:
             return
-        expect = Expect(K.PARSE, self.segment, name, statement=statement)
+        expect = Expect(K.PARSE, self.segment, name)
+        expect.statement = statement
         self._predict(expect, self.predicted)
         self._push(expect)
 
@@ -197,8 +231,10 @@ class ProtocolModel:
         statement = self.predicted.statements.get(statement_name)
         created = Portal(statement, body) if statement is not None else None
         taken = portal != "" and portal in self.predicted.portals and portal not in self.predicted.doubtful
-        expect = Expect(K.BIND, self.segment, portal, portal=created,
-                        expect_ok=created is not None and not taken)
+        expect = Expect(K.BIND, self.segment, portal)
+        expect.portal = created
+        if created is None or taken:
+            expect.expect_ok = False
         self._predict(expect, self.predicted)
         self._push(expect)
         return created if expect.expect_ok else None
@@ -206,11 +242,15 @@ class ProtocolModel:
     def describe(self, kind: str, name: str, *, own: bool = False) -> None:
         if self.doomed:
             return
-        expect = Expect(K.DESCRIBE, self.segment, name, describe_kind=kind, own=own)
+        expect = Expect(K.DESCRIBE, self.segment, name)
+        expect.describe_kind = kind
+        expect.own = own
         if kind == "S":
-            expect.statement = self.statement(name)[0] if self.statement(name)[1] else None
+            statement, certain = self.statement(name)
+            expect.statement = statement if certain else None
         else:
-            expect.portal = self.portal(name)[0] if self.portal(name)[1] else None
+            portal, certain = self.portal(name)
+            expect.portal = portal if certain else None
         self._push(expect)
 
     def execute(self, name: str, portal: Portal | None, permitted: frozenset[tuple[int, int]],
@@ -219,8 +259,11 @@ class ProtocolModel:
         if self.doomed:
             return
         op = portal.statement.op if portal is not None else None
-        expect = Expect(K.EXECUTE, self.segment, name, portal=portal, expect_ok=portal is not None,
-                        op=op, permitted=permitted)
+        expect = Expect(K.EXECUTE, self.segment, name)
+        expect.portal = portal
+        expect.expect_ok = portal is not None
+        expect.op = op
+        expect.permitted = permitted
         if self.trace and portal is not None:
             self.predicted_runs.append((runs or portal.statement).sql)
         self._predict(expect, self.predicted)
@@ -237,12 +280,14 @@ class ProtocolModel:
     def close(self, kind: str, name: str) -> None:
         if self.doomed:
             return
-        expect = Expect(K.CLOSE, self.segment, name, describe_kind=kind)
+        expect = Expect(K.CLOSE, self.segment, name)
+        expect.describe_kind = kind
         self._predict(expect, self.predicted)
         self._push(expect)
 
     def sync(self) -> None:
-        expect = Expect(K.SYNC, self.segment, maybe=self.copy_in)
+        expect = Expect(K.SYNC, self.segment)
+        expect.maybe = self.copy_in
         self.doomed = False
         if not expect.maybe:
             self._predict(expect, self.predicted)
@@ -254,7 +299,8 @@ class ProtocolModel:
         if self.doomed:
             return
         self.segment += 1
-        expect = Expect(K.QUERY, self.segment, parts=parts)
+        expect = Expect(K.QUERY, self.segment)
+        expect.parts = parts
         if self.trace:
             self.predicted_runs.extend(p.runs.sql for p in parts or () if p.runs is not None)
         self._predict(expect, self.predicted)
@@ -270,6 +316,25 @@ class ProtocolModel:
         self.segment += 1
         self._push(expect)
 
+    def quick_cycle(self, statement: PreparedStatement, bind: bytes, described: bool,
+                    permitted: frozenset[tuple[int, int]]) -> None:
+        """A prepared statement run again, in one read, while nothing is outstanding and no
+        transaction block is open: Bind of the unnamed portal, Describe of it (or not), Execute
+        of all its rows, Sync. The same rules as bind(), describe(), execute() and sync() in one
+        step: the portal lives only until the Sync's implicit commit ends it, so the objects do
+        not change at all; the answers are checked as those four messages' answers are."""
+        expect = Expect(K.CYCLE, self.segment)
+        expect.portal = Portal(statement, bind)
+        expect.permitted = permitted
+        expect.described = described
+        predicted = self.predicted
+        predicted.portal_touched[""] = self.segment
+        predicted.portals_touched_all = self.segment
+        self.segment += 1
+        if self.trace:
+            self.predicted_runs.append(statement.sql)
+        self.queue.append(expect)
+
     def copy_end(self) -> None:
         """The client sent CopyDone or CopyFail."""
         self.copy_in = False
@@ -283,7 +348,8 @@ class ProtocolModel:
         self._probes += 1
         if simple:
             self.segment += 1
-        probe = Expect(K.PROBE, self.segment, f"{self.reserved}{self._probes}", error=error)
+        probe = Expect(K.PROBE, self.segment, f"{self.reserved}{self._probes}")
+        probe.error = error
         self._push(probe)
         out = m.Describe("S", probe.name).encode()
         if simple:
@@ -318,7 +384,10 @@ class ProtocolModel:
                 objects.drop_portal(expect.name, segment)
         elif kind is K.SYNC or kind is K.FUNCTION:
             if not objects.in_block:
-                objects.end_transaction(True, segment)
+                if objects.frames:
+                    objects.end_transaction(True, segment)
+                else:
+                    objects.portals_touched_all = segment
         elif kind is K.QUERY:
             objects.drop_statement("", segment)
             objects.drop_portal("", segment)
@@ -326,7 +395,10 @@ class ProtocolModel:
                 if part.op is not None and objects.touches(part.op):
                     objects.apply(part.op, segment)
             if not objects.in_block:
-                objects.end_transaction(True, segment)
+                if objects.frames:
+                    objects.end_transaction(True, segment)
+                else:
+                    objects.portals_touched_all = segment
 
     def _rebuild(self) -> None:
         predicted = self.confirmed.copy()
@@ -386,7 +458,9 @@ class ProtocolModel:
             return self._error(head, body)
         out = b"" if self.guarding and type_byte != m.READY_FOR_QUERY else None
         kind = head.kind
-        if kind is K.EXECUTE:
+        if kind is K.CYCLE:
+            self._cycle_answer(head, type_byte, body)
+        elif kind is K.EXECUTE:
             self._execute_answer(head, type_byte, body)
         elif kind is K.QUERY:
             self._query_answer(head, type_byte, body)
@@ -442,7 +516,7 @@ class ProtocolModel:
             head.phase = _P_DESCRIBED
             return out
         if type_byte == m.ROW_DESCRIPTION:
-            columns: list[tuple[int, int]] = [c for c in m.row_description_sources(body) if c[0] != 0]
+            columns: list[tuple[int, int]] = table_columns(body)
         elif type_byte == m.NO_DATA:
             columns = []
         else:
@@ -453,6 +527,107 @@ class ProtocolModel:
             head.portal.columns = columns
         self._pop()
         return b"" if head.own else out
+
+    def whole_answer(self, data: bytes, longest: int) -> bool:
+        """The server's hot path: `data` (one read of whole messages, each at most `longest`
+        bytes with its length field) is all the rest of the answer to the one outstanding
+        simple Query whose statements need no following (`query(None)`) or quick cycle, and
+        its results pass the result guard. Then the model takes it as `answer` would, message
+        by message, and True is returned; otherwise nothing is changed and False is returned."""
+        if len(self.queue) != 1 or self.guarding:
+            return False
+        head = self.queue[0]
+        cycle = head.kind is K.CYCLE
+        query = head.kind is K.QUERY and head.parts is None and head.phase == _P_START
+        if not ((cycle and head.index == 0) or query):
+            return False
+        size = len(data)
+        pos = 0
+        step = 0  # CYCLE: as in _cycle_answer; QUERY: 0 before a result, 2 in rows
+        ran = False
+        columns: list[tuple[int, int]] | None = None
+        ready = -1
+        while pos < size:
+            if size - pos < 5 or ready >= 0:
+                return False
+            type_byte = data[pos]
+            (length,) = _unpack_length(data, pos + 1)
+            end = pos + 1 + length
+            if not 4 <= length <= longest or end > size:
+                return False
+            if type_byte == m.DATA_ROW:
+                if step != 2:
+                    return False
+            elif type_byte in _ASYNC and type_byte != m.PARAMETER_STATUS:
+                pass
+            elif type_byte == m.READY_FOR_QUERY:
+                if step != (3 if cycle else 0) or length != 5:
+                    return False
+                ready = pos
+            elif cycle:
+                if step == 0 and type_byte == m.BIND_COMPLETE:
+                    step = 1 if head.described else 2
+                    if step == 2:
+                        assert head.portal is not None
+                        columns = head.portal.result_columns
+                        if self._refuses(columns, head.permitted):
+                            return False
+                elif step == 1 and (type_byte == m.ROW_DESCRIPTION or type_byte == m.NO_DATA):
+                    columns = table_columns(data[pos + 5:end]) if type_byte == m.ROW_DESCRIPTION else []
+                    if self._refuses(columns, head.permitted):
+                        return False
+                    step = 2
+                elif step == 2 and (type_byte == m.COMMAND_COMPLETE or type_byte == m.EMPTY_QUERY_RESPONSE):
+                    step = 3
+                else:
+                    return False
+            elif type_byte == m.ROW_DESCRIPTION and step == 0:
+                if self._refuses(table_columns(data[pos + 5:end]), frozenset()):
+                    return False
+                step = 2
+            elif type_byte == m.COMMAND_COMPLETE or (type_byte == m.EMPTY_QUERY_RESPONSE and step == 0):
+                step = 0
+                ran = True
+            else:
+                return False
+            pos = end
+        if ready < 0:
+            return False
+        if cycle and head.described and head.portal is not None:
+            head.portal.statement.columns = columns
+        head.ran = head.ran or ran
+        self._ready(head, data[ready + 5:ready + 6])
+        return True
+
+    def _refuses(self, columns: list[tuple[int, int]] | None, permitted: frozenset[tuple[int, int]]) -> bool:
+        if self.guard is None:
+            return False
+        return columns is None or bool(columns and self.guard(columns, permitted))
+
+    def _cycle_answer(self, head: Expect, type_byte: int, body: bytes) -> None:
+        """The answers to a quick_cycle, step by step (`index`): BindComplete; RowDescription or
+        NoData if described; rows and CommandComplete (or EmptyQueryResponse); ReadyForQuery."""
+        step = head.index
+        if step == 0 and type_byte == m.BIND_COMPLETE:
+            if head.described:
+                head.index = 1
+            else:
+                head.index = 2
+                assert head.portal is not None
+                self._guard(head, head.portal.result_columns, head.permitted)
+        elif step == 1 and (type_byte == m.ROW_DESCRIPTION or type_byte == m.NO_DATA):
+            assert head.portal is not None
+            columns = table_columns(body) if type_byte == m.ROW_DESCRIPTION else []
+            head.portal.statement.columns = columns
+            head.index = 2
+            self._guard(head, columns, head.permitted)
+        elif step == 2 and (type_byte == m.COMMAND_COMPLETE or type_byte == m.EMPTY_QUERY_RESPONSE):
+            head.index = 3
+            self.rows_ok = False
+        elif step == 3 and type_byte == m.READY_FOR_QUERY:
+            self._ready(head, body)
+        else:
+            raise self._desync(type_byte, "the answer to Bind, Describe, Execute and Sync")
 
     def _execute_answer(self, head: Expect, type_byte: int, body: bytes) -> None:
         if not head.expect_ok and self.strict:
@@ -520,7 +695,7 @@ class ProtocolModel:
             return
         head.ran = True
         if type_byte == m.ROW_DESCRIPTION and phase == _P_START:
-            columns = [c for c in m.row_description_sources(body) if c[0] != 0]
+            columns = table_columns(body)
             self._guard(head, columns, part.permitted if part is not None else frozenset())
         elif type_byte == m.COMMAND_COMPLETE:
             if phase == _P_COPY_IN:
@@ -547,34 +722,46 @@ class ProtocolModel:
     def _ready(self, head: Expect, body: bytes) -> None:
         """ReadyForQuery ends a Sync, Query or FunctionCall: the implicit transaction ends,
         and the transaction status must be the one the model expects."""
-        if len(body) != 1 or body not in (b"I", b"T", b"E"):
+        status = _STATUS.get(body)
+        if status is None:
             raise Desync("the server sent an invalid ReadyForQuery")
-        status = chr(body[0])
         objects = self.confirmed
-        if head.kind is K.QUERY:
-            objects.drop_statement("", head.segment)
-            if head.ran:
-                objects.drop_portal("", head.segment)
-            else:
-                objects.doubt("", head.segment)
+        segment = head.segment
+        kind = head.kind
+        if kind is K.QUERY:
+            if "" in objects.statements:
+                objects.drop_statement("", segment)
+            if "" in objects.portals:
+                if head.ran:
+                    objects.drop_portal("", segment)
+                else:
+                    objects.doubt("", segment)
         in_block = status != "I"
-        if self.strict and head.parts is not None and (objects.in_block != in_block
-                                                       or (in_block and objects.failed != (status == "E"))):
+        failed = status == "E"
+        if (objects.in_block != in_block or objects.failed != failed) and self.strict and head.parts is not None:
             raise Desync(f"the server's transaction status is {status!r}, which pgproxy did not expect")
-        if not in_block and objects.frames:
-            objects.end_transaction(True, head.segment)
+        if in_block:
+            if kind is K.CYCLE:
+                raise Desync(f"the server's transaction status is {status!r} after a statement run outside a block")
+            if not objects.frames:
+                objects.begin()
+        elif objects.frames:
+            objects.end_transaction(True, segment)
         objects.in_block = in_block
-        objects.failed = status == "E"
-        if in_block and not objects.frames:
-            objects.begin()
+        objects.failed = failed
         self.transaction_status = status
-        self.confirmed_segment = max(self.confirmed_segment, head.segment)
+        if segment > self.confirmed_segment:
+            self.confirmed_segment = segment
         self.guarding = False
         self._pop()
         if not self.queue:
-            # Nothing is outstanding: the prediction is the server's state. (Sharing one copy
-            # keeps the usual one-round-trip case from applying each effect twice.)
-            self.predicted = objects.copy()
+            predicted = self.predicted
+            if (predicted.in_block != in_block or predicted.failed != failed
+                    or len(predicted.portals) != len(objects.portals)
+                    or len(predicted.statements) != len(objects.statements)):
+                # Nothing is outstanding, so the prediction must be the server's state: where it
+                # is not (a statement pgproxy could not follow), the server's state wins.
+                self._rebuild()
 
     def _error(self, head: Expect, body: bytes) -> bytes | None:
         """An ErrorResponse: the message at the head failed. Its effect never happened (with
@@ -600,6 +787,11 @@ class ProtocolModel:
         elif kind is K.QUERY and not head.ran:
             objects.doubt("", head.segment)
         self.rows_ok = False
+        if kind is K.CYCLE:
+            # Whatever failed, the rest up to the Sync is skipped; outside a block nothing stays.
+            objects.error(head.segment)
+            head.index = 3
+            return out
         if kind in _EXTENDED:
             objects.error(head.segment)
             self.copy_in = False
