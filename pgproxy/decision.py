@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pgproxy.errors import SqlState
-from pgproxy.protocol import Portal, PreparedStatement, ProtocolModel, SessionOp
-from pgproxy.protocol.objects import REFERENCES
+from pgproxy.errors import ClientProtocolError, SqlState
+from pgproxy.protocol import RESERVED_PREFIX, Portal, PreparedStatement, ProtocolModel, QueryPart, SessionOp
+from pgproxy.protocol.objects import REFERENCES, OpKind
 from pgproxy.wire import messages as m
+from pgproxy.wire.codec import unpack_length
 
 if TYPE_CHECKING:
     from pgproxy.session import Session
@@ -192,3 +193,294 @@ class StatementGate:
 
     async def close(self) -> None:
         """Stop background work (the server is shutting down)."""
+
+
+@dataclass(slots=True)
+class Resume:
+    """Continuing at a message that waited: its decision (`judgement`), and whether a reviewer
+    approved running it."""
+
+    judgement: Judgement | None = None
+    approved: bool = False
+
+
+@dataclass(slots=True)
+class Refuse:
+    data: bytes  # what the server is sent instead of the refused message
+
+
+_DESCRIBE_UNNAMED_PORTAL = m.Describe("P", "").encode()
+_EXECUTE_ALL_SYNC = m.Execute("", 0).encode() + m.Sync().encode()
+
+
+@dataclass(slots=True)
+class Wait:
+    """Where forwarding stopped: message `index` of the batch waits for its decision (`decide`),
+    for a reviewer (`hold`: sql, parameters as shown, judgement; `approve`: the portals an
+    approval covers), or, with neither, for the server's answers to what came before it."""
+
+    index: int = 0
+    decide: Awaitable[Judgement] | None = None
+    hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
+    judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
+    approve: list[Portal] = field(default_factory=list)
+
+
+class DecisionPoint:
+    """One session's decision point: each client message that can run SQL or changes what the
+    server holds is recorded in the protocol model, judged by what it runs, and forwarded,
+    refused (the server is made to fail in its place), or made to wait (see `Wait`)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.model = session.model
+        self.gate = session.gate
+
+    # The hot paths: reads that the general path (framing, then `message` for each) would
+    # forward unchanged, taken while nothing is outstanding. Each asks the model and the gate
+    # the same questions in fewer steps and records the read in the model (the relay then
+    # forwards it), or returns False having changed nothing: the general path takes it.
+
+    def quick_query(self, data: bytes) -> bool:
+        """A read that is one whole Query which the gate has `settled`: allowed, with nothing to
+        remember or record, no effect on the session's objects and nothing tagged to show."""
+        size = len(data)
+        if (size < 6 or size > self.session.max_message_bytes + 5 or data[-1] != 0
+                or unpack_length(data, 1)[0] != size - 1):
+            return False
+        if self.gate is not None:
+            if not self.gate.settled(self.session, m.decode_str(data[5:-1])):
+                return False
+            self.session.statements += 1
+        self.model.query(None)
+        return True
+
+    def quick_cycle(self, data: bytes) -> bool:
+        """A read that is exactly Bind (unnamed portal), Describe of it or not, Execute (all rows)
+        and Sync, of a prepared statement the model knows and the gate allowed with nothing to
+        resolve when it runs, outside a transaction block (see ProtocolModel.quick_cycle)."""
+        model = self.model
+        if model.confirmed.in_block or model.confirmed.frames or model.doomed:
+            return False
+        size = len(data)
+        (length,) = unpack_length(data, 1)
+        end = 1 + length
+        if length < 7 or end + 15 > size or data[5] != 0:
+            return False  # not whole, or a named portal
+        name_end = data.index(0, 6, end)
+        statement = model.confirmed.statements.get(m.decode_str(data[6:name_end]))
+        if statement is None or statement.op is not None:
+            return False
+        judged = statement.facts
+        if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW):
+            return False
+        described = data[end] == m.DESCRIBE
+        if described:
+            if data[end:end + 7] != _DESCRIBE_UNNAMED_PORTAL:
+                return False
+            end += 7
+        if data[end:] != _EXECUTE_ALL_SYNC:
+            return False
+        if not described and self.gate is not None and statement.columns is None:
+            return False  # the result guard needs the portal described first (the general path does it)
+        model.quick_cycle(statement, data[5:1 + length], described,
+                          judged.permitted if judged is not None else frozenset())
+        return True
+
+    def message(self, type_byte: int, buf: bytes, start: int, end: int,
+                resume: Resume | None) -> bytes | Refuse | Wait | None:
+        """One client message (not Terminate): None to forward it, bytes to send before it, a
+        `Refuse` to send instead of it, or a `Wait`: it must wait for its decision, a reviewer,
+        or the server's answers to what came before it."""
+        model = self.model
+        try:
+            if type_byte == m.EXECUTE:
+                return self._on_execute(buf, start, end, resume)
+            if type_byte == m.BIND:
+                return self._on_bind(buf, start, end)
+            if type_byte == m.SYNC:
+                model.sync()
+                return None
+            if type_byte == m.PARSE:
+                return self._on_parse(buf[start + 5:end], resume)
+            if type_byte == m.QUERY or type_byte == m.FUNCTION_CALL:
+                return self._on_query(type_byte, buf[start + 5:end], resume)
+            if type_byte == m.DESCRIBE or type_byte == m.CLOSE:
+                kind, name = chr(buf[start + 5]), m.decode_str(buf[start + 6:end - 1])
+                if buf[end - 1] != 0 or kind not in ("S", "P"):
+                    raise m.MessageFormatError("invalid Describe or Close message")
+                if model.is_reserved(name):
+                    return self._reserved(name)
+                (model.describe if type_byte == m.DESCRIBE else model.close)(kind, name)
+                return None
+            if type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
+                model.copy_end()
+                return None
+            return None  # Flush, CopyData
+        except m.MessageFormatError as exc:
+            raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
+
+    def _reserved(self, name: str) -> Refuse:
+        return self.refusal(m.PARSE, Judgement(
+            Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+            f'the name "{name}" is reserved by pgproxy', detail=f"Names starting with {RESERVED_PREFIX} are "
+            "pgproxy's own."))
+
+    def _on_parse(self, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
+        parse = m.decode_parse(body)
+        if self.model.is_reserved(parse.name):
+            return self._reserved(parse.name)
+        judged: Judgement = ALLOW
+        if self.gate is not None:
+            if resume is not None and resume.judgement is not None:
+                judged = resume.judgement
+            else:
+                decided = self._judge(Statement("extended", parse.sql, parse.name))
+                if not isinstance(decided, Judgement):
+                    return Wait(decide=decided)
+                judged = decided
+            # Parsing runs nothing: a statement that needs review is held when it is executed.
+            if judged.verdict is Verdict.DENY or (judged.verdict is Verdict.REVIEW and not self.gate.holds):
+                return self.refusal(m.PARSE, judged)
+        parts = judged.parts
+        op = parts[0].op if parts is not None and len(parts) == 1 else None
+        self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op))
+        return None
+
+    def _on_bind(self, buf: bytes, start: int, end: int) -> Refuse | Wait | None:
+        body = buf[start + 5:end]
+        portal_end = body.index(0)
+        statement_end = body.index(0, portal_end + 1)
+        portal = m.decode_str(body[:portal_end])
+        statement = m.decode_str(body[portal_end + 1:statement_end])
+        model = self.model
+        if model.is_reserved(portal) or model.is_reserved(statement):
+            return self._reserved(portal if model.is_reserved(portal) else statement)
+        # Binding to the unnamed portal always replaces it; a named one must not exist yet.
+        if not model.statement(statement)[1] or (portal != "" and not model.portal(portal)[1]):
+            return Wait()
+        model.bind(portal, statement, body)
+        return None
+
+    def _on_execute(self, buf: bytes, start: int, end: int, resume: Resume | None) -> bytes | Refuse | Wait | None:
+        name = m.decode_str(buf[start + 5:buf.index(0, start + 5)])
+        model = self.model
+        portal, certain = model.portal(name)
+        if not certain:
+            return Wait()
+        if portal is None:
+            model.execute(name, None, frozenset())  # the server refuses it: no such portal
+            return None
+        found = execution(model, portal)
+        if found is None:
+            return Wait()
+        judged = found.judgement
+        if resume is not None and resume.approved:
+            judged = approved(judged)
+        if judged.verdict is Verdict.ALLOW:
+            before = None
+            if self.gate is not None and model.needs_describe(portal):
+                # The result guard must know the portal's columns before its rows come.
+                model.describe("P", name, own=True)
+                before = m.Describe("P", name).encode()
+            runs = model.runs(portal.statement)[0]
+            model.execute(name, portal, judged.permitted,
+                          runs.statement if isinstance(runs, Portal) else runs)
+            return before
+        if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
+            return Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
+        return self.refusal(m.EXECUTE, judged)
+
+    def _on_query(self, type_byte: int, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
+        model = self.model
+        if self.gate is None:
+            (model.query(None) if type_byte == m.QUERY else model.function_call())
+            return None
+        sql = m.decode_query_text(body) if type_byte == m.QUERY else FUNCTION_CALL
+        if resume is not None and resume.judgement is not None:
+            judged = resume.judgement
+        else:
+            decided = self._judge(Statement("simple" if type_byte == m.QUERY else "function", sql))
+            if not isinstance(decided, Judgement):
+                return Wait(decide=decided)
+            judged = decided
+        is_approved = resume is not None and resume.approved
+        if type_byte == m.FUNCTION_CALL:
+            if judged.verdict is Verdict.ALLOW or is_approved:
+                model.function_call()
+                return None
+            if judged.verdict is Verdict.REVIEW and self.gate.holds:
+                return Wait(hold=(FUNCTION_CALL, (), judged), judged=judged)
+            return self.refusal(type_byte, judged)
+        resolved = self._resolve_query(judged, is_approved, sql)
+        if resolved is None:
+            return Wait()
+        parts, combined, shown, bind, covered = resolved
+        if combined.verdict is Verdict.ALLOW or is_approved:
+            model.query(parts)
+            return None
+        if combined.verdict is Verdict.REVIEW and self.gate.holds:
+            return Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
+        return self.refusal(type_byte, combined)
+
+    def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[
+            list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
+        """A simple Query's statements as the model records them, with what each EXECUTE or
+        FETCH in it runs (objects its earlier statements create count), and the judgement of
+        the whole; None when a name it runs is not yet certain."""
+        if judged.parts is None:
+            return None, judged, sql, None, []
+        model = self.model
+        objects = model.predicted.copy()
+        segment = model.segment + 1
+        combined = judged
+        notes: list[str] = []
+        bind: bytes | None = None
+        covered: list[Portal] = []
+        parts: list[QueryPart] = []
+        for part in judged.parts:
+            op = part.op
+            runs: PreparedStatement | None = None
+            permitted = part.permitted
+            if op is not None and op.kind in REFERENCES:
+                table = objects.statements if op.kind is OpKind.EXECUTE else objects.portals
+                touched = (objects.statement_touched if op.kind is OpKind.EXECUTE else objects.portal_touched)
+                everything = (objects.statements_touched_all if op.kind is OpKind.EXECUTE
+                              else objects.portals_touched_all)
+                if not model.certain_at(max(touched.get(op.name, -1), everything)):
+                    return None
+                target = table.get(op.name)
+                if isinstance(target, Portal):
+                    referenced = facts(target.statement)
+                    if target.approved and referenced.verdict is not Verdict.DENY:
+                        referenced = approved(referenced)
+                    runs = target.statement
+                    bind = target.bind or bind
+                    covered.append(target)
+                elif isinstance(target, PreparedStatement):
+                    referenced = facts(target)
+                    runs = target
+                else:
+                    referenced = ALLOW
+                if runs is not None:
+                    notes.append(f"-- {op.name} is: {runs.sql}")
+                    combined = replace(strictest(combined, referenced), composed=True)
+                    permitted = permitted | referenced.permitted
+            if op is not None and is_approved and op.kind is OpKind.DECLARE and isinstance(op.facts, Judgement):
+                op = replace(op, facts=approved(op.facts))  # the approval covers the cursor it declares
+            if op is not None and objects.touches(op):
+                objects.apply(op, segment)
+            parts.append(QueryPart(op, permitted, runs))
+        shown = "\n".join([sql, *notes]) if notes else sql
+        return parts, combined, shown, bind, covered
+
+    def _judge(self, statement: Statement) -> Judgement | Awaitable[Judgement]:
+        assert self.gate is not None
+        self.session.statements += 1
+        return self.gate.judge(self.session, statement)
+
+    def refusal(self, type_byte: int, judgement: Judgement) -> Refuse:
+        """The bytes that make the server fail in place of a refused message (see ProtocolModel.refuse)."""
+        error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message, detail=judgement.detail).encode()
+        simple = type_byte == m.QUERY or type_byte == m.FUNCTION_CALL
+        return Refuse(self.model.refuse(error, simple=simple))

@@ -21,7 +21,8 @@ from pgproxy.decision import StatementGate
 from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
-from pgproxy.session import READ_CHUNK, Session, SessionRegistry
+from pgproxy.session import Session, SessionRegistry
+from pgproxy.startup import READ_CHUNK
 from pgproxy.store.sqlite import SqliteStore
 from pgproxy.wire import messages as m
 

@@ -27,77 +27,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import hmac
-import ipaddress
 import logging
 import secrets
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from pgproxy.audit import members
 from pgproxy.decision import (
-    ALLOW,
     CANCELLED_WHILE_HELD,
-    FUNCTION_CALL,
+    DecisionPoint,
     Judgement,
-    Statement,
+    Refuse,
+    Resume,
     StatementGate,
     Verdict,
-    approved,
-    execution,
-    facts,
-    shown_parameters,
-    strictest,
+    Wait,
 )
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
-from pgproxy.protocol import RESERVED_PREFIX, Desync, GuardRefusal, Portal, PreparedStatement, ProtocolModel, QueryPart
-from pgproxy.protocol.objects import REFERENCES, OpKind
-from pgproxy.upstream import UpstreamConnection, connect_upstream, send_cancel
+from pgproxy.protocol import Desync, GuardRefusal, ProtocolModel
+from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, startup
+from pgproxy.upstream import UpstreamConnection, send_cancel
 from pgproxy.wire import messages as m
-from pgproxy.wire.codec import FrameError, FrameReader, StartupReader, unpack_length
-from pgproxy.wire.scram import ScramError
+from pgproxy.wire.codec import FrameError, FrameReader
 
 if TYPE_CHECKING:
     from pgproxy.audit import AuditLog
     from pgproxy.config import Config
 
-READ_CHUNK = 256 * 1024
 # Until the agent has logged in, a message may be at most this large (PostgreSQL's own cap
 # on authentication packets), whatever limits.max_message_bytes allows afterwards.
 AUTH_MAX_MESSAGE_BYTES = 65535
 TERMINATE_DRAIN_SECONDS = 5.0  # how long replies to messages sent before Terminate may take
-
-
-class State(enum.Enum):
-    """Where the session is in its life. Once relaying, where it is in the query cycle (idle,
-    waiting for answers, in COPY, held) is the protocol model's to say (`Session.model`)."""
-
-    STARTUP = "startup"
-    AUTHENTICATING = "authenticating"
-    CONNECTING = "connecting"
-    READY = "ready"  # relaying
-    CLOSED = "closed"
-
-
-_TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STARTUP: frozenset({State.AUTHENTICATING, State.CLOSED}),
-    State.AUTHENTICATING: frozenset({State.CONNECTING, State.CLOSED}),
-    State.CONNECTING: frozenset({State.READY, State.CLOSED}),
-    State.READY: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset({State.CLOSED}),
-}
-
-
-class InvalidTransition(RuntimeError):
-    """A bug in the proxy: the session tried a transition the protocol does not have."""
 
 
 # --- Registry shared by the server's sessions ------------------------------------------
@@ -194,6 +161,7 @@ class Session:
         # What the server holds and owes (the one model; see pgproxy.protocol).
         self.model = ProtocolModel(strict=gate is not None and gate.strict,
                                    guard=None if gate is None else self._forbidden)
+        self.decisions = DecisionPoint(self)
         self._upstream_said_fatal = False
         self._terminating = False  # the client sent Terminate
 
@@ -202,7 +170,7 @@ class Session:
     def _to(self, new: State) -> None:
         if new is self.state:
             return
-        if new not in _TRANSITIONS[self.state]:
+        if new not in TRANSITIONS[self.state]:
             raise InvalidTransition(f"{self.state.value} -> {new.value}")
         self.state = new
 
@@ -213,12 +181,12 @@ class Session:
         try:
             try:
                 async with asyncio.timeout(self.limits.auth_timeout_seconds):
-                    if not await self._startup():
+                    if not await startup(self):
                         return
                     if self.refusal is not None:
                         raise self.refusal
-                    await self._authenticate()
-                    await self._connect()
+                    await authenticate(self)
+                    await connect(self)
             except TimeoutError:
                 raise ProxyError(
                     SqlState.CONNECTION_FAILURE,
@@ -320,168 +288,6 @@ class Session:
         if self.upstream is not None and self.upstream.backend_key is not None:
             self.log.info("cancel request forwarded")
             await send_cancel(self.upstream.route, self.upstream.backend_key)
-
-    # -- startup -------------------------------------------------------------------------
-
-    async def _read_packet(self) -> tuple[bytes, bytes]:
-        reader = StartupReader(max_packet_bytes=self.limits.max_startup_packet_bytes)
-        while True:
-            data = await self.reader.read(READ_CHUNK)
-            if not data:
-                raise ConnectionResetError("client closed the connection during startup")
-            try:
-                packet = reader.feed(data)
-            except FrameError as exc:
-                raise ClientProtocolError(str(exc)) from None
-            if packet is not None:
-                return packet
-
-    async def _startup(self) -> bool:
-        """Negotiate encryption and read the StartupMessage; False when there is no session."""
-        negotiated = False  # an SSLRequest or GSSENCRequest was answered already
-        while True:
-            body, rest = await self._read_packet()
-            try:
-                packet = m.decode_startup_packet(body)
-            except m.UnsupportedProtocolVersion as exc:
-                raise ClientProtocolError(str(exc), sqlstate=SqlState.FEATURE_NOT_SUPPORTED) from None
-            except m.MessageFormatError as exc:
-                raise ClientProtocolError(f"invalid startup packet: {exc}") from None
-            if isinstance(packet, m.CancelRequest):
-                await self.registry.cancel(packet)
-                return False
-            if isinstance(packet, m.StartupMessage):
-                break
-            # SSLRequest / GSSENCRequest: a client must wait for the answer before sending more;
-            # bytes sent ahead of a TLS handshake could be injected by a man in the middle.
-            if rest:
-                raise ClientProtocolError("received unencrypted data after SSL request")
-            if negotiated:
-                raise ClientProtocolError("encryption was already negotiated on this connection")
-            negotiated = True
-            if isinstance(packet, m.SSLRequest) and self.tls_context is not None:
-                self.writer.write(b"S")
-                await self.writer.drain()
-                await self.writer.start_tls(self.tls_context)
-                self.client_tls = True
-            else:
-                self.writer.write(b"N")
-                await self.writer.drain()
-        self.parameters = packet.parameters
-        self._feed_client(rest)
-        user = self.parameters.get("user", "")
-        self.database = self.parameters.get("database") or user
-        self.log.bind(agent=user, database=self.database)
-        if not user:
-            raise ProxyError(SqlState.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
-        if self.parameters.get("replication", "false").lower() not in ("false", "off", "no", "0"):
-            raise ProxyError(SqlState.FEATURE_NOT_SUPPORTED, "pgproxy does not support replication connections")
-        unsupported = tuple(k for k in self.parameters if k.startswith("_pq_."))
-        if (packet.protocol & 0xFFFF) > 0 or unsupported:
-            self.writer.write(m.NegotiateProtocolVersion(0, unsupported).encode())
-        self._to(State.AUTHENTICATING)
-        return True
-
-    def _feed_client(self, data: bytes) -> None:
-        try:
-            for type_byte, start, end in self._frames.feed(data):
-                self._pending_client.append((type_byte, self._frames.buffer[start:end]))
-        except FrameError as exc:
-            raise ClientProtocolError(str(exc)) from None
-
-    async def _next_auth_message(self) -> bytes:
-        """The body of the client's next message during authentication (a 'p' message)."""
-        while not self._pending_client:
-            data = await self.reader.read(READ_CHUNK)
-            if not data:
-                raise ConnectionResetError("client closed the connection during authentication")
-            self._feed_client(data)
-        type_byte, raw = self._pending_client.popleft()
-        if type_byte == m.TERMINATE:
-            raise ConnectionResetError("client terminated during authentication")
-        if type_byte != m.PASSWORD:
-            raise ClientProtocolError(
-                f"expected a password message during authentication, got {chr(type_byte)!r}"
-            )
-        return raw[5:]
-
-    # -- authentication ------------------------------------------------------------------
-
-    async def _authenticate(self) -> None:
-        user = self.parameters["user"]
-        method = self.authenticator.method_for(user)
-        if method == "scram":
-            await self._authenticate_scram(user)
-            self.identity = self.authenticator.static_identity(user)
-        else:
-            if not self._cleartext_allowed():
-                raise AuthFailed(
-                    "pgproxy does not accept a token over an unencrypted connection; "
-                    "connect with sslmode=require",
-                    sqlstate=SqlState.INVALID_AUTHORIZATION,
-                )
-            self.writer.write(m.Authentication(m.AUTH_CLEARTEXT_PASSWORD).encode())
-            await self.writer.drain()
-            try:
-                token = m.decode_password(await self._next_auth_message()).password
-            except m.MessageFormatError as exc:
-                raise ClientProtocolError(f"invalid password message: {exc}") from None
-            self.identity = await self.authenticator.verify_jwt(token, user)
-        self.log.bind(agent=self.identity.agent_id)
-        self.log.info("authenticated", extra={"method": self.identity.method,
-                                              "client": self.client_address, "tls": self.client_tls})
-        if self.audit is not None:
-            self.audit_members = members(self._who())
-            self._audit_session_event("connection.authenticated", method=self.identity.method, tls=self.client_tls)
-
-    def _cleartext_allowed(self) -> bool:
-        if self.client_tls:
-            return True
-        if not self.config.auth.allow_cleartext_on_loopback:
-            return False
-        try:
-            return ipaddress.ip_address(self.client_address).is_loopback
-        except ValueError:
-            return self.client_address == "local"
-
-    async def _authenticate_scram(self, user: str) -> None:
-        server = self.authenticator.scram_server(user)
-        self.writer.write(m.auth_sasl(["SCRAM-SHA-256"]).encode())
-        await self.writer.drain()
-        failed = AuthFailed(f'password authentication failed for user "{user}"')
-        try:
-            initial = m.decode_sasl_initial_response(await self._next_auth_message())
-            if initial.mechanism != "SCRAM-SHA-256" or initial.data is None:
-                raise ClientProtocolError("client selected an invalid SASL authentication mechanism")
-            first = server.server_first(initial.data)
-            self.writer.write(m.Authentication(m.AUTH_SASL_CONTINUE, first).encode())
-            await self.writer.drain()
-            final = server.server_final(await self._next_auth_message())
-        except ScramError:
-            raise failed from None
-        except m.MessageFormatError as exc:
-            raise ClientProtocolError(f"invalid SASL message: {exc}") from None
-        self.writer.write(m.Authentication(m.AUTH_SASL_FINAL, final).encode())
-
-    # -- upstream ------------------------------------------------------------------------
-
-    async def _connect(self) -> None:
-        route = self.config.routes.get(self.database)
-        if route is None:
-            raise ProxyError(SqlState.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist',
-                             hint="pgproxy has no route for this database name.")
-        self._to(State.CONNECTING)
-        self.upstream = await connect_upstream(route, self.parameters,
-                                               max_message_bytes=self.limits.max_message_bytes)
-        self.backend_key = self.registry.register(self)
-        self._frames.max_message_bytes = self.limits.max_message_bytes
-        greeting = [m.Authentication(m.AUTH_OK).encode(), *self.upstream.startup_frames,
-                    self.backend_key.encode(), m.ReadyForQuery("I").encode()]
-        self.writer.write(b"".join(greeting))
-        await self.writer.drain()
-        self._to(State.READY)
-        self.log.info("session ready", extra={"upstream": f"{route.host}:{route.port}/{route.dbname}",
-                                              "application_name": self.parameters.get("application_name", "")})
 
     # -- relay ---------------------------------------------------------------------------
     #
@@ -594,7 +400,11 @@ class Session:
         self.last_client_activity = time.monotonic()
         if self._slow is None and not self._frames.pending_bytes and self.model.idle:
             try:
-                if (data[0] == m.BIND and self._quick_cycle(data)) or (data[0] == m.QUERY and self._quick_query(data)):
+                decisions = self.decisions
+                if ((data[0] == m.BIND and decisions.quick_cycle(data))
+                        or (data[0] == m.QUERY and decisions.quick_query(data))):
+                    assert self._upstream is not None
+                    self._upstream.transport.write(data)
                     return
             except Exception as exc:  # it ends this session only (see _relay)
                 self._end(exc)
@@ -612,61 +422,6 @@ class Session:
             self._defer(buf, batch)
         else:
             self._client_batch(buf, batch)
-
-    # The hot paths: reads that the general path (_frames.feed, then _forward_client) would
-    # forward unchanged, taken while nothing is outstanding. Each asks the model and the gate
-    # the same questions in fewer steps, and returns False (nothing done) for anything else,
-    # which then takes the general path.
-
-    def _quick_query(self, data: bytes) -> bool:
-        """A read that is one whole Query which the gate has `settled`: allowed, with nothing to
-        remember or record, no effect on the session's objects and nothing tagged to show."""
-        size = len(data)
-        if (size < 6 or size > self._frames.max_message_bytes + 5 or data[-1] != 0
-                or unpack_length(data, 1)[0] != size - 1):
-            return False
-        if self.gate is not None:
-            if not self.gate.settled(self, m.decode_str(data[5:-1])):
-                return False
-            self.statements += 1
-        assert self._upstream is not None
-        self.model.query(None)
-        self._upstream.transport.write(data)
-        return True
-
-    def _quick_cycle(self, data: bytes) -> bool:
-        """A read that is exactly Bind (unnamed portal), Describe of it or not, Execute (all rows)
-        and Sync, of a prepared statement the model knows and the gate allowed with nothing to
-        resolve when it runs, outside a transaction block (see ProtocolModel.quick_cycle)."""
-        model = self.model
-        if model.confirmed.in_block or model.confirmed.frames or model.doomed:
-            return False
-        size = len(data)
-        (length,) = unpack_length(data, 1)
-        end = 1 + length
-        if length < 7 or end + 15 > size or data[5] != 0:
-            return False  # not whole, or a named portal
-        name_end = data.index(0, 6, end)
-        statement = model.confirmed.statements.get(m.decode_str(data[6:name_end]))
-        if statement is None or statement.op is not None:
-            return False
-        judged = statement.facts
-        if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW):
-            return False
-        described = data[end] == m.DESCRIBE
-        if described:
-            if data[end:end + 7] != _DESCRIBE_UNNAMED_PORTAL:
-                return False
-            end += 7
-        if data[end:] != _EXECUTE_ALL_SYNC:
-            return False
-        if not described and self.gate is not None and statement.columns is None:
-            return False  # the result guard needs the portal described first (the general path does it)
-        model.quick_cycle(statement, data[5:1 + length], described,
-                          judged.permitted if judged is not None else frozenset())
-        assert self._upstream is not None
-        self._upstream.transport.write(data)
-        return True
 
     def _defer(self, buf: bytes, batch: list[tuple[int, int, int]]) -> None:
         """Messages that arrive while a statement is decided or held wait their turn, within the
@@ -696,7 +451,7 @@ class Session:
             return
         if outcome is True:
             self._client_terminated()
-        elif isinstance(outcome, _Wait):
+        elif isinstance(outcome, Wait):
             self._slow = asyncio.create_task(self._continue(buf, batch, outcome))
             self._slow.add_done_callback(self._continued)
 
@@ -709,21 +464,21 @@ class Session:
         else:
             asyncio.get_running_loop().call_later(TERMINATE_DRAIN_SECONDS, self._end)
 
-    async def _continue(self, buf: bytes, batch: list[tuple[int, int, int]], wait: _Wait) -> None:
+    async def _continue(self, buf: bytes, batch: list[tuple[int, int, int]], wait: Wait) -> None:
         """Finish the message `wait` stopped at, then the rest of its batch and what was deferred."""
         while True:
             type_byte, start, end = batch[wait.index]
-            resume: _Resume | None = None
+            resume: Resume | None = None
             run_start = start
             first = wait.index
             if wait.decide is not None:
-                resume = _Resume(await self._await_decision(wait.decide))
+                resume = Resume(await self._await_decision(wait.decide))
             elif wait.hold is not None:
                 decided = await self._hold(*wait.hold)
                 if decided.verdict is Verdict.ALLOW:
                     for portal in wait.approve:
                         portal.approved = True
-                    resume = _Resume(wait.judged, approved=True)
+                    resume = Resume(wait.judged, approved=True)
                 else:
                     self._send_refusal(type_byte, decided)
                     first, run_start = wait.index + 1, end
@@ -734,7 +489,7 @@ class Session:
                 buf, batch = self._deferred.popleft()
                 self._deferred_bytes -= len(buf)
                 outcome = self._forward_client(buf, batch)
-            if not isinstance(outcome, _Wait):
+            if not isinstance(outcome, Wait):
                 break
             wait = outcome
         # Still in the same callback as the last forward: nothing can have been deferred since.
@@ -763,9 +518,14 @@ class Session:
         finally:
             self._answered = None
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest client message now allowed (smaller until the agent has logged in)."""
+        return self._frames.max_message_bytes
+
     def _forward_client(self, buf: bytes, batch: list[tuple[int, int, int]], first: int = 0,
-                        run_start: int | None = None, resume: _Resume | None = None) -> bool | _Wait:
-        """Forward messages `first`... of one read. True when the client terminated; a `_Wait`
+                        run_start: int | None = None, resume: Resume | None = None) -> bool | Wait:
+        """Forward messages `first`... of one read. True when the client terminated; a `Wait`
         when a message must wait (for its decision, a reviewer, or the server's answers to
         what came before it, which is forwarded)."""
         assert self._upstream is not None
@@ -781,17 +541,22 @@ class Session:
             type_byte, start, end = batch[index]
             if model.doomed and type_byte != m.SYNC and type_byte != m.TERMINATE:
                 continue  # a refusal made the server fail earlier in this pipeline: it skips this unseen
-            action = self._client_message(type_byte, buf, start, end, resume if index == first else None)
+            if type_byte == m.TERMINATE:
+                self.log.info("client terminated")
+                self.ended_by = "client terminated"
+                self._terminating = True
+                upstream.write(buf[run_start:end])
+                return True
+            if type_byte == m.PASSWORD:
+                raise ClientProtocolError("unexpected password message after authentication")
+            action = self.decisions.message(type_byte, buf, start, end, resume if index == first else None)
             if action is None:
                 continue
-            if isinstance(action, _Wait):
+            if isinstance(action, Wait):
                 upstream.write(buf[run_start:start])
                 action.index = index
                 return action
-            if action is _TERMINATE:
-                upstream.write(buf[run_start:end])
-                return True
-            if isinstance(action, _Refuse):
+            if isinstance(action, Refuse):
                 upstream.write(buf[run_start:start] + action.data)
                 run_start = end
             else:  # bytes the proxy sends before the message (a Describe the result guard needs)
@@ -801,212 +566,9 @@ class Session:
         upstream.write(buf[run_start:batch[-1][2]])
         return False
 
-    def _client_message(self, type_byte: int, buf: bytes, start: int, end: int,
-                        resume: _Resume | None) -> bytes | _Refuse | _Wait | object | None:
-        """One client message: None to forward it, or what to do instead (see _forward_client)."""
-        model = self.model
-        try:
-            if type_byte == m.EXECUTE:
-                return self._on_execute(buf, start, end, resume)
-            if type_byte == m.BIND:
-                return self._on_bind(buf, start, end)
-            if type_byte == m.SYNC:
-                model.sync()
-                return None
-            if type_byte == m.PARSE:
-                return self._on_parse(buf[start + 5:end], resume)
-            if type_byte == m.QUERY or type_byte == m.FUNCTION_CALL:
-                return self._on_query(type_byte, buf[start + 5:end], resume)
-            if type_byte == m.DESCRIBE or type_byte == m.CLOSE:
-                kind, name = chr(buf[start + 5]), m.decode_str(buf[start + 6:end - 1])
-                if buf[end - 1] != 0 or kind not in ("S", "P"):
-                    raise m.MessageFormatError("invalid Describe or Close message")
-                if model.is_reserved(name):
-                    return self._reserved(name)
-                (model.describe if type_byte == m.DESCRIBE else model.close)(kind, name)
-                return None
-            if type_byte == m.COPY_DONE or type_byte == m.COPY_FAIL:
-                model.copy_end()
-                return None
-            if type_byte == m.TERMINATE:
-                self.log.info("client terminated")
-                self.ended_by = "client terminated"
-                self._terminating = True
-                return _TERMINATE
-            if type_byte == m.PASSWORD:
-                raise ClientProtocolError("unexpected password message after authentication")
-            return None  # Flush, CopyData
-        except m.MessageFormatError as exc:
-            raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
-
-    def _reserved(self, name: str) -> _Refuse:
-        return self._refusal(m.PARSE, Judgement(
-            Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
-            f'the name "{name}" is reserved by pgproxy', detail=f"Names starting with {RESERVED_PREFIX} are "
-            "pgproxy's own."))
-
-    def _on_parse(self, body: bytes, resume: _Resume | None) -> _Refuse | _Wait | None:
-        parse = m.decode_parse(body)
-        if self.model.is_reserved(parse.name):
-            return self._reserved(parse.name)
-        judged: Judgement = ALLOW
-        if self.gate is not None:
-            if resume is not None and resume.judgement is not None:
-                judged = resume.judgement
-            else:
-                decided = self._judge(Statement("extended", parse.sql, parse.name))
-                if not isinstance(decided, Judgement):
-                    return _Wait(decide=decided)
-                judged = decided
-            # Parsing runs nothing: a statement that needs review is held when it is executed.
-            if judged.verdict is Verdict.DENY or (judged.verdict is Verdict.REVIEW and not self.gate.holds):
-                return self._refusal(m.PARSE, judged)
-        parts = judged.parts
-        op = parts[0].op if parts is not None and len(parts) == 1 else None
-        self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op))
-        return None
-
-    def _on_bind(self, buf: bytes, start: int, end: int) -> _Refuse | _Wait | None:
-        body = buf[start + 5:end]
-        portal_end = body.index(0)
-        statement_end = body.index(0, portal_end + 1)
-        portal = m.decode_str(body[:portal_end])
-        statement = m.decode_str(body[portal_end + 1:statement_end])
-        model = self.model
-        if model.is_reserved(portal) or model.is_reserved(statement):
-            return self._reserved(portal if model.is_reserved(portal) else statement)
-        # Binding to the unnamed portal always replaces it; a named one must not exist yet.
-        if not model.statement(statement)[1] or (portal != "" and not model.portal(portal)[1]):
-            return _Wait()
-        model.bind(portal, statement, body)
-        return None
-
-    def _on_execute(self, buf: bytes, start: int, end: int, resume: _Resume | None) -> bytes | _Refuse | _Wait | None:
-        name = m.decode_str(buf[start + 5:buf.index(0, start + 5)])
-        model = self.model
-        portal, certain = model.portal(name)
-        if not certain:
-            return _Wait()
-        if portal is None:
-            model.execute(name, None, frozenset())  # the server refuses it: no such portal
-            return None
-        found = execution(model, portal)
-        if found is None:
-            return _Wait()
-        judged = found.judgement
-        if resume is not None and resume.approved:
-            judged = approved(judged)
-        if judged.verdict is Verdict.ALLOW:
-            before = None
-            if self.gate is not None and model.needs_describe(portal):
-                # The result guard must know the portal's columns before its rows come.
-                model.describe("P", name, own=True)
-                before = m.Describe("P", name).encode()
-            runs = model.runs(portal.statement)[0]
-            model.execute(name, portal, judged.permitted,
-                          runs.statement if isinstance(runs, Portal) else runs)
-            return before
-        if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
-            return _Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
-        return self._refusal(m.EXECUTE, judged)
-
-    def _on_query(self, type_byte: int, body: bytes, resume: _Resume | None) -> _Refuse | _Wait | None:
-        model = self.model
-        if self.gate is None:
-            (model.query(None) if type_byte == m.QUERY else model.function_call())
-            return None
-        sql = m.decode_query_text(body) if type_byte == m.QUERY else FUNCTION_CALL
-        if resume is not None and resume.judgement is not None:
-            judged = resume.judgement
-        else:
-            decided = self._judge(Statement("simple" if type_byte == m.QUERY else "function", sql))
-            if not isinstance(decided, Judgement):
-                return _Wait(decide=decided)
-            judged = decided
-        is_approved = resume is not None and resume.approved
-        if type_byte == m.FUNCTION_CALL:
-            if judged.verdict is Verdict.ALLOW or is_approved:
-                model.function_call()
-                return None
-            if judged.verdict is Verdict.REVIEW and self.gate.holds:
-                return _Wait(hold=(FUNCTION_CALL, (), judged), judged=judged)
-            return self._refusal(type_byte, judged)
-        resolved = self._resolve_query(judged, is_approved, sql)
-        if resolved is None:
-            return _Wait()
-        parts, combined, shown, bind, covered = resolved
-        if combined.verdict is Verdict.ALLOW or is_approved:
-            model.query(parts)
-            return None
-        if combined.verdict is Verdict.REVIEW and self.gate.holds:
-            return _Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
-        return self._refusal(type_byte, combined)
-
-    def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[
-            list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
-        """A simple Query's statements as the model records them, with what each EXECUTE or
-        FETCH in it runs (objects its earlier statements create count), and the judgement of
-        the whole; None when a name it runs is not yet certain."""
-        if judged.parts is None:
-            return None, judged, sql, None, []
-        model = self.model
-        objects = model.predicted.copy()
-        segment = model.segment + 1
-        combined = judged
-        notes: list[str] = []
-        bind: bytes | None = None
-        covered: list[Portal] = []
-        parts: list[QueryPart] = []
-        for part in judged.parts:
-            op = part.op
-            runs: PreparedStatement | None = None
-            permitted = part.permitted
-            if op is not None and op.kind in REFERENCES:
-                table = objects.statements if op.kind is OpKind.EXECUTE else objects.portals
-                touched = (objects.statement_touched if op.kind is OpKind.EXECUTE else objects.portal_touched)
-                everything = (objects.statements_touched_all if op.kind is OpKind.EXECUTE
-                              else objects.portals_touched_all)
-                if not model.certain_at(max(touched.get(op.name, -1), everything)):
-                    return None
-                target = table.get(op.name)
-                if isinstance(target, Portal):
-                    referenced = facts(target.statement)
-                    if target.approved and referenced.verdict is not Verdict.DENY:
-                        referenced = approved(referenced)
-                    runs = target.statement
-                    bind = target.bind or bind
-                    covered.append(target)
-                elif isinstance(target, PreparedStatement):
-                    referenced = facts(target)
-                    runs = target
-                else:
-                    referenced = ALLOW
-                if runs is not None:
-                    notes.append(f"-- {op.name} is: {runs.sql}")
-                    combined = replace(strictest(combined, referenced), composed=True)
-                    permitted = permitted | referenced.permitted
-            if op is not None and is_approved and op.kind is OpKind.DECLARE and isinstance(op.facts, Judgement):
-                op = replace(op, facts=approved(op.facts))  # the approval covers the cursor it declares
-            if op is not None and objects.touches(op):
-                objects.apply(op, segment)
-            parts.append(QueryPart(op, permitted, runs))
-        shown = "\n".join([sql, *notes]) if notes else sql
-        return parts, combined, shown, bind, covered
-
-    def _judge(self, statement: Statement) -> Judgement | Awaitable[Judgement]:
-        assert self.gate is not None
-        self.statements += 1
-        return self.gate.judge(self, statement)
-
-    def _refusal(self, type_byte: int, judgement: Judgement) -> _Refuse:
-        """The bytes that make the server fail in place of a refused message (see ProtocolModel.refuse)."""
-        error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message, detail=judgement.detail).encode()
-        simple = type_byte == m.QUERY or type_byte == m.FUNCTION_CALL
-        return _Refuse(self.model.refuse(error, simple=simple))
-
     def _send_refusal(self, type_byte: int, judgement: Judgement) -> None:
         assert self._upstream is not None
-        self._upstream.transport.write(self._refusal(type_byte, judgement).data)
+        self._upstream.transport.write(self.decisions.refusal(type_byte, judgement).data)
 
     async def _hold(self, sql: str, parameters: tuple[str | None, ...], judgement: Judgement) -> Judgement:
         """The hold point: wait for a reviewer while the connection stays responsive."""
@@ -1177,38 +739,6 @@ class UpstreamDesync(UpstreamProtocolError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.sqlstate = str(SqlState.PROTOCOL_VIOLATION)
-
-
-@dataclass(slots=True)
-class _Resume:
-    """Continuing at a message that waited: its decision (`judgement`), and whether a reviewer
-    approved running it."""
-
-    judgement: Judgement | None = None
-    approved: bool = False
-
-
-@dataclass(slots=True)
-class _Refuse:
-    data: bytes  # what the server is sent instead of the refused message
-
-
-_TERMINATE = object()
-_DESCRIBE_UNNAMED_PORTAL = m.Describe("P", "").encode()
-_EXECUTE_ALL_SYNC = m.Execute("", 0).encode() + m.Sync().encode()
-
-
-@dataclass(slots=True)
-class _Wait:
-    """Where forwarding stopped: message `index` of the batch waits for its decision (`decide`),
-    for a reviewer (`hold`: sql, parameters as shown, judgement; `approve`: the portals an
-    approval covers), or, with neither, for the server's answers to what came before it."""
-
-    index: int = 0
-    decide: Awaitable[Judgement] | None = None
-    hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
-    judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
-    approve: list[Portal] = field(default_factory=list)
 
 
 class _Side(asyncio.Protocol):

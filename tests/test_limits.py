@@ -9,7 +9,8 @@ import pytest
 
 from pgproxy.config import Limits
 from pgproxy.pgcluster import PostgresCluster
-from pgproxy.session import READ_CHUNK, Session
+from pgproxy.session import Session
+from pgproxy.startup import READ_CHUNK
 from pgproxy.wire import messages as m
 from tests.harness import RawClient, error_fields, make_config, running_proxy
 
