@@ -2,15 +2,13 @@
 
 Theory of operation
 -------------------
-A session goes through STARTUP (SSL/GSSENC negotiation, the startup packet),
-AUTHENTICATING (the agent proves who it is: SCRAM for static agents, a JWT sent as the
-password otherwise), CONNECTING (the proxy opens and authenticates the upstream with its
-own credentials), then relays. Where it is in the query cycle -- what the server holds,
+A session goes through STARTUP, AUTHENTICATING and CONNECTING (pgproxy.startup), then
+relays. Where it is in the query cycle -- what the server holds,
 what it still owes, COPY, the transaction -- is the protocol model's to say
 (`pgproxy.protocol.ProtocolModel`, sans-IO); the relay keeps no second account of it.
 
 Once relaying, each socket is read by a callback. `_client_data` splits the client's bytes
-into messages and hands each to the decision point (`_client_message`): a statement's text
+into messages and hands each to the decision point (pgproxy.decision.DecisionPoint): a statement's text
 is judged when it arrives (Query, Parse); what is held or refused is an execution (an
 Execute of a portal, a simple Query, and the FETCH / EXECUTE of objects a name stands for),
 judged by what the model says it runs. Everything allowed is forwarded as the client's
