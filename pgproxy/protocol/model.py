@@ -122,6 +122,14 @@ _P_WAIT_READY = 5  # QUERY / FUNCTION: only ReadyForQuery is left
 _P_REFUSED = 6  # the result guard refused it: drop what it sends
 
 _STATUS = {b"I": "I", b"T": "T", b"E": "E"}  # ReadyForQuery's transaction status
+_DATA_ROW = m.DATA_ROW
+_COMMAND_COMPLETE = m.COMMAND_COMPLETE
+_READY_FOR_QUERY = m.READY_FOR_QUERY
+_ROW_DESCRIPTION = m.ROW_DESCRIPTION
+_BIND_COMPLETE = m.BIND_COMPLETE
+_NO_DATA = m.NO_DATA
+_EMPTY_QUERY_RESPONSE = m.EMPTY_QUERY_RESPONSE
+_PASSED_ALONG = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE})  # change nothing the model follows
 _ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
 
 _COLUMNS_MEMO = 4096  # entries
@@ -547,53 +555,57 @@ class ProtocolModel:
         ran = False
         columns: list[tuple[int, int]] | None = None
         ready = -1
+        unpack = _unpack_length
         while pos < size:
             if size - pos < 5 or ready >= 0:
                 return False
             type_byte = data[pos]
-            (length,) = _unpack_length(data, pos + 1)
+            (length,) = unpack(data, pos + 1)
             end = pos + 1 + length
-            if not 4 <= length <= longest or end > size:
+            if length < 4 or length > longest or end > size:
                 return False
-            if type_byte == m.DATA_ROW:
+            if type_byte == _DATA_ROW:
                 if step != 2:
                     return False
-            elif type_byte in _ASYNC and type_byte != m.PARAMETER_STATUS:
-                pass
-            elif type_byte == m.READY_FOR_QUERY:
+            elif type_byte == _COMMAND_COMPLETE:
+                if cycle:
+                    if step != 2:
+                        return False
+                    step = 3
+                else:
+                    step = 0
+                    ran = True
+            elif type_byte == _READY_FOR_QUERY:
                 if step != (3 if cycle else 0) or length != 5:
                     return False
                 ready = pos
-            elif cycle:
-                if step == 0 and type_byte == m.BIND_COMPLETE:
-                    step = 1 if head.described else 2
-                    if step == 2:
-                        assert head.portal is not None
-                        columns = head.portal.result_columns
-                        if self._refuses(columns, head.permitted):
-                            return False
-                elif step == 1 and (type_byte == m.ROW_DESCRIPTION or type_byte == m.NO_DATA):
-                    columns = table_columns(data[pos + 5:end]) if type_byte == m.ROW_DESCRIPTION else []
+            elif type_byte == _ROW_DESCRIPTION:
+                if step != (1 if cycle else 0):
+                    return False
+                if self.guard is not None:
+                    columns = table_columns(data[pos + 5:end])
+                    if self._refuses(columns, head.permitted if cycle else frozenset()):
+                        return False
+                step = 2
+            elif type_byte == _BIND_COMPLETE and cycle and step == 0:
+                step = 1 if head.described else 2
+                if step == 2:
+                    assert head.portal is not None
+                    columns = head.portal.result_columns
                     if self._refuses(columns, head.permitted):
                         return False
-                    step = 2
-                elif step == 2 and (type_byte == m.COMMAND_COMPLETE or type_byte == m.EMPTY_QUERY_RESPONSE):
-                    step = 3
-                else:
-                    return False
-            elif type_byte == m.ROW_DESCRIPTION and step == 0:
-                if self._refuses(table_columns(data[pos + 5:end]), frozenset()):
-                    return False
+            elif type_byte == _NO_DATA and cycle and step == 1:
+                columns = []
                 step = 2
-            elif type_byte == m.COMMAND_COMPLETE or (type_byte == m.EMPTY_QUERY_RESPONSE and step == 0):
-                step = 0
+            elif type_byte == _EMPTY_QUERY_RESPONSE and step == (2 if cycle else 0):
+                step = 3 if cycle else 0
                 ran = True
-            else:
+            elif type_byte not in _PASSED_ALONG:
                 return False
             pos = end
         if ready < 0:
             return False
-        if cycle and head.described and head.portal is not None:
+        if cycle and head.described and head.portal is not None and columns is not None:
             head.portal.statement.columns = columns
         head.ran = head.ran or ran
         self._ready(head, data[ready + 5:ready + 6])
