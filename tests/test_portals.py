@@ -11,8 +11,8 @@ import pytest
 
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.wire import messages as m
-from tests.approvals_support import start_proxy
-from tests.harness import ProxyThread, RawClient, raw_session
+from tests.approvals_support import decide, start_proxy, wait_pending
+from tests.harness import ProxyThread, RawClient, error_fields, raw_session
 
 RISKY = "SELECT ssn, email FROM customers WHERE id = 1"
 
@@ -152,3 +152,34 @@ def test_unknown_portal_reaches_the_server(held: ProxyThread) -> None:
     with raw_session(held) as client:
         replies = _exchange(client, _execute("nope") + SYNC)
         assert replies[0][0] == m.ERROR_RESPONSE and b"34000" in replies[0][1]
+
+
+def test_a_portal_the_model_does_not_know_ends_the_session(approving: ProxyThread, pg: PostgresCluster,
+                                                           secrets_of_customer_1: list[bytes]) -> None:
+    """A function opens a cursor (a portal) that no message of the client created: when the client
+    executes that portal, the server's rows are not what the model expected. The session ends
+    with 08P01 before any row leaves, and the event is audited."""
+    pg.psql("CREATE OR REPLACE FUNCTION open_sneaky() RETURNS refcursor LANGUAGE plpgsql AS $$ "
+            "DECLARE c refcursor := 'sneaky'; BEGIN OPEN c FOR SELECT ssn, email FROM customers "
+            "WHERE id = 1; RETURN c; END $$; GRANT EXECUTE ON FUNCTION open_sneaky() TO app_scram",
+            dbname="app")
+    with raw_session(approving) as client:
+        _exchange(client, m.Query("BEGIN").encode())
+        # The function runs code pgproxy cannot see: it is held; the reviewer approves it.
+        client.send(m.Query("SELECT open_sneaky()").encode())
+        request = wait_pending(approving, "open_sneaky")
+        assert decide(approving, request)[0] == 200
+        assert _rows([r for r in client.until_ready() if r[0] != m.NOTICE_RESPONSE])
+        client.send(_execute("sneaky") + SYNC)
+        replies: list[tuple[int, bytes]] = []
+        while (message := client.read_message()) is not None:
+            replies.append(message)
+    assert not _leaked(replies, secrets_of_customer_1)
+    assert replies and replies[-1][0] == m.ERROR_RESPONSE
+    fields = error_fields(replies[-1][1])
+    assert fields["C"] == "08P01" and "lost track" in fields["M"]
+    audit = approving.server.audit
+    assert audit is not None
+    approving.call(audit.flush())
+    events = approving.call(audit.store.events(type="session.desync"))
+    assert any("did not expect" in row.body for row in events), events
