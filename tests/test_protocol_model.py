@@ -245,3 +245,19 @@ def test_nothing_in_the_model_imports_asyncio() -> None:
         imported = {alias.name for node in pyast.walk(tree) if isinstance(node, pyast.Import) for alias in node.names}
         imported |= {node.module or "" for node in pyast.walk(tree) if isinstance(node, pyast.ImportFrom)}
         assert not any(name.split(".")[0] == "asyncio" for name in imported), path
+
+
+def test_without_analysis_unknown_objects_are_followed_leniently() -> None:
+    """Pass-through mode does not analyse statements, so SQL PREPARE and DECLARE are unknown to
+    it: binding and executing them is followed without ending the session."""
+    model = ProtocolModel(strict=False)
+    model.query(None)  # e.g. BEGIN; DECLARE c CURSOR FOR ...
+    model.answer(m.COMMAND_COMPLETE, _complete("BEGIN"))
+    model.answer(m.COMMAND_COMPLETE, _complete("DECLARE CURSOR"))
+    model.answer(m.READY_FOR_QUERY, b"T")
+    model.execute("c", model.portal("c")[0], frozenset())
+    model.sync()
+    assert model.rows_ok
+    model.answer(m.COMMAND_COMPLETE, _complete("SELECT 0"))
+    model.answer(m.READY_FOR_QUERY, b"T")
+    assert model.idle and model.transaction_status == "T"

@@ -425,7 +425,12 @@ class ProtocolModel:
             self.queue.popleft()
         head = self.queue[0] if self.queue else None
         self.rows_ok = False
-        if head is None or head.kind is not K.EXECUTE or not head.expect_ok:
+        if head is None or head.kind is not K.EXECUTE:
+            return
+        if not head.expect_ok:
+            # A portal the model does not know: only without analysis (pass-through, where SQL
+            # DECLARE is not followed) may it run; in enforce mode its rows end the session.
+            self.rows_ok = not self.strict
             return
         assert head.portal is not None
         self._guard(head, head.portal.result_columns, head.permitted)
