@@ -20,8 +20,8 @@ RuleBasedStateMachine: the properties are over whole runs (P2 needs the direct r
 answers), held statements make stepping two connections in lock-step awkward, and a sequence that
 is plain data shrinks well and is saved as a regression case (tests/regressions/*.json).
 
-PGPROXY_DIFF_EXAMPLES sets the number of sequences per test (default 200; the piecemeal test
-runs half as many).
+PGPROXY_DIFF_EXAMPLES sets the number of sequences per test (default 300; the piecemeal test
+runs half as many); PGPROXY_DIFF_PROPERTIES the properties asserted (default "P0,P1,P2,P3").
 """
 
 from __future__ import annotations
@@ -91,10 +91,12 @@ from tests.sequences import (
     to_json,
 )
 
-EXAMPLES = int(os.environ.get("PGPROXY_DIFF_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("PGPROXY_DIFF_EXAMPLES", "300"))
+# The properties asserted (to hunt for one kind of failure while another is known, e.g. "P1").
+PROPERTIES = tuple(os.environ.get("PGPROXY_DIFF_PROPERTIES", "P0,P1,P2,P3").replace(" ", "").split(","))
 REGRESSIONS = Path(__file__).parent / "regressions"
-SEQUENCE_SECONDS = 30.0  # a run that takes longer has hung
-APPROVAL_TIMEOUT = 20.0  # held statements the reviewer missed expire (a failure of the run, not a hang)
+SEQUENCE_SECONDS = 15.0  # a run that takes longer has hung
+APPROVAL_TIMEOUT = 10.0  # held statements the reviewer missed expire (a failure of the run, not a hang)
 DIRECT_PASSWORD = UPSTREAM_USERS["app_plain"][0]
 
 
@@ -211,7 +213,8 @@ def risky_executions(run: Run) -> list[_Execution]:
         if isinstance(message, Bind) and outcome.answer == "ok":
             instances[message.portal] = (next(serial), None)
         elif isinstance(message, Execute):
-            key = ("portal", instances.get(message.portal, (-1, None))[0])
+            number, declared_by = instances.get(message.portal, (-1, None))
+            key = ("portal", number)
         elif isinstance(message, Query):
             text = expand(message.text)
             declare = _DECLARE.match(text)
@@ -254,9 +257,10 @@ def unapproved_executions(run: Run, reviews: list[Review]) -> list[str]:
     problems: list[str] = []
     for execution in risky_executions(run):
         step = execution.outcome.message
+        # The most specific first: an approval of the SELECT itself may be needed by an Execute.
         candidates = [STATEMENTS.get(execution.marker, "")]
         if isinstance(step, Query):
-            candidates.append(expand(step.text))
+            candidates.insert(0, expand(step.text))
         if execution.declared_by is not None:
             candidates.insert(0, execution.declared_by)
         for text in candidates:
@@ -461,6 +465,7 @@ class DiffRig:
     def check(self, steps: list[Step], *, seed: int = 0, save_as: str | None = None) -> Comparison:
         """Compare, and fail with the full report (saving the sequence as `save_as` when given)."""
         comparison = self.compare(steps, seed=seed)
+        comparison.problems = [p for p in comparison.problems if not p.startswith("P") or p[:2] in PROPERTIES]
         if not comparison.problems:
             return comparison
         first = comparison.problems[0]
@@ -504,9 +509,15 @@ def save_regression(name: str, steps: list[Step], problems: list[str]) -> Path:
     hypothesis runs the shrunk example last)."""
     REGRESSIONS.mkdir(exist_ok=True)
     path = REGRESSIONS / f"{name}.json"
-    path.write_text(json.dumps({"sequence": show(steps), "problems": problems[:5], "steps": to_json(steps)},
-                               indent=1) + "\n")
+    path.write_text(regression_json(steps, problems[:3]))
     return path
+
+
+def regression_json(steps: list[Step], problems: list[str], note: str = "") -> str:
+    """A regression case's file: what failed, and the steps one to a line."""
+    lines = ",\n  ".join(json.dumps(step) for step in to_json(steps))
+    head = json.dumps({"note": note, "problems": problems}, indent=1)[:-2]
+    return f"{head},\n \"steps\": [\n  {lines}\n ]\n}}\n"
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -569,14 +580,29 @@ CURSOR_NAMES = ("p1", "c1")  # SQL cursors: p1 is a protocol portal's name too
 PREPARE_NAMES = ("s1", "s2")
 
 
+_NAMESPACES = {"statement": STATEMENT_NAMES, "portal": PORTAL_NAMES, "cursor": CURSOR_NAMES,
+               "prepared": PREPARE_NAMES}
+
+
+def _focus(namespace: str) -> st.SearchStrategy[str]:
+    return st.shared(st.sampled_from(_NAMESPACES[namespace]), key=f"focus-{namespace}")
+
+
+def _focused(namespace: str) -> st.SearchStrategy[str]:
+    """A name of `namespace`, half the time the one this sequence focuses on: reuse of one name
+    is where statements and portals replace and outlive each other. (The focus is drawn before
+    the steps, so that shrinking a step away does not change it.)"""
+    return st.one_of(_focus(namespace), st.sampled_from(_NAMESPACES[namespace]))
+
+
 def sequences(max_groups: int = 10) -> st.SearchStrategy[list[Step]]:
     """Random sequences: single messages and the idioms drivers send (Parse-Bind-Execute…), simple
     queries of every session-state kind, with write boundaries and waits in between."""
     sql = st.sampled_from(BENIGN + RISKY + RISKY + FAILING)
-    statement = st.sampled_from(STATEMENT_NAMES)
-    portal = st.sampled_from(PORTAL_NAMES)
-    cursor = st.sampled_from(CURSOR_NAMES)
-    prepared = st.sampled_from(PREPARE_NAMES)
+    statement = _focused("statement")
+    portal = _focused("portal")
+    cursor = _focused("cursor")
+    prepared = _focused("prepared")
     rows = st.sampled_from((0, 0, 1, 2))
     count = st.sampled_from(("1", "2", "ALL", "NEXT"))
     parse = st.builds(Parse, statement, sql)
@@ -601,15 +627,15 @@ def sequences(max_groups: int = 10) -> st.SearchStrategy[list[Step]]:
         st.builds(Close, st.just("S"), statement), st.builds(Close, st.just("P"), portal),
         st.just(Flush()), st.just(Sync()), st.just(Write()), st.just(Wait()),
     ).map(lambda step: [step])
-    idioms = st.one_of(
-        st.tuples(statement, portal, sql, rows).map(
-            lambda t: [Parse(t[0], t[2]), Bind(t[1], t[0]), Execute(t[1], t[3])]),
-        st.tuples(statement, portal, rows).map(lambda t: [Bind(t[1], t[0]), Execute(t[1], t[2])]),
-        st.tuples(statement, portal, sql).map(lambda t: [Parse(t[0], t[2]), Bind(t[1], t[0])]),
-        st.sampled_from(([Sync(), Wait()], [Sync(), Write()])),
-    )
+    # A driver's Parse-Bind-Execute of one statement and portal, each part there or not: the
+    # shrinker drops parts by turning a flag off.
+    chain = st.tuples(statement, portal, sql, rows, st.booleans(), st.booleans(), st.booleans()).map(
+        lambda t: [step for step, there in ((Parse(t[0], t[2]), t[4]), (Bind(t[1], t[0]), t[5]),
+                                            (Execute(t[1], t[3]), t[6])) if there])
+    idioms = st.one_of(chain, st.sampled_from(([Sync(), Wait()], [Sync(), Write()])))
     groups = st.lists(st.one_of(single, idioms), min_size=1, max_size=max_groups)
-    return groups.map(lambda found: [step for group in found for step in group])
+    focus = st.tuples(*(_focus(namespace) for namespace in _NAMESPACES))
+    return st.tuples(focus, groups).map(lambda drawn: [step for group in drawn[1] for step in group])
 
 
 def _settings(examples: int) -> Callable[[Any], Any]:
@@ -618,12 +644,18 @@ def _settings(examples: int) -> Callable[[Any], Any]:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+# pytest-timeout's 120 s is for one test; these run hundreds of sequences (thousands on demand).
+_LONG = pytest.mark.timeout(300 + EXAMPLES)
+
+
+@_LONG
 @_settings(EXAMPLES)
 @given(steps=sequences())
 def test_proxy_agrees_with_postgres(rig: DiffRig, steps: list[Step]) -> None:
     rig.check(steps, save_as="found-differential")
 
 
+@_LONG
 @_settings(EXAMPLES // 2)
 @given(steps=sequences(), seed=st.integers(0, 2**16))
 def test_proxy_agrees_with_postgres_cut_anywhere(piecemeal_rig: DiffRig, steps: list[Step], seed: int) -> None:
@@ -711,3 +743,63 @@ def test_model_trace_hook(rig: DiffRig) -> None:
                             Query("BEGIN"), Query("DECLARE c1 CURSOR FOR {b3}"), Query("FETCH 2 FROM c1"),
                             Query("COMMIT")])
     assert comparison.predicted is not None and len(comparison.predicted) >= 3, comparison.report()
+
+
+# --- the judges, on runs made up here (no server) -----------------------------------------------
+
+
+def _run(*outcomes: tuple[Step, str, list[tuple[str | None, ...]], dict[str, str] | None]) -> Run:
+    run = Run()
+    for step, (message, answer, rows, error) in enumerate(outcomes):
+        assert not isinstance(message, (Write, Wait))
+        run.outcomes.append(Outcome(step, message, answer, list(rows), "", error))
+    return run
+
+
+def _gate(marker: str) -> dict[str, str]:
+    return {"S": "ERROR", "C": "P0001", "M": f"difftest_gate refused {marker}"}
+
+
+def test_each_approval_covers_one_execution() -> None:
+    """Two portals running the same risky statement need two approvals; Executes of one
+    portal (a row limit, then the rest) need one; a PREPARE's approval covers nothing."""
+    select = STATEMENTS["r2"]
+    run = _run((Bind("p1", "s1"), "ok", [], None), (Execute("p1", 1), "rows", [("r2", "x")], None),
+               (Execute("p1"), "rows", [("r2", "y")], None),
+               (Bind("p2", "s1"), "ok", [], None), (Execute("p2"), "rows", [("r2", "x")], None))
+    assert len(unapproved_executions(run, [Review(select, "", True)])) == 1
+    assert unapproved_executions(run, [Review(select, "", True)] * 2) == []
+    assert len(unapproved_executions(run, [Review(f"PREPARE s1 AS {select}", "", True)] * 2)) == 2
+    assert len(unapproved_executions(run, [Review(select, "", False)] * 2)) == 2
+    # EXECUTE s1 (held as such) first, then a portal of the same statement (held as the SELECT).
+    run = _run((Query("EXECUTE s1"), "rows", [("r2", "x")], None), (Bind("", ""), "ok", [], None),
+               (Execute(""), "rows", [("r2", "x")], None))
+    assert unapproved_executions(run, [Review("EXECUTE s1", "", True), Review(select, "", True)]) == []
+
+
+def test_cursor_executions_are_covered_by_their_declare() -> None:
+    """A cursor's FETCHes are one execution, covered by approving its DECLARE (or the FETCH);
+    a WITH HOLD cursor whose query fails when its transaction commits ran at the COMMIT."""
+    declare = expand("DECLARE c1 CURSOR WITH HOLD FOR {r3}")
+    run = _run((Query("BEGIN"), "rows", [], None), (Query("DECLARE c1 CURSOR WITH HOLD FOR {r3}"), "rows", [], None),
+               (Query("COMMIT"), "error", [], _gate("r3")))
+    assert unapproved_executions(run, [Review(declare, "", True)]) == []
+    assert len(unapproved_executions(run, [])) == 1
+    run = _run((Query("DECLARE c1 CURSOR WITH HOLD FOR {r4}"), "rows", [], None),
+               (Query("FETCH 1 FROM c1"), "rows", [("r4", "a", "b")], None),
+               (Query("FETCH ALL FROM c1"), "rows", [("r4", "c", "d")], None))
+    assert unapproved_executions(run, [Review(expand("DECLARE c1 CURSOR WITH HOLD FOR {r4}"), "", True)]) == []
+    assert unapproved_executions(run, [Review("FETCH 1 FROM c1", "", True)]) == []
+    assert len(unapproved_executions(run, [Review("FETCH 2 FROM c1", "", True)])) == 1
+
+
+def test_predictions_must_match_what_ran() -> None:
+    """P3 fails on an execution the model predicted as another statement, and not on
+    predictions of Executes the server skipped."""
+    run = _run((Execute(""), "rows", [("b1",)], None), (Execute("p1"), "error", [], _gate("r3")),
+               (Execute("p2"), "skipped", [], None), (Query("EXECUTE s1"), "rows", [("r2", "x")], None))
+    ran = [STATEMENTS["b1"], STATEMENTS["r3"], STATEMENTS["r2"]]
+    assert prediction_problems(run, ran) == []
+    assert prediction_problems(run, [ran[0], STATEMENTS["b4"], ran[1], ran[2]]) == []
+    assert len(prediction_problems(run, [ran[0], STATEMENTS["b1"], ran[2]])) == 1
+    assert len(prediction_problems(run, [ran[1], ran[0], ran[2]])) == 1
