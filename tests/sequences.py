@@ -15,8 +15,11 @@ one as ``{r4}``, expanded when encoded::
 
     steps = [Parse("", "r2"), Bind("", ""), Parse("", "b1"), Execute(""), Sync(), Wait(),
              Query("BEGIN"), Query("DECLARE p1 CURSOR FOR {r4}"), Query("FETCH 1 FROM p1")]
-    with running client: run = run_sequence(client, steps)
-    run.outcomes[3].rows  # what the server answered to Execute(""), as text rows
+    client = RawClient(port)
+    client.login("app_plain", "plain-pass")  # directly; or client.login() through a proxy
+    run = run_sequence(client, steps)
+    run.outcomes[3].rows     # what the server answered to Execute(""): [("r2", <ssn>, <email>)]
+    print(run.transcript())  # one line per message: what was sent, what came back
 
 `run_sequence` attributes every answer to the message it answers, the way PostgreSQL answers
 (after an error in an extended-protocol message nothing is answered until Sync, a Query
