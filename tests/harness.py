@@ -231,8 +231,11 @@ class RawClient:
                 break
         return out
 
-    def login(self, user: str = "agent", token: str | None = None, database: str = DATABASE) -> None:
-        self.send(StartupMessage({"user": user, "database": database}).encode())
+    def login(self, user: str = "agent", token: str | None = None, database: str = DATABASE,
+              **parameters: str) -> None:
+        """Start up (with further startup `parameters`, e.g. application_name) and answer the
+        password request with `token` (a JWT by default; a password for a direct login)."""
+        self.send(StartupMessage({"user": user, "database": database, **parameters}).encode())
         request = self.read_message()
         assert request is not None and request[0] == ord("R"), request
         self.send(PasswordMessage(token or make_token(user)).encode())
