@@ -263,11 +263,15 @@ class DecisionPoint:
         if model.confirmed.in_block or model.confirmed.frames or model.doomed:
             return False
         size = len(data)
+        if size < 5:
+            return False
         (length,) = unpack_length(data, 1)
         end = 1 + length
         if length < 7 or end + 15 > size or data[5] != 0:
             return False  # not whole, or a named portal
-        name_end = data.index(0, 6, end)
+        name_end = data.find(0, 6, end)
+        if name_end < 0:
+            return False
         statement = model.confirmed.statements.get(m.decode_str(data[6:name_end]))
         if statement is None or statement.op is not None:
             return False
@@ -388,11 +392,18 @@ class DecisionPoint:
                           runs.statement if isinstance(runs, Portal) else runs)
             return before
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
+            if not model.idle:
+                return Wait()  # hold only what will run: an earlier message may yet fail (see _on_query)
             return Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
         return self.refusal(m.EXECUTE, judged)
 
     def _on_query(self, type_byte: int, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
         model = self.model
+        if model.segment_open:
+            # Whether the server runs this Query or skips it (an earlier message of the pipeline
+            # failed) is known once those messages are answered: judging it before could hold
+            # what never runs, and a refusal's own Sync would end the server's skipping early.
+            return Wait()
         if self.gate is None:
             (model.query(None) if type_byte == m.QUERY else model.function_call())
             return None

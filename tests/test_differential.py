@@ -104,12 +104,14 @@ DIRECT_PASSWORD = UPSTREAM_USERS["app_plain"][0]
 
 
 def approves(statement: str) -> bool:
-    """The test reviewer's rule: deny a SELECT that names a risky marker difftest_gate refuses;
-    approve everything else. Denials then fall exactly where the direct run's gate fails; other
-    holds (PREPARE, DECLARE, EXECUTE, FETCH…, and fail-closed ones) are approved, and what runs
-    after them is gated by the server in both runs alike."""
-    executes = statement.lstrip()[:6].upper() == "SELECT"
-    return not (executes and any(k[0] == "r" and not gate_allows(k) for k in markers_in(statement)))
+    """The test reviewer's rule: deny an execution that names a risky marker difftest_gate
+    refuses (the SELECT of an Execute or a query, and EXECUTE or FETCH, whose request shows the
+    statement they run); approve everything else. Denials then fall exactly where the direct
+    run's gate fails. A DECLARE … WITH HOLD is held because its query runs when the transaction
+    commits: it is approved, and the gate fails at the COMMIT in both runs alike."""
+    if statement.lstrip()[:7].upper() == "DECLARE":
+        return True
+    return not any(k[0] == "r" and not gate_allows(k) for k in markers_in(statement))
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,20 +255,18 @@ def unapproved_executions(run: Run, reviews: list[Review]) -> list[str]:
     Execute or a plain query), the step's own text (EXECUTE name, FETCH …: what the reviewer was
     shown), or the DECLARE that created the cursor instance fetched. Approving a PREPARE runs
     nothing, so it covers nothing."""
-    by_text = Counter(r.statement for r in reviews if r.approved)
+    unused = [r.statement for r in reviews if r.approved]
     problems: list[str] = []
     for execution in risky_executions(run):
         step = execution.outcome.message
-        # The most specific first: an approval of the SELECT itself may be needed by an Execute.
-        candidates = [STATEMENTS.get(execution.marker, "")]
-        if isinstance(step, Query):
-            candidates.insert(0, expand(step.text))
-        if execution.declared_by is not None:
-            candidates.insert(0, execution.declared_by)
-        for text in candidates:
-            if by_text[text] > 0:
-                by_text[text] -= 1
-                break
+        # The most specific first: the DECLARE of the cursor fetched, the query's own text, then
+        # any approval whose request showed the statement that ran (its marker).
+        candidates = [text for text in unused if execution.marker in markers_in(text)
+                      and text.lstrip()[:7].upper() != "PREPARE"]
+        preferred = [execution.declared_by, expand(step.text) if isinstance(step, Query) else None]
+        candidates.sort(key=lambda text: 0 if text in preferred else 1)
+        if candidates:
+            unused.remove(candidates[0])
         else:
             what = ("ran difftest_gate (the server executed it)" if execution.outcome.gate_refusal()
                     else f"returned {len(execution.outcome.rows)} rows of tagged columns")
@@ -778,7 +778,9 @@ def test_each_approval_covers_one_execution() -> None:
     # EXECUTE s1 (held as such) first, then a portal of the same statement (held as the SELECT).
     run = _run((Query("EXECUTE s1"), "rows", [("r2", "x")], None), (Bind("", ""), "ok", [], None),
                (Execute(""), "rows", [("r2", "x")], None))
-    assert unapproved_executions(run, [Review("EXECUTE s1", "", True), Review(select, "", True)]) == []
+    shown = f"EXECUTE s1\n-- s1 is: {select}"  # the request for EXECUTE shows what s1 stands for
+    assert unapproved_executions(run, [Review(shown, "", True), Review(select, "", True)]) == []
+    assert len(unapproved_executions(run, [Review("EXECUTE s1", "", True), Review(select, "", True)])) == 1
 
 
 def test_cursor_executions_are_covered_by_their_declare() -> None:
@@ -793,8 +795,9 @@ def test_cursor_executions_are_covered_by_their_declare() -> None:
                (Query("FETCH 1 FROM c1"), "rows", [("r4", "a", "b")], None),
                (Query("FETCH ALL FROM c1"), "rows", [("r4", "c", "d")], None))
     assert unapproved_executions(run, [Review(expand("DECLARE c1 CURSOR WITH HOLD FOR {r4}"), "", True)]) == []
-    assert unapproved_executions(run, [Review("FETCH 1 FROM c1", "", True)]) == []
-    assert len(unapproved_executions(run, [Review("FETCH 2 FROM c1", "", True)])) == 1
+    fetch = f"FETCH 1 FROM c1\n-- c1 is: {STATEMENTS['r4']}"  # a FETCH's request shows the cursor's query
+    assert unapproved_executions(run, [Review(fetch, "", True)]) == []
+    assert len(unapproved_executions(run, [Review("FETCH 1 FROM c1", "", True)])) == 1
 
 
 def test_predictions_must_match_what_ran() -> None:

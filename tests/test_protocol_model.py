@@ -261,3 +261,13 @@ def test_without_analysis_unknown_objects_are_followed_leniently() -> None:
     model.answer(m.COMMAND_COMPLETE, _complete("SELECT 0"))
     model.answer(m.READY_FOR_QUERY, b"T")
     assert model.idle and model.transaction_status == "T"
+
+
+def test_a_failed_statement_of_a_query_is_not_predicted_again() -> None:
+    """PREPARE of a name a protocol statement holds fails; the prediction must not keep it."""
+    model = run([("parse", "s1", "RISKY"), ("sync",), ("ok",), ready(),
+                 ("query", [op(OpKind.PREPARE, "s1", query="BENIGN")]), ("query", [op(OpKind.EXECUTE, "s1")])])
+    model.answer(m.ERROR_RESPONSE, _error("42P05"))
+    assert model.predicted.statements["s1"].sql == "RISKY"
+    model.answer(m.READY_FOR_QUERY, b"I")
+    assert model.statement("s1") == (model.confirmed.statements["s1"], True)

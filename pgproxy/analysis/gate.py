@@ -199,14 +199,14 @@ _CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
 def _session_op(node: Any, text: str) -> SessionOp | None:
     """What a statement does to the session's prepared statements, cursors and transaction."""
     if isinstance(node, ast.PrepareStmt):
-        return SessionOp(OpKind.PREPARE, node.name or "", query=text)
+        return SessionOp(OpKind.PREPARE, node.name or "", query=_text(node.query))
     if isinstance(node, ast.ExecuteStmt):
         return SessionOp(OpKind.EXECUTE, node.name or "")
     if isinstance(node, ast.DeallocateStmt):
         return SessionOp(OpKind.DEALLOCATE, node.name or "", all=bool(node.isall) or node.name is None)
     if isinstance(node, ast.DeclareCursorStmt):
         return SessionOp(OpKind.DECLARE, node.portalname or "", hold=bool((node.options or 0) & _CURSOR_OPT_HOLD),
-                         query=text)
+                         query=_text(node.query))
     if isinstance(node, ast.FetchStmt):
         return SessionOp(OpKind.FETCH, node.portalname or "")
     if isinstance(node, ast.ClosePortalStmt):
@@ -234,6 +234,11 @@ def _session_op(node: Any, text: str) -> SessionOp | None:
         if kind == TransactionStmtKind.TRANS_STMT_ROLLBACK_TO:
             return SessionOp(OpKind.ROLLBACK_TO, name)
     return None
+
+
+def _text(query: Any) -> str:
+    """The text of a query PREPARE or DECLARE keeps, as PostgreSQL's grammar prints it."""
+    return RawStream()(query) if query is not None else ""
 
 
 def _explain_runs(node: ast.ExplainStmt) -> bool:

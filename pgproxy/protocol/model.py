@@ -177,7 +177,7 @@ class ProtocolModel:
         self.queue: deque[Expect] = deque()
         self.segment = 0  # the segment messages forwarded now belong to
         self.confirmed_segment = -1  # every segment up to this one is answered
-        self.doomed = False  # a refusal was sent in this segment: the server skips the rest
+        self.doomed = False  # the server skips the rest of this segment (an error, or a refusal, came first)
         self.copy_in = False  # the server is reading COPY data from the client
         self.rows_ok = False  # DataRows may come now (and pass the guard)
         self.guarding = False  # the guard refused a result: drop answers until ReadyForQuery
@@ -210,6 +210,17 @@ class ProtocolModel:
         objects = self.predicted
         touched = max(objects.portal_touched.get(name, -1), objects.portals_touched_all)
         return objects.portals.get(name), self.certain_at(touched)
+
+    @property
+    def segment_open(self) -> bool:
+        """Extended-protocol messages of the current segment (no Sync yet) await their answers:
+        if one of them fails, the server skips what follows, a simple Query included."""
+        for expect in reversed(self.queue):
+            if expect.segment != self.segment:
+                return False
+            if expect.kind in _EXTENDED:
+                return True
+        return False
 
     @staticmethod
     def is_reserved(name: str) -> bool:
@@ -399,7 +410,11 @@ class ProtocolModel:
         elif kind is K.QUERY:
             objects.drop_statement("", segment)
             objects.drop_portal("", segment)
-            for part in expect.parts or ():
+            # A Query under way: its answered statements are confirmed already, and after an
+            # error (or its last statement) only ReadyForQuery is left.
+            parts = expect.parts or []
+            remaining = [] if expect.phase == _P_WAIT_READY else parts[expect.index:]
+            for part in remaining:
                 if part.op is not None and objects.touches(part.op):
                     objects.apply(part.op, segment)
             if not objects.in_block:
@@ -817,6 +832,8 @@ class ProtocolModel:
                 self.queue.popleft()  # skipped by the server: no answer will come
             if self.queue:
                 self.queue[0].maybe = False
+            else:
+                self.doomed = True  # the server skips what the client sends until its Sync
         elif kind is K.QUERY or kind is K.FUNCTION or kind is K.SYNC:
             # A simple Query stops at its failed statement; a Sync's commit can fail too.
             objects.error(head.segment)
