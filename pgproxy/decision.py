@@ -105,6 +105,8 @@ def shown_parameters(bind: bytes | None) -> tuple[str | None, ...]:
 
 
 FUNCTION_CALL = "<function call>"  # a FunctionCall's statement text: it carries no SQL
+# Statements a transaction block aborted by an error still runs (PostgreSQL's IsTransactionExitStmt).
+_ENDS_BLOCK = frozenset({OpKind.COMMIT, OpKind.ROLLBACK, OpKind.ROLLBACK_TO, OpKind.PREPARE_TRANSACTION})
 
 
 @dataclass(slots=True)
@@ -391,9 +393,12 @@ class DecisionPoint:
             model.execute(name, portal, judged.permitted,
                           runs.statement if isinstance(runs, Portal) else runs)
             return before
+        if not model.idle:
+            return Wait()  # hold or refuse only what will run: an earlier message may yet fail
+        if self._refused_anyway(portal.statement.op):
+            model.execute(name, portal, judged.permitted)
+            return None
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
-            if not model.idle:
-                return Wait()  # hold only what will run: an earlier message may yet fail (see _on_query)
             return Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
         return self.refusal(m.EXECUTE, judged)
 
@@ -420,6 +425,11 @@ class DecisionPoint:
             if judged.verdict is Verdict.ALLOW or is_approved:
                 model.function_call()
                 return None
+            if not model.idle:
+                return Wait(judged=judged)
+            if self._refused_anyway(None):
+                model.function_call()
+                return None
             if judged.verdict is Verdict.REVIEW and self.gate.holds:
                 return Wait(hold=(FUNCTION_CALL, (), judged), judged=judged)
             return self.refusal(type_byte, judged)
@@ -430,9 +440,22 @@ class DecisionPoint:
         if combined.verdict is Verdict.ALLOW or is_approved:
             model.query(parts)
             return None
+        if not model.idle:
+            return Wait(judged=judged)  # hold or refuse only what will run (see _refused_anyway)
+        if self._refused_anyway(parts[0].op if parts else None):
+            model.query(parts)
+            return None
         if combined.verdict is Verdict.REVIEW and self.gate.holds:
             return Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
         return self.refusal(type_byte, combined)
+
+    def _refused_anyway(self, first: SessionOp | None) -> bool:
+        """The server will refuse the statement without running it: its transaction block is
+        aborted (it said so) and the statement does not end the block. Holding it would ask a
+        reviewer about something that never runs; the server's own error is the answer."""
+        model = self.model
+        return (model.idle and model.confirmed.failed and model.transaction_status == "E"
+                and (first is None or first.kind not in _ENDS_BLOCK))
 
     def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[
             list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
@@ -494,4 +517,4 @@ class DecisionPoint:
         """The bytes that make the server fail in place of a refused message (see ProtocolModel.refuse)."""
         error = m.ErrorResponse.make("ERROR", judgement.sqlstate, judgement.message, detail=judgement.detail).encode()
         simple = type_byte == m.QUERY or type_byte == m.FUNCTION_CALL
-        return Refuse(self.model.refuse(error, simple=simple))
+        return Refuse(self.model.refuse(error, simple=simple, query=type_byte == m.QUERY))

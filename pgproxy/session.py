@@ -482,6 +482,8 @@ class Session:
                     first, run_start = wait.index + 1, end
             else:
                 await self._until_answered()
+                if wait.judged is not None:
+                    resume = Resume(wait.judged)  # judged already: not judged (or counted) again
             outcome = self._forward_client(buf, batch, first, run_start, resume)
             while outcome is False and self._deferred:
                 buf, batch = self._deferred.popleft()

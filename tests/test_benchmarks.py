@@ -123,3 +123,12 @@ def test_audit_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
     assert all(tps["off"] > 0 and tps["on"] > 0 for tps in report["tps"].values())
     assert report["statement_events"] > 100  # the audited proxy really recorded every transaction
     assert "| workload | audit off | audit on | on / off |" in stdout
+
+
+@pytest.mark.parametrize("module", ["benchmarks.micro_relay", "benchmarks.cpu"])
+def test_relay_cost_smoke(tmp_path: Path, repo_root: Path, module: str) -> None:
+    report, stdout = run_smoke(module, repo_root, tmp_path / "relay.json")
+    assert set(report) == {f"{mode}_{protocol}_us" for mode in ("passthrough", "enforce")
+                           for protocol in ("simple", "prepared")}
+    assert all(us > 0 for us in report.values())
+    assert "enforce_prepared_us" in stdout

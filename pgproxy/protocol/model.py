@@ -360,17 +360,28 @@ class ProtocolModel:
         if self.queue:
             self.queue.append(Expect(K.COPY_END, self.segment))
 
-    def refuse(self, error: bytes, *, simple: bool) -> bytes:
+    def refuse(self, error: bytes, *, simple: bool, query: bool = False) -> bytes:
         """The bytes to send the server in place of a refused message: a Describe of a
         statement that cannot exist, so the server fails at exactly that point (and, for a
-        simple Query or FunctionCall, a Sync that ends the cycle as the client expects)."""
+        simple Query or FunctionCall, a Sync that ends the cycle as the client expects). A
+        refused simple Query first closes the unnamed statement and portal, as any Query
+        that fails does on the server (their answers are the proxy's, not forwarded)."""
         self._probes += 1
+        out = b""
         if simple:
             self.segment += 1
+        if query:
+            for kind in ("S", "P"):
+                close = Expect(K.CLOSE, self.segment, "")
+                close.describe_kind = kind
+                close.own = True
+                self._predict(close, self.predicted)
+                self._push(close)
+                out += m.frame(m.CLOSE, kind.encode() + b"\0")
         probe = Expect(K.PROBE, self.segment, f"{self.reserved}{self._probes}")
         probe.error = error
         self._push(probe)
-        out = m.Describe("S", probe.name).encode()
+        out += m.Describe("S", probe.name).encode()
         if simple:
             self.sync()
             out += m.Sync().encode()
@@ -526,6 +537,8 @@ class ProtocolModel:
             else:
                 self.confirmed.drop_portal(head.name, head.segment)
             self._pop()
+            if head.own:
+                return b""
         elif kind is K.FUNCTION:
             if type_byte == m.FUNCTION_CALL_RESPONSE and head.phase == _P_START:
                 head.phase = _P_WAIT_READY
