@@ -404,14 +404,14 @@ class DecisionPoint:
 
     def _on_query(self, type_byte: int, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
         model = self.model
+        if self.gate is None:
+            (model.query(None) if type_byte == m.QUERY else model.function_call())
+            return None
         if model.segment_open:
             # Whether the server runs this Query or skips it (an earlier message of the pipeline
             # failed) is known once those messages are answered: judging it before could hold
             # what never runs, and a refusal's own Sync would end the server's skipping early.
             return Wait()
-        if self.gate is None:
-            (model.query(None) if type_byte == m.QUERY else model.function_call())
-            return None
         sql = m.decode_query_text(body) if type_byte == m.QUERY else FUNCTION_CALL
         if resume is not None and resume.judgement is not None:
             judged = resume.judgement
