@@ -611,6 +611,9 @@ class Session:
                     if self._answered is not None and not self._answered.done():
                         self._answered.set_result(None)
                     return
+            except Desync as exc:
+                self._desynced(str(exc))
+                return
             except Exception as exc:  # it ends this session only (see _relay)
                 self._end(exc)
                 return

@@ -353,7 +353,7 @@ class ProtocolModel:
         step: the portal lives only until the Sync's implicit commit ends it, so the objects do
         not change at all; the answers are checked as those four messages' answers are."""
         expect = Expect(K.CYCLE, self.segment)
-        expect.portal = Portal(statement, bind)
+        expect.statement = statement  # the portal lives for the cycle only: its statement is what counts
         expect.permitted = permitted
         expect.described = described
         predicted = self.predicted
@@ -599,6 +599,7 @@ class ProtocolModel:
         columns: list[tuple[int, int]] | None = None
         ready = -1
         unpack = _unpack_length
+        data_row, command_complete, ready_for_query = _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY
         while pos < size:
             if size - pos < 5 or ready >= 0:
                 return False
@@ -607,10 +608,10 @@ class ProtocolModel:
             end = pos + 1 + length
             if length < 4 or length > longest or end > size:
                 return False
-            if type_byte == _DATA_ROW:
+            if type_byte == data_row:
                 if step != 2:
                     return False
-            elif type_byte == _COMMAND_COMPLETE:
+            elif type_byte == command_complete:
                 if cycle:
                     if step != 2:
                         return False
@@ -618,7 +619,7 @@ class ProtocolModel:
                 else:
                     step = 0
                     ran = True
-            elif type_byte == _READY_FOR_QUERY:
+            elif type_byte == ready_for_query:
                 if step != (3 if cycle else 0) or length != 5:
                     return False
                 ready = pos
@@ -633,8 +634,8 @@ class ProtocolModel:
             elif type_byte == _BIND_COMPLETE and cycle and step == 0:
                 step = 1 if head.described else 2
                 if step == 2:
-                    assert head.portal is not None
-                    columns = head.portal.result_columns
+                    assert head.statement is not None
+                    columns = head.statement.columns
                     if self._refuses(columns, head.permitted):
                         return False
             elif type_byte == _NO_DATA and cycle and step == 1:
@@ -648,8 +649,8 @@ class ProtocolModel:
             pos = end
         if ready < 0:
             return False
-        if cycle and head.described and head.portal is not None and columns is not None:
-            head.portal.statement.columns = columns
+        if cycle and head.described and head.statement is not None and columns is not None:
+            head.statement.columns = columns
         head.ran = head.ran or ran
         self._ready(head, data[ready + 5:ready + 6])
         return True
@@ -668,12 +669,12 @@ class ProtocolModel:
                 head.index = 1
             else:
                 head.index = 2
-                assert head.portal is not None
-                self._guard(head, head.portal.result_columns, head.permitted)
+                assert head.statement is not None
+                self._guard(head, head.statement.columns, head.permitted)
         elif step == 1 and (type_byte == m.ROW_DESCRIPTION or type_byte == m.NO_DATA):
-            assert head.portal is not None
+            assert head.statement is not None
             columns = table_columns(body) if type_byte == m.ROW_DESCRIPTION else []
-            head.portal.statement.columns = columns
+            head.statement.columns = columns
             head.index = 2
             self._guard(head, columns, head.permitted)
         elif step == 2 and (type_byte == m.COMMAND_COMPLETE or type_byte == m.EMPTY_QUERY_RESPONSE):
@@ -701,8 +702,9 @@ class ProtocolModel:
             self._copy_started()
         elif type_byte == m.COPY_OUT_RESPONSE and phase in (_P_START, _P_ROWS):
             head.phase = _P_COPY_OUT
+            self.rows_ok = True  # CopyData passes as rows do (the relay does not look at them)
         elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
-            pass
+            self.rows_ok = type_byte == m.COPY_DATA
         elif type_byte == m.COMMAND_COMPLETE:  # after COPY IN
             self._copy_done()
             self._pop()
@@ -769,18 +771,34 @@ class ProtocolModel:
             self._copy_started()
         elif type_byte == m.COPY_OUT_RESPONSE and phase == _P_START:
             head.phase = _P_COPY_OUT
+            self.rows_ok = True  # CopyData passes as rows do (the relay does not look at them)
         elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
-            pass
+            self.rows_ok = type_byte == m.COPY_DATA
         else:
             raise self._desync(type_byte, "a statement's result")
 
     def _ready(self, head: Expect, body: bytes) -> None:
         """ReadyForQuery ends a Sync, Query or FunctionCall: the implicit transaction ends,
         and the transaction status must be the one the model expects."""
+        objects = self.confirmed
+        if (body == b"I" and head.parts is None and not objects.in_block and not objects.frames
+                and (head.kind is K.CYCLE or (head.kind is K.QUERY and "" not in objects.statements
+                                              and "" not in objects.portals))):
+            # The usual end of a cycle outside a block, in fewer steps: nothing was open and
+            # nothing is (the general path below would change nothing else).
+            self.transaction_status = "I"
+            if head.segment > self.confirmed_segment:
+                self.confirmed_segment = head.segment
+            self.guarding = False
+            self.queue.popleft()
+            if self.queue:
+                self._activate()
+            else:
+                self.rows_ok = False
+            return
         status = _STATUS.get(body)
         if status is None:
             raise Desync("the server sent an invalid ReadyForQuery")
-        objects = self.confirmed
         segment = head.segment
         kind = head.kind
         if kind is K.QUERY:
