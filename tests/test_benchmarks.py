@@ -132,3 +132,12 @@ def test_relay_cost_smoke(tmp_path: Path, repo_root: Path, module: str) -> None:
                            for protocol in ("simple", "prepared")}
     assert all(us > 0 for us in report.values())
     assert "enforce_prepared_us" in stdout
+
+
+def test_ab_smoke(tmp_path: Path, repo_root: Path) -> None:
+    """The A/B comparison, here of this checkout against itself."""
+    report, stdout = run_smoke("benchmarks.ab", repo_root, tmp_path / "ab.json", "--base", str(repo_root))
+    assert set(report) == {f"{mode}_{protocol}_8" for mode in ("passthrough", "enforce")
+                           for protocol in ("simple", "prepared")}
+    assert all(row["base_tps"] > 0 and row["this_tps"] > 0 for row in report.values())
+    assert "| this / base |" in stdout
