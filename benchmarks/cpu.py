@@ -91,15 +91,29 @@ def per_transaction(timed: Timed, url: str, protocol: str, transactions: int) ->
     return (timed.seconds - before) / transactions * 1e6
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def arguments(doc: str | None, rounds: int, smoke_transactions: int) -> argparse.Namespace:
+    """The options this benchmark and micro_relay share: --transactions, --rounds, --json, --smoke."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--transactions", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="a short run that proves this works")
     args = parser.parse_args()
     if args.smoke:
-        args.transactions, args.rounds = 300, 1
+        args.transactions, args.rounds = smoke_transactions, 1
+    return args
+
+
+def report(found: dict[str, float], what: str, json_file: Path | None) -> int:
+    for name, value in found.items():
+        print(f"{name:28} {value:7.2f} us {what} per transaction")
+    if json_file is not None:
+        json_file.write_text(json.dumps(found, indent=2))
+    return 0
+
+
+def main() -> int:
+    args = arguments(__doc__, 5, 300)
     found: dict[str, float] = {}
     timed = Timed()
     timed.install()
@@ -115,11 +129,7 @@ def main() -> int:
                         found[f"{mode}_{protocol}_us"] = statistics.median(samples)
     finally:
         timed.remove()
-    for name, value in found.items():
-        print(f"{name:28} {value:7.2f} us in the relay's callbacks per transaction")
-    if args.json is not None:
-        args.json.write_text(json.dumps(found, indent=2))
-    return 0
+    return report(found, "in the relay's callbacks", args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ of the rounds, in microseconds per transaction.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import struct
 import tempfile
@@ -24,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cpu import in_process_proxy
+from benchmarks.cpu import arguments, in_process_proxy, report
 from benchmarks.run import bench_database
 from pgproxy.decision import StatementGate
 from pgproxy.identity import Identity
@@ -92,14 +90,7 @@ def per_transaction(session: Session, client: bytes, server: bytes, transactions
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--transactions", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="a short run that proves this works")
-    args = parser.parse_args()
-    if args.smoke:
-        args.transactions, args.rounds = 200, 1
+    args = arguments(__doc__, 7, 200)
     found: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="pgproxy-micro-relay-") as tmp, PostgresCluster() as pg:
         bench_database(pg, 1)
@@ -121,11 +112,7 @@ def main() -> int:
                     samples = [per_transaction(session, client, answer, args.transactions)
                                for _ in range(args.rounds)]
                     found[f"{mode}_{protocol}_us"] = statistics.median(samples)
-    for name, value in found.items():
-        print(f"{name:28} {value:6.2f} us per transaction")
-    if args.json is not None:
-        args.json.write_text(json.dumps(found, indent=2))
-    return 0
+    return report(found, "in process", args.json)
 
 
 if __name__ == "__main__":
