@@ -59,6 +59,9 @@ class Judgement:
     # (no op, nothing tagged to show) or the gate does not analyse statements.
     parts: tuple[Part, ...] | None = None
     composed: bool = False  # covers another object's statement too (EXECUTE x, FETCH c)
+    # Planning it runs code pgproxy cannot see (the planner folds immutable functions): it is
+    # held at Bind, which plans the statement, rather than at Execute.
+    plans_code: bool = False
 
     @property
     def permitted(self) -> Columns:
@@ -303,7 +306,7 @@ class DecisionPoint:
             if type_byte == m.EXECUTE:
                 return self._on_execute(buf, start, end, resume)
             if type_byte == m.BIND:
-                return self._on_bind(buf, start, end)
+                return self._on_bind(buf, start, end, resume)
             if type_byte == m.SYNC:
                 model.sync()
                 return None
@@ -353,7 +356,7 @@ class DecisionPoint:
         self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op))
         return None
 
-    def _on_bind(self, buf: bytes, start: int, end: int) -> Refuse | Wait | None:
+    def _on_bind(self, buf: bytes, start: int, end: int, resume: Resume | None) -> Refuse | Wait | None:
         body = buf[start + 5:end]
         portal_end = body.index(0)
         statement_end = body.index(0, portal_end + 1)
@@ -363,8 +366,25 @@ class DecisionPoint:
         if model.is_reserved(portal) or model.is_reserved(statement):
             return self._reserved(portal if model.is_reserved(portal) else statement)
         # Binding to the unnamed portal always replaces it; a named one must not exist yet.
-        if not model.statement(statement)[1] or (portal != "" and not model.portal(portal)[1]):
+        found, certain = model.statement(statement)
+        if not certain or (portal != "" and not model.portal(portal)[1]):
             return Wait()
+        judged = facts(found) if found is not None else ALLOW
+        if judged.verdict is not Verdict.ALLOW and judged.plans_code and self.gate is not None:
+            # Binding plans the statement, and planning it runs code: judged here, not at Execute.
+            if resume is None or not resume.approved:
+                if not model.idle:
+                    return Wait()  # only what will run (see _on_query)
+                if self._refused_anyway(found.op if found is not None else None):
+                    model.bind(portal, statement, body)
+                    return None
+                if judged.verdict is Verdict.REVIEW and self.gate.holds and found is not None:
+                    return Wait(hold=(found.sql, shown_parameters(body), judged))
+                return self.refusal(m.BIND, judged)
+            created = model.bind(portal, statement, body)
+            if created is not None:
+                created.approved = True  # the approval covers the portal this Bind makes
+            return None
         model.bind(portal, statement, body)
         return None
 

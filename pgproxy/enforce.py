@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, shape_key
 from pgproxy.analysis.gate import analyze
-from pgproxy.analysis.model import Analysis, Kind
+from pgproxy.analysis.model import Analysis, Flag, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
@@ -392,16 +392,18 @@ class PolicyGate(StatementGate):
         """The judgement a decision makes (no audit, no log: see _judgement)."""
         analyses = verdicts.analyses if verdicts is not None else ()
         parts = verdicts.parts if verdicts is not None else None
+        # Planning runs what the planner folds: user functions, and whatever pgproxy cannot tell.
+        plans_code = verdicts is None or any(Flag.RUNS_CODE in a.flags or a.kind is Kind.UNKNOWN for a in analyses)
         if decision.action is Action.ALLOW:
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
             return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
                              f"pgproxy denied this statement (rule {decision.rule}): {decision.reason}",
-                             detail=detail, context=verdicts, protocol=protocol, parts=parts)
+                             detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code)
         return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
-                         detail=detail, context=verdicts, protocol=protocol, parts=parts)
+                         detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code)
 
     def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
                decision: Decision | None, outcome: str, sha: str | None,

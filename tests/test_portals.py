@@ -183,3 +183,22 @@ def test_a_portal_the_model_does_not_know_ends_the_session(approving: ProxyThrea
     approving.call(audit.flush())
     events = approving.call(audit.store.events(type="session.desync"))
     assert any("did not expect" in row.body for row in events), events
+
+
+def test_planning_that_runs_code_is_held_before_it_runs(held: ProxyThread, pg: PostgresCluster,
+                                                        secrets_of_customer_1: list[bytes]) -> None:
+    """The planner folds immutable functions: binding (or declaring a cursor over) a statement
+    that calls one runs it. A user function is code pgproxy cannot see, so such a statement is
+    held at Bind or DECLARE, not at Execute or FETCH; here nobody approves, and nothing leaks."""
+    pg.psql("CREATE OR REPLACE FUNCTION plan_leak() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'value: %', (SELECT ssn FROM customers WHERE id = 1); END $$; "
+            "GRANT EXECUTE ON FUNCTION plan_leak() TO app_scram", dbname="app")
+    with raw_session(held) as client:
+        replies = _exchange(client, _parse("", "SELECT plan_leak() WHERE $1::int = 1")
+                            + m.Bind("", "", (), (b"1",), ()).encode() + SYNC)
+        assert not _leaked(replies, secrets_of_customer_1)
+        assert [t for t, _ in replies] == [m.PARSE_COMPLETE, m.ERROR_RESPONSE, m.READY_FOR_QUERY]
+        assert b"expired" in replies[1][1]
+        _exchange(client, m.Query("BEGIN").encode())
+        replies = _exchange(client, m.Query("DECLARE c CURSOR FOR SELECT plan_leak()").encode())
+        assert not _leaked(replies, secrets_of_customer_1) and replies[0][0] == m.ERROR_RESPONSE

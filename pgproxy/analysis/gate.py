@@ -167,10 +167,11 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
         return replace(params, literal_sensitive=True)
     if isinstance(node, ast.DeclareCursorStmt):
         inner = replace(analyze_node(node.query, text, context, nested=True), command="DECLARE CURSOR")
-        if (node.options or 0) & _CURSOR_OPT_HOLD:
-            # A WITH HOLD cursor runs its query to the end when its transaction commits.
+        if (node.options or 0) & _CURSOR_OPT_HOLD or inner.flags & _PLANNING_RUNS or inner.kind is Kind.UNKNOWN:
+            # A WITH HOLD cursor runs its query to the end when its transaction commits; and
+            # DECLARE plans the query, which evaluates functions the planner may fold.
             return replace(inner, stored=inner)
-        # Declaring runs nothing: the query is judged at each FETCH or MOVE of the cursor.
+        # Declaring runs nothing else: the query is judged at each FETCH or MOVE of the cursor.
         return Analysis(sql=text, command="DECLARE CURSOR", kind=Kind.SESSION, literal_sensitive=True,
                         stored=inner)
     if isinstance(node, (ast.CreateTableAsStmt, ast.ViewStmt)):
@@ -194,6 +195,10 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
 
 
 _CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
+# Planning a statement runs these (the planner folds immutable functions and estimates with
+# stable ones): code pgproxy cannot see runs before the statement executes. So does planning
+# a statement pgproxy cannot read (kind UNKNOWN).
+_PLANNING_RUNS = frozenset({Flag.RUNS_CODE})
 
 
 def _session_op(node: Any, text: str) -> SessionOp | None:
