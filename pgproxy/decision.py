@@ -129,6 +129,7 @@ class Execution:
     sql: str  # the text a reviewer sees: the statement, and what a name it runs stood for
     parameters: bytes | None  # the Bind body of the portal run (its parameters)
     approve: list[Portal]  # portals an approval of this execution covers
+    runs: PreparedStatement | None = None  # for EXECUTE x / FETCH c: the statement that name runs
 
 
 def facts(statement: PreparedStatement) -> Judgement:
@@ -164,7 +165,8 @@ def execution(model: ProtocolModel, portal: Portal) -> Execution | None:
     combined = replace(combined, composed=True,
                        parts=(Part(None, own.permitted | judged.permitted),))
     shown = f"{statement.sql}\n-- {statement.op.name if statement.op else ''} is: {sql}" if sql else statement.sql
-    return Execution(combined, shown, bind or portal.bind, [portal, *covered])
+    runs = target.statement if isinstance(target, Portal) else target
+    return Execution(combined, shown, bind or portal.bind, [portal, *covered], runs)
 
 
 class StatementGate:
@@ -409,9 +411,7 @@ class DecisionPoint:
                 # The result guard must know the portal's columns before its rows come.
                 model.describe("P", name, own=True)
                 before = m.Describe("P", name).encode()
-            runs = model.runs(portal.statement)[0]
-            model.execute(name, portal, judged.permitted,
-                          runs.statement if isinstance(runs, Portal) else runs)
+            model.execute(name, portal, judged.permitted, found.runs)
             return before
         if not model.idle:
             return Wait()  # hold or refuse only what will run: an earlier message may yet fail
@@ -474,7 +474,7 @@ class DecisionPoint:
         aborted (it said so) and the statement does not end the block. Holding it would ask a
         reviewer about something that never runs; the server's own error is the answer."""
         model = self.model
-        return (model.idle and model.confirmed.failed and model.transaction_status == "E"
+        return (model.idle and model.confirmed.failed
                 and (first is None or first.kind not in _ENDS_BLOCK))
 
     def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[

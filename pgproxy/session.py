@@ -136,7 +136,6 @@ class Session:
         self.database = ""
         self.backend_key: m.BackendKeyData | None = None
         self.upstream: UpstreamConnection | None = None
-        self.transaction_status = "I"
         self.last_client_activity = time.monotonic()
         self._frames = FrameReader(max_message_bytes=min(AUTH_MAX_MESSAGE_BYTES, self.limits.max_message_bytes),
                                    allowed_types=m.FRONTEND_TYPES)

@@ -181,13 +181,18 @@ class ProtocolModel:
         self.copy_in = False  # the server is reading COPY data from the client
         self.rows_ok = False  # DataRows may come now (and pass the guard)
         self.guarding = False  # the guard refused a result: drop answers until ReadyForQuery
-        self.transaction_status = "I"
         self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
         self._probes = 0
         self.predicted_runs: list[str] = []
 
     # -- what the relay asks --------------------------------------------------------------
+
+    @property
+    def transaction_status(self) -> str:
+        """The server's transaction status as its last ReadyForQuery said: I, T or E."""
+        confirmed = self.confirmed
+        return "E" if confirmed.failed else "T" if confirmed.in_block else "I"
 
     @property
     def idle(self) -> bool:
@@ -296,11 +301,12 @@ class ProtocolModel:
         return not any(e.kind is K.DESCRIBE and (e.portal is portal or e.statement is portal.statement)
                        for e in self.queue)
 
-    def close(self, kind: str, name: str) -> None:
+    def close(self, kind: str, name: str, *, own: bool = False) -> None:
         if self.doomed:
             return
         expect = Expect(K.CLOSE, self.segment, name)
         expect.describe_kind = kind
+        expect.own = own
         self._predict(expect, self.predicted)
         self._push(expect)
 
@@ -382,11 +388,7 @@ class ProtocolModel:
             self.segment += 1
         if query:
             for kind in ("S", "P"):
-                close = Expect(K.CLOSE, self.segment, "")
-                close.describe_kind = kind
-                close.own = True
-                self._predict(close, self.predicted)
-                self._push(close)
+                self.close(kind, "", own=True)
                 out += m.frame(m.CLOSE, kind.encode() + b"\0")
         probe = Expect(K.PROBE, self.segment, f"{self.reserved}{self._probes}")
         probe.error = error
@@ -786,7 +788,6 @@ class ProtocolModel:
                                               and "" not in objects.portals))):
             # The usual end of a cycle outside a block, in fewer steps: nothing was open and
             # nothing is (the general path below would change nothing else).
-            self.transaction_status = "I"
             if head.segment > self.confirmed_segment:
                 self.confirmed_segment = head.segment
             self.guarding = False
@@ -822,7 +823,6 @@ class ProtocolModel:
             objects.end_transaction(True, segment)
         objects.in_block = in_block
         objects.failed = failed
-        self.transaction_status = status
         if segment > self.confirmed_segment:
             self.confirmed_segment = segment
         self.guarding = False
