@@ -331,8 +331,8 @@ class DecisionPoint:
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
 
-    def _reserved(self, name: str) -> Refuse:
-        return self.refusal(m.PARSE, Judgement(
+    def _reserved(self, name: str, type_byte: int = m.PARSE) -> Refuse:
+        return self.refusal(type_byte, Judgement(
             Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
             f'the name "{name}" is reserved by pgproxy', detail=f"Names starting with {RESERVED_PREFIX} are "
             "pgproxy's own."))
@@ -453,6 +453,9 @@ class DecisionPoint:
             if judged.verdict is Verdict.REVIEW and self.gate.holds:
                 return Wait(hold=(FUNCTION_CALL, (), judged), judged=judged)
             return self.refusal(type_byte, judged)
+        for part in judged.parts or ():
+            if part.op is not None and model.is_reserved(part.op.name):
+                return self._reserved(part.op.name, type_byte)  # PREPARE, DECLARE, ... of pgproxy's names
         resolved = self._resolve_query(judged, is_approved, sql)
         if resolved is None:
             return Wait()

@@ -135,6 +135,8 @@ def test_reserved_names_are_refused(held: ProxyThread) -> None:
         assert [t for t, _ in replies] == [m.ERROR_RESPONSE, m.READY_FOR_QUERY]
         assert b"reserved" in replies[0][1]
         assert _rows(_exchange(client, m.Query("SELECT 'after'").encode()))
+        replies = _exchange(client, m.Query("PREPARE pgproxy_reserved_y AS SELECT 1").encode())
+        assert [t for t, _ in replies] == [m.ERROR_RESPONSE, m.READY_FOR_QUERY] and b"reserved" in replies[0][1]
 
 
 def test_benign_pipelines_pass(held: ProxyThread) -> None:
