@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgproxy.errors import ClientProtocolError, SqlState
 from pgproxy.protocol import RESERVED_PREFIX, Portal, PreparedStatement, ProtocolModel, QueryPart, SessionOp
+from pgproxy.protocol.lexing import UnreadableText
 from pgproxy.protocol.objects import REFERENCES, OpKind
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length
@@ -45,6 +46,7 @@ class Part:
 
     op: SessionOp | None = None
     permitted: Columns = frozenset()
+    lexing: bool = False  # running it may change how the server reads the text after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,11 @@ class Judgement:
     # Planning it runs code pgproxy cannot see (the planner folds immutable functions): it is
     # held at Bind, which plans the statement, rather than at Execute.
     plans_code: bool = False
+
+    @property
+    def changes_lexing(self) -> bool:
+        """Running it may change how the server reads later text (client_encoding...)."""
+        return self.parts is not None and any(p.lexing for p in self.parts)
 
     @property
     def permitted(self) -> Columns:
@@ -109,7 +116,10 @@ def shown_parameters(bind: bytes | None) -> tuple[str | None, ...]:
 
 FUNCTION_CALL = "<function call>"  # a FunctionCall's statement text: it carries no SQL
 # Statements a transaction block aborted by an error still runs (PostgreSQL's IsTransactionExitStmt).
+# They also undo settings changed in the block (or since the savepoint).
 _ENDS_BLOCK = frozenset({OpKind.COMMIT, OpKind.ROLLBACK, OpKind.ROLLBACK_TO, OpKind.PREPARE_TRANSACTION})
+# Messages whose strings the server reads in the client encoding (text, names).
+_READS_TEXT = frozenset({m.QUERY, m.PARSE, m.BIND, m.EXECUTE, m.DESCRIBE, m.CLOSE, m.FUNCTION_CALL})
 
 
 @dataclass(slots=True)
@@ -162,8 +172,8 @@ def execution(model: ProtocolModel, portal: Portal) -> Execution | None:
         return Execution(own, statement.sql, portal.bind, [portal])
     judged, sql, bind, covered = _referenced(target)
     combined = strictest(own, judged)
-    combined = replace(combined, composed=True,
-                       parts=(Part(None, own.permitted | judged.permitted),))
+    combined = replace(combined, composed=True, parts=(
+        Part(None, own.permitted | judged.permitted, own.changes_lexing or judged.changes_lexing),))
     shown = f"{statement.sql}\n-- {statement.op.name if statement.op else ''} is: {sql}" if sql else statement.sql
     runs = target.statement if isinstance(target, Portal) else target
     return Execution(combined, shown, bind or portal.bind, [portal, *covered], runs)
@@ -256,7 +266,7 @@ class DecisionPoint:
                 or unpack_length(data, 1)[0] != size - 1):
             return False
         if self.gate is not None:
-            if not self.gate.settled(self.session, m.decode_str(data[5:-1])):
+            if not self.model.lexing.plain or not self.gate.settled(self.session, m.decode_str(data[5:-1])):
                 return False
             self.session.statements += 1
         self.model.query(None)
@@ -267,7 +277,7 @@ class DecisionPoint:
         and Sync, of a prepared statement the model knows and the gate allowed with nothing to
         resolve when it runs, outside a transaction block (see ProtocolModel.quick_cycle)."""
         model = self.model
-        if model.confirmed.in_block or model.confirmed.frames or model.doomed:
+        if model.confirmed.in_block or model.confirmed.frames or model.doomed or not model.lexing.plain:
             return False
         size = len(data)
         if size < 5:
@@ -283,7 +293,8 @@ class DecisionPoint:
         if statement is None or statement.op is not None:
             return False
         judged = statement.facts
-        if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW):
+        if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW
+                                   or judged.changes_lexing):
             return False
         described = data[end] == m.DESCRIBE
         if described:
@@ -305,6 +316,8 @@ class DecisionPoint:
         or the server's answers to what came before it."""
         model = self.model
         try:
+            if model.lexing.pending and type_byte in _READS_TEXT:
+                return self._lexing_unsettled(type_byte)
             if type_byte == m.EXECUTE:
                 return self._on_execute(buf, start, end, resume)
             if type_byte == m.BIND:
@@ -317,7 +330,7 @@ class DecisionPoint:
             if type_byte == m.QUERY or type_byte == m.FUNCTION_CALL:
                 return self._on_query(type_byte, buf[start + 5:end], resume)
             if type_byte == m.DESCRIBE or type_byte == m.CLOSE:
-                kind, name = chr(buf[start + 5]), m.decode_str(buf[start + 6:end - 1])
+                kind, name = chr(buf[start + 5]), model.lexing.decode(buf[start + 6:end - 1])
                 if buf[end - 1] != 0 or kind not in ("S", "P"):
                     raise m.MessageFormatError("invalid Describe or Close message")
                 if model.is_reserved(name):
@@ -330,6 +343,19 @@ class DecisionPoint:
             return None  # Flush, CopyData
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid {chr(type_byte)!r} message: {exc}") from None
+        except UnreadableText as exc:
+            return self.refusal(type_byte, Judgement(Verdict.DENY, SqlState.CHARACTER_NOT_IN_REPERTOIRE, str(exc)))
+
+    def _lexing_unsettled(self, type_byte: int) -> Refuse | Wait:
+        """A statement that may change how the server reads text has not been answered up to its
+        ReadyForQuery (where the server reports the new settings): wait for it, or, when nothing
+        more is coming before a Sync the client has not sent, refuse rather than guess."""
+        if not self.model.idle:
+            return Wait()
+        return self.refusal(type_byte, Judgement(
+            Verdict.DENY, SqlState.PROTOCOL_VIOLATION,
+            "pgproxy must see the server's answer to a change of client_encoding or standard_conforming_strings "
+            "before it reads the next statement", detail="Send Sync after the statement that changes the setting."))
 
     def _reserved(self, name: str, type_byte: int = m.PARSE) -> Refuse:
         return self.refusal(type_byte, Judgement(
@@ -338,7 +364,7 @@ class DecisionPoint:
             "pgproxy's own."))
 
     def _on_parse(self, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
-        parse = m.decode_parse(body)
+        parse = m.decode_parse(body, self.model.lexing.decode)
         if self.model.is_reserved(parse.name):
             return self._reserved(parse.name)
         judged: Judgement = ALLOW
@@ -362,8 +388,9 @@ class DecisionPoint:
         body = buf[start + 5:end]
         portal_end = body.index(0)
         statement_end = body.index(0, portal_end + 1)
-        portal = m.decode_str(body[:portal_end])
-        statement = m.decode_str(body[portal_end + 1:statement_end])
+        model_text = self.model.lexing.decode
+        portal = model_text(body[:portal_end])
+        statement = model_text(body[portal_end + 1:statement_end])
         model = self.model
         if model.is_reserved(portal) or model.is_reserved(statement):
             return self._reserved(portal if model.is_reserved(portal) else statement)
@@ -391,8 +418,8 @@ class DecisionPoint:
         return None
 
     def _on_execute(self, buf: bytes, start: int, end: int, resume: Resume | None) -> bytes | Refuse | Wait | None:
-        name = m.decode_str(buf[start + 5:buf.index(0, start + 5)])
         model = self.model
+        name = model.lexing.decode(buf[start + 5:buf.index(0, start + 5)])
         portal, certain = model.portal(name)
         if not certain:
             return Wait()
@@ -412,6 +439,9 @@ class DecisionPoint:
                 model.describe("P", name, own=True)
                 before = m.Describe("P", name).encode()
             model.execute(name, portal, judged.permitted, found.runs)
+            if judged.changes_lexing or (model.lexing.in_block and portal.statement.op is not None
+                                         and portal.statement.op.kind in _ENDS_BLOCK):
+                model.lexing.pending = True
             return before
         if not model.idle:
             return Wait()  # hold or refuse only what will run: an earlier message may yet fail
@@ -432,7 +462,7 @@ class DecisionPoint:
             # failed) is known once those messages are answered: judging it before could hold
             # what never runs, and a refusal's own Sync would end the server's skipping early.
             return Wait()
-        sql = m.decode_query_text(body) if type_byte == m.QUERY else FUNCTION_CALL
+        sql = m.decode_query_text(body, model.lexing.decode) if type_byte == m.QUERY else FUNCTION_CALL
         if resume is not None and resume.judgement is not None:
             judged = resume.judgement
         else:
@@ -462,6 +492,10 @@ class DecisionPoint:
         parts, combined, shown, bind, covered = resolved
         if combined.verdict is Verdict.ALLOW or is_approved:
             model.query(parts)
+            if judged.changes_lexing or any(
+                    (p.runs is not None and facts(p.runs).changes_lexing)
+                    or (model.lexing.in_block and p.op is not None and p.op.kind in _ENDS_BLOCK) for p in parts or ()):
+                model.lexing.pending = True
             return None
         if not model.idle:
             return Wait(judged=judged)  # hold or refuse only what will run (see _refused_anyway)

@@ -234,9 +234,9 @@ class PolicyGate(StatementGate):
                 stored = analysis.stored
                 decision = decide(self.policy, stored, identity.agent_id, identity.groups)
                 inner = Verdicts(decision, (stored,))
-                inner.parts = (Part(None, _tagged_reads(schema, stored)),)
+                inner.parts = (Part(None, _tagged_reads(schema, stored), stored.lexing),)
                 op = replace(op, facts=self._verdict(decision, inner, "extended"))
-            parts.append(Part(op, _tagged_reads(schema, analysis)))
+            parts.append(Part(op, _tagged_reads(schema, analysis), analysis.lexing))
         return tuple(parts)
 
     # -- the hold point ---------------------------------------------------------------------
@@ -354,7 +354,8 @@ class PolicyGate(StatementGate):
             return
         if verdicts.remembered is None:
             verdicts.remembered = any(
-                a.op is not None or a.search_path is not None or a.kind is Kind.DDL or any(a.reads.values())
+                a.op is not None or a.search_path is not None or a.kind is Kind.DDL or a.lexing
+                or any(a.reads.values())
                 for a in verdicts.analyses)
         if not verdicts.remembered:
             return
@@ -371,7 +372,8 @@ class PolicyGate(StatementGate):
         if decision.action is Action.ALLOW:
             if self.audit is not None:
                 self._audit(session, statement.sql, statement.protocol, verdicts, decision, "allowed", None)
-            if verdicts is None or verdicts.parts is None or not any(p.op or p.permitted for p in verdicts.parts):
+            if verdicts is None or verdicts.parts is None or not any(
+                    p.op or p.permitted or p.lexing for p in verdicts.parts):
                 return ALLOW
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=statement.protocol, parts=verdicts.parts)
         summary = {"action": decision.action.value, "rule": decision.rule,

@@ -105,7 +105,12 @@ def rule_matches(rule: Rule, analysis: Analysis, agent: str, groups: frozenset[s
 
 
 def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str]) -> Decision:
-    """The first matching rule's action; UNKNOWN never falls through to an allowing default."""
+    """The first matching rule's action; UNKNOWN never falls through to an allowing default.
+    A statement after which pgproxy could not read text as the server does is denied before
+    any rule: no policy can make analysis of what follows it meaningful."""
+    if Flag.UNREADABLE in analysis.flags:
+        return Decision(Action.DENY, "unreadable-text", analysis.reasons[0] if analysis.reasons
+                        else "pgproxy could not read statements after this one")
     for rule in policy.rules:
         if rule_matches(rule, analysis, agent, groups):
             return Decision(rule.action, rule.name, rule.reason)

@@ -50,7 +50,7 @@ from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
 from pgproxy.protocol import Desync, GuardRefusal, ProtocolModel
-from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, startup
+from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, judge_parameters, startup
 from pgproxy.upstream import UpstreamConnection, send_cancel
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import FrameError, FrameReader
@@ -183,6 +183,7 @@ class Session:
                     if self.refusal is not None:
                         raise self.refusal
                     await authenticate(self)
+                    await judge_parameters(self)
                     await connect(self)
             except TimeoutError:
                 raise ProxyError(

@@ -13,7 +13,10 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from pgproxy.audit import members
+from pgproxy.decision import Judgement, Statement, Verdict
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState
+from pgproxy.parameters import as_statement, startup_settings
+from pgproxy.protocol import Desync
 from pgproxy.upstream import connect_upstream
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import FrameError, StartupReader
@@ -108,6 +111,24 @@ async def startup(session: Session) -> bool:
     session._to(State.AUTHENTICATING)
     return True
 
+def _settings_in_force(session: Session, frames: list[bytes]) -> None:
+    """The upstream's settings as it reported them at login: a database or role default (or
+    the startup parameters) may leave it reading text in a way pgproxy cannot follow."""
+    model = session.model
+    model.lexing.pending = True  # the first report sets the state
+    try:
+        for frame in frames:
+            if frame[0] == m.PARAMETER_STATUS:
+                model.parameter_status(frame[5:])
+    except Desync as exc:
+        assert session.upstream is not None
+        session.upstream.close()
+        raise ProxyError(SqlState.INSUFFICIENT_PRIVILEGE, f"pgproxy refuses this connection: {exc}",
+                         hint="A database or role default (ALTER DATABASE/ROLE ... SET) sets it; "
+                              "pgproxy can only serve sessions whose statements it reads as the server does.") from None
+    model.lexing.settle("I")
+
+
 def feed_client(session: Session, data: bytes) -> None:
     try:
         for type_byte, start, end in session._frames.feed(data):
@@ -189,6 +210,21 @@ async def _authenticate_scram(session: Session, user: str) -> None:
     session.writer.write(m.Authentication(m.AUTH_SASL_FINAL, final).encode())
 
 
+async def judge_parameters(session: Session) -> None:
+    """Judge the startup packet's settings (see pgproxy.parameters) before any reaches the
+    server: refused ones end the session with a message naming them."""
+    gate = session.gate
+    for setting in startup_settings(session.parameters):
+        if gate is None or not setting.judged:
+            continue
+        decided = gate.judge(session, Statement("simple", as_statement(setting)))
+        judged = decided if isinstance(decided, Judgement) else await decided
+        if judged.verdict is not Verdict.ALLOW:
+            raise ProxyError(judged.sqlstate or SqlState.INSUFFICIENT_PRIVILEGE,
+                             f"{setting.source} is refused: {judged.message}", detail=judged.detail,
+                             hint="A startup cannot wait for a reviewer; connect without it.")
+
+
 async def connect(session: Session) -> None:
     route = session.config.routes.get(session.database)
     if route is None:
@@ -197,6 +233,7 @@ async def connect(session: Session) -> None:
     session._to(State.CONNECTING)
     session.upstream = await connect_upstream(route, session.parameters,
                                            max_message_bytes=session.limits.max_message_bytes)
+    _settings_in_force(session, session.upstream.startup_frames)
     session.backend_key = session.registry.register(session)
     session._frames.max_message_bytes = session.limits.max_message_bytes
     greeting = [m.Authentication(m.AUTH_OK).encode(), *session.upstream.startup_frames,

@@ -110,7 +110,7 @@ async def connect_upstream(route: Route, client_parameters: dict[str, str], *,
 
 async def _startup(route: Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    client_parameters: dict[str, str], max_message_bytes: int) -> UpstreamConnection:
-    params = {k: v for k, v in client_parameters.items() if k not in _NOT_FORWARDED}
+    params = {k: v for k, v in client_parameters.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
     params = {"user": route.user, "database": route.dbname, **params}
     writer.write(m.StartupMessage(params).encode())
     await writer.drain()

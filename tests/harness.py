@@ -123,7 +123,7 @@ class ProxyThread:
             **params: str) -> str:
         if password is None:
             password = make_token(user) if user != STATIC_AGENT else STATIC_PASSWORD
-        query = urllib.parse.urlencode({"sslmode": "disable", **params})
+        query = urllib.parse.urlencode({"sslmode": "disable", **params}, quote_via=urllib.parse.quote)
         return (f"postgresql://{urllib.parse.quote(user, safe='')}:"
                 f"{urllib.parse.quote(password, safe='')}@127.0.0.1:{self.port}/{dbname}?{query}")
 
@@ -245,6 +245,12 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @contextmanager
 def raw_session(proxy: ProxyThread, **login: str) -> Iterator[RawClient]:
@@ -262,8 +268,9 @@ def error_fields(body: bytes) -> dict[str, str]:
 
 
 def write_enforce_config(cluster: PostgresCluster, directory: Path, *, catalog: str,
-                         policy: str | None = None, extra: str = "") -> Path:
-    """A YAML config for enforce mode (the demo policy unless `policy` is given), loaded as users do."""
+                         policy: str | None = None, extra: str = "", routes: str = "") -> Path:
+    """A YAML config for enforce mode (the demo policy unless `policy` is given), loaded as users do.
+    `routes`: further lines of the routes mapping (indented by two spaces)."""
     (directory / "jwt-secret").write_text(JWT_SECRET)
     (directory / "upstream-password").write_text(UPSTREAM_USERS["app_scram"][0])
     (directory / "catalog.yaml").write_text(catalog)
@@ -281,6 +288,7 @@ auth:
     - {{id: {STATIC_AGENT}, scram_secret: "{make_scram_secret(STATIC_PASSWORD)}", groups: [etl]}}
 routes:
   {DATABASE}: {{host: {cluster.host}, port: {cluster.port}, user: app_scram, password_file: upstream-password}}
+{routes}
 {extra}
 policy:
 {indented}

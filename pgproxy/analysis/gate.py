@@ -4,7 +4,6 @@ resolves what each touches; sqlglot cross-checks the tables. Anything either
 parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
 
 >>> from pgproxy.analysis.schema import Schema
-from pgproxy.protocol.objects import OpKind, SessionOp
 >>> empty = Schema({}, {}, frozenset(), ("public",), "v0")
 >>> [a.kind.value for a in analyze("BEGIN; SHOW TimeZone", empty)]
 ['transaction', 'session']
@@ -24,6 +23,7 @@ from pgproxy.analysis.crosscheck import crosscheck_tables
 from pgproxy.analysis.model import Analysis, Flag, Kind
 from pgproxy.analysis.references import References, Scope, Unresolved
 from pgproxy.analysis.schema import Schema
+from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 from pgproxy.protocol.objects import OpKind, SessionOp
 
 _DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
@@ -135,12 +135,13 @@ def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,
         kind = Kind.WRITE  # a data-modifying CTE
     found = Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables),
                      reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
-                     flags=frozenset(refs.flags), literal_sensitive=refs.literal_sensitive)
+                     flags=frozenset(refs.flags), literal_sensitive=refs.literal_sensitive, lexing=refs.lexing,
+                     reasons=(refs.unreadable,) if refs.unreadable else ())
     if check_tables:
         disagreement = crosscheck_tables(context.crosscheck_text(text, nodes[0]), refs.tables, context)
         if disagreement is not None:
             # Unknown, but keeping what was found: a rule that denies on it still applies.
-            return replace(found, kind=Kind.UNKNOWN, reasons=(disagreement,))
+            return replace(found, kind=Kind.UNKNOWN, reasons=(*found.reasons, disagreement))
     return found
 
 
@@ -178,6 +179,10 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
         return _walk(text, command, Kind.DDL, replace(context, nested=True), node.query)
     if isinstance(node, ast.VariableSetStmt):
         return _set(node, text, context)
+    if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+        # DISCARD ALL resets every setting, client_encoding included.
+        return Analysis(sql=text, command=command, kind=Kind.SESSION, literal_sensitive=True,
+                        search_path=context.schema.search_path, lexing=True)
     if isinstance(node, ast.DoStmt):
         return replace(unknown(text, command, "DO runs code pgproxy cannot see"),
                        flags=frozenset({Flag.RUNS_CODE}))
@@ -306,8 +311,15 @@ def _set(node: ast.VariableSetStmt, text: str, context: Context) -> Analysis:
         # Back to the defaults of the login role: it can only drop privileges, and the
         # search_path returns to the role's own (which the session tracks).
         return Analysis(sql=text, command="RESET ALL", kind=Kind.SESSION, literal_sensitive=True,
-                        search_path=context.schema.search_path)
+                        search_path=context.schema.search_path, lexing=True)
+    if name in LEXING_SETTINGS:
+        return _set_lexing(node, name, text)
     if name in ("role", "session_authorization"):
+        if node.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
+            # Back to the session's own role: privileges can only shrink. (Its default is the
+            # login role, or what the startup parameters set, which pgproxy judged.)
+            return Analysis(sql=text, command="RESET" if node.kind == VariableSetKind.VAR_RESET else "SET",
+                            kind=Kind.SESSION, literal_sensitive=True)
         return Analysis(sql=text, command="SET ROLE" if name == "role" else "SET SESSION AUTHORIZATION",
                         kind=Kind.ROLE, literal_sensitive=True)
     if name == "search_path":
@@ -324,6 +336,22 @@ def _set(node: ast.VariableSetStmt, text: str, context: Context) -> Analysis:
         return Analysis(sql=text, command="SET", kind=Kind.SESSION, literal_sensitive=True, search_path=path)
     return Analysis(sql=text, command="RESET" if node.kind == VariableSetKind.VAR_RESET else "SET",
                     kind=Kind.SESSION, literal_sensitive=True)
+
+
+def _set_lexing(node: ast.VariableSetStmt, name: str, text: str) -> Analysis:
+    """SET of a setting the server's scanner consults: allowed only to a value pgproxy can
+    read text under. Back to the session's default is allowed: pgproxy refused the session
+    at connect if its defaults were unreadable."""
+    command = "SET LOCAL" if node.is_local else "RESET" if node.kind == VariableSetKind.VAR_RESET else "SET"
+    if node.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
+        return Analysis(sql=text, command=command, kind=Kind.SESSION, literal_sensitive=True, lexing=True)
+    args = node.args or ()
+    refused = (setting_refusal(name, _setting_value(args[0])) if node.kind == VariableSetKind.VAR_SET_VALUE
+               and len(args) == 1 else f"pgproxy cannot tell the value this sets {name} to")
+    if refused is not None:
+        return Analysis(sql=text, command=command, kind=Kind.SESSION, literal_sensitive=True,
+                        flags=frozenset({Flag.UNREADABLE}), reasons=(f"pgproxy cannot allow this: {refused}",))
+    return Analysis(sql=text, command=command, kind=Kind.SESSION, literal_sensitive=True, lexing=True)
 
 
 def _setting_value(arg: Any) -> str:

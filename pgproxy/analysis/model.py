@@ -34,6 +34,9 @@ class Flag(StrEnum):
     ADMIN = "admin"  # acts on other sessions or the server (pg_terminate_backend…)
     UNBOUNDED_WRITE = "unbounded_write"  # UPDATE / DELETE without WHERE
     EXECUTES = "executes"  # EXPLAIN ANALYZE: the statement runs
+    # Would make the server read later statement text in a way pgproxy cannot follow
+    # (standard_conforming_strings off, an ASCII-unsafe client_encoding): always denied.
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -64,6 +67,7 @@ class Analysis:
     # PREPARE / DECLARE: the analysis of the query the new object keeps (judged when it runs)
     stored: Analysis | None = None
     search_path: tuple[str, ...] | None = None  # SET search_path: the session's new path
+    lexing: bool = False  # running it may change how the server reads later text (client_encoding...)
 
     @property
     def tags_read(self) -> frozenset[str]:

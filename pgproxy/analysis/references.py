@@ -27,6 +27,7 @@ from pglast import ast
 
 from pgproxy.analysis.model import ColumnKey, Flag
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Relation, Schema
+from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 
 # Built-ins that reach the server's files, programs, large objects, other databases or settings.
 SERVER_ACCESS_FUNCTIONS = frozenset({
@@ -64,6 +65,15 @@ STATISTICS_RELATIONS = frozenset({
     ("pg_catalog", "pg_stats"), ("pg_catalog", "pg_stats_ext"), ("pg_catalog", "pg_stats_ext_exprs"),
     ("pg_catalog", "pg_statistic"), ("pg_catalog", "pg_statistic_ext_data"),
 })
+
+
+def _string_constant(node: Any) -> str | None:
+    """The value of a string constant ('x', or 'x'::text), else None."""
+    if isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return node.val.sval or ""
+    return None
 
 
 def _slots(node_type: type[Any]) -> tuple[str, ...]:
@@ -118,6 +128,8 @@ class References:
     reasons: list[str] = field(default_factory=list)
     literal_sensitive: bool = False
     modifies: bool = False  # a data-modifying statement anywhere (CTEs included)
+    lexing: bool = False  # changes a setting the server's scanner consults (set_config)
+    unreadable: str | None = None  # why such a change cannot be allowed
 
     # -- recording ---------------------------------------------------------------------
 
@@ -488,14 +500,23 @@ class References:
 
     def _set_config(self, node: ast.FuncCall) -> None:
         self.literal_sensitive = True
-        first = node.args[0] if node.args else None
-        setting = None
-        if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String):
-            setting = (first.val.sval or "").strip().lower()
+        args = list(node.args or ())
+        setting = _string_constant(args[0]) if args else None
+        if setting is not None:
+            setting = setting.strip().lower()
         if setting == "search_path":
             raise Unresolved("a search_path changed through set_config() is not tracked by pgproxy")
         if setting is None or setting in _SET_CONFIG_GUARDED:
             self.flags.add(Flag.SERVER_ACCESS)
+        if setting is None or setting in LEXING_SETTINGS:
+            value = _string_constant(args[1]) if len(args) > 1 else None
+            refused = ("pgproxy cannot tell which setting set_config() changes" if setting is None
+                       else f"pgproxy cannot tell the value set_config() gives {setting}" if value is None
+                       else setting_refusal(setting, value))
+            if refused is not None:
+                self.flags.add(Flag.UNREADABLE)
+                self.unreadable = refused if refused.startswith("pgproxy") else f"pgproxy cannot allow this: {refused}"
+            self.lexing = True
 
     def operator(self, name: tuple[Any, ...] | None) -> None:
         if not name:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from pgproxy.protocol.lexing import Lexing
 from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length as _unpack_length
@@ -183,6 +184,7 @@ class ProtocolModel:
         self.guarding = False  # the guard refused a result: drop answers until ReadyForQuery
         self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
+        self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
         self._probes = 0
         self.predicted_runs: list[str] = []
 
@@ -499,6 +501,8 @@ class ProtocolModel:
         """Follow one server message (not a DataRow while `rows_ok`). Returns None to forward it
         as it is, or the bytes to send the client instead (b"" to drop it)."""
         if type_byte in _ASYNC:
+            if type_byte == m.PARAMETER_STATUS:
+                self.parameter_status(body)
             return None
         if not self.queue:
             if type_byte == m.ERROR_RESPONSE:
@@ -561,6 +565,13 @@ class ProtocolModel:
         else:  # K.PROBE
             raise self._desync(type_byte, "the error pgproxy provoked")
         return out
+
+    def parameter_status(self, body: bytes) -> None:
+        """The server reported a setting: follow the ones that decide how it reads text."""
+        status = m.decode_parameter_status(body)
+        problem = self.lexing.report(status.name, status.value, strict=self.strict)
+        if problem is not None:
+            raise Desync(problem)
 
     def _describe_answer(self, head: Expect, type_byte: int, body: bytes, out: bytes | None) -> bytes | None:
         if head.describe_kind == "S" and head.phase == _P_START:
@@ -796,6 +807,8 @@ class ProtocolModel:
                 self._activate()
             else:
                 self.rows_ok = False
+                if self.lexing.pending or self.lexing.in_block:
+                    self.lexing.settle("I")
             return
         status = _STATUS.get(body)
         if status is None:
@@ -828,6 +841,7 @@ class ProtocolModel:
         self.guarding = False
         self._pop()
         if not self.queue:
+            self.lexing.settle(status)
             predicted = self.predicted
             if (predicted.in_block != in_block or predicted.failed != failed
                     or len(predicted.portals) != len(objects.portals)

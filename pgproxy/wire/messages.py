@@ -10,6 +10,7 @@ Strings on the wire are NUL-terminated; they are decoded as UTF-8 with
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # --- Message-type bytes -----------------------------------------------------
@@ -140,11 +141,11 @@ class _Cursor:
         self.pos += 1
         return value
 
-    def cstring(self) -> str:
+    def cstring(self, decode: Callable[[bytes], str] = decode_str) -> str:
         end = self.body.find(b"\x00", self.pos)
         if end < 0:
             raise MessageFormatError("string field is not NUL-terminated")
-        value = decode_str(self.body[self.pos:end])
+        value = decode(self.body[self.pos:end])
         self.pos = end + 1
         return value
 
@@ -247,12 +248,13 @@ def decode_query(body: bytes) -> Query:
     return Query(decode_query_text(body))
 
 
-def decode_query_text(body: bytes) -> str:
-    """A Query's SQL text (what the relay needs of it, without building a Query)."""
+def decode_query_text(body: bytes, decode: Callable[[bytes], str] = decode_str) -> str:
+    """A Query's SQL text (what the relay needs of it, without building a Query); `decode`
+    turns the client's bytes into text (they are in the session's client encoding)."""
     if body.find(b"\x00") == len(body) - 1:
-        return decode_str(body[:-1])
+        return decode(body[:-1])
     cur = _Cursor(body)  # to say what is wrong
-    sql = cur.cstring()
+    sql = cur.cstring(decode)
     cur.done()
     return sql
 
@@ -269,9 +271,9 @@ class Parse:
         return frame(PARSE, body)
 
 
-def decode_parse(body: bytes) -> Parse:
+def decode_parse(body: bytes, decode: Callable[[bytes], str] = decode_str) -> Parse:
     cur = _Cursor(body)
-    name, sql = cur.cstring(), cur.cstring()
+    name, sql = cur.cstring(decode), cur.cstring(decode)
     count = cur.int16()
     if count < 0:
         raise MessageFormatError("negative parameter type count")
