@@ -719,3 +719,190 @@ DECLARE c_email_later CURSOR FOR SELECT email FROM customers;
 -- expect: allow | prepare-execute: EXECUTE of a name that does not exist: the server refuses it [runtime-error]
 EXECUTE not_prepared_here(1);
 
+-- expect: allow | false-hold: UNION of order ids with ORDER BY the output column
+SELECT id FROM orders UNION SELECT id FROM orders ORDER BY id;
+
+-- expect: allow | false-hold: UNION ALL ordered by an output column named like an input column
+SELECT id, status FROM orders WHERE id < 5 UNION ALL SELECT id, status FROM orders WHERE id > 4990 ORDER BY status, id;
+
+-- expect: allow | false-hold: parenthesised EXCEPT ordered by position
+(SELECT customer_id FROM orders) EXCEPT (SELECT id FROM customers WHERE plan = 'free') ORDER BY 1 LIMIT 10;
+
+-- expect: allow | false-hold: FOR UPDATE OF o locks only orders rows, customers is filtered on id only
+SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.status = 'paid' FOR UPDATE OF o;
+
+-- expect: allow | false-hold: FOR NO KEY UPDATE OF o SKIP LOCKED with an untagged customers filter
+SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.plan = 'pro' ORDER BY o.id LIMIT 10 FOR NO KEY UPDATE OF o SKIP LOCKED;
+
+-- expect: allow | false-hold: FOR SHARE OF orders NOWAIT
+SELECT orders.id, orders.total FROM orders WHERE orders.id = 1 FOR SHARE OF orders NOWAIT;
+
+-- expect: allow | false-hold: ORDER BY status USING <
+SELECT id FROM orders ORDER BY status USING < LIMIT 10;
+
+-- expect: allow | false-hold: ORDER BY total USING >, id USING <
+SELECT id, total FROM orders ORDER BY total USING >, id USING < LIMIT 10;
+
+-- expect: allow | false-hold: ORDER BY customer_id USING > on a customers join filtered by country
+SELECT o.customer_id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.country = 'DE' ORDER BY o.customer_id USING > LIMIT 5;
+
+-- expect: allow | false-hold: WITH RECURSIVE whose first CTE reads a later one
+WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1 AS x) SELECT * FROM a;
+
+-- expect: allow | false-hold: WITH RECURSIVE forward reference to a CTE over order ids
+WITH RECURSIVE a AS (SELECT x + 1 AS y FROM b), b AS (SELECT id AS x FROM orders WHERE id < 3) SELECT y FROM a;
+
+-- expect: allow | false-hold: a recursive CTE seeded from a later CTE over untagged customers columns
+WITH RECURSIVE t(n) AS (SELECT n FROM seed UNION ALL SELECT n + 1 FROM t WHERE n < 5),
+     seed(n) AS (SELECT min(id) FROM customers WHERE country = 'DE')
+SELECT n FROM t;
+
+-- expect: allow | false-hold: count over customers NATURAL JOIN orders (join columns id and created_at are untagged)
+SELECT count(*) FROM customers NATURAL JOIN orders;
+
+-- expect: allow | false-hold: untagged columns of customers NATURAL JOIN orders
+SELECT c.id, o.total FROM customers c NATURAL JOIN orders o;
+
+-- expect: allow | false-hold: the merged join columns of a NATURAL LEFT JOIN
+SELECT id, created_at FROM customers NATURAL LEFT JOIN orders LIMIT 5;
+
+-- expect: allow | false-hold: JOIN ... USING (id) AS u exposes only the join column id
+SELECT u.* FROM customers JOIN orders USING (id) AS u LIMIT 5;
+
+-- expect: allow | false-hold: count over a USING join on the untagged id
+SELECT count(*) FROM customers JOIN orders USING (id) WHERE status = 'pending';
+
+-- expect: allow | false-hold: EXPLAIN (ANALYZE false) does not execute
+EXPLAIN (ANALYZE false) SELECT id FROM orders;
+
+-- expect: allow | false-hold: EXPLAIN (ANALYZE off, FORMAT YAML) of a query naming email plans it only
+EXPLAIN (ANALYZE off, FORMAT YAML) SELECT email FROM customers WHERE id = 1;
+
+-- expect: allow | false-hold: EXPLAIN (ANALYZE 0, COSTS false) of an untagged count
+EXPLAIN (ANALYZE 0, COSTS false) SELECT count(*) FROM orders WHERE status = 'pending';
+
+-- expect: allow | sequence: last_value of orders_id_seq
+SELECT last_value FROM orders_id_seq;
+
+-- expect: allow | sequence: last_value and is_called of customers_id_seq
+SELECT last_value, is_called FROM customers_id_seq;
+
+-- expect: allow | sequence: SELECT * of a sequence
+SELECT * FROM orders_id_seq;
+
+-- expect: allow | sequence: schema-qualified sequence of crm.notes
+SELECT last_value, log_cnt FROM crm.notes_id_seq;
+
+-- expect: allow | sequence: nextval then currval in one select list
+SELECT nextval('orders_id_seq'), currval('orders_id_seq');
+
+-- expect: allow | sequence: nextval of customers_id_seq as regclass, then currval in a second statement
+SELECT nextval('public.customers_id_seq'::regclass); SELECT currval('customers_id_seq');
+
+-- expect: allow | sequence: pg_sequence_last_value
+SELECT pg_sequence_last_value('orders_id_seq'::regclass);
+
+-- expect: allow | sequence: pg_sequences view
+SELECT sequencename, last_value, increment_by FROM pg_sequences WHERE schemaname = 'public';
+
+-- expect: allow | statistics-health: null_frac, avg_width, n_distinct of customers
+SELECT null_frac, avg_width, n_distinct FROM pg_stats WHERE tablename = 'customers';
+
+-- expect: allow | statistics-health: correlation per column of public
+SELECT attname, correlation FROM pg_stats WHERE schemaname = 'public';
+
+-- expect: allow | statistics-health: schema-qualified pg_catalog.pg_stats, no filter
+SELECT tablename, attname, null_frac FROM pg_catalog.pg_stats;
+
+-- expect: allow | statistics-health: most_common_freqs are frequencies, not values
+SELECT attname, most_common_freqs FROM pg_stats WHERE tablename = 'customers' AND attname = 'email';
+
+-- expect: allow | statistics-health: aliased pg_stats, ordered by a health column
+SELECT s.attname, s.inherited, s.n_distinct FROM pg_stats AS s WHERE s.tablename = 'customers' ORDER BY s.null_frac DESC, s.attname;
+
+-- expect: allow | statistics-health: count of analysed columns
+SELECT count(*) FROM pg_stats WHERE schemaname = 'crm';
+
+-- expect: allow | statistics-health: extended statistics objects, names and kinds only
+SELECT statistics_schemaname, statistics_name, attnames, kinds FROM pg_stats_ext;
+
+-- expect: allow | lexing-setting: SET standard_conforming_strings = on
+SET standard_conforming_strings = on;
+
+-- expect: allow | lexing-setting: SET LOCAL standard_conforming_strings TO true
+SET LOCAL standard_conforming_strings TO true;
+
+-- expect: allow | lexing-setting: set_config('standard_conforming_strings', 'on', true)
+SELECT set_config('standard_conforming_strings', 'on', true);
+
+-- expect: allow | lexing-setting: current_setting('standard_conforming_strings')
+SELECT current_setting('standard_conforming_strings');
+
+-- expect: allow | lexing-setting: SET client_encoding TO 'UTF8'
+SET client_encoding TO 'UTF8';
+
+-- expect: allow | lexing-setting: SET LOCAL client_encoding = 'UTF8'
+SET LOCAL client_encoding = 'UTF8';
+
+-- expect: allow | lexing-setting: SHOW client_encoding
+SHOW client_encoding;
+
+-- expect: allow | lexing-setting: RESET client_encoding
+RESET client_encoding;
+
+-- expect: allow | lexing-setting: LATIN1 (single-byte) for one statement, then back to UTF8
+SET client_encoding = 'LATIN1'; SELECT 1; SET client_encoding = 'UTF8';
+
+-- expect: allow | lexing-setting: EUC_JP (every multibyte byte is >= 0x80), then RESET
+SET client_encoding = 'EUC_JP'; SELECT 1; RESET client_encoding;
+
+-- expect: allow | lexing-setting: set_config('client_encoding', 'UTF8', true)
+SELECT set_config('client_encoding', 'UTF8', true);
+
+-- expect: allow | alias-list: join alias list j(a, b) over orders: a is orders.id
+SELECT j.a FROM (orders CROSS JOIN (SELECT 1) x) AS j(a, b);
+
+-- expect: allow | alias-list: join alias list j(a) over customers: a is customers.id
+SELECT j.a FROM (customers CROSS JOIN (SELECT 1) x) AS j(a) LIMIT 1;
+
+-- expect: allow | alias-list: generate_series AS t(x)
+SELECT t.x FROM generate_series(1, 3) AS t(x);
+
+-- expect: allow | alias-list: VALUES AS v(a, b)
+SELECT v.a FROM (VALUES (1, 'a')) AS v(a, b);
+
+-- expect: allow | alias-list: CTE column list t(a) over order ids
+WITH t(a) AS (SELECT id FROM orders) SELECT a FROM t;
+
+-- expect: allow | alias-list: customers AS c(n): n is customers.id
+SELECT c.n FROM customers AS c(n);
+
+-- expect: allow | alias-list: orders AS o(x, y, z) renames id, customer_id, total
+SELECT o.x FROM orders AS o(x, y, z) WHERE o.y = 1;
+
+-- expect: allow | alias-list: USING (created_at) puts created_at first, so b is customers.id (not name)
+SELECT j.b FROM (customers JOIN orders USING (created_at)) AS j(a, b) LIMIT 1;
+
+-- expect: allow | alias-list: NATURAL JOIN alias list j(a, b) is id and created_at (not name)
+SELECT j.a, j.b FROM (customers NATURAL JOIN orders) AS j(a, b) LIMIT 1;
+
+-- expect: allow | alias-list: ROWS FROM alias list
+SELECT t.a, t.b FROM ROWS FROM (generate_series(1, 3), unnest(ARRAY['x', 'y'])) AS t(a, b);
+
+-- expect: allow | alias-list: unnest WITH ORDINALITY alias list
+SELECT u.v, u.n FROM unnest(ARRAY[10, 20]) WITH ORDINALITY AS u(v, n);
+
+-- expect: allow | alias-list: alias list on the untagged view order_summary
+SELECT s.cid FROM order_summary AS s(cid, cnt) ORDER BY s.cnt DESC LIMIT 3;
+
+-- expect: allow | alias-list: "AuditLog" AS a(k): k is id, not "Email"
+SELECT a.k FROM "AuditLog" AS a(k) LIMIT 1;
+
+-- expect: allow | alias-list: crm.notes AS n(i, c): id and customer_id only
+SELECT n.i, n.c FROM crm.notes AS n(i, c) WHERE n.c = 38;
+
+-- expect: allow | false-hold: DISTINCT ON a bare name picks the output column (country AS email), like ORDER BY
+SELECT DISTINCT ON (email) country AS email FROM customers ORDER BY email;
+
+-- expect: allow | false-hold: UNION ordered by an output column with DESC and a limit
+SELECT id FROM orders UNION SELECT customer_id FROM orders ORDER BY id DESC LIMIT 3;

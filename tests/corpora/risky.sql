@@ -1295,5 +1295,417 @@ SELECT id FROM orders /* unterminated comment
 SELECT id FROM orders WHERE id = 1 -- fine so far
 );
 
--- expect: deny | deny-function: pg_read_file where the second parser cannot read the statement (U& table name): still denied
+-- expect: deny | deny-function: pg_read_file where the second parser cannot read the statement (U& table name): still denied [superuser]
 SELECT pg_read_file('/etc/passwd') FROM U&"\0063ustomers" LIMIT 1;
+
+-- expect: review | unwalked-clause: TABLESAMPLE REPEATABLE seed computed by a subquery over ssn
+SELECT id FROM orders TABLESAMPLE BERNOULLI (50) REPEATABLE ((SELECT length(ssn) FROM customers LIMIT 1));
+
+-- expect: review | unwalked-clause: TABLESAMPLE percentage computed by a subquery over phone
+SELECT count(*) FROM orders TABLESAMPLE SYSTEM ((SELECT length(phone) FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: XMLTABLE namespace URI taken from a subquery over email
+SELECT * FROM XMLTABLE(
+    XMLNAMESPACES((SELECT email FROM customers WHERE id = 1) AS x),
+    '/r' PASSING ('<r/>'::xml)
+    COLUMNS a text PATH 'x:a'
+);
+
+-- expect: review | unwalked-clause: XMLTABLE column DEFAULT is a subquery over email
+SELECT t.e FROM XMLTABLE('/r' PASSING ('<r/>'::xml)
+    COLUMNS e text PATH 'missing' DEFAULT (SELECT email FROM customers WHERE id = 1)) AS t;
+
+-- expect: review | unwalked-clause: XMLTABLE PASSING document built by a subquery over crm.notes.body
+SELECT t.b FROM XMLTABLE('/n' PASSING (SELECT xmlelement(name n, body) FROM crm.notes WHERE id = 1)
+    COLUMNS b text PATH '.') AS t;
+
+-- expect: review | unwalked-clause: window frame offset ROWS BETWEEN (subquery over ssn) PRECEDING
+SELECT id, sum(total) OVER (ORDER BY id ROWS BETWEEN (SELECT length(ssn) FROM customers WHERE id = 1) PRECEDING AND CURRENT ROW)
+FROM orders WHERE id < 20;
+
+-- expect: review | unwalked-clause: frame end offset of a named WINDOW from a subquery over email
+SELECT id, count(*) OVER w FROM orders
+WINDOW w AS (ORDER BY id ROWS BETWEEN CURRENT ROW AND (SELECT length(email) FROM customers WHERE id = 1) FOLLOWING)
+LIMIT 5;
+
+-- expect: review | unwalked-clause: RANGE frame offset over a numeric from a subquery over phone
+SELECT id, count(*) OVER (ORDER BY total RANGE BETWEEN (SELECT length(phone) FROM customers WHERE id = 1)::numeric PRECEDING AND CURRENT ROW)
+FROM orders LIMIT 5;
+
+-- expect: review | unwalked-clause: PARTITION BY a scalar subquery over name
+SELECT id, rank() OVER (PARTITION BY (SELECT name FROM customers c WHERE c.id = o.customer_id) ORDER BY total) FROM orders o LIMIT 5;
+
+-- expect: review | unwalked-clause: FETCH FIRST (subquery over email) ROWS ONLY
+SELECT id FROM orders ORDER BY id FETCH FIRST (SELECT length(email) FROM customers WHERE id = 1) ROWS ONLY;
+
+-- expect: review | unwalked-clause: FETCH FIRST ... WITH TIES counted by a subquery over ssn
+SELECT id, status FROM orders ORDER BY status FETCH FIRST (SELECT length(ssn) FROM customers WHERE id = 2) ROWS WITH TIES;
+
+-- expect: review | unwalked-clause: LIMIT (subquery over ssn)
+SELECT id FROM orders LIMIT (SELECT length(ssn) FROM customers WHERE id = 1);
+
+-- expect: review | unwalked-clause: OFFSET (subquery over phone)
+SELECT id FROM orders ORDER BY id LIMIT 1 OFFSET (SELECT length(phone) FROM customers WHERE id = 3);
+
+-- expect: review | unwalked-clause: array subscript computed by a subquery over phone
+SELECT (ARRAY['a', 'b', 'c'])[(SELECT length(phone) FROM customers WHERE id = 1) % 3 + 1];
+
+-- expect: review | unwalked-clause: array slice bound from a subquery over email
+SELECT (ARRAY[1, 2, 3, 4, 5])[1:(SELECT position('@' IN email) FROM customers WHERE id = 1)];
+
+-- expect: review | unwalked-clause: CASE THEN arm is a subquery over email
+SELECT id, CASE WHEN total > 0 THEN (SELECT email FROM customers c WHERE c.id = o.customer_id) END FROM orders o WHERE id = 1;
+
+-- expect: review | unwalked-clause: CASE ELSE arm is a subquery over ssn
+SELECT CASE WHEN false THEN 'none' ELSE (SELECT ssn FROM customers WHERE id = 1) END;
+
+-- expect: review | unwalked-clause: simple CASE operand is a subquery over name
+SELECT CASE (SELECT name FROM customers WHERE id = 1) WHEN 'Ada' THEN 1 ELSE 0 END;
+
+-- expect: review | unwalked-clause: COLLATE applied to a subquery over name
+SELECT ((SELECT name FROM customers WHERE id = 1) COLLATE "C");
+
+-- expect: review | unwalked-clause: ORDER BY a COLLATE'd subquery over email
+SELECT o.id FROM orders o ORDER BY (SELECT c.email FROM customers c WHERE c.id = o.customer_id) COLLATE "C" LIMIT 5;
+
+-- expect: review | unwalked-clause: ON CONFLICT DO UPDATE ... WHERE with a subquery over email
+INSERT INTO orders (id, customer_id, total, status) VALUES (1, 1, 1.00, 'pending')
+ON CONFLICT (id) DO UPDATE SET status = 'seen'
+WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = orders.customer_id AND c.email LIKE 'a%');
+
+-- expect: review | unwalked-clause: ON CONFLICT DO UPDATE SET from a subquery over ssn
+INSERT INTO orders (id, customer_id, total, status) VALUES (1, 1, 1.00, 'pending')
+ON CONFLICT (id) DO UPDATE SET status = (SELECT ssn FROM customers WHERE id = EXCLUDED.customer_id);
+
+-- expect: review | unwalked-clause: GROUPING SETS item is a subquery over email
+SELECT status, count(*) FROM orders GROUP BY GROUPING SETS ((status), ((SELECT email FROM customers WHERE id = 1)));
+
+-- expect: review | unwalked-clause: CUBE item is a correlated subquery over phone
+SELECT count(*) FROM orders o GROUP BY CUBE (o.status, (SELECT phone FROM customers c WHERE c.id = o.customer_id));
+
+-- expect: review | unwalked-clause: row comparison whose second field is a subquery over phone
+SELECT id FROM orders WHERE (customer_id, status) = (1, (SELECT phone FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: ROW(...) IS NULL over a subquery reading ssn
+SELECT id FROM orders WHERE ROW(id, (SELECT ssn FROM customers WHERE id = orders.customer_id)) IS NOT NULL LIMIT 1;
+
+-- expect: review | unwalked-clause: row IN a list of rows, one built from a subquery over email
+SELECT id FROM orders WHERE (id, status) IN ((1, 'x'), (2, (SELECT email FROM customers WHERE id = 2)));
+
+-- expect: review | unwalked-clause: multi-row INSERT VALUES with DEFAULT in one row and a subquery over email in another
+INSERT INTO orders (customer_id, total, status) VALUES
+    (1, 1.00, DEFAULT),
+    (2, 2.00, (SELECT email FROM customers WHERE id = 2));
+
+-- expect: review | unwalked-clause: DEFAULT in an INSERT ... VALUES next to a subquery over crm.notes.body
+INSERT INTO orders (id, customer_id, total, status) VALUES (DEFAULT, 1, 0, (SELECT body FROM crm.notes WHERE id = 1)) RETURNING id;
+
+-- expect: review | unwalked-clause: UPDATE SET (a, b) = (subquery reading ssn)
+UPDATE orders SET (status, total) = (SELECT ssn, 0 FROM customers WHERE id = 1) WHERE id = -1;
+
+-- expect: review | unwalked-clause: xmlelement content is a subquery over email
+SELECT xmlelement(name contact, (SELECT email FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: xmlattributes value is a subquery over name
+SELECT xmlelement(name c, xmlattributes((SELECT name FROM customers WHERE id = 1) AS n));
+
+-- expect: review | unwalked-clause: xmlforest argument is a subquery over ssn
+SELECT xmlforest((SELECT ssn FROM customers WHERE id = 1) AS s, 1 AS one);
+
+-- expect: review | unwalked-clause: xmlconcat and xmlpi over subqueries reading phone
+SELECT xmlconcat(xmlpi(name p, (SELECT phone FROM customers WHERE id = 1)), '<x/>'::xml);
+
+-- expect: review | unwalked-clause: XMLPARSE and XMLSERIALIZE around a subquery over crm.notes.body
+SELECT XMLSERIALIZE(CONTENT XMLPARSE(CONTENT (SELECT body FROM crm.notes WHERE id = 1)) AS text);
+
+-- expect: review | unwalked-clause: xmlexists PASSING a document built from a subquery over email
+SELECT xmlexists('/e[contains(., "@")]' PASSING BY REF (SELECT xmlelement(name e, email) FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: json_build_object value is a subquery over phone
+SELECT json_build_object('id', 1, 'phone', (SELECT phone FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: jsonb_build_array of a subquery over ssn
+SELECT jsonb_build_array(1, (SELECT ssn FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: jsonpath vars built from a subquery over email
+SELECT jsonb_path_query('{}', '$v', jsonb_build_object('v', (SELECT email FROM customers WHERE id = 1)));
+
+-- expect: review | unwalked-clause: NULLIF, GREATEST and COALESCE around subqueries over name and phone
+SELECT NULLIF((SELECT name FROM customers WHERE id = 1), ''), GREATEST('a', (SELECT phone FROM customers WHERE id = 1)), COALESCE(NULL, (SELECT email FROM customers WHERE id = 2));
+
+-- expect: review | unwalked-clause: SUBSTRING ... FROM ... FOR and TRIM over a subquery reading ssn
+SELECT substring((SELECT ssn FROM customers WHERE id = 1) FROM 1 FOR 3), trim(BOTH FROM (SELECT name FROM customers WHERE id = 1));
+
+-- expect: review | unwalked-clause: LIKE ... ESCAPE whose pattern is a subquery over email
+SELECT id FROM orders WHERE status LIKE (SELECT email FROM customers WHERE id = 1) ESCAPE '!' LIMIT 1;
+
+-- expect: review | unwalked-clause: BETWEEN SYMMETRIC bound from a subquery over phone
+SELECT id FROM orders WHERE status BETWEEN SYMMETRIC 'a' AND (SELECT phone FROM customers WHERE id = 1) LIMIT 1;
+
+-- expect: review | unwalked-clause: IS DISTINCT FROM and IS TRUE over subqueries reading email
+SELECT ((SELECT email FROM customers WHERE id = 1) IS DISTINCT FROM 'x') IS TRUE;
+
+-- expect: review | unwalked-clause: AT TIME ZONE taken from a subquery over name
+SELECT now() AT TIME ZONE coalesce((SELECT name FROM customers WHERE id = 1 AND false), 'UTC');
+
+-- expect: review | unwalked-clause: DISTINCT ON a correlated subquery over email
+SELECT DISTINCT ON ((SELECT email FROM customers c WHERE c.id = o.customer_id)) o.id FROM orders o LIMIT 5;
+
+-- expect: review | unwalked-clause: ordered-set aggregate WITHIN GROUP (ORDER BY a subquery over ssn)
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY (SELECT ssn FROM customers c WHERE c.id = o.customer_id)) FROM orders o;
+
+-- expect: review | unwalked-clause: aggregate FILTER clause with a subquery over phone
+SELECT count(*) FILTER (WHERE o.status = (SELECT phone FROM customers c WHERE c.id = o.customer_id)) FROM orders o;
+
+-- expect: review | unwalked-clause: field selection from a composite subquery over customers
+SELECT ((SELECT c FROM customers c WHERE c.id = 1)).email;
+
+-- expect: review | unwalked-clause: MERGE WHEN MATCHED AND a subquery over email
+MERGE INTO orders o
+USING (VALUES (1)) AS v(id)
+ON o.id = v.id
+WHEN MATCHED AND EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id AND c.email LIKE 'a%') THEN
+    UPDATE SET status = 'flagged';
+
+-- expect: review | unwalked-clause: VALUES row with a subquery over ssn, sorted and limited
+VALUES (1, (SELECT ssn FROM customers WHERE id = 1)) ORDER BY 1 LIMIT 1;
+
+-- expect: review | unwalked-clause: function in FROM whose argument is a subquery over email
+SELECT * FROM regexp_split_to_table((SELECT email FROM customers WHERE id = 1), '@') AS parts;
+
+-- expect: review | alias-list: join alias list j(a, n, e, p, s): e is customers.email
+SELECT j.e FROM (customers CROSS JOIN (SELECT 1) x) AS j(a, n, e, p, s) LIMIT 1;
+
+-- expect: review | alias-list: join alias list used only in WHERE: s is customers.ssn
+SELECT j.a FROM (customers CROSS JOIN (SELECT 1) x) AS j(a, n, e, p, s) WHERE j.s LIKE '9%' LIMIT 1;
+
+-- expect: review | alias-list: table alias list c(a, b, c2): c2 is email
+SELECT c.c2 FROM customers AS c(a, b, c2) WHERE c.a = 1;
+
+-- expect: review | alias-list: table alias list c(a, b, c2, d): d is phone, used only in ORDER BY
+SELECT c.a FROM customers AS c(a, b, c2, d) ORDER BY c.d LIMIT 5;
+
+-- expect: review | alias-list: alias list on crm.notes: z is body
+SELECT z FROM crm.notes AS n(x, y, z) WHERE x = 1;
+
+-- expect: review | alias-list: unnest alias list u(x) over an array aggregated from ssn
+SELECT u.x FROM (SELECT array_agg(ssn) AS a FROM customers) s, unnest(s.a) AS u(x) LIMIT 1;
+
+-- expect: review | alias-list: ROWS FROM alias list: e is the unnest of email
+SELECT t.e FROM customers c CROSS JOIN LATERAL ROWS FROM (unnest(ARRAY[c.id]), unnest(ARRAY[c.email])) AS t(i, e) LIMIT 1;
+
+-- expect: review | alias-list: unnest WITH ORDINALITY alias list: v carries phone
+SELECT u.v FROM customers c CROSS JOIN LATERAL unnest(ARRAY[c.country, c.phone]) WITH ORDINALITY AS u(v, n) WHERE u.n = 2 LIMIT 1;
+
+-- expect: review | alias-list: VALUES alias v(x) joined to customers; the join alias list makes n the name
+SELECT j.n FROM ((VALUES (1)) AS v(x) JOIN customers c ON c.id = v.x) AS j(a, b, n);
+
+-- expect: review | alias-list: LATERAL VALUES alias v(x) holds email
+SELECT v.x FROM customers c CROSS JOIN LATERAL (VALUES (c.email)) AS v(x) LIMIT 1;
+
+-- expect: review | alias-list: CTE column list t(a, b): b is email
+WITH t(a, b) AS (SELECT id, email FROM customers) SELECT b FROM t;
+
+-- expect: review | alias-list: CTE column list over SELECT *: b is name
+WITH t(a, b) AS (SELECT * FROM customers) SELECT t.b FROM t LIMIT 1;
+
+-- expect: review | alias-list: CTE column list renames ssn to id; the outer filter uses it
+WITH t(id) AS (SELECT ssn FROM customers) SELECT count(*) FROM t WHERE id LIKE '9%';
+
+-- expect: review | alias-list: join with USING and an alias list: the merged id comes first, so e is email
+SELECT j.e FROM (customers JOIN orders USING (id)) AS j(i, n, e) LIMIT 1;
+
+-- expect: review | alias-list: USING (created_at) puts created_at first, so f is ssn (not country)
+SELECT j.f FROM (customers JOIN orders USING (created_at)) AS j(a, b, c, d, e, f) LIMIT 1;
+
+-- expect: review | alias-list: alias list on a derived table joined to orders: y is phone
+SELECT s.y FROM (SELECT id, phone FROM customers) AS s(x, y) JOIN orders o ON o.customer_id = s.x LIMIT 1;
+
+-- expect: review | alias-list: unqualified e of a join alias list is customers.email
+SELECT e FROM (customers CROSS JOIN (SELECT 1) x) AS j(a, n, e) LIMIT 1;
+
+-- expect: review | alias-list: unqualified join alias list column used only in WHERE: e is email
+SELECT count(*) FROM (customers CROSS JOIN (SELECT 1) x) AS j(a, b, e) WHERE e LIKE '%@example.com';
+
+-- expect: review | alias-list: join alias list over "AuditLog": m is "Email"
+SELECT j.m FROM ("AuditLog" CROSS JOIN (SELECT 1) x) AS j(i, m) LIMIT 1;
+
+-- expect: review | alias-list: join alias list over crm.notes JOIN customers: b is crm.notes.body
+SELECT j.b FROM (crm.notes JOIN customers ON customers.id = crm.notes.customer_id) AS j(i, c, b) LIMIT 1;
+
+-- expect: review | alias-list: join alias list in an inner subquery, read by the outer query under another name
+SELECT s.v FROM (SELECT j.p AS v FROM (customers CROSS JOIN (SELECT 1) x) AS j(a, n, e, p)) s LIMIT 1;
+
+-- expect: review | join-alias-hides: NATURAL JOIN of customers and orders with an alias list: the join columns id, created_at come first, so f is ssn
+SELECT j.f FROM (customers NATURAL JOIN orders) AS j(a, b, c, d, e, f) LIMIT 1;
+
+-- expect: review | join-alias-hides: j.* over a join alias includes every customers column
+SELECT j.* FROM (customers JOIN orders USING (id)) j LIMIT 1;
+
+-- expect: review | join-alias-hides: whole-row j of a join alias carries the tagged columns
+SELECT j FROM (customers JOIN orders USING (id)) j LIMIT 1;
+
+-- expect: review | join-alias-hides: j.email through an aliased ON join (the alias hides the table)
+SELECT j.email FROM (orders o JOIN customers c ON c.id = o.customer_id) AS j LIMIT 1;
+
+-- expect: review | join-alias-hides: j.phone of an aliased join used only in WHERE
+SELECT j.id FROM (customers JOIN orders USING (id)) j WHERE j.phone IS NULL LIMIT 1;
+
+-- expect: review | join-alias-hides: NATURAL JOIN whose only common column is the tagged "Email"
+SELECT count(*) FROM "AuditLog" NATURAL JOIN (SELECT 'user1@example.com' AS "Email") v;
+
+-- expect: review | join-alias-hides: NATURAL JOIN of two derived tables sharing email
+SELECT x.id FROM (SELECT id, email FROM customers) x NATURAL JOIN (SELECT 1 AS id, email FROM customers) y;
+
+-- expect: review | join-alias-hides: JOIN ... USING (...) AS u exposes the tagged join column name
+SELECT u.name FROM customers a JOIN customer_contacts b USING (id, name) AS u LIMIT 1;
+
+-- expect: review | join-alias-hides: nested join aliases: k(a, x) makes x the name
+SELECT k.x FROM ((customers JOIN orders USING (id)) AS j JOIN crm.notes n ON n.customer_id = j.id) AS k(a, x) LIMIT 1;
+
+-- expect: review | join-alias-hides: the merged email column of a FULL JOIN ... USING
+SELECT email FROM customers FULL JOIN customer_contacts USING (email) LIMIT 1;
+
+-- expect: deny | lexing-setting: SET standard_conforming_strings = off
+SET standard_conforming_strings = off;
+
+-- expect: deny | lexing-setting: SET LOCAL standard_conforming_strings TO off
+SET LOCAL standard_conforming_strings TO off;
+
+-- expect: deny | lexing-setting: SET SESSION standard_conforming_strings = false
+SET SESSION standard_conforming_strings = false;
+
+-- expect: deny | lexing-setting: quoted setting name and value "standard_conforming_strings" = 'off'
+SET "standard_conforming_strings" = 'off';
+
+-- expect: deny | lexing-setting: standard_conforming_strings TO 0
+SET standard_conforming_strings TO 0;
+
+-- expect: deny | lexing-setting: mixed-case setting name Standard_Conforming_Strings
+SET Standard_Conforming_Strings = OFF;
+
+-- expect: deny | lexing-setting: set_config('standard_conforming_strings', 'off', false)
+SELECT set_config('standard_conforming_strings', 'off', false);
+
+-- expect: deny | lexing-setting: set_config of standard_conforming_strings, transaction-local, schema-qualified
+SELECT pg_catalog.set_config('standard_conforming_strings', 'off', true);
+
+-- expect: deny | lexing-setting: UPDATE pg_settings changes the setting through the view's rule
+UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings';
+
+-- expect: deny | lexing-setting: set_config with the setting name from pg_settings (not a literal)
+SELECT set_config(name, 'off', true) FROM pg_settings WHERE name = 'standard_conforming_strings';
+
+-- expect: deny | lexing-setting: setting standard_conforming_strings off, then a statement in the same string
+SET standard_conforming_strings = off; SELECT id FROM orders WHERE status = 'x';
+
+-- expect: deny | lexing-setting: role default standard_conforming_strings = off applies to later sessions
+ALTER ROLE CURRENT_USER SET standard_conforming_strings = off;
+
+-- expect: deny | lexing-setting: database default standard_conforming_strings = off applies to later sessions
+ALTER DATABASE app SET standard_conforming_strings = off;
+
+-- expect: deny | lexing-setting: a prepared set_config of standard_conforming_strings, executed
+PREPARE lex AS SELECT set_config('standard_conforming_strings', 'off', false); EXECUTE lex;
+
+-- expect: deny | lexing-setting: SET client_encoding = 'SJIS' (second bytes can be 0x5C, a backslash)
+SET client_encoding = 'SJIS';
+
+-- expect: deny | lexing-setting: SET client_encoding TO 'BIG5'
+SET client_encoding TO 'BIG5';
+
+-- expect: deny | lexing-setting: SET client_encoding = 'GBK'
+SET client_encoding = 'GBK';
+
+-- expect: deny | lexing-setting: SET client_encoding = 'GB18030'
+SET client_encoding = 'GB18030';
+
+-- expect: deny | lexing-setting: SET client_encoding = 'SHIFT_JIS_2004'
+SET client_encoding = 'SHIFT_JIS_2004';
+
+-- expect: deny | lexing-setting: SET client_encoding = 'UHC'
+SET client_encoding = 'UHC';
+
+-- expect: deny | lexing-setting: unquoted encoding name johab
+SET client_encoding TO johab;
+
+-- expect: deny | lexing-setting: alias 'Shift_JIS' of SJIS
+SET client_encoding = 'Shift_JIS';
+
+-- expect: deny | lexing-setting: alias 'win932' of SJIS
+SET client_encoding = 'win932';
+
+-- expect: deny | lexing-setting: alias 'mskanji' of SJIS
+SET client_encoding = 'mskanji';
+
+-- expect: deny | lexing-setting: alias 'windows936' of GBK (PostgreSQL has no cp936)
+SET client_encoding = 'windows936';
+
+-- expect: deny | lexing-setting: alias 'win949' of UHC, SET SESSION form
+SET SESSION client_encoding = 'win949';
+
+-- expect: deny | lexing-setting: alias 'Big-5' with punctuation (PostgreSQL ignores non-alphanumerics)
+SET client_encoding = 'Big-5';
+
+-- expect: deny | lexing-setting: alias 'Shift-JIS-2004'
+SET client_encoding = 'Shift-JIS-2004';
+
+-- expect: deny | lexing-setting: SET NAMES is SET client_encoding
+SET NAMES 'SJIS';
+
+-- expect: deny | lexing-setting: SET LOCAL client_encoding to GBK
+SET LOCAL client_encoding = 'GBK';
+
+-- expect: deny | lexing-setting: set_config('client_encoding', 'big5', true)
+SELECT set_config('client_encoding', 'big5', true);
+
+-- expect: deny | lexing-setting: set_config with a mixed-case setting name Client_Encoding
+SELECT set_config('Client_Encoding', 'GBK', false);
+
+-- expect: deny | lexing-setting: UPDATE pg_settings sets client_encoding
+UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding';
+
+-- expect: deny | lexing-setting: a harmless encoding, then SJIS, in one string
+SET client_encoding = 'UTF8'; SET client_encoding = 'SJIS';
+
+-- expect: deny | lexing-setting: SET client_encoding = 'SJIS' in its own committed transaction [no-tx]
+BEGIN; SET client_encoding = 'SJIS'; COMMIT; RESET client_encoding;
+
+-- expect: review | statistics-values: most_common_vals of customers
+SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers';
+
+-- expect: review | statistics-values: histogram_bounds of customers.ssn, schema-qualified pg_catalog.pg_stats
+SELECT attname, histogram_bounds FROM pg_catalog.pg_stats WHERE tablename = 'customers' AND attname = 'ssn';
+
+-- expect: review | statistics-values: most_common_elems of customers
+SELECT attname, most_common_elems FROM pg_stats WHERE tablename = 'customers';
+
+-- expect: review | statistics-values: SELECT * FROM pg_stats
+SELECT * FROM pg_stats;
+
+-- expect: review | statistics-values: whole-row s of pg_stats
+SELECT s FROM pg_stats s WHERE s.tablename = 'customers';
+
+-- expect: review | statistics-values: to_jsonb of a pg_stats row
+SELECT to_jsonb(s) FROM pg_stats s WHERE s.tablename = 'customers' AND s.attname = 'email';
+
+-- expect: review | statistics-values: TABLE pg_stats
+TABLE pg_stats;
+
+-- expect: review | statistics-values: quoted "pg_stats" and "most_common_vals"
+SELECT "most_common_vals" FROM "pg_catalog"."pg_stats" WHERE "tablename" = 'customers';
+
+-- expect: review | statistics-values: histogram_bounds renamed in a derived table
+SELECT x.hb FROM (SELECT histogram_bounds AS hb FROM pg_stats WHERE tablename = 'customers') x;
+
+-- expect: review | statistics-values: most_common_vals cast to text[] and unnested
+SELECT unnest(most_common_vals::text::text[]) FROM pg_stats WHERE tablename = 'notes' AND attname = 'body';
+
+-- expect: review | statistics-values: most_common_vals of extended statistics (pg_stats_ext)
+SELECT statistics_name, most_common_vals FROM pg_stats_ext WHERE tablename = 'customers';
+
+-- expect: review | statistics-values: most_common_vals of expression statistics (pg_stats_ext_exprs)
+SELECT expr, most_common_vals, histogram_bounds FROM pg_stats_ext_exprs WHERE tablename = 'customers';
+
+-- expect: review | statistics-values: stavalues1 of pg_statistic [superuser]
+SELECT staattnum, stavalues1 FROM pg_statistic WHERE starelid = 'customers'::regclass;
