@@ -174,7 +174,7 @@ SELECT 'rel', c.oid::text, n.nspname, c.relname, c.relkind::text, a.attnum::text
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
- WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND n.nspname !~ '^pg_(toast_)?temp_'
+ WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S') AND n.nspname !~ '^pg_(toast_)?temp_'
  ORDER BY c.oid, a.attnum;
 SELECT DISTINCT 'fn', p.proname, n.nspname
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

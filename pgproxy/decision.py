@@ -64,6 +64,11 @@ class Judgement:
     # Planning it runs code pgproxy cannot see (the planner folds immutable functions): it is
     # held at Bind, which plans the statement, rather than at Execute.
     plans_code: bool = False
+    # REVIEW: the server can check the text first, running nothing (one statement of a kind
+    # whose Parse resolves its names, or one pgproxy's parser rejects): an error it would
+    # raise anyway is the answer at once, without troubling a reviewer.
+    ask: bool = False
+    stale: bool = False  # REVIEW: it names what pgproxy's schema does not know (re-read it if the server does)
 
     @property
     def changes_lexing(self) -> bool:
@@ -211,6 +216,12 @@ class StatementGate:
     async def close(self) -> None:
         """Stop background work (the server is shutting down)."""
 
+    async def refresh_schema(self, session: Session) -> None:
+        """Read the session's database schema again (the server knows a name pgproxy does not)."""
+
+    def server_refused(self, session: Session, sql: str, judgement: Judgement) -> None:
+        """A statement that needed review was refused by the server itself, before any review."""
+
 
 @dataclass(slots=True)
 class Resume:
@@ -219,6 +230,7 @@ class Resume:
 
     judgement: Judgement | None = None
     approved: bool = False
+    asked: bool = False  # the server parsed the statement already
 
 
 @dataclass(slots=True)
@@ -241,6 +253,7 @@ class Wait:
     hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
     judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
     approve: list[Portal] = field(default_factory=list)
+    ask: bytes | None = None  # first have the server parse this Query body (see ProtocolModel.ask)
 
 
 class DecisionPoint:
@@ -503,6 +516,8 @@ class DecisionPoint:
             model.query(parts)
             return None
         if combined.verdict is Verdict.REVIEW and self.gate.holds:
+            if judged.ask and not (resume is not None and resume.asked):
+                return Wait(ask=body, judged=judged)
             return Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
         return self.refusal(type_byte, combined)
 

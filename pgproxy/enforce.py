@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import pglast
+
 from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, shape_key
 from pgproxy.analysis.gate import analyze
 from pgproxy.analysis.model import Analysis, Flag, Kind
@@ -277,7 +279,7 @@ class PolicyGate(StatementGate):
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
             database=session.database, statement=sql, parameters=parameters, statement_sha256=sha,
-            analysis={"statements": [a.to_json() for a in verdicts.analyses]} if verdicts is not None else {},
+            analysis={"statements": _request_analyses(sql, verdicts.analyses)} if verdicts is not None else {},
             rule=decision.rule if decision is not None else "review",
             reason=decision.reason if decision is not None else judgement.message,
             client_address=session.client_address,
@@ -405,7 +407,9 @@ class PolicyGate(StatementGate):
                              detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code)
         return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
-                         detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code)
+                         detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
+                         ask=protocol == "simple" and _server_can_check(analyses),
+                         stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons))
 
     def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
                decision: Decision | None, outcome: str, sha: str | None,
@@ -435,6 +439,21 @@ class PolicyGate(StatementGate):
             task = asyncio.get_running_loop().create_task(self.catalog.refresh(session.database))
             self._refreshes.add(task)
             task.add_done_callback(functools.partial(self._refreshed, session.database))
+
+    async def refresh_schema(self, session: Session) -> None:
+        try:
+            await self.catalog.refresh(session.database)
+        except Exception as exc:
+            log.warning("schema refresh failed", extra={"error": str(exc)})
+            self.audit_catalog("catalog.refresh_failed", session.database, error=str(exc))
+            return
+        self.audit_catalog("catalog.refreshed", session.database, reason="a name the server knows")
+
+    def server_refused(self, session: Session, sql: str, judgement: Judgement) -> None:
+        if self.audit is not None:
+            verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
+            self._audit(session, sql, judgement.protocol, verdicts, verdicts.decision if verdicts else None,
+                        "refused by the server", None)
 
     async def close(self) -> None:
         if self.approvals is not None:
@@ -509,6 +528,34 @@ def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None) -
         functions=[f for a in analyses for f in a.functions], flags=[f.value for a in analyses for f in a.flags],
         rule=decision.rule if decision is not None else "", action=decision.action.value if decision else "review",
         reason=decision.reason if decision is not None else "")
+
+
+# What a Parse checks: parse analysis resolves every name of these (utility statements are
+# analysed only when they run), and a text pgproxy's parser (the server's grammar) rejects.
+_PARSE_CHECKS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "?"})
+_NOT_KNOWN = "is not known to pgproxy"
+
+
+def _server_can_check(analyses: Sequence[Analysis]) -> bool:
+    return len(analyses) == 1 and analyses[0].command in _PARSE_CHECKS
+
+
+def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, object]]:
+    """The analyses an approval request shows, each with the text of the statement under review:
+    a decision cached for the statement's shape carries another statement's text, whose literals
+    can be PII."""
+    texts: list[str] | None = [sql] if len(analyses) == 1 else None
+    if texts is None:
+        try:
+            texts = list(pglast.split(sql))
+        except pglast.parser.ParseError:
+            texts = None
+    shown = []
+    for index, analysis in enumerate(analyses):
+        described = analysis.to_json()
+        described["statement"] = texts[index] if texts is not None and len(texts) == len(analyses) else None
+        shown.append(described)
+    return shown
 
 
 def _cacheable(analyses: Sequence[Analysis]) -> bool:

@@ -471,6 +471,8 @@ class Session:
             first = wait.index
             if wait.decide is not None:
                 resume = Resume(await self._await_decision(wait.decide))
+            elif wait.ask is not None:
+                resume, first, run_start = await self._ask(wait, run_start, end)
             elif wait.hold is not None:
                 decided = await self._hold(*wait.hold)
                 if decided.verdict is Verdict.ALLOW:
@@ -497,6 +499,22 @@ class Session:
         self._resume_client("deferred")
         if outcome is True:
             self._client_terminated()
+
+    async def _ask(self, wait: Wait, start: int, end: int) -> tuple[Resume | None, int, int]:
+        """Before a Query is held, the server parses it (running nothing). If it refuses, its
+        error is the client's answer and the Query is done; if it knows a name pgproxy does not,
+        pgproxy's schema is stale: it is read again and the Query judged afresh."""
+        assert self._upstream is not None and wait.ask is not None and wait.judged is not None
+        self._upstream.transport.write(self.model.ask(wait.ask))
+        await self._until_answered()
+        if self.model.refused_by_server:
+            if self.gate is not None:
+                self.gate.server_refused(self, m.decode_query_text(wait.ask, self.model.lexing.decode), wait.judged)
+            return None, wait.index + 1, end
+        if wait.judged.stale and self.gate is not None:
+            await self.gate.refresh_schema(self)
+            return Resume(asked=True), wait.index, start
+        return Resume(wait.judged, asked=True), wait.index, start
 
     def _continued(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

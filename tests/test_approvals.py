@@ -432,3 +432,65 @@ def test_self_contained_decision_tokens(approving: ProxyThread, pg: PostgresClus
         worker.join(15)
         assert results == [(direct_value(pg, "SELECT email FROM customers WHERE id = 41"),)]
         assert api(approving, "POST", path, {}, token)[0] == 409  # a jti is accepted once
+
+
+def test_the_request_shows_the_statement_under_review(approving: ProxyThread) -> None:
+    """A decision cached for the statement's shape must not bring another statement's text
+    (whose literals can be PII) into a later request."""
+    seen = []
+    for literal in ("4", "7"):
+        sql = f"SELECT email FROM customers WHERE phone = '555-0{literal}'"
+        client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c", sql],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            request = wait_pending(approving, f"'555-0{literal}'")
+            seen.append(request["analysis"]["statements"][0]["statement"])
+            status, _ = decide(approving, request, "deny", reason="not today")
+            assert status == 200
+            client.communicate(timeout=15)
+        finally:
+            client.kill()
+    assert seen == ["SELECT email FROM customers WHERE phone = '555-04'",
+                    "SELECT email FROM customers WHERE phone = '555-07'"]
+
+
+@pytest.mark.parametrize(("sql", "code"), [
+    ("SELECT ssn FROM customerz WHERE id = 1", "42P01"),  # a guessed table name
+    ("SELECT ssn, social_security FROM customers WHERE id = 1", "42703"),  # a guessed column
+    ("SELEC ssn FROM customers", "42601"),  # a syntax error
+])
+def test_the_server_refuses_first_what_it_would_refuse_anyway(approving: ProxyThread, sql: str, code: str) -> None:
+    """A statement the server would reject gets the server's own error at once: no reviewer is
+    asked, and nothing of it runs."""
+    pending = api(approving, "GET", "/api/approvals?status=pending", token=reviewer_token())[1]["approvals"]
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute(sql)
+        assert raised.value.sqlstate == code, raised.value
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+        # Inside a block the error aborts it, as the statement itself would have.
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error):
+            conn.execute(sql)
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    after = api(approving, "GET", "/api/approvals?status=pending", token=reviewer_token())[1]["approvals"]
+    assert [a["id"] for a in after] == [a["id"] for a in pending]
+
+
+def test_a_name_the_server_knows_refreshes_the_schema(approving: ProxyThread, pg: PostgresCluster) -> None:
+    """A table made behind pgproxy's back: the server parses the statement, so pgproxy reads the
+    schema again and judges it on what it now knows, instead of holding it as unknown."""
+    pg.psql("DROP TABLE IF EXISTS made_later; CREATE TABLE made_later (id int, note text);"
+            "INSERT INTO made_later VALUES (1, 'hello')", dbname="app", user="app_scram")
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT note FROM made_later").fetchall() == [("hello",)]
+        # A tagged read through it is still held (the test's reviewer denies it).
+        pg.psql("CREATE OR REPLACE VIEW made_later_v AS SELECT ssn FROM customers", dbname="app", user="app_scram")
+        held = threading.Thread(target=lambda: decide(approving, wait_pending(approving, "made_later_v"), "deny"))
+        held.start()
+        with pytest.raises(psycopg.Error, match="denied by reviewer"):
+            conn.execute("SELECT ssn FROM made_later_v")
+        held.join(20)

@@ -144,9 +144,10 @@ async def test_relation_kinds(pg: PostgresCluster, scratch: str) -> None:
         CREATE SEQUENCE {scratch}.seq;
     """, dbname=DATABASE)
     schema = (await introspect(upstream_route(pg))).schema
-    kinds = {name: relation(schema, scratch, name).kind for name in ("plain", "v", "mv", "parted")}
-    assert kinds == {"plain": "r", "v": "v", "mv": "m", "parted": "p"}
-    assert (scratch, "seq") not in schema.relations
+    kinds = {name: relation(schema, scratch, name).kind for name in ("plain", "v", "mv", "parted", "seq")}
+    assert kinds == {"plain": "r", "v": "v", "mv": "m", "parted": "p", "seq": "S"}
+    # A sequence reads like a one-row table (SELECT last_value FROM s): its columns are known.
+    assert relation(schema, scratch, "seq").columns == ("last_value", "log_cnt", "is_called")
 
 
 async def test_user_functions_and_operators(pg: PostgresCluster, scratch: str) -> None:

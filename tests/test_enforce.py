@@ -192,6 +192,12 @@ def test_cache_never_merges_statements_that_differ_in_meaning(enforce: tuple[Pro
         # Literals do not change a decision's key: a new value is a cache hit.
         assert _outcome(conn, "SELECT id FROM customers WHERE id = 2") == "allow"
         assert gate.cache.hits == hits + 1
+        # Whether EXPLAIN runs its statement turns on a constant the normalized key drops: a
+        # decision for one must not answer the other, in either order.
+        assert _outcome(conn, "EXPLAIN (ANALYZE 1) SELECT ssn FROM customers") == "review"
+        assert _outcome(conn, "EXPLAIN (ANALYZE 0) SELECT ssn FROM customers") == "allow"
+        assert _outcome(conn, "EXPLAIN (ANALYZE 0) SELECT email FROM customers") == "allow"
+        assert _outcome(conn, "EXPLAIN (ANALYZE 1) SELECT email FROM customers") == "review"
 
 
 def _answers(client: RawClient, count: int) -> list[list[str]]:

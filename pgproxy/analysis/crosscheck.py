@@ -27,16 +27,22 @@ def _name(identifier: exp.Expression | None) -> str | None:
     return text if identifier.quoted else text.lower()  # PostgreSQL folds unquoted names
 
 
-def crosscheck_tables(sql: str, tables: set[str], context: Context) -> str | None:
-    """None when sqlglot agrees with `tables` (schema.table names), else why not."""
+CANNOT_READ = "second parser (sqlglot) cannot read the statement"
+
+
+def crosscheck_tables(sql: str, tables: set[str], context: Context, *, catalog_only: bool = False) -> str | None:
+    """None when sqlglot agrees with `tables` (schema.table names), else why not. `catalog_only`:
+    the walker found nothing but system catalogs and system functions, and nothing flagged."""
     try:
         trees = sqlglot.parse(sql, read="postgres")
     except (SqlglotError, ValueError, RecursionError) as exc:
-        if tables and all(t.split(".", 1)[0] in SYSTEM_SCHEMAS for t in tables):
+        if catalog_only and tables and all(t.split(".", 1)[0] in SYSTEM_SCHEMAS for t in tables):
             # Only system catalogs (drivers' metadata queries, such as asyncpg's type
-            # introspection): no user data to misread. Credential catalogs are flagged anyway.
+            # introspection): no user data to misread. The walker visits every field of every
+            # node (tests/test_walker.py), so a subquery reading a user table would be among
+            # `tables`; credential catalogs are flagged anyway.
             return None
-        return f"second parser (sqlglot) cannot read the statement: {str(exc).splitlines()[0][:200]}"
+        return f"{CANNOT_READ}: {str(exc).splitlines()[0][:200]}"
     if len(trees) != 1 or trees[0] is None:
         return "second parser (sqlglot) splits the statement differently"
     tree = trees[0]
@@ -48,6 +54,8 @@ def crosscheck_tables(sql: str, tables: set[str], context: Context) -> str | Non
         name = _name(table.this if isinstance(table.this, exp.Identifier) else None)
         if name is None:
             continue  # a table function (generate_series(…)) or a VALUES list
+        if table.find_ancestor(exp.Lock) is not None:
+            continue  # FOR UPDATE OF x names an item of the FROM list, not a table
         schema = _name(table.args.get("db"))
         if schema is None and name in ctes:
             continue

@@ -11,18 +11,19 @@ parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pglast
 from pglast import ast
-from pglast.enums import DiscardMode, TransactionStmtKind, VariableSetKind
+from pglast.enums import DiscardMode, SortByDir, TransactionStmtKind, VariableSetKind
 from pglast.stream import RawStream
 
-from pgproxy.analysis.crosscheck import crosscheck_tables
+from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
 from pgproxy.analysis.model import Analysis, Flag, Kind
 from pgproxy.analysis.references import References, Scope, Unresolved
-from pgproxy.analysis.schema import Schema
+from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 from pgproxy.protocol.objects import OpKind, SessionOp
 
@@ -138,11 +139,42 @@ def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,
                      flags=frozenset(refs.flags), literal_sensitive=refs.literal_sensitive, lexing=refs.lexing,
                      reasons=(refs.unreadable,) if refs.unreadable else ())
     if check_tables:
-        disagreement = crosscheck_tables(context.crosscheck_text(text, nodes[0]), refs.tables, context)
+        catalog_only = not refs.flags and all(f.split(".", 1)[0] in SYSTEM_SCHEMAS for f in refs.functions)
+        disagreement = crosscheck_tables(context.crosscheck_text(text, nodes[0]), refs.tables, context,
+                                         catalog_only=catalog_only)
+        if disagreement is not None and disagreement.startswith(CANNOT_READ):
+            simpler = _for_sqlglot(nodes[0])
+            if simpler is not None:  # the same statement without syntax sqlglot does not know
+                disagreement = crosscheck_tables(RawStream()(simpler), refs.tables, context,
+                                                 catalog_only=catalog_only)
         if disagreement is not None:
             # Unknown, but keeping what was found: a rule that denies on it still applies.
             return replace(found, kind=Kind.UNKNOWN, reasons=(*found.reasons, disagreement))
     return found
+
+
+def _for_sqlglot(node: Any) -> Any | None:
+    """A copy of `node` without the syntax sqlglot cannot parse and that names no table
+    (``ORDER BY x USING <``, ``JOIN … USING (…) AS u``), or None when it has none."""
+    copied = copy.deepcopy(node)
+    changed = False
+    pending: list[Any] = [copied]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, (list, tuple)):
+            pending.extend(current)
+            continue
+        if not isinstance(current, ast.Node):
+            continue
+        if isinstance(current, ast.SortBy) and current.useOp is not None:
+            current.useOp = None
+            current.sortby_dir = SortByDir.SORTBY_DEFAULT
+            changed = True
+        elif isinstance(current, ast.JoinExpr) and current.join_using_alias is not None:
+            current.join_using_alias = None
+            changed = True
+        pending.extend(getattr(current, slot, None) for slot in current.__slots__)
+    return copied if changed else None
 
 
 def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
@@ -188,6 +220,12 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
                        flags=frozenset({Flag.RUNS_CODE}))
     if isinstance(node, ast.CallStmt):
         return _walk(text, command, Kind.UTILITY, context, node.funccall, check_tables=False)
+    if isinstance(node, (ast.AlterRoleSetStmt, ast.AlterDatabaseSetStmt)) and node.setstmt is not None:
+        setting = node.setstmt
+        if (setting.name or "").lower() in LEXING_SETTINGS:
+            found = _set_lexing(setting, (setting.name or "").lower(), text)
+            if Flag.UNREADABLE in found.flags:  # later sessions: pgproxy would refuse them at connect
+                return replace(found, command=command, kind=_UTILITY.get(type(node), ("", Kind.DDL))[1])
     if isinstance(node, _SERVER_ACCESS_NODES):
         return Analysis(sql=text, command=command, kind=Kind.DDL, flags=frozenset({Flag.SERVER_ACCESS}),
                         literal_sensitive=True)
@@ -287,6 +325,10 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
 def _explain(node: ast.ExplainStmt, text: str, context: Context) -> Analysis:
     analyze_option = _explain_runs(node)
     inner = analyze_node(node.query, text, context, nested=True)
+    # Whether it runs the statement can turn on a constant (ANALYZE 0 / ANALYZE 1), which the
+    # cache's normalized key does not keep: such a decision is cached by exact text only.
+    literal = inner.literal_sensitive or any(opt.arg is not None for opt in node.options or ())
+    inner = replace(inner, literal_sensitive=literal)
     if analyze_option:  # EXPLAIN ANALYZE runs the statement: judge it as the statement
         return replace(inner, command=f"EXPLAIN ANALYZE ({inner.command})",
                        flags=inner.flags | {Flag.EXECUTES})

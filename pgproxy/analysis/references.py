@@ -59,12 +59,50 @@ CREDENTIAL_RELATIONS = frozenset({
 })
 # set_config() settings whose change is a role change or reaches the server's files.
 _SET_CONFIG_GUARDED = frozenset({"role", "session_authorization"})
-# Planner statistics hold sampled values of every column (most_common_vals, histogram_bounds):
-# reading them counts as reading every tagged column of the database.
-STATISTICS_RELATIONS = frozenset({
-    ("pg_catalog", "pg_stats"), ("pg_catalog", "pg_stats_ext"), ("pg_catalog", "pg_stats_ext_exprs"),
-    ("pg_catalog", "pg_statistic"), ("pg_catalog", "pg_statistic_ext_data"),
-})
+# Planner statistics hold sampled values of every column: reading these columns of them counts as
+# reading every tagged column of the database. (Their other columns -- null_frac, avg_width,
+# n_distinct, correlation, frequencies -- are what health checks read: numbers, not values.)
+STATISTICS_VALUES = {
+    ("pg_catalog", "pg_stats"): frozenset({"most_common_vals", "most_common_elems", "histogram_bounds"}),
+    ("pg_catalog", "pg_stats_ext"): frozenset({"most_common_vals"}),
+    ("pg_catalog", "pg_stats_ext_exprs"): frozenset({"most_common_vals", "most_common_elems", "histogram_bounds"}),
+    ("pg_catalog", "pg_statistic"): frozenset({f"stavalues{i}" for i in range(1, 6)}),
+    ("pg_catalog", "pg_statistic_ext_data"): frozenset({"stxdmcv", "stxdexpr"}),
+}
+
+
+def _outputs(item: RangeItem) -> list[tuple[str | None, list[tuple[RangeItem, str]]]] | None:
+    """An item's output columns in order, with the base columns each carries (None: not known)."""
+    if item.relation is not None:
+        return [(name, [(item, name)]) for name in item.visible]
+    return item.outputs
+
+
+def _output_names(query: Any) -> list[str | None] | None:
+    """The names of a subquery's output columns as far as they are certain (None for a column
+    whose name PostgreSQL makes up); None when not even their number is known (a star)."""
+    while isinstance(query, ast.SelectStmt) and query.larg is not None:
+        query = query.larg  # a set operation takes its left side's names
+    if not isinstance(query, ast.SelectStmt):
+        return None
+    if query.valuesLists:
+        first = query.valuesLists[0]
+        return [f"column{i + 1}" for i in range(len(first))] if isinstance(first, (list, tuple)) else None
+    names: list[str | None] = []
+    for target in query.targetList or ():
+        if not isinstance(target, ast.ResTarget):
+            return None
+        value = target.val
+        if target.name:
+            names.append(target.name)
+        elif isinstance(value, ast.ColumnRef):
+            last = (value.fields or (None,))[-1]
+            if not isinstance(last, ast.String):
+                return None  # * or t.*: as many columns as the tables have
+            names.append(last.sval or "")
+        else:
+            names.append(None)
+    return names
 
 
 def _string_constant(node: Any) -> str | None:
@@ -95,13 +133,18 @@ class RangeItem:
     visible: dict[str, str] = field(default_factory=dict)  # visible column name -> base column name
     members: list[RangeItem] = field(default_factory=list)  # a join alias covers these items
     schema_name: str | None = None  # for schema.table.column references (base items without alias)
+    # A derived table's or join's output columns in order: (name, the base columns it carries);
+    # a derived table's carry none (its values were counted where read). None: not known.
+    outputs: list[tuple[str | None, list[tuple[RangeItem, str]]]] | None = None
+    renamed: bool = False  # a join whose alias lists new column names
+    opaque: bool = False  # ... over columns pgproxy cannot list: any use of it is unknown
 
 
 @dataclass(slots=True)
 class Scope:
     items: list[RangeItem]
     parent: Scope | None
-    ctes: dict[str, list[str] | None] = field(default_factory=dict)  # CTE name -> its column names
+    ctes: dict[str, list[str | None] | None] = field(default_factory=dict)  # CTE name -> its column names
 
     def chain(self) -> Iterator[Scope]:
         scope: Scope | None = self
@@ -139,6 +182,11 @@ class References:
 
     def read(self, relation: Relation, column: str) -> None:
         self._record(self.reads, relation, column)
+        values = STATISTICS_VALUES.get((relation.schema, relation.name))
+        if values is not None and column in values:
+            for tagged in self.schema.relations.values():
+                for name, tags in tagged.tags.items():
+                    self.reads[ColumnKey(tagged.schema, tagged.name, name)] = tags
 
     def read_all(self, relation: Relation) -> None:
         for column in relation.columns:
@@ -157,10 +205,6 @@ class References:
         self.tables.add(relation.qualified)
         if (relation.schema, relation.name) in CREDENTIAL_RELATIONS:
             self.flags.add(Flag.CREDENTIALS)
-        if (relation.schema, relation.name) in STATISTICS_RELATIONS:
-            for tagged in self.schema.relations.values():
-                for column, tags in tagged.tags.items():
-                    self.reads[ColumnKey(tagged.schema, tagged.name, column)] = tags
         return relation
 
     # -- statements -------------------------------------------------------------------
@@ -176,11 +220,14 @@ class References:
     def _with(self, with_clause: ast.WithClause | None, scope: Scope) -> None:
         if with_clause is None:
             return
+        if with_clause.recursive:  # every CTE of WITH RECURSIVE is visible in every one of them
+            for cte in with_clause.ctes or ():
+                scope.ctes[cte.ctename or ""] = None
         for cte in with_clause.ctes or ():
-            names = [n.sval or "" for n in cte.aliascolnames] if cte.aliascolnames else None
-            if with_clause.recursive:
-                scope.ctes[cte.ctename or ""] = names  # visible inside its own definition
+            names: list[str | None] | None = ([n.sval or "" for n in cte.aliascolnames] if cte.aliascolnames
+                                              else _output_names(cte.ctequery))
             self.statement(cte.ctequery, Scope([], scope))
+            self._rest(cte, scope, "ctequery", "ctename", "aliascolnames")
             scope.ctes[cte.ctename or ""] = names
             if isinstance(cte.ctequery, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
                 self.modifies = True
@@ -194,6 +241,8 @@ class References:
             self.statement(node.rarg, scope)
             for clause in (node.sortClause, node.limitCount, node.limitOffset):
                 self.expression(clause, Scope([], scope), outputs_only=True)
+            self._rest(node, scope, "withClause", "larg", "rarg", "sortClause", "limitCount", "limitOffset",
+                       "intoClause")
             return
         for item in node.fromClause or ():
             scope.items.append(self.from_item(item, scope))
@@ -203,61 +252,115 @@ class References:
         self.expression(node.whereClause, scope)
         self.expression(node.havingClause, scope)
         self.expression(node.windowClause, scope)
-        self.expression(node.distinctClause, scope)
         self.expression(node.limitCount, scope)
         self.expression(node.limitOffset, scope)
         aliases = {t.name for t in node.targetList or () if isinstance(t, ast.ResTarget) and t.name}
         self.expression(node.groupClause, scope, aliases=aliases)
-        for sort in node.sortClause or ():
-            # ORDER BY a bare name picks an output column first (its value was counted in the
-            # select list); any other expression, like GROUP BY, reads input columns.
-            target = getattr(sort, "node", None)
+        # ORDER BY and DISTINCT ON a bare name pick an output column first (its value was counted
+        # in the select list); any other expression, like GROUP BY, reads input columns.
+        for sort in (*(node.sortClause or ()), *(d for d in node.distinctClause or () if d is not None)):
+            target = getattr(sort, "node", sort)
             fields = (target.fields or ()) if isinstance(target, ast.ColumnRef) else ()
             if len(fields) == 1 and isinstance(fields[0], ast.String) and (fields[0].sval or "") in aliases:
+                self._rest(sort, scope, "node")
                 continue
             self.expression(sort, scope, aliases=aliases)
-        if node.lockingClause:
-            self.expression(node.lockingClause, scope)
+        for locking in node.lockingClause or ():
+            # FOR UPDATE OF names FROM items: it locks their rows and reads no value.
+            self._rest(locking, scope, "lockedRels")
+        # INTO names the table SELECT INTO creates (the gate judges it as DDL).
+        self._rest(node, scope, "withClause", "fromClause", "valuesLists", "targetList", "whereClause",
+                   "havingClause", "windowClause", "limitCount", "limitOffset", "groupClause", "sortClause",
+                   "distinctClause", "lockingClause", "intoClause")
+
+    def _rest(self, node: Any, scope: Scope, *handled: str) -> None:
+        """Walk every field of `node` that its rule did not (`handled`): a field no rule knows
+        (a new clause, a pglast upgrade) is walked generically, never skipped."""
+        for slot in _slots(type(node)):
+            if slot not in handled:
+                child = getattr(node, slot, None)
+                if isinstance(child, (ast.Node, list, tuple)):
+                    self.expression(child, scope)
 
     def from_item(self, node: Any, scope: Scope) -> RangeItem:
         """Bring one FROM-list entry into scope. LATERAL is assumed everywhere (over-approximation)."""
         if isinstance(node, ast.RangeVar):
             if not node.schemaname and scope.cte(node.relname or ""):
-                return self._aliased(RangeItem(node.relname or "", None), node.alias)
+                names = next(s.ctes[node.relname or ""] for s in scope.chain() if (node.relname or "") in s.ctes)
+                item = RangeItem(node.relname or "", None,
+                                 outputs=None if names is None else [(n, []) for n in names])
+                return self._aliased(item, node.alias)
             relation = self.relation(node)
             item = RangeItem(relation.name, relation, {c: c for c in relation.columns},
                              schema_name=relation.schema)
             return self._aliased(item, node.alias)
         if isinstance(node, ast.RangeSubselect):
             self.statement(node.subquery, scope)
-            return self._aliased(RangeItem("", None), node.alias)
+            columns = _output_names(node.subquery)
+            return self._aliased(RangeItem("", None, outputs=None if columns is None else [(n, []) for n in columns]),
+                                 node.alias)
         if isinstance(node, ast.RangeFunction):
             self.expression(node.functions, scope)
+            self._rest(node, scope, "functions", "alias")
             return self._aliased(RangeItem("", None), node.alias)
         if isinstance(node, ast.JoinExpr):
-            left = self.from_item(node.larg, scope)
-            right = self.from_item(node.rarg, Scope([left], scope))  # JOIN LATERAL sees its left side
-            join_scope = Scope([left, right], scope)
-            for using in node.usingClause or ():
-                self.column_ref([using.sval or ""], join_scope)
-            if node.isNatural:
-                for item in (left, right):  # the common columns are compared: count them all
-                    if item.relation is not None:
-                        self.read_all(item.relation)
-            self.expression(node.quals, join_scope)
-            alias = node.alias or node.join_using_alias
-            if alias is not None:
-                return RangeItem(alias.aliasname or "", None, members=[left, right])
-            return RangeItem("", None, members=[left, right])
+            return self._join(node, scope)
         if isinstance(node, ast.RangeTableSample):
-            self.expression(node.args, scope)
-            return self.from_item(node.relation, scope)
+            item = self.from_item(node.relation, scope)
+            self._rest(node, Scope([item], scope), "relation", "method")  # args, REPEATABLE
+            return item
         if isinstance(node, ast.RangeTableFunc):
-            self.expression(node.docexpr, scope)
-            self.expression(node.rowexpr, scope)
-            self.expression(node.columns, scope)
+            self._rest(node, scope, "alias")  # the document, row and column expressions, XMLNAMESPACES
             return self._aliased(RangeItem("", None), node.alias)
         raise Unresolved(f"FROM item {type(node).__name__} is not analysed by pgproxy")
+
+    def _join(self, node: ast.JoinExpr, scope: Scope) -> RangeItem:
+        left = self.from_item(node.larg, scope)
+        right = self.from_item(node.rarg, Scope([left], scope))  # JOIN LATERAL sees its left side
+        join_scope = Scope([left, right], scope)
+        for using in node.usingClause or ():
+            self.column_ref([using.sval or ""], join_scope)
+        left_out, right_out = _outputs(left), _outputs(right)
+        merged: list[str] | None = [u.sval or "" for u in node.usingClause or ()]
+        if node.isNatural:
+            known = left_out is not None and right_out is not None and all(n is not None for n, _ in left_out) \
+                and all(n is not None for n, _ in right_out)
+            merged = [n for n, _ in left_out or () if n is not None and any(n == r for r, _ in right_out or ())] \
+                if known else None
+        outputs: list[tuple[str | None, list[tuple[RangeItem, str]]]] | None = None
+        if left_out is not None and right_out is not None and merged is not None:
+            sides = [dict(reversed(left_out)), dict(reversed(right_out))]
+            outputs = [(n, [*sides[0].get(n, []), *sides[1].get(n, [])]) for n in merged]
+            outputs += [(n, src) for n, src in (*left_out, *right_out) if n not in merged]
+        if node.isNatural:
+            if outputs is not None and merged is not None:
+                for _, sources in outputs[:len(merged)]:  # the common columns are compared
+                    for source, column in sources:
+                        self._item_column(source, column)
+            else:
+                for item in (left, right):  # columns pgproxy cannot list: count them all
+                    if item.relation is not None:
+                        self.read_all(item.relation)
+        self.expression(node.quals, join_scope)
+        self._rest(node, join_scope, "larg", "rarg", "usingClause", "quals", "alias", "join_using_alias")
+        members = [left, right]
+        if node.join_using_alias is not None and merged is not None and outputs is not None:
+            # JOIN … USING (…) AS u: u names the join columns only.
+            members.append(RangeItem(node.join_using_alias.aliasname or "", None,
+                                     outputs=outputs[:len(merged)]))
+        joined = RangeItem("", None, members=members, outputs=outputs)
+        alias = node.alias or (node.join_using_alias if outputs is None else None)
+        if alias is not None:
+            joined.name = alias.aliasname or ""
+            colnames = [n.sval or "" for n in alias.colnames or ()]
+            if colnames:
+                joined.renamed = True
+                if outputs is None:
+                    joined.opaque = True  # renamed columns pgproxy cannot count: any use is unknown
+                else:
+                    joined.outputs = [*((new, src) for new, (_, src) in zip(colnames, outputs, strict=False)),
+                                      *outputs[len(colnames):]]
+        return joined
 
     @staticmethod
     def _aliased(item: RangeItem, alias: ast.Alias | None) -> RangeItem:
@@ -265,11 +368,14 @@ class References:
             return item
         item.name = alias.aliasname or ""
         item.schema_name = None  # an alias hides the relation's own name
-        if alias.colnames and item.relation is not None:
+        colnames = [n.sval or "" for n in alias.colnames or ()]
+        if colnames and item.relation is not None:
             # FROM customers AS c(a, b, e): the first columns are renamed in order.
-            renamed = dict(zip((n.sval or "" for n in alias.colnames), item.relation.columns, strict=False))
+            renamed = dict(zip(colnames, item.relation.columns, strict=False))
             rest = {c: c for c in item.relation.columns[len(renamed):]}
             item.visible = {**renamed, **rest}
+        elif colnames and item.outputs is not None:  # a subquery's or CTE's columns, renamed in order
+            item.outputs = [*((n, []) for n in colnames), *item.outputs[len(colnames):]]
         return item
 
     def _dml(self, node: Any, outer: Scope | None) -> tuple[Scope, Relation, RangeItem]:
@@ -283,6 +389,10 @@ class References:
         if node.relation is None:
             raise Unresolved("the statement names no target table")
         relation = self.relation(node.relation)
+        if (relation.schema, relation.name) == ("pg_catalog", "pg_settings"):
+            # Its rules call set_config() with values from the statement's rows.
+            self.flags.add(Flag.UNREADABLE)
+            self.unreadable = "pgproxy cannot allow this: writing pg_settings changes settings it cannot follow"
         item = RangeItem(relation.name, relation, {c: c for c in relation.columns}, schema_name=relation.schema)
         return scope, relation, self._aliased(item, node.relation.alias)
 
@@ -296,6 +406,8 @@ class References:
         if node.selectStmt is not None:
             self.statement(node.selectStmt, scope)
         target_scope = Scope([target], scope)
+        for col in node.cols or ():
+            self._rest(col, target_scope, "name", "val")  # subscripts: INSERT INTO t (a[(SELECT …)])
         if node.onConflictClause is not None:
             clause = node.onConflictClause
             # "excluded" is the row proposed for insertion: a second view of the target.
@@ -306,7 +418,10 @@ class References:
             self.expression(clause.whereClause, conflict_scope)
             if clause.infer is not None:
                 self.expression(clause.infer, target_scope, aliases=set(relation.columns))
+            self._rest(clause, conflict_scope, "targetList", "whereClause", "infer")
         self._returning(node, target_scope)
+        self._rest(node, target_scope, "relation", "cols", "selectStmt", "onConflictClause", "returningList",
+                   "returningClause", "withClause")
 
     def _set_target(self, relation: Relation, res: ast.ResTarget, scope: Scope) -> None:
         """SET column = value (or (a, b) = (SELECT …)): the column is written, the value read."""
@@ -319,10 +434,8 @@ class References:
         self.expression(value, scope)
 
     def _returning(self, node: Any, scope: Scope) -> None:
-        returning = getattr(node, "returningList", None)
-        if returning is None and getattr(node, "returningClause", None) is not None:
-            returning = node.returningClause.exprs
-        self.expression(returning, scope)
+        self.expression(getattr(node, "returningList", None), scope)
+        self.expression(getattr(node, "returningClause", None), scope)  # every field of it
 
     def _UpdateStmt(self, node: ast.UpdateStmt, outer: Scope | None) -> None:
         scope, relation, target = self._dml(node, outer)
@@ -335,6 +448,8 @@ class References:
             self.flags.add(Flag.UNBOUNDED_WRITE)
         self.expression(node.whereClause, scope)
         self._returning(node, scope)
+        self._rest(node, scope, "relation", "fromClause", "targetList", "whereClause", "returningList",
+                   "returningClause", "withClause")
 
     def _DeleteStmt(self, node: ast.DeleteStmt, outer: Scope | None) -> None:
         scope, relation, target = self._dml(node, outer)
@@ -347,6 +462,8 @@ class References:
             self.flags.add(Flag.UNBOUNDED_WRITE)
         self.expression(node.whereClause, scope)
         self._returning(node, scope)
+        self._rest(node, scope, "relation", "usingClause", "whereClause", "returningList", "returningClause",
+                   "withClause")
 
     def _MergeStmt(self, node: ast.MergeStmt, outer: Scope | None) -> None:
         scope, relation, target = self._dml(node, outer)
@@ -357,9 +474,12 @@ class References:
         for clause in node.mergeWhenClauses or ():
             self.expression(clause.condition, scope)
             for res in clause.targetList or ():
-                self.expression(res.val, scope)
+                self._rest(res, scope, "name")  # the value, and subscripts of the column set
             self.expression(clause.values, scope)
+            self._rest(clause, scope, "condition", "targetList", "values")
         self._returning(node, scope)
+        self._rest(node, scope, "relation", "sourceRelation", "joinCondition", "mergeWhenClauses", "returningList",
+                   "returningClause", "withClause")
 
     # -- expressions ------------------------------------------------------------------
 
@@ -396,11 +516,12 @@ class References:
         elif isinstance(node, ast.A_Expr):
             self.operator(node.name)
         elif isinstance(node, ast.RangeVar):
-            self.relation(node)
+            # A relation where no rule expects one: what the statement does with it is unknown.
+            raise Unresolved(f'pgproxy does not know how the statement uses relation "{node.relname}"')
         for slot in _slots(type(node)):
             child = getattr(node, slot, None)
             if isinstance(child, (ast.Node, list, tuple)):
-                self.expression(child, scope, aliases=aliases)
+                self.expression(child, scope, aliases=aliases, outputs_only=outputs_only)
 
     def column_ref(self, names: list[str], scope: Scope) -> None:
         if len(names) == 1:
@@ -428,6 +549,17 @@ class References:
             yield from self._flatten(item.members)
 
     def _item_column(self, item: RangeItem, column: str) -> None:
+        if item.opaque and column != "*":
+            raise Unresolved(f'"{item.name}.{column}" renames a column pgproxy cannot trace to its table')
+        if item.relation is None and item.outputs is not None and column != "*" and (item.renamed or not item.members):
+            for name, sources in item.outputs:
+                if name == column:
+                    for source, base in sources:
+                        self._item_column(source, base)
+                    return
+            if item.members:
+                raise Unresolved(f'column "{item.name}.{column}" is not known to pgproxy')
+            return  # a derived table's column: counted where it was read
         if item.members:
             for member in self._flatten(item.members):
                 if member.relation is not None and (column == "*" or column in member.visible):
@@ -455,6 +587,14 @@ class References:
                 if item.relation is not None and name in item.visible:
                     self.read(item.relation, item.visible[name])
                     found = True
+                elif item.renamed and item.outputs is not None:
+                    for output, sources in item.outputs:
+                        if output == name:  # a join's column under the name its alias list gives it
+                            for source, base in sources:
+                                self._item_column(source, base)
+                            found = True
+                elif item.opaque:
+                    raise Unresolved(f'"{item.name}" renames columns pgproxy cannot trace to their tables')
                 elif item.relation is None and not item.members:
                     derived = True
         if found:

@@ -16,7 +16,7 @@ class Relation:
     oid: int
     schema: str
     name: str
-    kind: str  # pg_class.relkind: r, v, m, f, p
+    kind: str  # pg_class.relkind: r, v, m, f, p, S (a sequence)
     columns: tuple[str, ...]  # attribute names in attnum order (dropped columns excluded)
     attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column, same order
     tags: dict[str, frozenset[str]] = field(default_factory=dict)  # column -> tags (tagged ones only)

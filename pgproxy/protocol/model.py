@@ -103,6 +103,7 @@ class Expect:
     ran = False  # QUERY: a statement got as far as running
     error = b""  # PROBE: the proxy's ErrorResponse to send instead
     described = False  # CYCLE: the client described the portal (a RowDescription comes first)
+    asked = False  # PARSE (own): the server checks a held Query's text (see ProtocolModel.ask)
 
     def __init__(self, kind: K, segment: int, name: str = "") -> None:
         self.kind = kind
@@ -187,6 +188,7 @@ class ProtocolModel:
         self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
         self._probes = 0
         self.predicted_runs: list[str] = []
+        self.refused_by_server = False  # the last `ask`: the server refused the text (its error went to the client)
 
     # -- what the relay asks --------------------------------------------------------------
 
@@ -403,6 +405,32 @@ class ProtocolModel:
             self.doomed = True  # the server skips the rest of this segment
         return out
 
+    def ask(self, text: bytes) -> bytes:
+        """The bytes that have the server parse a simple Query's one statement (`text`, NUL-
+        terminated, as the client sent it) without running anything: Parse of a reserved name,
+        its Close, and a Sync. If the server refuses it (an unknown table or column, a syntax
+        error), its ErrorResponse and ReadyForQuery are the client's answer to the Query, which
+        is then not sent; if it parses, none of its answers reach the client. The unnamed
+        statement and portal are closed first, as the Query would drop them in every outcome."""
+        self._probes += 1
+        self.refused_by_server = False
+        self.segment += 1
+        name = f"{self.reserved}{self._probes}"
+        out = b""
+        for kind in ("S", "P"):
+            self.close(kind, "", own=True)
+            out += m.frame(m.CLOSE, kind.encode() + b"\0")
+        parse = Expect(K.PARSE, self.segment, name)
+        parse.statement = PreparedStatement("", None, None)
+        parse.own = parse.asked = True
+        self._predict(parse, self.predicted)
+        self._push(parse)
+        self.close("S", name, own=True)
+        out += m.frame(m.PARSE, m.encode_str(name) + text + b"\0\0") + m.frame(m.CLOSE, b"S" + m.encode_str(name))
+        self.sync()
+        self.queue[-1].own = True
+        return out + m.Sync().encode()
+
     # -- predictions ----------------------------------------------------------------------
 
     def _predict(self, expect: Expect, objects: Objects) -> None:
@@ -526,6 +554,8 @@ class ProtocolModel:
                     return self.answer(type_byte, body)
                 raise self._desync(type_byte, "ReadyForQuery")
             self._ready(head, body)
+            if head.own:
+                return b""
         elif kind is K.PARSE:
             if type_byte != m.PARSE_COMPLETE:
                 raise self._desync(type_byte, "ParseComplete")
@@ -534,6 +564,8 @@ class ProtocolModel:
                 raise self._desync(type_byte, "an error (the statement name is taken)")
             self.confirmed.set_statement(head.name, head.statement, head.segment)
             self._pop()
+            if head.own:
+                return b""
         elif kind is K.BIND:
             if type_byte != m.BIND_COMPLETE:
                 raise self._desync(type_byte, "BindComplete")
@@ -867,6 +899,12 @@ class ProtocolModel:
             out = head.error
         elif kind is K.PARSE and head.name == "":
             objects.drop_statement("", head.segment)  # dropped before the new one was parsed
+        elif kind is K.PARSE and head.asked:
+            self.refused_by_server = True
+            for expect in self.queue:  # the Sync's ReadyForQuery ends the client's Query
+                if expect.kind is K.SYNC:
+                    expect.own = False
+                    break
         elif kind is K.BIND and head.name == "":
             objects.doubt("", head.segment)  # it may have been replaced before the error
         elif kind is K.EXECUTE:

@@ -906,3 +906,15 @@ SELECT DISTINCT ON (email) country AS email FROM customers ORDER BY email;
 
 -- expect: allow | false-hold: UNION ordered by an output column with DESC and a limit
 SELECT id FROM orders UNION SELECT customer_id FROM orders ORDER BY id DESC LIMIT 3;
+
+-- expect: allow | false-hold: RESET ROLE returns to the login role: privileges can only shrink
+RESET ROLE;
+
+-- expect: allow | false-hold: SET role TO DEFAULT is RESET ROLE
+SET role TO DEFAULT;
+
+-- expect: allow | false-hold: SET SESSION AUTHORIZATION DEFAULT returns to the login role
+SET SESSION AUTHORIZATION DEFAULT;
+
+-- expect: allow | false-hold: RESET SESSION AUTHORIZATION returns to the login role
+RESET SESSION AUTHORIZATION;

@@ -1009,20 +1009,11 @@ SET SESSION ROLE postgres;
 -- expect: review | set-role: SET ROLE NONE
 SET ROLE NONE;
 
--- expect: review | set-role: RESET ROLE
-RESET ROLE;
-
 -- expect: review | set-role: SET SESSION AUTHORIZATION [superuser]
 SET SESSION AUTHORIZATION postgres;
 
 -- expect: review | set-role: SET LOCAL SESSION AUTHORIZATION [superuser]
 SET LOCAL SESSION AUTHORIZATION postgres;
-
--- expect: review | set-role: SET SESSION AUTHORIZATION DEFAULT
-SET SESSION AUTHORIZATION DEFAULT;
-
--- expect: review | set-role: RESET SESSION AUTHORIZATION
-RESET SESSION AUTHORIZATION;
 
 -- expect: review | do: DO block that only raises a notice (opaque code)
 DO $$ BEGIN RAISE NOTICE 'hello'; END $$;
