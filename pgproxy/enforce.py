@@ -453,7 +453,7 @@ class PolicyGate(StatementGate):
         if self.audit is not None:
             verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
             self._audit(session, sql, judgement.protocol, verdicts, verdicts.decision if verdicts else None,
-                        "refused by the server", None)
+                        "server-refused", None)
 
     async def close(self) -> None:
         if self.approvals is not None:
