@@ -27,7 +27,10 @@ SSN = ColumnKey("public", "customers", "ssn")
 
 
 def _subquery() -> ast.SubLink:
-    return pglast.parse_sql("SELECT (SELECT ssn FROM customers LIMIT 1)")[0].stmt.targetList[0].val
+    select: Any = pglast.parse_sql("SELECT (SELECT ssn FROM customers LIMIT 1)")[0].stmt
+    sublink = select.targetList[0].val
+    assert isinstance(sublink, ast.SubLink)
+    return sublink
 
 
 # Fields where PostgreSQL evaluates nothing: names, targets of a statement (judged as writes or
@@ -143,7 +146,7 @@ def _templates() -> dict[type[Any], list[Any]]:
             pending += node
         elif isinstance(node, ast.Node):
             found.setdefault(type(node), []).append(node)
-            pending += [getattr(node, slot, None) for slot in node.__slots__]
+            pending += [getattr(node, slot, None) for slot in getattr(type(node), "__slots__", ())]
     return found
 
 

@@ -233,7 +233,7 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
         kind = _UTILITY[type(node)][1]
         return Analysis(sql=text, command=command, kind=kind, literal_sensitive=True)
     if type(node).__name__.startswith(_DDL_PREFIXES):
-        return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True)
+        return _ddl(node, text, command, context)
     return unknown(text, command, f"pgproxy does not know what {command} does", literal_sensitive=True)
 
 
@@ -242,6 +242,42 @@ _CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
 # stable ones): code pgproxy cannot see runs before the statement executes. So does planning
 # a statement pgproxy cannot read (kind UNKNOWN).
 _PLANNING_RUNS = frozenset({Flag.RUNS_CODE})
+
+
+def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
+    """DDL is judged by its kind; queries it keeps to run later (a rule's condition and actions,
+    a policy's USING and WITH CHECK, a SQL function's body, a trigger's WHEN) still count what
+    they read. Names they take from their context (NEW, OLD, the policy's table, parameters)
+    are not resolved here: such a statement is unknown."""
+    kept = _kept_queries(node)
+    if not kept:
+        return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True)
+    refs = References(context.schema, context.path, context.allowed_functions)
+    for query in kept:
+        try:
+            refs.statement(query, Scope([], None))
+        except Unresolved as exc:
+            return unknown(text, command, f"a query this {command} keeps: {exc}", literal_sensitive=True)
+    return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables), reads=refs.reads,
+                    writes=refs.writes, functions=frozenset(refs.functions), flags=frozenset(refs.flags),
+                    literal_sensitive=True)
+
+
+def _kept_queries(node: Any) -> list[Any]:
+    """The outermost queries and subqueries inside a DDL statement."""
+    found: list[Any] = []
+    pending: list[Any] = [getattr(node, slot, None) for slot in node.__slots__]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, (list, tuple)):
+            pending.extend(current)
+        elif isinstance(current, (ast.SubLink, *_DML)):
+            found.append(current.subselect if isinstance(current, ast.SubLink) else current)
+            if isinstance(current, ast.SubLink):
+                pending.append(current.testexpr)  # `x IN (SELECT …)`: x belongs to the outer expression
+        elif isinstance(current, ast.Node):
+            pending.extend(getattr(current, slot, None) for slot in getattr(type(current), "__slots__", ()))
+    return found
 
 
 def _session_op(node: Any, text: str) -> SessionOp | None:
