@@ -254,6 +254,9 @@ class Wait:
     judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
     approve: list[Portal] = field(default_factory=list)
     ask: bytes | None = None  # first have the server parse this Query body (see ProtocolModel.ask)
+    # The server parsed this statement, which names what pgproxy's schema does not know:
+    # read the schema again and judge it afresh before holding it.
+    refresh: PreparedStatement | None = None
 
 
 class DecisionPoint:
@@ -421,6 +424,8 @@ class DecisionPoint:
                     model.bind(portal, statement, body)
                     return None
                 if judged.verdict is Verdict.REVIEW and self.gate.holds and found is not None:
+                    if judged.stale and not (resume is not None and resume.asked):
+                        return Wait(refresh=found)
                     return Wait(hold=(found.sql, shown_parameters(body), judged))
                 return self.refusal(m.BIND, judged)
             created = model.bind(portal, statement, body)
@@ -462,6 +467,8 @@ class DecisionPoint:
             model.execute(name, portal, judged.permitted)
             return None
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
+            if judged.stale and not (resume is not None and resume.asked) and found.runs is None:
+                return Wait(refresh=portal.statement)
             return Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
         return self.refusal(m.EXECUTE, judged)
 

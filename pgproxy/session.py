@@ -42,6 +42,7 @@ from pgproxy.decision import (
     Judgement,
     Refuse,
     Resume,
+    Statement,
     StatementGate,
     Verdict,
     Wait,
@@ -49,7 +50,7 @@ from pgproxy.decision import (
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity
 from pgproxy.logs import SessionLog
-from pgproxy.protocol import Desync, GuardRefusal, ProtocolModel
+from pgproxy.protocol import Desync, GuardRefusal, PreparedStatement, ProtocolModel
 from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, judge_parameters, startup
 from pgproxy.upstream import UpstreamConnection, send_cancel
 from pgproxy.wire import messages as m
@@ -473,6 +474,9 @@ class Session:
                 resume = Resume(await self._await_decision(wait.decide))
             elif wait.ask is not None:
                 resume, first, run_start = await self._ask(wait, run_start, end)
+            elif wait.refresh is not None:
+                await self._judge_afresh(wait.refresh)
+                resume = Resume(asked=True)
             elif wait.hold is not None:
                 decided = await self._hold(*wait.hold)
                 if decided.verdict is Verdict.ALLOW:
@@ -515,6 +519,19 @@ class Session:
             await self.gate.refresh_schema(self)
             return Resume(asked=True), wait.index, start
         return Resume(wait.judged, asked=True), wait.index, start
+
+    async def _judge_afresh(self, statement: PreparedStatement) -> None:
+        """The server parsed a prepared statement whose names pgproxy's schema does not know: read
+        the schema again, and judge the statement on it (what it does to the session's objects
+        cannot change: its judgement is replaced only when that stays the same)."""
+        assert self.gate is not None
+        await self.gate.refresh_schema(self)
+        decided = self.gate.judge(self, Statement("extended", statement.sql))
+        judged = decided if isinstance(decided, Judgement) else await self._await_decision(decided)
+        parts = judged.parts
+        op = parts[0].op if parts is not None and len(parts) == 1 else None
+        if op == statement.op:
+            statement.facts = judged
 
     def _continued(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

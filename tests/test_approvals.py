@@ -494,3 +494,16 @@ def test_a_name_the_server_knows_refreshes_the_schema(approving: ProxyThread, pg
         with pytest.raises(psycopg.Error, match="denied by reviewer"):
             conn.execute("SELECT ssn FROM made_later_v")
         held.join(20)
+
+
+async def test_a_name_the_server_knows_refreshes_the_schema_in_the_extended_protocol(approving: ProxyThread,
+                                                                                     pg: PostgresCluster) -> None:
+    """The same through Parse/Bind/Execute: the server parsed the statement, so pgproxy reads the
+    schema again before it would hold the statement at Bind as unknown."""
+    pg.psql("DROP TABLE IF EXISTS made_later_x; CREATE TABLE made_later_x (id int, note text);"
+            "INSERT INTO made_later_x VALUES (1, 'hello')", dbname="app", user="app_scram")
+    conn = await asyncpg.connect(approving.dsn())
+    try:
+        assert await conn.fetchval("SELECT note FROM made_later_x WHERE id = $1", 1) == "hello"
+    finally:
+        await conn.close()
