@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from pgproxy.config import load_config
+from pgproxy.parameters import parse_options, split_identifiers
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.protocol import Desync, ProtocolModel
 from pgproxy.protocol.lexing import Lexing, encoding_name, setting_refusal
@@ -308,3 +309,28 @@ def test_reads_survive_a_reset_to_a_latin1_default(proxy: ProxyThread, tmp_path:
         conn.execute("RESET client_encoding")  # back to the role's LATIN1
         assert conn.info.encoding == "iso8859-1"
         assert conn.execute("SELECT 'café'").fetchone() == ("café",)
+
+
+@pytest.mark.parametrize(("options", "settings"), [
+    ("-c search_path=crm", [("search_path", "crm")]),
+    ("-csearch_path=crm --statement-timeout=5s", [("search_path", "crm"), ("statement_timeout", "5s")]),
+    ("  -c   geqo=off  ", [("geqo", "off")]),
+    ("-c application_name=a\\ b", [("application_name", "a b")]),  # a backslash keeps the space
+    ("-c Search_Path=x,y", [("search_path", "x,y")]),
+])
+def test_options_are_split_as_postgresql_splits_them(options: str, settings: list[tuple[str, str]]) -> None:
+    assert [(s.name, s.value) for s in parse_options(options)] == settings
+
+
+@pytest.mark.parametrize(("value", "names"), [
+    ("crm, public", ["crm", "public"]),
+    ('"$user", Public', ["$user", "public"]),
+    ('"Mixed Case","a,b"', ["Mixed Case", "a,b"]),
+    ('"say ""hi"""', ['say "hi"']),
+    ("", []),
+    ("a,,b", None),
+    ('"open', None),
+    ("a b", None),
+])
+def test_search_path_lists_split_as_the_server_splits_them(value: str, names: list[str] | None) -> None:
+    assert split_identifiers(value) == names
