@@ -114,6 +114,9 @@ def test_redaction_uses_postgres_scanner() -> None:
     assert redact("SELECT email FROM customers WHERE email = 'a@b.c' AND id > 41 /* 'x' */ AND note = $$y$$") \
         == "SELECT email FROM customers WHERE email = ? AND id > ? AND note = ?"
     assert "ssn" not in redact("SELECT 1 -- ssn 123-45-6789")
+    # Non-ASCII text before a literal does not shift what is replaced (no piece of a value shows).
+    assert redact("SELECT * FROM customers WHERE note = 'é€𝄞' AND ssn = '123-45-6789' AND name = 'Zoë'") == \
+        "SELECT * FROM customers WHERE note = ? AND ssn = ? AND name = ?"
 
 
 def test_payloads_carry_context_but_no_literal(notifying: ProxyThread, receiver: Receiver) -> None:

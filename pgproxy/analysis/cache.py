@@ -72,7 +72,6 @@ def _normalize(sql: str) -> str | None:
         tokens = pglast.parser.scan(sql)
     except pglast.parser.ParseError:
         return None
-    encoded = sql.encode()
     parts: list[str] = []
     for token in tokens:
         if token.name in _COMMENTS:
@@ -80,8 +79,10 @@ def _normalize(sql: str) -> str | None:
         if token.name in _CONSTANTS:
             parts.append(_PLACEHOLDER)
         else:
-            # Offsets are byte offsets into the UTF-8 text (libpg_query's scanner).
-            parts.append(encoded[token.start:token.end + 1].decode("utf-8", "surrogateescape"))
+            # Offsets count characters of the text as given (pglast turns libpg_query's byte
+            # offsets into them): slicing the UTF-8 bytes with them would shift every token
+            # after a non-ASCII character, and texts that differ in meaning could share a key.
+            parts.append(sql[token.start:token.end + 1])
     return " ".join(parts)
 
 

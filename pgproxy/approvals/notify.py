@@ -41,17 +41,17 @@ def redact(sql: str) -> str:
         tokens = pglast.parser.scan(sql)
     except pglast.parser.ParseError:
         return "(statement not shown: it cannot be tokenized; see the page)"
-    encoded = sql.encode()
+    # Token offsets count characters (pglast's, of the text as given), not bytes.
     parts: list[str] = []
     position = 0
     for token in tokens:
-        parts.append(encoded[position:token.start].decode("utf-8", "replace"))
+        parts.append(sql[position:token.start])
         if token.name in _CONSTANTS:
             parts.append("?")
         elif token.name in ("C_COMMENT", "SQL_COMMENT"):
             parts.append("")
         else:
-            parts.append(encoded[token.start:token.end + 1].decode("utf-8", "replace"))
+            parts.append(sql[token.start:token.end + 1])
         position = token.end + 1
     return " ".join("".join(parts).split())
 
