@@ -95,6 +95,9 @@ def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = N
         return [unknown(sql, "?", f"syntax error: {exc}")]
     if len(texts) != len(parsed):
         return [unknown(sql, "?", "statement boundaries are ambiguous")]
+    if not sql.isascii() and _long_identifier(sql):
+        return [unknown(sql, "?", "an identifier with non-ASCII characters is longer than 63 bytes: PostgreSQL "
+                                  "truncates it to a length that depends on the server's encoding")]
     results: list[Analysis] = []
     for raw, text in zip(parsed, texts, strict=True):
         # Later statements of one query string see what earlier ones did to the session.
@@ -103,6 +106,18 @@ def analyze(sql: str, schema: Schema, *, search_path: tuple[str, ...] | None = N
         if analysis.search_path is not None:
             context = replace(context, search_path=analysis.search_path)
     return results
+
+
+_NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
+
+
+def _long_identifier(sql: str) -> bool:
+    """Whether an identifier is long enough to be truncated (in UTF-8; the server truncates in its
+    own encoding, where a non-ASCII character may take another number of bytes)."""
+    for token in pglast.parser.scan(sql):
+        if token.name in ("IDENT", "UIDENT") and len(sql[token.start:token.end + 1].encode()) > _NAMEDATALEN:
+            return True
+    return False
 
 
 def unknown(sql: str, command: str, reason: str, **extra: Any) -> Analysis:

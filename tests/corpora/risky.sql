@@ -1700,3 +1700,12 @@ SELECT expr, most_common_vals, histogram_bounds FROM pg_stats_ext_exprs WHERE ta
 
 -- expect: review | statistics-values: stavalues1 of pg_statistic [superuser]
 SELECT staattnum, stavalues1 FROM pg_statistic WHERE starelid = 'customers'::regclass;
+
+-- expect: review | long-identifier: a non-ASCII identifier over 63 bytes is truncated by the server's encoding
+SELECT 1 AS "éééééééééééééééééééééééééééééééééééééééé";
+
+-- expect: review | long-identifier: a long non-ASCII alias of a tagged-looking expression
+SELECT count(*) AS "üüüüüüüüüüüüüüüüüüüüüüüüüüüüüüüüü" FROM orders;
+
+-- expect: review | long-identifier: a long non-ASCII table alias
+SELECT "ßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßß".id FROM orders AS "ßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßß";
