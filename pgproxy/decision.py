@@ -101,8 +101,9 @@ def approved(judgement: Judgement) -> Judgement:
     return replace(judgement, verdict=Verdict.ALLOW)
 
 
-def shown_parameters(bind: bytes | None) -> tuple[str | None, ...]:
-    """Bind parameters as a reviewer sees them: text as text, binary values as hex."""
+def shown_parameters(bind: bytes | None, codec: str | None = None) -> tuple[str | None, ...]:
+    """Bind parameters as a reviewer sees them: text as text (in the session's client encoding,
+    `codec`; None: UTF-8), binary values as hex."""
     if bind is None:
         return ()
     decoded = m.decode_bind(bind)
@@ -115,7 +116,7 @@ def shown_parameters(bind: bytes | None) -> tuple[str | None, ...]:
         elif binary:
             shown.append("\\x" + value.hex())
         else:
-            shown.append(value.decode("utf-8", "replace"))
+            shown.append(value.decode(codec or "utf-8", "replace"))
     return tuple(shown)
 
 
@@ -426,7 +427,7 @@ class DecisionPoint:
                 if judged.verdict is Verdict.REVIEW and self.gate.holds and found is not None:
                     if judged.stale and not (resume is not None and resume.asked):
                         return Wait(refresh=found)
-                    return Wait(hold=(found.sql, shown_parameters(body), judged))
+                    return Wait(hold=(found.sql, shown_parameters(body, model.lexing.codec), judged))
                 return self.refusal(m.BIND, judged)
             created = model.bind(portal, statement, body)
             if created is not None:
@@ -469,7 +470,8 @@ class DecisionPoint:
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
             if judged.stale and not (resume is not None and resume.asked) and found.runs is None:
                 return Wait(refresh=portal.statement)
-            return Wait(hold=(found.sql, shown_parameters(found.parameters), judged), approve=found.approve)
+            shown = shown_parameters(found.parameters, model.lexing.codec)
+            return Wait(hold=(found.sql, shown, judged), approve=found.approve)
         return self.refusal(m.EXECUTE, judged)
 
     def _on_query(self, type_byte: int, body: bytes, resume: Resume | None) -> Refuse | Wait | None:
@@ -525,7 +527,8 @@ class DecisionPoint:
         if combined.verdict is Verdict.REVIEW and self.gate.holds:
             if judged.ask and not (resume is not None and resume.asked):
                 return Wait(ask=body, judged=judged)
-            return Wait(hold=(shown, shown_parameters(bind), combined), judged=judged, approve=covered)
+            return Wait(hold=(shown, shown_parameters(bind, model.lexing.codec), combined), judged=judged,
+                        approve=covered)
         return self.refusal(type_byte, combined)
 
     def _refused_anyway(self, first: SessionOp | None) -> bool:
