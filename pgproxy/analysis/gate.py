@@ -21,7 +21,7 @@ from pglast.enums import DiscardMode, SortByDir, TransactionStmtKind, VariableSe
 from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
-from pgproxy.analysis.model import Analysis, Flag, Kind
+from pgproxy.analysis.model import Analysis, ColumnKey, Flag, Kind
 from pgproxy.analysis.references import References, Scope, Unresolved
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
@@ -383,12 +383,33 @@ def _explain(node: ast.ExplainStmt, text: str, context: Context) -> Analysis:
     if analyze_option:  # EXPLAIN ANALYZE runs the statement: judge it as the statement
         return replace(inner, command=f"EXPLAIN ANALYZE ({inner.command})",
                        flags=inner.flags | {Flag.EXECUTES})
-    # Plain EXPLAIN plans without running: it reads no values. Dangerous functions still count.
+    # Plain EXPLAIN plans without running: it returns no values, but its row estimates for a
+    # filter, join or sort on a column answer questions about that column's values (an oracle:
+    # `WHERE ssn < '93'`). So it reads what the statement reads, except the plain output
+    # expressions of a SELECT (estimates do not depend on them). Dangerous functions still count.
     if inner.kind is Kind.UNKNOWN:
         return replace(inner, command="EXPLAIN")
     return Analysis(sql=text, command="EXPLAIN", kind=Kind.UTILITY, tables=inner.tables,
-                    functions=inner.functions, flags=inner.flags - {Flag.UNBOUNDED_WRITE},
-                    literal_sensitive=True)
+                    reads=_estimated_reads(node.query, inner, context), functions=inner.functions,
+                    flags=inner.flags - {Flag.UNBOUNDED_WRITE}, literal_sensitive=True)
+
+
+def _estimated_reads(query: Any, inner: Analysis, context: Context) -> dict[ColumnKey, frozenset[str]]:
+    """The columns whose values a plan's estimates depend on: a SELECT's reads without its
+    output expressions (those holding no subquery); any other statement's reads."""
+    if not isinstance(query, ast.SelectStmt) or query.larg is not None or not query.targetList:
+        return inner.reads
+    planned = copy.deepcopy(query)
+    planned.targetList = tuple(
+        target if not isinstance(target, ast.ResTarget) or _kept_queries(target)
+        else ast.ResTarget(name=target.name, val=ast.A_Const(val=ast.Integer(ival=1)))
+        for target in planned.targetList or ())
+    refs = References(context.schema, context.path, context.allowed_functions)
+    try:
+        refs.statement(planned, Scope([], None))
+    except Unresolved:
+        return inner.reads
+    return refs.reads
 
 
 def _truthy(arg: Any) -> bool:

@@ -62,12 +62,18 @@ _SET_CONFIG_GUARDED = frozenset({"role", "session_authorization"})
 # Planner statistics hold sampled values of every column: reading these columns of them counts as
 # reading every tagged column of the database. (Their other columns -- null_frac, avg_width,
 # n_distinct, correlation, frequencies -- are what health checks read: numbers, not values.)
+# So do other sessions' statement texts, with their literals (an approved `… WHERE ssn = '…'`
+# included): pg_stat_statements lives in whatever schema its extension was created in.
 STATISTICS_VALUES = {
     ("pg_catalog", "pg_stats"): frozenset({"most_common_vals", "most_common_elems", "histogram_bounds"}),
     ("pg_catalog", "pg_stats_ext"): frozenset({"most_common_vals"}),
     ("pg_catalog", "pg_stats_ext_exprs"): frozenset({"most_common_vals", "most_common_elems", "histogram_bounds"}),
     ("pg_catalog", "pg_statistic"): frozenset({f"stavalues{i}" for i in range(1, 6)}),
     ("pg_catalog", "pg_statistic_ext_data"): frozenset({"stxdmcv", "stxdexpr"}),
+    ("pg_catalog", "pg_stat_activity"): frozenset({"query"}),
+    ("pg_catalog", "pg_prepared_statements"): frozenset({"statement"}),
+    ("pg_catalog", "pg_cursors"): frozenset({"statement"}),
+    (None, "pg_stat_statements"): frozenset({"query"}),
 }
 
 
@@ -182,7 +188,8 @@ class References:
 
     def read(self, relation: Relation, column: str) -> None:
         self._record(self.reads, relation, column)
-        values = STATISTICS_VALUES.get((relation.schema, relation.name))
+        values = STATISTICS_VALUES.get((relation.schema, relation.name)) or STATISTICS_VALUES.get(
+            (None, relation.name))
         if values is not None and column in values:
             for tagged in self.schema.relations.values():
                 for name, tags in tagged.tags.items():

@@ -918,3 +918,15 @@ SET SESSION AUTHORIZATION DEFAULT;
 
 -- expect: allow | false-hold: RESET SESSION AUTHORIZATION returns to the login role
 RESET SESSION AUTHORIZATION;
+
+-- expect: allow | explain: EXPLAIN of a select list with tagged columns filtered on an untagged one
+EXPLAIN SELECT name, email FROM customers WHERE country = 'DE';
+
+-- expect: allow | monitoring: sessions by state, without their statements
+SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity;
+
+-- expect: allow | monitoring: active session count
+SELECT count(*) FROM pg_stat_activity WHERE state = 'active';
+
+-- expect: allow | monitoring: prepared statement names and times
+SELECT name, prepare_time FROM pg_prepared_statements;

@@ -1709,3 +1709,24 @@ SELECT count(*) AS "üüüüüüüüüüüüüüüüüüüüüüüüüüüüüü
 
 -- expect: review | long-identifier: a long non-ASCII table alias
 SELECT "ßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßß".id FROM orders AS "ßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßßß";
+
+-- expect: review | explain-oracle: EXPLAIN's row estimate for a range on ssn answers questions about its values
+EXPLAIN SELECT id FROM customers WHERE ssn < '93';
+
+-- expect: review | explain-oracle: estimates of a join filtered on email
+EXPLAIN (FORMAT JSON) SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.email LIKE 'a%';
+
+-- expect: review | explain-oracle: a filter on phone in a subquery of the select list
+EXPLAIN SELECT (SELECT count(*) FROM customers WHERE phone > '555') FROM orders;
+
+-- expect: review | other-sessions-text: other sessions' statements carry their literals
+SELECT query FROM pg_stat_activity;
+
+-- expect: review | other-sessions-text: every column of pg_stat_activity includes query
+SELECT * FROM pg_stat_activity WHERE state = 'active';
+
+-- expect: review | other-sessions-text: this session's prepared statements' texts
+SELECT statement FROM pg_prepared_statements;
+
+-- expect: review | other-sessions-text: open cursors' texts
+SELECT name, statement FROM pg_cursors;
