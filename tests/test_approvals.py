@@ -31,6 +31,7 @@ from tests.approvals_support import (
 )
 from tests.harness import (
     ProxyThread,
+    RawClient,
     error_fields,
     raw_session,
     running_proxy,
@@ -507,3 +508,27 @@ async def test_a_name_the_server_knows_refreshes_the_schema_in_the_extended_prot
         assert await conn.fetchval("SELECT note FROM made_later_x WHERE id = $1", 1) == "hello"
     finally:
         await conn.close()
+
+
+def test_a_client_gone_right_after_the_notice_withdraws_its_request(approving: ProxyThread) -> None:
+    """The race between storing a request and its client going away: 50 clients disconnect the
+    moment the hold notice arrives; none may leave a request a reviewer could still approve."""
+    for index in range(50):
+        with RawClient(approving.port) as client:
+            client.login()
+            client.send(m.Query(f"SELECT email FROM customers WHERE id = {7000 + index}").encode())
+            while (message := client.read_message()) is not None and message[0] != m.NOTICE_RESPONSE:
+                pass
+            assert message is not None
+    deadline = time.monotonic() + 15
+    while True:
+        pending = api(approving, "GET", "/api/approvals?status=pending", token=reviewer_token())[1]["approvals"]
+        left = [a for a in pending if "WHERE id = 7" in a["statement"] and len(a["statement"]) > 40]
+        if not left:
+            break
+        assert time.monotonic() < deadline, f"{len(left)} requests stay pending: {left[0]['statement']}"
+        time.sleep(0.05)
+    withdrawn = api(approving, "GET", "/api/approvals?status=withdrawn", token=reviewer_token())[1]["approvals"]
+    ours = [a for a in withdrawn if a["statement"].startswith("SELECT email FROM customers WHERE id = 70")]
+    assert len(ours) == 50
+    assert decide(approving, ours[0])[0] == 409

@@ -63,6 +63,7 @@ class Approvals:
         self.timeout_seconds = timeout_seconds
         self.public_url = public_url.rstrip("/")
         self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._withdrawals: set[asyncio.Future[None]] = set()  # kept referenced until done
 
     def link(self, approval_id: str) -> str:
         return f"{self.public_url}/approvals/{approval_id}"
@@ -76,8 +77,14 @@ class Approvals:
         return len(self._waiters)
 
     async def hold(self, request: ApprovalRequest) -> Outcome:
-        """Store `request` and wait for its outcome. Cancelling the wait withdraws it."""
-        await self.store.create(request)  # StoreError propagates: the statement does not run
+        """Store `request` and wait for its outcome. Cancelling the wait withdraws it, also while
+        the request is still being stored (a client gone right after the hold notice)."""
+        created = asyncio.ensure_future(self.store.create(request))
+        try:
+            await asyncio.shield(created)  # StoreError propagates: the statement does not run
+        except asyncio.CancelledError:
+            await self._withdraw(created, request.id)
+            raise
         if self.audit is not None:
             self.audit.record("approval.requested", {
                 "approval_id": request.id, "agent": request.agent, "database": request.database,
@@ -95,10 +102,26 @@ class Approvals:
             except TimeoutError:
                 return await self._close(request.id, Status.EXPIRED)
             except asyncio.CancelledError:
-                await asyncio.shield(self._close(request.id, Status.WITHDRAWN))
+                await self._withdraw(created, request.id)
                 raise
         finally:
             self._waiters.pop(request.id, None)
+
+    async def _withdraw(self, created: asyncio.Future[None], approval_id: str) -> None:
+        """Withdraw a request once it is stored, in a task of its own: the session that held it
+        may cancel again (a disconnect and the relay's end both do) before the store answers."""
+        withdrawal = asyncio.ensure_future(self._withdraw_once_stored(created, approval_id))
+        self._withdrawals.add(withdrawal)
+        withdrawal.add_done_callback(self._withdrawals.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(withdrawal)
+
+    async def _withdraw_once_stored(self, created: asyncio.Future[None], approval_id: str) -> None:
+        try:
+            await created
+        except Exception:  # not stored (the store failed): nothing to withdraw
+            return
+        await self._close(approval_id, Status.WITHDRAWN)
 
     async def _close(self, approval_id: str, status: Status) -> Outcome:
         """End a pending request without a reviewer; if a decision won the race, that counts."""
