@@ -133,7 +133,10 @@ class ApprovalsConfig:
     store: Path = Path("pgproxy-approvals.sqlite3")
     timeout_seconds: float = 300.0
     decision_token_jwt: JwtConfig | None = None  # outside approval systems' self-contained decisions
-    demo_login_token: str | None = field(default=None, repr=False)  # demos only: anyone may sign in with it
+    # Demos only: the reviewer token the page hands out to whoever types the code printed on the
+    # demo's terminal (never to what an agent holds: its token, the approval link).
+    demo_login_token: str | None = field(default=None, repr=False)
+    demo_login_code: str | None = field(default=None, repr=False)
     notifiers: tuple[NotifierConfig, ...] = ()
     slack_signing_secret: str | None = field(default=None, repr=False)  # Slack interactivity
     slack_users: dict[str, str] = field(default_factory=dict)  # Slack user id -> reviewer name
@@ -651,8 +654,12 @@ class _Loader:
     def approvals(self, at: _At) -> ApprovalsConfig:
         found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
                                   "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file",
+                                  "demo_login_code_file",
                                   "notify", "slack"),
                              required=("reviewers",))
+        if "demo_login_token_file" in found and "demo_login_code_file" not in found:
+            self.fail(found["demo_login_token_file"], "needs demo_login_code_file: the demo's sign-in hands the "
+                      "reviewer's token only to whoever types the code printed on the demo's terminal")
         decision_token_jwt = None
         if "decision_tokens" in found:
             tokens = self.mapping(found["decision_tokens"], ("jwt",), required=("jwt",))
@@ -682,6 +689,8 @@ class _Loader:
             decision_token_jwt=decision_token_jwt,
             sso_header=_opt(reviewers, "sso_header", self.string, None),
             demo_login_token=self.read(found["demo_login_token_file"]).strip() if "demo_login_token_file" in found
+            else None,
+            demo_login_code=self.read(found["demo_login_code_file"]).strip() if "demo_login_code_file" in found
             else None,
             notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),
             **self.slack(found["slack"]) if "slack" in found else {},

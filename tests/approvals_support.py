@@ -27,7 +27,13 @@ def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers"
     return make_token(sub, secret=secret, groups=groups, ttl=ttl, aud=REVIEWER_AUDIENCE)
 
 
-def approvals_config(directory: Path, timeout: float) -> str:
+def approvals_config(directory: Path, timeout: float, demo_code: str | None = None) -> str:
+    """The approvals section; `demo_code`: with the demo's sign-in, for the demo reviewer "alice"."""
+    demo = ""
+    if demo_code is not None:
+        (directory / "demo-token").write_text(reviewer_token())
+        (directory / "demo-code").write_text(demo_code)
+        demo = "  demo_login_token_file: demo-token\n  demo_login_code_file: demo-code\n"
     (directory / "reviewer-secret").write_text(REVIEWER_SECRET)
     (directory / "signing-key").write_text("proxy-signing-key-0123456789abcdef0123")
     (directory / "decision-secret").write_text(DECISION_SECRET)
@@ -45,11 +51,12 @@ approvals:
   decision_tokens:
     jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
            audience: pgproxy-decisions}}
-"""
+{demo}"""
 
 
-def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30) -> Any:
-    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=approvals_config(directory, timeout))
+def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None) -> Any:
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG,
+                                extra=approvals_config(directory, timeout, demo_code))
     return running_proxy(load_config(path))
 
 

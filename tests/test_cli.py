@@ -43,7 +43,8 @@ pytestmark = pytest.mark.timeout(300)
 READY_TIMEOUT = 60.0  # initdb + loading the demo data, on a slow CI machine
 STOP_TIMEOUT = 60.0  # a fast PostgreSQL shutdown and removing its files
 START_TIMEOUT = 30.0  # `pgproxy run` listening
-DEMO_KEYS = ("DATABASE_URL", "UPSTREAM_URL", "APPROVALS_URL", "CONFIG", "AGENT_TOKEN", "REVIEWER_TOKEN")
+DEMO_KEYS = ("DATABASE_URL", "UPSTREAM_URL", "APPROVALS_URL", "CONFIG", "AGENT_TOKEN", "REVIEWER_TOKEN",
+             "DEMO_LOGIN_CODE")
 UPSTREAM_PASSWORD_ENV = "PGPROXY_TEST_PW"
 JWT_SECRET_ENV = "PGPROXY_TEST_JWT_SECRET"
 
@@ -258,6 +259,23 @@ def check_demo_works(demo: Demo) -> None:
         except urllib.error.HTTPError as exc:
             status = exc.code
         assert status == expected
+    # The page's demo sign-in hands out the reviewer's token only for the code printed on the
+    # terminal: not for the agent's token, nothing, or a guess (an agent cannot approve itself).
+    login = f"{demo.values['APPROVALS_URL']}/api/demo-login"
+    with urllib.request.urlopen(login, timeout=10) as response:
+        assert json.loads(response.read()) == {"enabled": True}
+    for code, expected in ((demo.values["AGENT_TOKEN"], 403), ("", 403), (None, 403),
+                           (demo.values["DEMO_LOGIN_CODE"] + "0", 403), (demo.values["DEMO_LOGIN_CODE"], 200)):
+        request = urllib.request.Request(login, data=json.dumps({"code": code}).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, body = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, json.loads(exc.read())
+        assert status == expected, (code, body)
+        assert ("token" in body) == (expected == 200)
+    assert body["token"] == demo.values["REVIEWER_TOKEN"]
     assert demo.config.is_file()
     config = load_config(demo.config)  # what `pgproxy run --config` loads
     route = config.routes["app"]

@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
-from tests.approvals_support import decide, direct_value, reviewer_token, wait_pending
-from tests.harness import ProxyThread
+from tests.approvals_support import decide, direct_value, reviewer_token, start_proxy, wait_pending
+from tests.harness import ProxyThread, make_token
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine notes advise: no sandbox as root, and no background networking on this closed network.
@@ -127,3 +127,33 @@ def test_sso_provided_token(browser: Browser, approving: ProxyThread, pg: Postgr
         context.close()
     finally:
         client.kill()
+
+
+def test_the_demo_sign_in_needs_the_code_from_the_terminal(browser: Browser, pg: PostgresCluster,
+                                                           tmp_path: Path) -> None:
+    """What an agent holds (its token, the link) does not sign in as the demo reviewer."""
+    with start_proxy(pg, tmp_path, demo_code="c0de-42") as proxy:
+        client = held_psql(proxy, "SELECT ssn FROM customers WHERE id = 52")
+        try:
+            request = wait_pending(proxy, "WHERE id = 52")
+            page = browser.new_page()
+            page.goto(request["url"])
+            expect(page.locator("#demo")).to_be_visible()
+            for wrong in (make_token("agent"), ""):
+                page.fill("#demo-code", wrong)
+                page.click("#demo-login")
+                expect(page.locator("#signin-error")).to_contain_text("wrong code")
+                expect(page.locator("#request")).to_be_hidden()
+            page.fill("#demo-code", "c0de-42")
+            page.click("#demo-login")
+            expect(page.locator("#status")).to_have_text("pending")
+            page.close()
+        finally:
+            client.kill()
+    (tmp_path / "plain").mkdir()
+    with start_proxy(pg, tmp_path / "plain") as proxy:  # not a demo: no demo sign-in at all
+        page = browser.new_page()
+        page.goto(f"{proxy.server.approvals_url}/approvals/none")
+        expect(page.locator("#signin")).to_be_visible()
+        expect(page.locator("#demo")).to_be_hidden()
+        page.close()

@@ -28,7 +28,8 @@ from pgproxy.store import ApprovalRequest, Status, StoreError
 APPROVALS = web.AppKey("approvals", Approvals)
 REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
-DEMO_LOGIN = web.AppKey("demo_login", str)  # the demo reviewer's token: set in the demo only
+# The demo reviewer's token and the code that unlocks it (printed on the demo's terminal): demo only.
+DEMO_LOGIN = web.AppKey("demo_login", tuple[str, str])
 SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
 SSO_HEADER = web.AppKey("sso_header", str)  # where an SSO proxy in front puts the reviewer's token
 # Per request, for the audit of refused decisions: who decided (if known) and how; the approval.
@@ -131,9 +132,27 @@ async def asset(request: web.Request) -> web.Response:
                         headers=_PAGE_HEADERS)
 
 
+async def demo_login_offered(request: web.Request) -> web.Response:
+    """Whether the page offers the demo's sign-in (the demo only)."""
+    return web.json_response({"enabled": DEMO_LOGIN in request.app}, headers={"Cache-Control": "no-store"})
+
+
 async def demo_login(request: web.Request) -> web.Response:
-    """The demo reviewer's token, in the demo only (elsewhere `null`: the page then offers no demo login)."""
-    return web.json_response({"token": request.app.get(DEMO_LOGIN)}, headers={"Cache-Control": "no-store"})
+    """The demo reviewer's token, for the code printed on the demo's terminal. Nothing an agent
+    holds (its token, the approval link in its hold notice) opens it: an agent cannot sign in as
+    the reviewer and approve its own statement."""
+    found = request.app.get(DEMO_LOGIN)
+    if found is None:
+        return _error(404, "this is not a demo: sign in with your reviewer token")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body must be JSON")
+    code = body.get("code") if isinstance(body, dict) else None
+    token, expected = found
+    if not isinstance(code, str) or not hmac.compare_digest(code.strip().encode(), expected.encode()):
+        return _error(403, "wrong code: type the DEMO_LOGIN_CODE the demo printed on its terminal")
+    return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
 
 async def post_decision(request: web.Request) -> web.Response:
@@ -306,8 +325,8 @@ def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     app[REVIEWERS] = Authenticator(AuthConfig(jwt=config.reviewer_jwt))
     if config.decision_token_jwt is not None:
         app[DECISION_TOKENS] = config.decision_token_jwt
-    if config.demo_login_token is not None:
-        app[DEMO_LOGIN] = config.demo_login_token
+    if config.demo_login_token is not None and config.demo_login_code is not None:
+        app[DEMO_LOGIN] = (config.demo_login_token, config.demo_login_code)
     if config.slack_signing_secret is not None:
         app[SLACK] = (config.slack_signing_secret, config.slack_users)
     if config.sso_header is not None:
@@ -315,7 +334,8 @@ def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/approvals/{id}", page)
     app.router.add_get("/assets/{name}", asset)
-    app.router.add_get("/api/demo-login", demo_login)
+    app.router.add_get("/api/demo-login", demo_login_offered)
+    app.router.add_post("/api/demo-login", demo_login)
     app.router.add_get("/api/whoami", whoami)
     app.router.add_post("/slack/interactivity", slack_interactivity, name="slack")
     app.router.add_get("/api/approvals", list_approvals)

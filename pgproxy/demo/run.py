@@ -2,7 +2,8 @@
 
 Starts a throwaway PostgreSQL, loads the demo data, writes a config, starts the
 proxy and prints ``KEY=value`` lines (DATABASE_URL, UPSTREAM_URL, CONFIG,
-AGENT_TOKEN, then READY). Runs until SIGINT/SIGTERM and removes what it started.
+AGENT_TOKEN, REVIEWER_TOKEN, DEMO_LOGIN_CODE, then READY). Runs until SIGINT/SIGTERM and
+removes what it started.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ TOKEN_AUDIENCE = "pgproxy"
 REVIEWER_ID = "alice"
 REVIEWER_AUDIENCE = "pgproxy-approvals"
 _GENERATED = ("pgproxy.yaml", "upstream-password", "jwt-secret", "catalog.yaml", "reviewer-secret", "signing-key",
-              "approvals.sqlite3", "approvals.sqlite3-wal", "approvals.sqlite3-shm", "demo-reviewer-token")
+              "approvals.sqlite3", "approvals.sqlite3-wal", "approvals.sqlite3-shm", "demo-reviewer-token",
+              "demo-login-code")
 
 
 def demo_file(name: str) -> str:
@@ -99,8 +101,10 @@ class DemoEnvironment:
         secret_file.chmod(0o600)
         self.reviewer_token = mint_token(self.reviewer_secret, REVIEWER_ID, groups=["reviewers"],
                                          audience=REVIEWER_AUDIENCE)
+        # The page's demo sign-in asks for this code, printed on the terminal only.
+        self.login_code = "-".join(secrets.token_hex(3) for _ in range(3))
         for name, value in (("reviewer-secret", self.reviewer_secret), ("signing-key", self.signing_key),
-                            ("demo-reviewer-token", self.reviewer_token)):
+                            ("demo-reviewer-token", self.reviewer_token), ("demo-login-code", self.login_code)):
             (self.base / name).write_text(value + "\n")
             (self.base / name).chmod(0o600)
         catalog_file = self.base / "catalog.yaml"
@@ -122,6 +126,7 @@ class DemoEnvironment:
                 "signing_key_file": str(self.base / "signing-key"),
                 # The demo's page offers "sign in as the demo reviewer"; never set this outside a demo.
                 "demo_login_token_file": str(self.base / "demo-reviewer-token"),
+                "demo_login_code_file": str(self.base / "demo-login-code"),
                 "reviewers": {"jwt": {"algorithms": ["HS256"], "secret_file": str(self.base / "reviewer-secret"),
                                       "issuer": TOKEN_ISSUER, "audience": REVIEWER_AUDIENCE},
                               "groups": ["reviewers"]},
@@ -150,6 +155,7 @@ async def serve_demo(demo: DemoEnvironment) -> int:
         "CONFIG": str(demo.config_path),
         "AGENT_TOKEN": token,
         "REVIEWER_TOKEN": demo.reviewer_token,
+        "DEMO_LOGIN_CODE": demo.login_code,
     }
     for key, value in lines.items():
         print(f"{key}={value}", flush=True)

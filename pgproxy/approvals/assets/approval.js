@@ -99,10 +99,18 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("signin-button").addEventListener("click", () => signIn($("token").value));
   $("approve").addEventListener("click", () => decide("approve"));
   $("deny").addEventListener("click", () => decide("deny"));
-  const demo = await fetch("/api/demo-login").then((r) => r.json()).catch(() => ({token: null}));
-  if (demo.token) {
-    $("demo-login").hidden = false;
-    $("demo-login").addEventListener("click", () => signIn(demo.token));
+  const demo = await fetch("/api/demo-login").then((r) => r.json()).catch(() => ({enabled: false}));
+  if (demo.enabled) {
+    // The demo hands its reviewer's token only for the code printed on its terminal: nothing
+    // an agent holds (its token, this link) signs in as the reviewer.
+    $("demo").hidden = false;
+    $("demo-login").addEventListener("click", async () => {
+      const answer = await fetch("/api/demo-login", {
+        method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({code: $("demo-code").value}),
+      }).then((r) => r.json()).catch(() => ({error: "the demo sign-in failed"}));
+      if (answer.token) signIn(answer.token); else text("signin-error", answer.error);
+    });
   }
   await load();
   // Another reviewer may decide meanwhile: keep the page current.
