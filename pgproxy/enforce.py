@@ -252,8 +252,8 @@ class PolicyGate(StatementGate):
         verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
         decision = verdicts.decision if verdicts is not None else None
         rule = rule_named(self.policy, decision.rule) if decision is not None else None
-        shape = normalize(sql) or sql
         sha = statement_sha256(sql, parameters)
+        shape = _grant_key(sql, sha, verdicts)
         started = time.monotonic()
 
         def audited(outcome: str, result: Judgement, **fields: object) -> Judgement:
@@ -538,6 +538,16 @@ _NOT_KNOWN = "is not known to pgproxy"
 
 def _server_can_check(analyses: Sequence[Analysis]) -> bool:
     return len(analyses) == 1 and analyses[0].command in _PARSE_CHECKS
+
+
+def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:
+    """What a grant given on this statement covers. A statement whose decision turns on a literal
+    (SET ROLE 'x', set_config…), or whose literals and parameters choose which tagged values it
+    shows or changes (`left(ssn, 0) … WHERE id < 0` is not `left(ssn, 11) … WHERE id < 4`), is
+    covered only as it is, text and parameters (its SHA-256); any other by its shape."""
+    if verdicts is None or any(a.literal_sensitive or a.tags_read or a.tags_written for a in verdicts.analyses):
+        return f"= {sha}"
+    return normalize(sql) or sql
 
 
 def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, object]]:

@@ -286,6 +286,11 @@ def strict(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     action: review
     reason: looks up customers by email
     max_grant_minutes: 30
+  - name: role-switch
+    kinds: [role]
+    action: review
+    reason: switching roles
+    max_grant_minutes: 30
 """, 1)
     path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, policy=policy,
                                 extra=approvals_config(directory, 30))
@@ -330,7 +335,10 @@ def test_two_person_rule(strict: tuple[ProxyThread, Path], pg: PostgresCluster) 
         assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege) and not rows
 
 
-def test_grant_covers_the_same_shape_until_it_ends(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+def test_grant_covers_the_identical_statement_until_it_ends(strict: tuple[ProxyThread, Path],
+                                                            pg: PostgresCluster) -> None:
+    """A grant never covers more than was approved: for a statement reading tagged columns, the
+    literals choose which values it shows, so only the identical statement is covered."""
     import sqlite3
 
     proxy, directory = strict
@@ -344,38 +352,52 @@ def test_grant_covers_the_same_shape_until_it_ends(strict: tuple[ProxyThread, Pa
         assert decide(proxy, request, grant_minutes=10)[0] == 200
         first_request_id = request["id"]
         worker.join(15)
-        # Same shape, other literal: passes at once, without a new request.
-        assert conn.execute(sql.format(33)).fetchone() == (direct_value(pg, sql.format(33)),)
+        # The same statement again: passes at once, without a new request.
+        assert conn.execute(sql.format(32)).fetchone() == (direct_value(pg, sql.format(32)),)
         pending = api(proxy, "GET", "/api/approvals?status=pending", token=reviewer_token())[1]["approvals"]
-        assert not [a for a in pending if "WHERE id = 33" in a["statement"]]
-        # Another shape is not covered.
-        def cancel_soon() -> None:
-            wait_pending(proxy, "WHERE id = 34")
-            conn.cancel_safe(timeout=5)
+        assert not [a for a in pending if "WHERE id = 32" in a["statement"]]
 
-        canceller = threading.Thread(target=cancel_soon)
-        canceller.start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("SELECT email, name FROM customers WHERE id = 34")
-        canceller.join()
-        # When the grant ends, the shape is held again.
+        # Another literal, or another shape, is not covered.
+        def held_then_cancelled(statement: str, marker: str) -> None:
+            def cancel_soon() -> None:
+                wait_pending(proxy, marker)
+                conn.cancel_safe(timeout=5)
+
+            canceller = threading.Thread(target=cancel_soon)
+            canceller.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(statement)
+            canceller.join()
+
+        held_then_cancelled(sql.format(33), "WHERE id = 33")
+        held_then_cancelled("SELECT email, name FROM customers WHERE id = 34", "WHERE id = 34")
+        # When the grant ends, the statement is held again.
         with sqlite3.connect(directory / "approvals.sqlite3") as db:
             db.execute("UPDATE grants SET expires_at = 0")
         ended: list[BaseException] = []
-        worker = threading.Thread(target=_capture, args=(ended, conn, sql.format(35)))
+        worker = threading.Thread(target=_capture, args=(ended, conn, sql.format(32)))
         worker.start()
-        request = wait_pending(proxy, "WHERE id = 35")
+        request = wait_pending(proxy, "WHERE id = 32")
         assert decide(proxy, request, "deny", reason="grant over")[0] == 200
         worker.join(15)
         assert isinstance(ended[0], psycopg.errors.InsufficientPrivilege)
+        # A decision that turns on a literal: a grant for one role is not a grant for another.
+        worker = threading.Thread(target=lambda: conn.execute("SET ROLE 'app_scram'"))
+        worker.start()
+        request = wait_pending(proxy, "SET ROLE 'app_scram'")
+        assert decide(proxy, request, grant_minutes=5)[0] == 200
+        worker.join(15)
+        conn.execute("SET ROLE 'app_scram'")  # covered
+        held_then_cancelled("SET ROLE 'postgres'", "SET ROLE 'postgres'")
+        conn.execute("RESET ROLE")
     # The audit log says which grant let the statement through, and who gave it.
     assert proxy.server.audit is not None
     proxy.call(proxy.server.audit.flush())
     with sqlite3.connect(directory / "approvals.sqlite3") as db:
         granted = [json.loads(body) for (body,) in db.execute("SELECT body FROM audit_events WHERE type = 'statement'")
                    if '"outcome":"granted"' in body]
-    assert [(e["grant"]["approval_id"], e["grant"]["granted_by"], e["action"]) for e in granted] == [
-        (first_request_id, "alice", "review")]
+    covered = [(e["grant"]["approval_id"], e["grant"]["granted_by"], e["action"]) for e in granted]
+    assert len(covered) == 2 and covered[0] == (first_request_id, "alice", "review")  # then the SET ROLE
 
 
 def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) -> None:
