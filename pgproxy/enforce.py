@@ -35,6 +35,7 @@ from pgproxy.decision import (
 )
 from pgproxy.errors import SqlState
 from pgproxy.policy import Action, Decision, decide, rule_named, strictest
+from pgproxy.protocol.objects import OpKind
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ class Verdicts:
 @dataclass(slots=True)
 class SessionState:
     search_path: tuple[str, ...] | None = None
-    refresh_pending: bool = False  # DDL passed: re-read the schema once it has run
+    refresh_pending: bool = False  # DDL passed: re-read the schema once it is visible (committed)
+    # Relations DDL of the open transaction changed (its effect is not visible to others yet)
+    ddl_targets: set[str] = field(default_factory=set)
+    # Barriers this session's committed DDL set up, released once the schema is read again
+    published: list[asyncio.Future[None]] = field(default_factory=list)
     # The cache key's context, for the (schema version, search_path) it was built for.
     key_prefix: tuple[tuple[str, tuple[str, ...]], tuple[str, ...]] = (("", ()), ())
     # This session's recent decisions by statement shape (see cache.shape_key), valid for
@@ -83,6 +88,9 @@ class SessionState:
 
 
 RECENT_ENTRIES = 128  # per session
+# How long a statement waits for the schema to be read after another session's DDL became
+# visible, before it reads the schema itself (the DDL's session may be gone).
+SCHEMA_WAIT_SECONDS = 10.0
 RECENT_CHARS = 32 * 1024  # of statement text, per session
 
 
@@ -102,6 +110,9 @@ class PolicyGate(StatementGate):
         self.cache: DecisionCache[Verdicts] = DecisionCache(
             max_entries=self.limits.cache_entries, max_bytes=self.limits.cache_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        # Per database: relations a visible DDL changed, until the schema is read again. A
+        # statement touching one (or naming what the old schema does not know) waits for it.
+        self._barriers: dict[str, list[tuple[frozenset[str], asyncio.Future[None]]]] = {}
         self._tagged: tuple[str, dict[tuple[int, int], str]] = ("", {})
 
     def state(self, session: Session) -> SessionState:
@@ -112,6 +123,42 @@ class PolicyGate(StatementGate):
     # -- the decision point -----------------------------------------------------------
 
     def judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
+        if self._barriers.get(session.database):
+            return self._judge_after_ddl(session, statement)
+        return self._judge(session, statement)
+
+    async def _judge_after_ddl(self, session: Session, statement: Statement) -> Judgement:
+        """Another session's DDL became visible and the schema is being read again: a statement
+        that touches what it changed (or names what the old schema does not know) is judged on
+        the new schema, never the old one."""
+        schema = self.catalog.schema(session.database)
+        identity = session.identity
+        assert identity is not None
+        while schema is not None and statement.protocol != "function":
+            barriers = self._barriers.get(session.database, [])
+            verdicts = self._compute(statement.sql, schema, self.state(session), identity.agent_id, identity.groups)
+            waiting = [future for targets, future in barriers if _touches(verdicts, targets)]
+            if not waiting:
+                break
+            done, _ = await asyncio.wait(waiting, timeout=SCHEMA_WAIT_SECONDS)
+            if not done:  # the DDL's session is gone or slow: read the schema here
+                await self.refresh_schema(session)
+                self._release(session.database, waiting)
+            schema = self.catalog.schema(session.database)
+        judged = self._judge(session, statement)
+        return judged if isinstance(judged, Judgement) else await judged
+
+    def _release(self, database: str, futures: list[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+        remaining = [(t, f) for t, f in self._barriers.get(database, []) if not f.done()]
+        if remaining:
+            self._barriers[database] = remaining
+        else:
+            self._barriers.pop(database, None)
+
+    def _judge(self, session: Session, statement: Statement) -> Judgement | Awaitable[Judgement]:
         if self.audit is not None and self.audit.saturated:
             return self._judge_when_audited(session, statement)
         schema = self.catalog.schema(session.database)
@@ -163,7 +210,8 @@ class PolicyGate(StatementGate):
         state = session.gate_state
         schema = self.catalog.schema(session.database)
         if (self.audit is not None or schema is None or not isinstance(state, SessionState)
-                or len(sql) * 4 > self.limits.max_statement_bytes):
+                or len(sql) * 4 > self.limits.max_statement_bytes or state.ddl_targets
+                or session.database in self._barriers):
             return False
         identity = session.identity
         assert identity is not None
@@ -217,6 +265,17 @@ class PolicyGate(StatementGate):
         return self._conclude(session, schema, verdicts, statement)
 
     def _conclude(self, session: Session, schema: Schema, verdicts: Verdicts, statement: Statement) -> Judgement:
+        state = session.gate_state
+        if (isinstance(state, SessionState) and state.ddl_targets and verdicts.decision.action is Action.ALLOW
+                and _touches(verdicts, frozenset(state.ddl_targets))):
+            # Inside the transaction that changed them, pgproxy has not read the new definitions
+            # (it reads them when the transaction commits): judging on the old ones could miss
+            # what the change added.
+            return self._judgement(Decision(
+                Action.REVIEW, "schema-changing",
+                f"it uses {', '.join(sorted(state.ddl_targets))}, which DDL earlier in this transaction "
+                "changed; pgproxy reads the new definition when the transaction commits"),
+                session, statement, verdicts)
         if self.audit is None and verdicts.plain_allow:
             return ALLOW  # the common case: nothing to remember, nothing to record
         self._remember(session, verdicts)
@@ -356,17 +415,35 @@ class PolicyGate(StatementGate):
             return
         if verdicts.remembered is None:
             verdicts.remembered = any(
-                a.op is not None or a.search_path is not None or a.kind is Kind.DDL or a.lexing
+                a.op is not None or a.search_path is not None or a.ddl_targets is not None or a.lexing
                 or any(a.reads.values())
                 for a in verdicts.analyses)
         if not verdicts.remembered:
             return
         state = self.state(session)
+        in_block = session.model.predicted.in_block  # where the statement will run
         for analysis in verdicts.analyses:
             if analysis.search_path is not None:
                 state.search_path = analysis.search_path
-            if analysis.kind is Kind.DDL:
+            op = analysis.op.kind if analysis.op is not None else None
+            if op is OpKind.BEGIN:
+                in_block = True
+            if analysis.ddl_targets is not None:
                 state.refresh_pending = True
+                state.ddl_targets |= analysis.ddl_targets
+                if not in_block:  # visible when the statement ends: nothing may use the old schema
+                    self._publish(session, state)
+            elif op in _PUBLISHES and state.ddl_targets:
+                self._publish(session, state)
+                in_block = False
+
+    def _publish(self, session: Session, state: SessionState) -> None:
+        """The session's DDL becomes visible to others: statements touching what it changed wait
+        until the schema is read again (after the server's answer: see cycle_done)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.setdefault(session.database, []).append((frozenset(state.ddl_targets), future))
+        state.published.append(future)
+        state.ddl_targets.clear()
 
     def _judgement(self, decision: Decision, session: Session, statement: Statement,
                    verdicts: Verdicts | None) -> Judgement:
@@ -434,11 +511,14 @@ class PolicyGate(StatementGate):
 
     def cycle_done(self, session: Session) -> None:
         state = self.state(session)
-        if state.refresh_pending:
+        if state.refresh_pending and session.model.transaction_status == "I":
+            # The DDL is visible now (committed, or rolled back): read the schema it made.
             state.refresh_pending = False
+            state.ddl_targets.clear()
+            published, state.published = state.published, []
             task = asyncio.get_running_loop().create_task(self.catalog.refresh(session.database))
             self._refreshes.add(task)
-            task.add_done_callback(functools.partial(self._refreshed, session.database))
+            task.add_done_callback(functools.partial(self._refreshed, session.database, published))
 
     async def refresh_schema(self, session: Session) -> None:
         try:
@@ -463,8 +543,9 @@ class PolicyGate(StatementGate):
         await asyncio.gather(*self._refreshes, return_exceptions=True)
         await self.catalog.close()
 
-    def _refreshed(self, database: str, task: asyncio.Task[None]) -> None:
+    def _refreshed(self, database: str, published: list[asyncio.Future[None]], task: asyncio.Task[None]) -> None:
         self._refreshes.discard(task)
+        self._release(database, published)  # on failure too: the old schema stays in force (logged)
         if task.cancelled():
             return
         if task.exception() is not None:
@@ -538,6 +619,16 @@ _NOT_KNOWN = "is not known to pgproxy"
 
 def _server_can_check(analyses: Sequence[Analysis]) -> bool:
     return len(analyses) == 1 and analyses[0].command in _PARSE_CHECKS
+
+
+# Statements that end a transaction block: DDL inside it becomes visible (or is undone).
+_PUBLISHES = frozenset({OpKind.COMMIT, OpKind.ROLLBACK, OpKind.PREPARE_TRANSACTION})
+
+
+def _touches(verdicts: Verdicts, targets: frozenset[str]) -> bool:
+    """Whether a statement uses one of `targets`, or names what the schema does not know yet."""
+    return any(a.kind is Kind.UNKNOWN or a.tables & targets or (a.ddl_targets or frozenset()) & targets
+               for a in verdicts.analyses)
 
 
 def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:

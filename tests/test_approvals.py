@@ -554,3 +554,71 @@ def test_a_client_gone_right_after_the_notice_withdraws_its_request(approving: P
     ours = [a for a in withdrawn if a["statement"].startswith("SELECT email FROM customers WHERE id = 70")]
     assert len(ours) == 50
     assert decide(approving, ours[0])[0] == 409
+
+
+MIGRATION_CATALOG = corpus.CATALOG.replace("    AuditLog:\n", """    mig_orders:
+      secret_note: [pii]          # tagged before the migration that adds it
+    AuditLog:
+""")
+
+
+@pytest.fixture
+def migrating(pg: PostgresCluster, tmp_path: Path) -> Iterator[ProxyThread]:
+    pg.psql("DROP TABLE IF EXISTS mig_orders, mig_version; CREATE TABLE mig_orders (id int, total int);"
+            "INSERT INTO mig_orders VALUES (1, 10)", dbname="app", user="app_scram")
+    path = write_enforce_config(pg, tmp_path, catalog=MIGRATION_CATALOG, extra=approvals_config(tmp_path, 30))
+    try:
+        with running_proxy(load_config(path)) as proxy:
+            yield proxy
+    finally:
+        pg.psql("DROP TABLE IF EXISTS mig_orders, mig_version", dbname="app", user="app_scram")
+
+
+def _approved_in_background(proxy: ProxyThread, fragment: str) -> threading.Thread:
+    worker = threading.Thread(target=lambda: decide(proxy, wait_pending(proxy, fragment)))
+    worker.start()
+    return worker
+
+
+def _denied_in_background(proxy: ProxyThread, fragment: str) -> threading.Thread:
+    worker = threading.Thread(target=lambda: decide(proxy, wait_pending(proxy, fragment), "deny", reason="no"))
+    worker.start()
+    return worker
+
+
+def test_a_migration_is_judged_on_the_schema_it_makes(migrating: ProxyThread, pg: PostgresCluster) -> None:
+    """The schema a statement is judged on is the one it will see: a column the catalog tags,
+    added in a transaction that pauses before COMMIT, is tagged from the commit on; inside the
+    transaction, what the DDL changed is held; a table it creates is known after the commit."""
+    pg.psql("UPDATE mig_orders SET total = 11", dbname="app", user="app_scram")
+    with psycopg.connect(migrating.dsn(), autocommit=True) as conn, \
+            psycopg.connect(migrating.dsn(), autocommit=True) as other:
+        conn.execute("BEGIN")
+        approver = _approved_in_background(migrating, "ADD COLUMN secret_note")
+        conn.execute("ALTER TABLE mig_orders ADD COLUMN secret_note text DEFAULT 'the secret'")
+        approver.join(15)
+        approver = _approved_in_background(migrating, "CREATE TABLE mig_version")
+        conn.execute("CREATE TABLE mig_version (version_num text)")
+        approver.join(15)
+        # Inside the transaction: what the DDL changed is held, not judged on the old schema.
+        denier = _denied_in_background(migrating, "SELECT * FROM mig_orders")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+            conn.execute("SELECT * FROM mig_orders")
+        denier.join(15)
+        conn.execute("ROLLBACK")  # the held statement failed the block; do it again, committed
+        conn.execute("BEGIN")
+        for fragment, statement in (("ADD COLUMN secret_note", "ALTER TABLE mig_orders ADD COLUMN secret_note text "
+                                     "DEFAULT 'the secret'"),
+                                    ("CREATE TABLE mig_version", "CREATE TABLE mig_version (version_num text)")):
+            approver = _approved_in_background(migrating, fragment)
+            conn.execute(statement)
+            approver.join(15)
+        time.sleep(0.5)  # a pause before COMMIT: the proxy must not keep what it read meanwhile
+        conn.execute("COMMIT")
+        # Any session, at once: the new column is tagged, the new table known.
+        denier = _denied_in_background(migrating, "SELECT * FROM mig_orders")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+            other.execute("SELECT * FROM mig_orders")
+        denier.join(15)
+        assert other.execute("SELECT id, total FROM mig_orders").fetchall() == [(1, 11)]
+        assert other.execute("SELECT count(*) FROM mig_version").fetchone() == (0,)

@@ -129,6 +129,8 @@ def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False
     command = _command(node)
     try:
         analysis = _analyze(node, text, command, replace(context, nested=nested))
+        if _is_ddl(node):
+            analysis = replace(analysis, ddl_targets=_ddl_targets(node, context))
         op = _session_op(node, text)
         return analysis if op is None else replace(analysis, op=op)
     except Unresolved as exc:
@@ -276,6 +278,34 @@ def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
     return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables), reads=refs.reads,
                     writes=refs.writes, functions=frozenset(refs.functions), flags=frozenset(refs.flags),
                     literal_sensitive=True)
+
+
+def _is_ddl(node: Any) -> bool:
+    return (type(node).__name__.startswith(_DDL_PREFIXES) or isinstance(node, (ast.CreateTableAsStmt, ast.ViewStmt))
+            or (isinstance(node, ast.SelectStmt) and node.intoClause is not None))
+
+
+def _ddl_targets(node: Any, context: Context) -> frozenset[str]:
+    """The relations a DDL statement names (it may create, change or drop them), as schema.name."""
+    names: list[tuple[str | None, str]] = []
+    pending: list[Any] = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, (list, tuple)):
+            if isinstance(node, ast.DropStmt) and current and all(isinstance(p, ast.String) for p in current):
+                parts = [p.sval or "" for p in current]  # DROP TABLE s.t: a list of names
+                names.append((parts[-2] if len(parts) > 1 else None, parts[-1]))
+            else:
+                pending.extend(current)
+        elif isinstance(current, ast.RangeVar):
+            names.append((current.schemaname or None, current.relname or ""))
+        elif isinstance(current, ast.Node):
+            pending.extend(getattr(current, slot, None) for slot in getattr(type(current), "__slots__", ()))
+    found = set()
+    for schema, name in names:
+        relation = context.schema.lookup(schema, name, context.path)
+        found.add(relation.qualified if relation is not None else f"{schema or (context.path or ('?',))[0]}.{name}")
+    return frozenset(found)
 
 
 def _kept_queries(node: Any) -> list[Any]:

@@ -68,6 +68,8 @@ class Analysis:
     stored: Analysis | None = None
     search_path: tuple[str, ...] | None = None  # SET search_path: the session's new path
     lexing: bool = False  # running it may change how the server reads later text (client_encoding...)
+    # DDL: the relations it creates, changes or drops (schema.name); None for other statements.
+    ddl_targets: frozenset[str] | None = None
 
     @property
     def tags_read(self) -> frozenset[str]:
