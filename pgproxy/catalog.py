@@ -347,9 +347,13 @@ def _digest(value: object) -> str:
 # --- Tags -------------------------------------------------------------------------------
 
 
+# A catalog file entry -> the columns it tags: (table oid, attnum; 0 for "*"), kept across renames.
+Identities = dict[tuple[str, str, str], set[tuple[int, int]]]
+
+
 def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
                inherits: Mapping[int, frozenset[int]] | None = None,
-               database: str | None = None) -> tuple[Schema, list[str]]:
+               database: str | None = None, identities: Identities | None = None) -> tuple[Schema, list[str]]:
     """A copy of `schema` whose relations carry `tags`, and warnings for tagged names
     that do not exist upstream (`database`, when given, prefixes the names in them)::
 
@@ -360,39 +364,45 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
     A "*" entry tags every column of its table. Views reading a tagged column carry
     its tags on every one of their columns; relations in one inheritance or
     partition tree share tags by column name. The version changes with the tags.
+
+    Tags belong to columns, not names: `identities` (kept by the caller from one reading of
+    the schema to the next) records the column each file entry resolved to; when a rename
+    makes the entry's name resolve to nothing, the tag stays on that column and a warning
+    names it under its new name, so the file can be updated.
     """
     prefix = f"{database}." if database else ""
     warnings: list[str] = []
     by_oid = schema.by_oid()
     tagged: dict[int, dict[str, set[str]]] = {}
 
-    missing_schemas: set[str] = set()
-    known_schemas = {s for s, _ in schema.relations}
+    remembered = identities if identities is not None else {}
     for (schema_name, table), columns in tags.items():  # file order, for the warnings
         relation = schema.relations.get((schema_name, table))
-        if relation is None:
-            if schema_name not in known_schemas:
-                if schema_name not in missing_schemas:
-                    missing_schemas.add(schema_name)
-                    warnings.append(f"catalog: {prefix}{schema_name}: no such schema"
-                                    f"{_did_you_mean(schema_name, known_schemas)}")
-                continue
-            in_schema = sorted(name for s, name in schema.relations if s == schema_name)
-            warnings.append(f"catalog: {prefix}{schema_name}.{table}: no such table or view in schema "
-                            f"{schema_name}{_did_you_mean(table, in_schema)}")
-            continue
         for column, column_tags in columns.items():
-            if column == "*":
-                targets = relation.columns
-            elif column in relation.columns:
-                targets = (column,)
-            else:
-                warnings.append(f"catalog: {prefix}{schema_name}.{table}.{column}: no such column in "
-                                f"{relation.qualified}{_did_you_mean(column, relation.columns)}")
+            key = (schema_name, table, column)
+            resolved: set[tuple[int, int]] = set()
+            if relation is not None and column == "*":
+                resolved.add((relation.oid, 0))
+            elif relation is not None and column in relation.columns:
+                resolved.add((relation.oid, relation.attnums[relation.columns.index(column)]))
+            for oid, attnum in remembered.get(key, ()):  # where the entry's column went (a rename)
+                still = by_oid.get(oid)
+                if still is not None and (attnum == 0 or attnum in still.attnums):
+                    resolved.add((oid, attnum))
+            remembered[key] = resolved
+            if not resolved:
+                warnings.append(_unresolved(schema, prefix, schema_name, table, column))
                 continue
-            for target in targets:
-                tagged.setdefault(relation.oid, {}).setdefault(target, set()).update(column_tags)
-
+            for oid, attnum in sorted(resolved):
+                target = by_oid[oid]
+                names = target.columns if attnum == 0 else (target.columns[target.attnums.index(attnum)],)
+                for name in names:
+                    tagged.setdefault(oid, {}).setdefault(name, set()).update(column_tags)
+                now = (target.schema, target.name, column if attnum == 0 else names[0])
+                if now != key:
+                    warnings.append(f"catalog: {prefix}{schema_name}.{table}.{column} was renamed: it is now "
+                                    f"{target.qualified}.{now[2]}, still tagged; update the catalog file")
+    warnings = list(dict.fromkeys(warnings))
     _share_across_inheritance(by_oid, inherits or {}, tagged)
 
     def tags_of(oid: int, attnum: int) -> set[str]:
@@ -423,6 +433,21 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
         [r.oid, column, sorted(column_tags)]
         for r in relations.values() for column, column_tags in r.tags.items())])
     return dataclasses.replace(schema, relations=relations, version=version), warnings
+
+
+def _unresolved(schema: Schema, prefix: str, schema_name: str, table: str, column: str) -> str:
+    """Why a catalog file entry names nothing upstream (the same words for every entry of a
+    missing schema or table: apply_tags reports each once)."""
+    known_schemas = {s for s, _ in schema.relations}
+    relation = schema.relations.get((schema_name, table))
+    if schema_name not in known_schemas:
+        return f"catalog: {prefix}{schema_name}: no such schema{_did_you_mean(schema_name, known_schemas)}"
+    if relation is None:
+        in_schema = sorted(name for s, name in schema.relations if s == schema_name)
+        return (f"catalog: {prefix}{schema_name}.{table}: no such table or view in schema "
+                f"{schema_name}{_did_you_mean(table, in_schema)}")
+    return (f"catalog: {prefix}{schema_name}.{table}.{column}: no such column in "
+            f"{relation.qualified}{_did_you_mean(column, relation.columns)}")
 
 
 def _share_across_inheritance(by_oid: dict[int, Relation], inherits: Mapping[int, frozenset[int]],
@@ -567,6 +592,8 @@ class Catalog:
         self._warnings: dict[str, list[str]] = {}
         self._running: dict[str, _Refresh] = {}
         self._queued: dict[str, _Refresh] = {}
+        # Per route: the column each catalog file entry resolved to (tags survive renames).
+        self._identities: dict[str, Identities] = {}
 
     async def load(self, routes: Mapping[str, Route] | Iterable[Route],
                    catalog_file: CatalogFile | None) -> list[str]:
@@ -667,7 +694,8 @@ class Catalog:
         found = self._introspected[route_name]
         tags = self._file.tags_for(route_name) if self._file is not None else {}
         schema, warnings = apply_tags(found.schema, found.view_sources, tags,
-                                      inherits=found.inherits, database=route_name)
+                                      inherits=found.inherits, database=route_name,
+                                      identities=self._identities.setdefault(route_name, {}))
         previous = self._warnings.get(route_name)
         if previous is not None:
             for warning in warnings:
@@ -676,7 +704,12 @@ class Catalog:
         self._schemas[route_name] = schema
         self._warnings[route_name] = warnings
 
+    def warnings(self, route_name: str) -> list[str]:
+        """What the last reading of the route found wrong with the catalog file (stale names...)."""
+        return list(self._warnings.get(route_name, []))
+
     def _forget(self, route_name: str) -> None:
+        self._identities.pop(route_name, None)
         self._introspected.pop(route_name, None)
         self._schemas.pop(route_name, None)
         self._warnings.pop(route_name, None)

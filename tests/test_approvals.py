@@ -622,3 +622,55 @@ def test_a_migration_is_judged_on_the_schema_it_makes(migrating: ProxyThread, pg
         denier.join(15)
         assert other.execute("SELECT id, total FROM mig_orders").fetchall() == [(1, 11)]
         assert other.execute("SELECT count(*) FROM mig_version").fetchone() == (0,)
+
+
+@pytest.fixture
+def renaming(pg: PostgresCluster, tmp_path: Path) -> Iterator[ProxyThread]:
+    pg.psql("DROP TABLE IF EXISTS ren_t, ren_t2; CREATE TABLE ren_t (id int, secret text);"
+            "INSERT INTO ren_t VALUES (1, 'the secret')", dbname="app", user="app_scram")
+    catalog = corpus.CATALOG.replace("    AuditLog:\n", "    ren_t:\n      secret: [pii]\n    AuditLog:\n")
+    path = write_enforce_config(pg, tmp_path, catalog=catalog, extra=approvals_config(tmp_path, 30))
+    try:
+        with running_proxy(load_config(path)) as proxy:
+            yield proxy
+    finally:
+        pg.psql("DROP TABLE IF EXISTS ren_t, ren_t2", dbname="app", user="app_scram")
+
+
+def test_tags_follow_a_column_through_renames(renaming: ProxyThread) -> None:
+    """Tags belong to columns, not names: an approved rename of the column or its table keeps the
+    tag (and the catalog file's stale name is reported under the new one), and so does renaming back."""
+    proxy = renaming
+    gate = proxy.server.gate
+    assert gate is not None
+
+    def approved(conn: psycopg.Connection[tuple[object, ...]], ddl: str) -> None:
+        approver = _approved_in_background(proxy, ddl)
+        conn.execute(ddl)
+        approver.join(15)
+
+    def held(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> None:
+        denier = _denied_in_background(proxy, sql)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+            conn.execute(sql)
+        denier.join(15)
+
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        held(conn, "SELECT secret FROM ren_t")
+        approved(conn, "ALTER TABLE ren_t RENAME COLUMN secret TO other")
+        held(conn, "SELECT other FROM ren_t")
+        approved(conn, "ALTER TABLE ren_t RENAME TO ren_t2")
+        held(conn, "SELECT other FROM ren_t2")
+        assert conn.execute("SELECT id FROM ren_t2").fetchall() == [(1,)]
+        warnings = gate.catalog.warnings("app")  # type: ignore[attr-defined]
+        assert "catalog: app.public.ren_t.secret was renamed: it is now public.ren_t2.other, still tagged; " \
+               "update the catalog file" in warnings
+        # A new column under the old name is tagged by the file; the renamed one keeps its tag.
+        approved(conn, "ALTER TABLE ren_t2 RENAME TO ren_t")
+        approved(conn, "ALTER TABLE ren_t ADD COLUMN secret text")
+        held(conn, "SELECT other FROM ren_t")
+        held(conn, "SELECT secret FROM ren_t")
+        approved(conn, "ALTER TABLE ren_t DROP COLUMN secret")
+        approved(conn, "ALTER TABLE ren_t RENAME COLUMN other TO secret")  # and back
+        held(conn, "SELECT secret FROM ren_t")
+        assert not [w for w in gate.catalog.warnings("app") if "ren_t" in w]  # type: ignore[attr-defined]
