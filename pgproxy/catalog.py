@@ -190,6 +190,9 @@ SELECT 'wholerow', r.ev_class::text
   FROM pg_rewrite r
  WHERE r.rulename = '_RETURN' AND r.ev_action::text LIKE '%:varattno 0 %';
 SELECT 'inherits', i.inhrelid::text, i.inhparent::text FROM pg_inherits i;
+SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
+  FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0;
 COMMIT;
 """
 
@@ -202,6 +205,8 @@ class Introspection:
     view_sources: ViewSources
     # Partitions and inheritance children -> their direct parents.
     inherits: dict[int, frozenset[int]] = field(default_factory=dict)
+    # Generated columns (table oid, attnum) -> the columns their expression reads.
+    generated: dict[tuple[int, int], frozenset[tuple[int, int]]] = field(default_factory=dict)
 
 
 async def introspect(route: Route, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -280,6 +285,9 @@ def _build(rows: list[Row]) -> Introspection:
         if int(_text(child)) in columns and int(_text(parent)) in columns:  # not partitioned indexes
             inherits.setdefault(int(_text(child)), set()).add(int(_text(parent)))
 
+    generated: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    for _, table, attnum, ref, subid in by_kind.get("gen", []):
+        generated.setdefault((int(_text(table)), int(_text(attnum))), set()).add((int(_text(ref)), int(_text(subid))))
     by_oid = {r.oid: r for r in relations.values()}
     view_sources = _view_sources(by_oid, deps, whole_row)
     frozen_inherits = {child: frozenset(parents) for child, parents in inherits.items()}
@@ -298,8 +306,10 @@ def _build(rows: list[Row]) -> Introspection:
         "search_path": search_path,
         "view_sources": sorted([view, sorted(pairs)] for view, pairs in view_sources.items()),
         "inherits": sorted([child, sorted(parents)] for child, parents in inherits.items()),
+        "generated": sorted([list(column), sorted(sources)] for column, sources in generated.items()),
     })
-    return Introspection(dataclasses.replace(schema, version=version), view_sources, frozen_inherits)
+    return Introspection(dataclasses.replace(schema, version=version), view_sources, frozen_inherits,
+                         {column: frozenset(sources) for column, sources in generated.items()})
 
 
 def _text(value: str | None) -> str:
@@ -353,7 +363,9 @@ Identities = dict[tuple[str, str, str], set[tuple[int, int]]]
 
 def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
                inherits: Mapping[int, frozenset[int]] | None = None,
-               database: str | None = None, identities: Identities | None = None) -> tuple[Schema, list[str]]:
+               database: str | None = None, identities: Identities | None = None,
+               generated: Mapping[tuple[int, int], frozenset[tuple[int, int]]] | None = None,
+               ) -> tuple[Schema, list[str]]:
     """A copy of `schema` whose relations carry `tags`, and warnings for tagged names
     that do not exist upstream (`database`, when given, prefixes the names in them)::
 
@@ -410,6 +422,17 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
         if relation is None or attnum not in relation.attnums:
             return set()
         return tagged.get(oid, {}).get(relation.columns[relation.attnums.index(attnum)], set())
+
+    # A generated column carries the tags of the columns its expression reads (stored values
+    # computed from them: `GENERATED ALWAYS AS (ssn)` is the ssn).
+    for (oid, attnum), sources in (generated or {}).items():
+        relation = by_oid.get(oid)
+        found_tags: set[str] = set()
+        for source in sources:
+            found_tags |= tags_of(*source)
+        if relation is not None and found_tags and attnum in relation.attnums:
+            tagged.setdefault(oid, {}).setdefault(relation.columns[relation.attnums.index(attnum)],
+                                                  set()).update(found_tags)
 
     derived: dict[int, set[str]] = {}
     for view, sources in view_sources.items():
@@ -695,7 +718,8 @@ class Catalog:
         tags = self._file.tags_for(route_name) if self._file is not None else {}
         schema, warnings = apply_tags(found.schema, found.view_sources, tags,
                                       inherits=found.inherits, database=route_name,
-                                      identities=self._identities.setdefault(route_name, {}))
+                                      identities=self._identities.setdefault(route_name, {}),
+                                      generated=found.generated)
         previous = self._warnings.get(route_name)
         if previous is not None:
             for warning in warnings:

@@ -674,3 +674,26 @@ def test_tags_follow_a_column_through_renames(renaming: ProxyThread) -> None:
         approved(conn, "ALTER TABLE ren_t RENAME COLUMN other TO secret")  # and back
         held(conn, "SELECT secret FROM ren_t")
         assert not [w for w in gate.catalog.warnings("app") if "ren_t" in w]  # type: ignore[attr-defined]
+
+
+def test_a_generated_column_inherits_the_tags_it_reads(renaming: ProxyThread) -> None:
+    """The review of the DDL shows the tagged column its expression reads; once it exists, the
+    generated column (stored values computed from it) carries its tags."""
+    proxy = renaming
+    ddl = "ALTER TABLE ren_t ADD COLUMN copied text GENERATED ALWAYS AS (upper(secret)) STORED"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        def approve() -> None:
+            request = wait_pending(proxy, "GENERATED ALWAYS")
+            reads = {c["column"] for s in request["analysis"]["statements"] for c in s["reads"]}
+            assert "public.ren_t.secret" in reads
+            decide(proxy, request)
+
+        approver = threading.Thread(target=approve)
+        approver.start()
+        conn.execute(ddl)
+        approver.join(15)
+        denier = _denied_in_background(proxy, "SELECT copied FROM ren_t")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+            conn.execute("SELECT copied FROM ren_t")
+        denier.join(15)
+        assert conn.execute("SELECT id FROM ren_t").fetchall() == [(1,)]

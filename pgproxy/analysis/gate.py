@@ -22,7 +22,7 @@ from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
 from pgproxy.analysis.model import Analysis, ColumnKey, Flag, Kind
-from pgproxy.analysis.references import References, Scope, Unresolved
+from pgproxy.analysis.references import RangeItem, References, Scope, Unresolved
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 from pgproxy.protocol.objects import OpKind, SessionOp
@@ -267,7 +267,8 @@ def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
     they read. Names they take from their context (NEW, OLD, the policy's table, parameters)
     are not resolved here: such a statement is unknown."""
     kept = _kept_queries(node)
-    if not kept:
+    computed = _column_expressions(node)
+    if not kept and not computed:
         return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True)
     refs = References(context.schema, context.path, context.allowed_functions)
     for query in kept:
@@ -275,9 +276,35 @@ def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
             refs.statement(query, Scope([], None))
         except Unresolved as exc:
             return unknown(text, command, f"a query this {command} keeps: {exc}", literal_sensitive=True)
+    if computed:
+        # Generated, default and CHECK expressions of ALTER TABLE read the table's columns: a
+        # generated column copies what it reads (it inherits the tags once it exists).
+        try:
+            relation = refs.relation(node.relation)
+            item = RangeItem(relation.name, relation, {c: c for c in relation.columns}, schema_name=relation.schema)
+            refs.expression(computed, Scope([item], None))
+        except Unresolved as exc:
+            return unknown(text, command, f"an expression this {command} stores: {exc}", literal_sensitive=True)
     return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables), reads=refs.reads,
                     writes=refs.writes, functions=frozenset(refs.functions), flags=frozenset(refs.flags),
                     literal_sensitive=True)
+
+
+def _column_expressions(node: Any) -> list[Any]:
+    """The generated, default and CHECK expressions an ALTER TABLE adds."""
+    if not isinstance(node, ast.AlterTableStmt) or node.relation is None:
+        return []
+    found: list[Any] = []
+    for cmd in node.cmds or ():
+        definition = getattr(cmd, "def_", None)
+        constraints = (definition.constraints or () if isinstance(definition, ast.ColumnDef)
+                       else (definition,) if isinstance(definition, ast.Constraint) else ())
+        found += [c.raw_expr for c in constraints if isinstance(c, ast.Constraint) and c.raw_expr is not None]
+        if isinstance(definition, ast.ColumnDef) and definition.raw_default is not None:
+            found.append(definition.raw_default)
+        if not isinstance(definition, (ast.ColumnDef, ast.Constraint)) and isinstance(definition, ast.Node):
+            found.append(definition)  # SET DEFAULT / SET EXPRESSION: the expression itself
+    return found
 
 
 def _is_ddl(node: Any) -> bool:
