@@ -190,6 +190,13 @@ SELECT 'wholerow', r.ev_class::text
   FROM pg_rewrite r
  WHERE r.rulename = '_RETURN' AND r.ev_action::text LIKE '%:varattno 0 %';
 SELECT 'inherits', i.inhrelid::text, i.inhparent::text FROM pg_inherits i;
+SELECT DISTINCT 'viewfn', r.ev_class::text, n.nspname, p.proname
+  FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+  JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass AND r.rulename = '_RETURN'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+SELECT DISTINCT 'hook', r.ev_class::text FROM pg_rewrite r WHERE r.rulename <> '_RETURN';
+SELECT DISTINCT 'hook', t.tgrelid::text FROM pg_trigger t WHERE NOT t.tgisinternal;
 SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
   FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0;
@@ -288,6 +295,13 @@ def _build(rows: list[Row]) -> Introspection:
     generated: dict[tuple[int, int], set[tuple[int, int]]] = {}
     for _, table, attnum, ref, subid in by_kind.get("gen", []):
         generated.setdefault((int(_text(table)), int(_text(attnum))), set()).add((int(_text(ref)), int(_text(subid))))
+    calls: dict[int, set[str]] = {}
+    for _, view, nspname, proname in by_kind.get("viewfn", []):
+        calls.setdefault(int(_text(view)), set()).add(f"{_text(nspname)}.{_text(proname)}")
+    _through_views(calls, deps)
+    hooks = {int(_text(row[1])) for row in by_kind.get("hook", [])}
+    relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks)
+                 if r.oid in calls or r.oid in hooks else r for key, r in relations.items()}
     by_oid = {r.oid: r for r in relations.values()}
     view_sources = _view_sources(by_oid, deps, whole_row)
     frozen_inherits = {child: frozenset(parents) for child, parents in inherits.items()}
@@ -307,6 +321,8 @@ def _build(rows: list[Row]) -> Introspection:
         "view_sources": sorted([view, sorted(pairs)] for view, pairs in view_sources.items()),
         "inherits": sorted([child, sorted(parents)] for child, parents in inherits.items()),
         "generated": sorted([list(column), sorted(sources)] for column, sources in generated.items()),
+        "calls": sorted([view, sorted(names)] for view, names in calls.items()),
+        "hooks": sorted(hooks),
     })
     return Introspection(dataclasses.replace(schema, version=version), view_sources, frozen_inherits,
                          {column: frozenset(sources) for column, sources in generated.items()})
@@ -316,6 +332,18 @@ def _text(value: str | None) -> str:
     if value is None:
         raise UpstreamProtocolError("the introspection query returned an unexpected NULL")
     return value
+
+
+def _through_views(calls: dict[int, set[str]], deps: dict[int, set[tuple[int, int]]]) -> None:
+    """A view that reads a view calling functions calls them too (a fixpoint, for chains)."""
+    changed = True
+    while changed:
+        changed = False
+        for view, refs in deps.items():
+            inherited = set().union(*(calls.get(ref, set()) for ref, _ in refs)) if refs else set()
+            if not inherited <= calls.get(view, set()):
+                calls.setdefault(view, set()).update(inherited)
+                changed = True
 
 
 def _view_sources(by_oid: dict[int, Relation], deps: dict[int, set[tuple[int, int]]],

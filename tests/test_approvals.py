@@ -697,3 +697,31 @@ def test_a_generated_column_inherits_the_tags_it_reads(renaming: ProxyThread) ->
             conn.execute("SELECT copied FROM ren_t")
         denier.join(15)
         assert conn.execute("SELECT id FROM ren_t").fetchall() == [(1,)]
+
+
+def test_code_a_reader_or_writer_runs_unseen_is_reviewed(renaming: ProxyThread, pg: PostgresCluster) -> None:
+    """A view over a user function returns what the function reads, which no column dependency
+    shows; a rule or trigger runs on every write. Reading such a view, or writing such a table,
+    is reviewed as running code, even through another view."""
+    pg.psql("""
+        CREATE OR REPLACE FUNCTION ren_f() RETURNS TABLE (id int, s text) LANGUAGE sql
+            AS $$ SELECT id, secret FROM ren_t $$;
+        CREATE OR REPLACE VIEW ren_v AS SELECT * FROM ren_f();
+        CREATE OR REPLACE VIEW ren_vv AS SELECT id FROM ren_v;
+        CREATE TABLE IF NOT EXISTS ren_log (note text);
+        CREATE TABLE IF NOT EXISTS ren_orders (id int);
+        CREATE OR REPLACE RULE ren_copy AS ON INSERT TO ren_orders DO ALSO INSERT INTO ren_log SELECT secret FROM ren_t;
+    """, dbname="app", user="app_scram")
+    try:
+        proxy = renaming
+        proxy.call(proxy.server.gate.catalog.refresh("app"))  # type: ignore[union-attr]
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for sql in ("SELECT * FROM ren_v", "SELECT id FROM ren_vv", "INSERT INTO ren_orders VALUES (1)"):
+                denier = _denied_in_background(proxy, sql)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+                    conn.execute(sql)
+                denier.join(15)
+            assert conn.execute("SELECT count(*) FROM ren_log").fetchone() == (0,)
+    finally:
+        pg.psql("DROP VIEW IF EXISTS ren_vv, ren_v; DROP FUNCTION IF EXISTS ren_f(); "
+                "DROP TABLE IF EXISTS ren_orders, ren_log", dbname="app", user="app_scram")

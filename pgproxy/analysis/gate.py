@@ -413,6 +413,8 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
         if node.relation is None:
             raise Unresolved("COPY names neither a table nor a query")
         relation = refs.relation(node.relation)
+        if node.is_from and relation.write_hooks:
+            refs.flags.add(Flag.RUNS_CODE)  # its rules or triggers run on each row
         columns = [c.sval for c in node.attlist] if node.attlist else list(relation.columns)
         for column in columns:
             if column not in relation.columns:

@@ -212,6 +212,10 @@ class References:
         self.tables.add(relation.qualified)
         if (relation.schema, relation.name) in CREDENTIAL_RELATIONS:
             self.flags.add(Flag.CREDENTIALS)
+        for function in relation.calls:  # a view over user functions runs them when read
+            self.functions.add(function)
+            if function not in self.allowed_functions and function.rsplit(".", 1)[-1] not in self.allowed_functions:
+                self.flags.add(Flag.RUNS_CODE)
         return relation
 
     # -- statements -------------------------------------------------------------------
@@ -396,6 +400,8 @@ class References:
         if node.relation is None:
             raise Unresolved("the statement names no target table")
         relation = self.relation(node.relation)
+        if relation.write_hooks:
+            self.flags.add(Flag.RUNS_CODE)  # its rules or triggers run too
         if (relation.schema, relation.name) == ("pg_catalog", "pg_settings"):
             # Its rules call set_config() with values from the statement's rows.
             self.flags.add(Flag.UNREADABLE)

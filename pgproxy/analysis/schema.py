@@ -20,6 +20,10 @@ class Relation:
     columns: tuple[str, ...]  # attribute names in attnum order (dropped columns excluded)
     attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column, same order
     tags: dict[str, frozenset[str]] = field(default_factory=dict)  # column -> tags (tagged ones only)
+    # A view's user functions (schema.name), also through the views it reads: what they return
+    # is not traced to columns, so reading the view runs code pgproxy cannot see.
+    calls: frozenset[str] = frozenset()
+    write_hooks: bool = False  # rules or triggers run when it is written: code pgproxy cannot see
 
     @property
     def qualified(self) -> str:
