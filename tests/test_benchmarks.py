@@ -141,3 +141,11 @@ def test_ab_smoke(tmp_path: Path, repo_root: Path) -> None:
                            for protocol in ("simple", "prepared")}
     assert all(row["base_tps"] > 0 and row["this_tps"] > 0 for row in report.values())
     assert "| this / base |" in stdout
+
+
+@pytest.mark.timeout(300)
+def test_refresh_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    report, stdout = run_smoke("benchmarks.refresh", repo_root, tmp_path / "refresh.json")
+    assert report["demo_refresh_s"] > 0 and report["synthetic_refresh_s"] > 0
+    assert report["synthetic_relations"] >= 20 + 4  # its tables and views, besides the catalogs
+    assert "| synthetic (20 tables, 4 views, 4 functions) |" in stdout
