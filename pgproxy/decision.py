@@ -209,6 +209,9 @@ class StatementGate:
     def cycle_done(self, session: Session) -> None:
         """Called at each ReadyForQuery."""
 
+    def session_closed(self, session: Session) -> None:
+        """Called when a session ends (whatever it left unfinished is the gate's to settle)."""
+
     def forbidden_columns(self, session: Session, columns: list[tuple[int, int]], permitted: Columns) -> list[str]:
         """Of a result's (table oid, attnum) columns, the tagged ones the execution that produced
         it was not cleared to show (their names)."""

@@ -509,16 +509,21 @@ class PolicyGate(StatementGate):
 
     # -- after each ReadyForQuery ------------------------------------------------------
 
-    def cycle_done(self, session: Session) -> None:
+    def cycle_done(self, session: Session, *, closing: bool = False) -> None:
         state = self.state(session)
-        if state.refresh_pending and session.model.transaction_status == "I":
-            # The DDL is visible now (committed, or rolled back): read the schema it made.
+        if state.refresh_pending and (closing or session.model.transaction_status == "I"):
+            # The DDL is visible now (committed, or rolled back; or its session ended without
+            # saying which): read the schema it made.
             state.refresh_pending = False
             state.ddl_targets.clear()
             published, state.published = state.published, []
             task = asyncio.get_running_loop().create_task(self.catalog.refresh(session.database))
             self._refreshes.add(task)
             task.add_done_callback(functools.partial(self._refreshed, session.database, published))
+
+    def session_closed(self, session: Session) -> None:
+        if isinstance(session.gate_state, SessionState) and session.gate_state.refresh_pending:
+            self.cycle_done(session, closing=True)
 
     async def refresh_schema(self, session: Session) -> None:
         try:

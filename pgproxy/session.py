@@ -252,6 +252,8 @@ class Session:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
         self.registry.unregister(self)
+        if self.gate is not None:
+            self.gate.session_closed(self)  # e.g. DDL committed, the client gone before its answer
         if self.upstream is not None:
             self.upstream.close()
         if not self.writer.is_closing():
