@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -75,6 +76,28 @@ def iso(t: float) -> str:
 def members(values: dict[str, Any]) -> str:
     """`values` as JSON object members without the braces, ready to join into an event."""
     return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str)[1:-1]
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # Inside a JSON string: a backslash (written \\) and the byte the client sent, visibly.
+    return f"\\\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\\\u{code:04x}"
+
+
+def storable(fragment: str) -> str:
+    """An event's JSON members with what UTF-8 cannot hold (bytes a client sent that are not
+    UTF-8, kept by the codec as lone surrogates) written as visible escapes: ``\\xff``. A value
+    an unauthenticated client chose can then never make the log unwritable."""
+    if fragment.isascii():
+        return fragment
+    try:
+        fragment.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub(_escaped, fragment)
+    return fragment
 
 
 def _body(seq: int, t: float, type_: str, fragment: str) -> str:
@@ -135,7 +158,7 @@ class AuditLog:
 
     def record(self, type_: str, data: dict[str, Any] | str) -> None:
         """Queue an event; `data` is a dict of fields or already-joined JSON members."""
-        self._queue.append((time.time(), type_, data if isinstance(data, str) else members(data)))
+        self._queue.append((time.time(), type_, storable(data if isinstance(data, str) else members(data))))
         if len(self._queue) >= self.config.batch_events:
             self._wake.set()
 
@@ -170,13 +193,25 @@ class AuditLog:
                     await self.sign()
                 if self.config.retention_days and now - self._pruned_at >= PRUNE_EVERY_SECONDS:
                     await self.prune()
-            except Exception as exc:  # a store error, or a bug: keep trying; statements wait meanwhile
+            except StoreError as exc:  # the store cannot be written: keep trying; statements wait meanwhile
                 if self.failure is None:
                     log.error("audit log cannot be written; statements wait, then are refused",
-                              extra={"error": str(exc), "queued": len(self._queue)},
-                              exc_info=not isinstance(exc, StoreError))
+                              extra={"error": str(exc), "queued": len(self._queue)})
                 self.failure = str(exc)
                 await asyncio.sleep(RETRY_SECONDS)
+            except Exception as exc:  # a batch that can never be written (a bug): never retried forever
+                log.exception("audit events could not be written; replaced by a record of the failure")
+                self._replace_first_batch(exc)
+
+    def _replace_first_batch(self, exc: Exception) -> None:
+        """Put a record of the failure, which the chain then shows, in place of the batch that
+        failed: the log goes on and nothing else waits behind it."""
+        count = min(len(self._queue), self.config.batch_events)
+        first = self._queue[0][0] if self._queue else time.time()
+        for _ in range(count):
+            self._queue.popleft()
+        self._queue.appendleft((first, "audit.events_unwritable", members({
+            "events": count, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})))
 
     async def flush(self) -> None:
         """Write every queued event (in batches). StoreError leaves them queued."""
@@ -245,7 +280,7 @@ class AuditLog:
         try:
             await self.flush()
             await self.sign()
-        except StoreError:
+        except Exception:  # logged; the store is closed either way
             log.exception("audit events could not be written at shutdown", extra={"lost": len(self._queue)})
         await self.store.close()
 

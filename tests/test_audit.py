@@ -507,3 +507,31 @@ def test_run_refuses_to_start_without_a_writable_audit_log(tmp_path: Path, pg: P
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"pgproxy: store {tmp_path / 'not-a-file'}: unable to open database file" in result.stderr
+
+
+def test_bytes_that_are_not_utf8_cannot_stop_the_audit_log(pg: PostgresCluster, tmp_path: Path) -> None:
+    """A startup packet whose user name is not UTF-8 (refused), and an agent whose
+    application_name is not either: both are recorded with the bytes escaped visibly, and the
+    1,000 statements after them are all stored and verify."""
+    from pgproxy.wire import messages as m
+    from tests.harness import RawClient
+
+    config = load_config(audited_config(pg, tmp_path))
+    with running_proxy(config) as proxy:
+        with RawClient(proxy.port) as client:  # refused before any authentication
+            client.send(m.StartupMessage({"user": "ev\udcffil", "database": "app"}).encode())
+            client.read_message()
+            client.send(m.PasswordMessage("not-a-token").encode())
+            client.until_ready()
+        with RawClient(proxy.port) as client:  # an authenticated agent
+            client.login(application_name="app\udcfe\udcff")
+            client.send(m.Query("SELECT 1").encode())
+            assert any(kind == m.DATA_ROW for kind, _ in client.until_ready())
+        with psycopg.connect(proxy.dsn(), autocommit=True, application_name="after-the-bytes") as conn:
+            for _ in range(1000):
+                conn.execute("SELECT 1", prepare=False).fetchall()
+        found = events(proxy)
+        assert of(found, "connection.refused", user="ev\\xffil")
+        assert of(found, "statement", application_name="app\\xfe\\xff")
+        assert len(of(found, "statement", application_name="after-the-bytes")) == 1000
+    assert audit_cli("verify", "--config", str(config.source)).returncode == 0
