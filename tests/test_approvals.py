@@ -7,6 +7,8 @@ import json
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -725,3 +727,51 @@ def test_code_a_reader_or_writer_runs_unseen_is_reviewed(renaming: ProxyThread, 
     finally:
         pg.psql("DROP VIEW IF EXISTS ren_vv, ren_v; DROP FUNCTION IF EXISTS ren_f(); "
                 "DROP TABLE IF EXISTS ren_orders, ren_log", dbname="app", user="app_scram")
+
+
+def test_reading_a_request_takes_a_reviewer_group(approving: ProxyThread) -> None:
+    """Any token the reviewer issuer signs is not enough: reading requests (statements, literals,
+    parameters) takes a reviewer group, as deciding does."""
+    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c",
+                               "SELECT email FROM customers WHERE id = 61"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        request = wait_pending(approving, "WHERE id = 61")
+        nobody = reviewer_token("mallory", groups=())
+        other = reviewer_token("olga", groups=("auditors",))
+        for path in ("/api/approvals?status=pending", f"/api/approvals/{request['id']}"):
+            status, body = api(approving, "GET", path, token=nobody)
+            assert status == 403 and "no reviewer group" in body["error"], (path, body)
+        status, body = api(approving, "GET", "/api/approvals?status=pending", token=other)
+        assert status == 200 and body["approvals"] == []
+        assert api(approving, "GET", f"/api/approvals/{request['id']}", token=other)[0] == 404
+        status, body = api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())
+        assert status == 200 and body["statement"].endswith("id = 61")
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+    finally:
+        client.kill()
+
+
+def test_a_decision_from_another_site_is_refused(approving: ProxyThread) -> None:
+    """Only JSON, and not from a browser page of another origin (what an SSO proxy's header would
+    otherwise let any site do with a signed-in reviewer's browser)."""
+    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c",
+                               "SELECT email FROM customers WHERE id = 62"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        request = wait_pending(approving, "WHERE id = 62")
+        url = f"{approving.server.approvals_url}/api/approvals/{request['id']}/decision"
+        body = json.dumps({"decision": "approve", "reason": "x", "statement_sha256": request["statement_sha256"]})
+        for headers, expected in (({"Content-Type": "text/plain"}, 415),
+                                  ({"Content-Type": "application/json", "Origin": "https://evil.example"}, 403),
+                                  ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403)):
+            http = urllib.request.Request(url, data=body.encode(), method="POST",
+                                          headers={**headers, "Authorization": f"Bearer {reviewer_token()}"})
+            with pytest.raises(urllib.error.HTTPError) as raised:
+                urllib.request.urlopen(http, timeout=10)
+            assert raised.value.code == expected, headers
+        assert api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())[1]["status"] \
+            == "pending"
+        assert decide(approving, request, "deny", reason="done")[0] == 200  # the page's way still works
+    finally:
+        client.kill()

@@ -157,3 +157,46 @@ def test_the_demo_sign_in_needs_the_code_from_the_terminal(browser: Browser, pg:
         expect(page.locator("#signin")).to_be_visible()
         expect(page.locator("#demo")).to_be_hidden()
         page.close()
+
+
+def test_a_page_on_another_site_cannot_approve(browser: Browser, approving: ProxyThread, tmp_path: Path) -> None:
+    """A reviewer signed in through an SSO proxy (which adds their token to every request the
+    browser makes) opens a page on another site that posts a decision, as a form and as a
+    fetch: the request stays pending."""
+    import http.server
+    import threading
+
+    from pgproxy.pgcluster import free_port
+    from tests.approvals_support import api
+
+    client = held_psql(approving, "SELECT email FROM customers WHERE id = 53")
+    try:
+        request = wait_pending(approving, "WHERE id = 53")
+        target = f"{approving.server.approvals_url}/api/approvals/{request['id']}/decision"
+        field = ('{"decision":"approve","reason":"x","statement_sha256":"' + request["statement_sha256"]
+                 + '","pad":"')
+        (tmp_path / "index.html").write_text(f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{target}" enctype="text/plain"><input name='{field}' value='"}}'></form>
+<script>
+fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
+  headers: {{"Content-Type": "text/plain"}}, body: '{field}"}}'}}).finally(() => document.getElementById("f").submit());
+</script></body></html>""")
+        port = free_port()
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            context = browser.new_context(extra_http_headers={"X-Forwarded-Access-Token": reviewer_token()})
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{port}/index.html")
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(500)
+            context.close()
+        finally:
+            server.shutdown()
+        status, found = api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())
+        assert status == 200 and found["status"] == "pending", found
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+    finally:
+        client.kill()

@@ -72,8 +72,30 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "held": request.app[APPROVALS].held})
 
 
+def _may_read(reviewer: Identity, held: ApprovalRequest, approvals: Approvals) -> bool:
+    """Reading a request (its statement, literals, parameters) takes what deciding it takes: a
+    reviewer group of its rule (else of the approvals section)."""
+    groups = frozenset(held.reviewer_groups) or approvals.reviewer_groups
+    return not groups or bool(reviewer.groups & groups)
+
+
+def _not_a_reviewer(reviewer: Identity, approvals: Approvals) -> web.Response | None:
+    """403 for a token the reviewer issuer signed whose subject is in no group at all (where
+    reviewing needs one): it may read no request."""
+    if approvals.reviewer_groups and not reviewer.groups:
+        return _error(403, f'"{reviewer.agent_id}" is in no reviewer group')
+    return None
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
 async def list_approvals(request: web.Request) -> web.Response:
-    await _reviewer(request)
+    reviewer = await _reviewer(request)
+    approvals = request.app[APPROVALS]
+    refused = _not_a_reviewer(reviewer, approvals)
+    if refused is not None:
+        return refused
     raw = request.query.get("status")
     try:
         status = Status(raw) if raw else None
@@ -82,17 +104,22 @@ async def list_approvals(request: web.Request) -> web.Response:
     raw_limit = request.query.get("limit", "200")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
         return _error(400, "limit must be a number from 1 to 1000")
-    found = await request.app[APPROVALS].store.list(status, int(raw_limit))
-    return web.json_response({"approvals": [_public(a.to_json(), request.app[APPROVALS]) for a in found]})
+    found = await approvals.store.list(status, int(raw_limit))
+    return web.json_response({"approvals": [_public(a.to_json(), approvals) for a in found
+                                            if _may_read(reviewer, a, approvals)]}, headers=_NO_STORE)
 
 
 async def get_approval(request: web.Request) -> web.Response:
-    await _reviewer(request)
+    reviewer = await _reviewer(request)
     approvals = request.app[APPROVALS]
     found = await approvals.store.get(request.match_info["id"])
-    if found is None:
+    refused = _not_a_reviewer(reviewer, approvals)
+    if refused is not None:
+        return refused
+    if found is None or not _may_read(reviewer, found, approvals):
+        # The same answer for a request that exists and one that does not: no probing of ids.
         return _error(404, "no such approval request")
-    return web.json_response(_public(found.to_json(), approvals))
+    return web.json_response(_public(found.to_json(), approvals), headers=_NO_STORE)
 
 
 def _public(data: dict[str, Any], approvals: Approvals) -> dict[str, Any]:
@@ -155,7 +182,34 @@ async def demo_login(request: web.Request) -> web.Response:
     return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
 
+def _cross_site(request: web.Request) -> web.Response | None:
+    """A decision may not come from a page on another site: a signed-in reviewer's browser (an
+    SSO proxy adds their token to every request) would otherwise approve for any site that
+    posts to this one. Only JSON is accepted (a cross-site form cannot send it without a CORS
+    preflight, which this app never answers), and a browser's Origin or Sec-Fetch-Site must say
+    the request came from this app's own pages. Clients that are not browsers send neither."""
+    if request.content_type != "application/json":
+        return _error(415, "a decision must be sent as application/json")
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return _error(403, f"a decision may not come from another site (Sec-Fetch-Site: {site[:40]})")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        allowed = {_origin(request.app[APPROVALS].public_url), f"{request.scheme}://{request.host}"}
+        if origin not in allowed:
+            return _error(403, f"a decision may not come from another site (Origin: {origin[:100]})")
+    return None
+
+
+def _origin(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
 async def post_decision(request: web.Request) -> web.Response:
+    refused = _cross_site(request)
+    if refused is not None:
+        return refused
     token = _bearer(request)
     checker = request.app.get(DECISION_TOKENS)
     if checker is not None and token and _names_an_approval(token):
