@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -46,11 +47,22 @@ class Identity:
     method: str  # "jwt" or "scram"
 
 
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def shown_name(value: str) -> str:
+    """A name a client sent (its user name) as logs, audit events and errors may show it: a name
+    that looks like a token (an agent that put its JWT in the user name) is never written out."""
+    if _TOKEN_LIKE.search(value):
+        return "<redacted: looks like a token>"
+    return value
+
+
 def _show(value: object) -> str:
     """A token-supplied value made safe to quote in an error message."""
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
-    text = "".join(c if c.isprintable() else "?" for c in value)
+    text = "".join(c if c.isprintable() else "?" for c in shown_name(value))
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 

@@ -48,7 +48,7 @@ from pgproxy.decision import (
     Wait,
 )
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
-from pgproxy.identity import Authenticator, Identity
+from pgproxy.identity import Authenticator, Identity, shown_name
 from pgproxy.logs import SessionLog
 from pgproxy.protocol import Desync, GuardRefusal, PreparedStatement, ProtocolModel
 from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, judge_parameters, startup
@@ -235,7 +235,7 @@ class Session:
             return
         if self.identity is None or self.upstream is None or self.backend_key is None:
             self.audit.record("connection.refused", {
-                **self._who(), "user": self.parameters.get("user", ""), "stage": self.state.value,
+                **self._who(), "user": shown_name(self.parameters.get("user", "")), "stage": self.state.value,
                 "sqlstate": exc.sqlstate, "reason": exc.message})
         else:
             self.ended_by = f"{exc.sqlstate}: {exc.message}"

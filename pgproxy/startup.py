@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pgproxy.audit import members
 from pgproxy.decision import Judgement, Statement, Verdict
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState
+from pgproxy.identity import shown_name
 from pgproxy.parameters import as_statement, startup_settings
 from pgproxy.protocol import Desync
 from pgproxy.upstream import connect_upstream
@@ -100,7 +101,7 @@ async def startup(session: Session) -> bool:
     feed_client(session, rest)
     user = session.parameters.get("user", "")
     session.database = session.parameters.get("database") or user
-    session.log.bind(agent=user, database=session.database)
+    session.log.bind(agent=shown_name(user), database=session.database)
     if not user:
         raise ProxyError(SqlState.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
     if session.parameters.get("replication", "false").lower() not in ("false", "off", "no", "0"):
@@ -194,7 +195,7 @@ async def _authenticate_scram(session: Session, user: str) -> None:
     server = session.authenticator.scram_server(user)
     session.writer.write(m.auth_sasl(["SCRAM-SHA-256"]).encode())
     await session.writer.drain()
-    failed = AuthFailed(f'password authentication failed for user "{user}"')
+    failed = AuthFailed(f'password authentication failed for user "{shown_name(user)}"')
     try:
         initial = m.decode_sasl_initial_response(await _next_auth_message(session))
         if initial.mechanism != "SCRAM-SHA-256" or initial.data is None:

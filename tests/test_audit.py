@@ -226,6 +226,10 @@ def test_no_secret_and_no_literal_in_the_audit_log(audited: ProxyThread, tmp_pat
         conn.execute("SELECT id FROM orders WHERE status = %s", (literals[2],), prepare=True).fetchall()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(audited.dsn(password="wrong-password-canary"), autocommit=True)
+    user_token = make_token("token-as-user-name")  # an agent that put its token in the user name
+    with pytest.raises(psycopg.OperationalError, match="redacted: looks like a token"):
+        psycopg.connect(audited.dsn(user=user_token, password="x"), autocommit=True)
+    wait_for(audited, "connection.refused", user="<redacted: looks like a token>")
     wait_for(audited, "connection.closed", application_name="audit-canary")
     config = audited.server.config
     assert config.audit is not None and config.source is not None
@@ -234,7 +238,8 @@ def test_no_secret_and_no_literal_in_the_audit_log(audited: ProxyThread, tmp_pat
     with sqlite3.connect(config.audit.store) as db:
         stored = "\n".join(str(v) for table in ("audit_events", "audit_heads")
                            for row in db.execute(f"SELECT * FROM {table}") for v in row)
-    secrets = (token, reviewer_token(), JWT_SECRET, SIGNING_KEY, "scram-pass", "wrong-password-canary")
+    secrets = (token, reviewer_token(), JWT_SECRET, SIGNING_KEY, "scram-pass", "wrong-password-canary",
+               user_token, user_token.split(".")[2])
     for text in (stored, out.read_text()):
         assert "audit-canary" in text  # the events are there…
         for value in (*literals, *secrets):
