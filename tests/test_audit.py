@@ -540,3 +540,30 @@ def test_bytes_that_are_not_utf8_cannot_stop_the_audit_log(pg: PostgresCluster, 
         assert of(found, "statement", application_name="app\\xfe\\xff")
         assert len(of(found, "statement", application_name="after-the-bytes")) == 1000
     assert audit_cli("verify", "--config", str(config.source)).returncode == 0
+
+
+async def test_closing_the_store_waits_for_the_operation_in_flight(tmp_path: Path) -> None:
+    """An operation whose caller was cancelled (a session gone) still runs in its thread: closing
+    the store meanwhile must wait for it (closing a SQLite connection another thread is using
+    crashes the process), and nothing may use the store after it is closed."""
+    from pgproxy.store import StoreError
+
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    started = threading.Event()
+    finished: list[bool] = []
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.3)
+        store._connection().execute("SELECT 1").fetchall()
+        finished.append(True)
+
+    operation = asyncio.ensure_future(store._run(slow))
+    await asyncio.to_thread(started.wait)
+    operation.cancel()
+    await store.close()
+    assert finished == [True]  # close came after the thread, not during it
+    assert operation.cancelled()
+    with pytest.raises(StoreError, match="closed"):
+        await store._run(lambda: None)

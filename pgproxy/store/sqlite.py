@@ -94,14 +94,31 @@ class SqliteStore:
         self.path = path
         self._lock = asyncio.Lock()
         self._db: sqlite3.Connection | None = None
+        self._closed = False  # close() was called: no operation may reopen the connection
         self._appending = False  # this connection writes the audit log (see append_events)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         async with self._lock:
+            if self._closed:
+                raise StoreError(f"store {self.path}: closed")
             try:
-                return await asyncio.to_thread(fn, *args)
+                return await self._in_thread(fn, *args)
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: {exc}") from exc
+
+    @staticmethod
+    async def _in_thread(fn: Any, *args: Any) -> Any:
+        """`fn` in a worker thread, for a caller holding the lock. Cancelled, it still waits
+        for the thread, so the lock (and the connection) is held until the thread is done:
+        closing a connection another thread is using crashes the process."""
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({work})
+            raise
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -262,6 +279,8 @@ class SqliteStore:
                 db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)", values)
 
         async with self._lock:
+            if self._closed:
+                raise StoreError(f"store {self.path}: closed")
             try:
                 db = self._connection()
                 if not self._appending:
@@ -277,7 +296,7 @@ class SqliteStore:
                         raise
                 finally:
                     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await asyncio.to_thread(insert)  # another writer holds the lock: wait for it off the loop
+                await self._in_thread(insert)  # another writer holds the lock: wait for it off the loop
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: {exc}") from exc
 
@@ -360,9 +379,11 @@ class SqliteStore:
         await self._run(prune)
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+        async with self._lock:  # after the operation in flight, never during it
+            self._closed = True
+            if self._db is not None:
+                db, self._db = self._db, None
+                await asyncio.to_thread(db.close)
 
 
 @contextlib.contextmanager
