@@ -3,6 +3,7 @@ checked by `pgproxy audit verify` after tampering, restarts and kill -9, export 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import json
