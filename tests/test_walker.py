@@ -18,7 +18,7 @@ import pytest
 from pglast import ast
 
 from pgproxy.analysis.model import ColumnKey
-from pgproxy.analysis.references import References, Scope, Unresolved
+from pgproxy.analysis.references import References, Scope, Unresolved, descendants
 from pgproxy.analysis.schema import Schema
 from tests import corpus
 from tests.test_enforce import corpus_db, enforce, schema  # noqa: F401 (fixtures)
@@ -134,19 +134,14 @@ def _templates() -> dict[type[Any], list[Any]]:
     """Real nodes of each type, from the corpora's statements: a field is tested in a node
     whose other fields make sense (a TABLESAMPLE with a table, an INSERT with a target)."""
     found: dict[type[Any], list[Any]] = {}
-    pending: list[Any] = []
+    statements: list[Any] = []
     for case in corpus.load("benign") + corpus.load("risky"):
         try:
-            pending += [raw.stmt for raw in pglast.parse_sql(case.sql)]
+            statements += [raw.stmt for raw in pglast.parse_sql(case.sql)]
         except pglast.parser.ParseError:
             continue
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (list, tuple)):
-            pending += node
-        elif isinstance(node, ast.Node):
-            found.setdefault(type(node), []).append(node)
-            pending += [getattr(node, slot, None) for slot in getattr(type(node), "__slots__", ())]
+    for node in descendants(statements):
+        found.setdefault(type(node), []).append(node)
     return found
 
 

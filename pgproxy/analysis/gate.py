@@ -12,6 +12,7 @@ parser fails on, or where they disagree, is UNKNOWN (the policy reviews it).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,7 +23,7 @@ from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
 from pgproxy.analysis.model import Analysis, ColumnKey, Flag, Kind
-from pgproxy.analysis.references import RangeItem, References, Scope, Unresolved
+from pgproxy.analysis.references import RangeItem, References, Scope, Unresolved, descendants, node_fields
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 from pgproxy.protocol.objects import OpKind, SessionOp
@@ -175,14 +176,7 @@ def _for_sqlglot(node: Any) -> Any | None:
     (``ORDER BY x USING <``, ``JOIN … USING (…) AS u``), or None when it has none."""
     copied = copy.deepcopy(node)
     changed = False
-    pending: list[Any] = [copied]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, (list, tuple)):
-            pending.extend(current)
-            continue
-        if not isinstance(current, ast.Node):
-            continue
+    for current in descendants(copied):
         if isinstance(current, ast.SortBy) and current.useOp is not None:
             current.useOp = None
             current.sortby_dir = SortByDir.SORTBY_DEFAULT
@@ -190,7 +184,6 @@ def _for_sqlglot(node: Any) -> Any | None:
         elif isinstance(current, ast.JoinExpr) and current.join_using_alias is not None:
             current.join_using_alias = None
             changed = True
-        pending.extend(getattr(current, slot, None) for slot in current.__slots__)
     return copied if changed else None
 
 
@@ -314,20 +307,13 @@ def _is_ddl(node: Any) -> bool:
 
 def _ddl_targets(node: Any, context: Context) -> frozenset[str]:
     """The relations a DDL statement names (it may create, change or drop them), as schema.name."""
-    names: list[tuple[str | None, str]] = []
-    pending: list[Any] = [node]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, (list, tuple)):
-            if isinstance(node, ast.DropStmt) and current and all(isinstance(p, ast.String) for p in current):
-                parts = [p.sval or "" for p in current]  # DROP TABLE s.t: a list of names
+    names = [(current.schemaname or None, current.relname or "") for current in descendants(node)
+             if isinstance(current, ast.RangeVar)]
+    if isinstance(node, ast.DropStmt):
+        for dropped in node.objects or ():  # DROP TABLE s.t: each object a list of names
+            if isinstance(dropped, (list, tuple)) and dropped and all(isinstance(p, ast.String) for p in dropped):
+                parts = [p.sval or "" for p in dropped]
                 names.append((parts[-2] if len(parts) > 1 else None, parts[-1]))
-            else:
-                pending.extend(current)
-        elif isinstance(current, ast.RangeVar):
-            names.append((current.schemaname or None, current.relname or ""))
-        elif isinstance(current, ast.Node):
-            pending.extend(getattr(current, slot, None) for slot in getattr(type(current), "__slots__", ()))
     found = set()
     for schema, name in names:
         relation = context.schema.lookup(schema, name, context.path)
@@ -337,19 +323,15 @@ def _ddl_targets(node: Any, context: Context) -> frozenset[str]:
 
 def _kept_queries(node: Any) -> list[Any]:
     """The outermost queries and subqueries inside a DDL statement."""
-    found: list[Any] = []
-    pending: list[Any] = [getattr(node, slot, None) for slot in node.__slots__]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, (list, tuple)):
-            pending.extend(current)
-        elif isinstance(current, (ast.SubLink, *_DML)):
-            found.append(current.subselect if isinstance(current, ast.SubLink) else current)
-            if isinstance(current, ast.SubLink):
-                pending.append(current.testexpr)  # `x IN (SELECT …)`: x belongs to the outer expression
-        elif isinstance(current, ast.Node):
-            pending.extend(getattr(current, slot, None) for slot in getattr(type(current), "__slots__", ()))
-    return found
+    def below(current: ast.Node) -> Iterable[str]:
+        if current is node:
+            return node_fields(type(current))
+        if isinstance(current, ast.SubLink):
+            return ("testexpr",)  # `x IN (SELECT …)`: x belongs to the outer expression
+        return () if isinstance(current, _DML) else node_fields(type(current))
+
+    return [current.subselect if isinstance(current, ast.SubLink) else current for current in descendants(node, below)
+            if current is not node and isinstance(current, (ast.SubLink, *_DML))]
 
 
 def _session_op(node: Any, text: str) -> SessionOp | None:

@@ -19,7 +19,7 @@ column reference or a function call anywhere in them is still seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,10 +120,25 @@ def _string_constant(node: Any) -> str | None:
     return None
 
 
-def _slots(node_type: type[Any]) -> tuple[str, ...]:
+def node_fields(node_type: type[Any]) -> tuple[str, ...]:
     """The field names of a pglast node type."""
     slots: Any = getattr(node_type, "__slots__", ())
     return tuple(slots)
+
+
+def descendants(root: Any, fields: Callable[[ast.Node], Iterable[str]] = lambda node: node_fields(type(node)),
+                ) -> Iterator[ast.Node]:
+    """Every pglast node in `root` (a node, or a list of them), depth first; below each node, the
+    `fields` it names (all by default). A node may be changed when it is yielded: its fields are
+    read after that."""
+    pending: list[Any] = [root]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, (list, tuple)):
+            pending.extend(current)
+        elif isinstance(current, ast.Node):
+            yield current
+            pending.extend(getattr(current, name, None) for name in fields(current))
 
 
 class Unresolved(Exception):
@@ -287,7 +302,7 @@ class References:
     def _rest(self, node: Any, scope: Scope, *handled: str) -> None:
         """Walk every field of `node` that its rule did not (`handled`): a field no rule knows
         (a new clause, a pglast upgrade) is walked generically, never skipped."""
-        for slot in _slots(type(node)):
+        for slot in node_fields(type(node)):
             if slot not in handled:
                 child = getattr(node, slot, None)
                 if isinstance(child, (ast.Node, list, tuple)):
@@ -531,7 +546,7 @@ class References:
         elif isinstance(node, ast.RangeVar):
             # A relation where no rule expects one: what the statement does with it is unknown.
             raise Unresolved(f'pgproxy does not know how the statement uses relation "{node.relname}"')
-        for slot in _slots(type(node)):
+        for slot in node_fields(type(node)):
             child = getattr(node, slot, None)
             if isinstance(child, (ast.Node, list, tuple)):
                 self.expression(child, scope, aliases=aliases, outputs_only=outputs_only)
