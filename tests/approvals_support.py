@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pgproxy.config import load_config
-from pgproxy.pgcluster import PostgresCluster
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from tests import corpus
 from tests.harness import ProxyThread, make_token, running_proxy, write_enforce_config
 
@@ -54,10 +56,30 @@ approvals:
 {demo}"""
 
 
-def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None) -> Any:
-    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG,
-                                extra=approvals_config(directory, timeout, demo_code))
+def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None,
+                catalog: str = corpus.CATALOG) -> Any:
+    path = write_enforce_config(pg, directory, catalog=catalog, extra=approvals_config(directory, timeout, demo_code))
     return running_proxy(load_config(path))
+
+
+@contextmanager
+def proxy_with_tables(pg: PostgresCluster, directory: Path, tables: str, setup: str,
+                      tagged: str) -> Iterator[ProxyThread]:
+    """A holding proxy over the corpus catalog plus `tagged` (catalog lines for public), with
+    `tables` (a comma list) made by `setup` and dropped afterwards."""
+    pg.psql(f"DROP TABLE IF EXISTS {tables}; {setup}", dbname="app", user="app_scram")
+    catalog = corpus.CATALOG.replace("    AuditLog:\n", f"{tagged}    AuditLog:\n")
+    try:
+        with start_proxy(pg, directory, catalog=catalog) as proxy:
+            yield proxy
+    finally:
+        pg.psql(f"DROP TABLE IF EXISTS {tables}", dbname="app", user="app_scram")
+
+
+def held_psql(proxy: ProxyThread, sql: str) -> subprocess.Popen[str]:
+    """psql running `sql` through the proxy, in the background (held until decided)."""
+    return subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", proxy.dsn(), "-c", sql],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,7 +17,7 @@ import psycopg
 import pytest
 
 from pgproxy.config import load_config
-from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from pgproxy.pgcluster import PostgresCluster
 from pgproxy.wire import messages as m
 from tests import corpus
 from tests.approvals_support import (
@@ -27,6 +26,8 @@ from tests.approvals_support import (
     approvals_config,
     decide,
     direct_value,
+    held_psql,
+    proxy_with_tables,
     reviewer_token,
     start_proxy,
     wait_pending,
@@ -43,8 +44,7 @@ from tests.harness import (
 
 def test_psql_held_then_approved(approving: ProxyThread, pg: PostgresCluster) -> None:
     sql = "SELECT name, email FROM customers WHERE id = 11"
-    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c", sql],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = held_psql(approving, sql)
     try:
         request = wait_pending(approving, "WHERE id = 11")
         assert client.poll() is None  # still waiting
@@ -465,8 +465,7 @@ def test_the_request_shows_the_statement_under_review(approving: ProxyThread) ->
     seen = []
     for literal in ("4", "7"):
         sql = f"SELECT email FROM customers WHERE phone = '555-0{literal}'"
-        client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c", sql],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = held_psql(approving, sql)
         try:
             request = wait_pending(approving, f"'555-0{literal}'")
             seen.append(request["analysis"]["statements"][0]["statement"])
@@ -558,22 +557,13 @@ def test_a_client_gone_right_after_the_notice_withdraws_its_request(approving: P
     assert decide(approving, ours[0])[0] == 409
 
 
-MIGRATION_CATALOG = corpus.CATALOG.replace("    AuditLog:\n", """    mig_orders:
-      secret_note: [pii]          # tagged before the migration that adds it
-    AuditLog:
-""")
-
-
 @pytest.fixture
 def migrating(pg: PostgresCluster, tmp_path: Path) -> Iterator[ProxyThread]:
-    pg.psql("DROP TABLE IF EXISTS mig_orders, mig_version; CREATE TABLE mig_orders (id int, total int);"
-            "INSERT INTO mig_orders VALUES (1, 10)", dbname="app", user="app_scram")
-    path = write_enforce_config(pg, tmp_path, catalog=MIGRATION_CATALOG, extra=approvals_config(tmp_path, 30))
-    try:
-        with running_proxy(load_config(path)) as proxy:
-            yield proxy
-    finally:
-        pg.psql("DROP TABLE IF EXISTS mig_orders, mig_version", dbname="app", user="app_scram")
+    with proxy_with_tables(pg, tmp_path, "mig_orders, mig_version",
+                           "CREATE TABLE mig_orders (id int, total int); INSERT INTO mig_orders VALUES (1, 10)",
+                           # tagged before the migration that adds it
+                           "    mig_orders:\n      secret_note: [pii]\n") as proxy:
+        yield proxy
 
 
 def _approved_in_background(proxy: ProxyThread, fragment: str) -> threading.Thread:
@@ -628,15 +618,10 @@ def test_a_migration_is_judged_on_the_schema_it_makes(migrating: ProxyThread, pg
 
 @pytest.fixture
 def renaming(pg: PostgresCluster, tmp_path: Path) -> Iterator[ProxyThread]:
-    pg.psql("DROP TABLE IF EXISTS ren_t, ren_t2; CREATE TABLE ren_t (id int, secret text);"
-            "INSERT INTO ren_t VALUES (1, 'the secret')", dbname="app", user="app_scram")
-    catalog = corpus.CATALOG.replace("    AuditLog:\n", "    ren_t:\n      secret: [pii]\n    AuditLog:\n")
-    path = write_enforce_config(pg, tmp_path, catalog=catalog, extra=approvals_config(tmp_path, 30))
-    try:
-        with running_proxy(load_config(path)) as proxy:
-            yield proxy
-    finally:
-        pg.psql("DROP TABLE IF EXISTS ren_t, ren_t2", dbname="app", user="app_scram")
+    with proxy_with_tables(pg, tmp_path, "ren_t, ren_t2",
+                           "CREATE TABLE ren_t (id int, secret text); INSERT INTO ren_t VALUES (1, 'the secret')",
+                           "    ren_t:\n      secret: [pii]\n") as proxy:
+        yield proxy
 
 
 def test_tags_follow_a_column_through_renames(renaming: ProxyThread) -> None:
@@ -732,9 +717,7 @@ def test_code_a_reader_or_writer_runs_unseen_is_reviewed(renaming: ProxyThread, 
 def test_reading_a_request_takes_a_reviewer_group(approving: ProxyThread) -> None:
     """Any token the reviewer issuer signs is not enough: reading requests (statements, literals,
     parameters) takes a reviewer group, as deciding does."""
-    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c",
-                               "SELECT email FROM customers WHERE id = 61"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = held_psql(approving, "SELECT email FROM customers WHERE id = 61")
     try:
         request = wait_pending(approving, "WHERE id = 61")
         nobody = reviewer_token("mallory", groups=())
@@ -755,9 +738,7 @@ def test_reading_a_request_takes_a_reviewer_group(approving: ProxyThread) -> Non
 def test_a_decision_from_another_site_is_refused(approving: ProxyThread) -> None:
     """Only JSON, and not from a browser page of another origin (what an SSO proxy's header would
     otherwise let any site do with a signed-in reviewer's browser)."""
-    client = subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", approving.dsn(), "-c",
-                               "SELECT email FROM customers WHERE id = 62"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = held_psql(approving, "SELECT email FROM customers WHERE id = 62")
     try:
         request = wait_pending(approving, "WHERE id = 62")
         url = f"{approving.server.approvals_url}/api/approvals/{request['id']}/decision"

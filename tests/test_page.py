@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pgproxy.pgcluster import PostgresCluster, find_pg_bin
-from tests.approvals_support import decide, direct_value, reviewer_token, start_proxy, wait_pending
+from pgproxy.pgcluster import PostgresCluster
+from tests.approvals_support import decide, direct_value, held_psql, reviewer_token, start_proxy, wait_pending
 from tests.harness import ProxyThread, make_token
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,11 +27,6 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield launched
         launched.close()
-
-
-def held_psql(proxy: ProxyThread, sql: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", proxy.dsn(), "-c", sql],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def sign_in(page: Page, url: str) -> None:
