@@ -416,6 +416,7 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
     tagged: dict[int, dict[str, set[str]]] = {}
 
     remembered = identities if identities is not None else {}
+    known_schemas = {s for s, _ in schema.relations}
     for (schema_name, table), columns in tags.items():  # file order, for the warnings
         relation = schema.relations.get((schema_name, table))
         for column, column_tags in columns.items():
@@ -431,7 +432,7 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
                     resolved.add((oid, attnum))
             remembered[key] = resolved
             if not resolved:
-                warnings.append(_unresolved(schema, prefix, schema_name, table, column))
+                warnings.append(_unresolved(schema, known_schemas, prefix, schema_name, table, column))
                 continue
             for oid, attnum in sorted(resolved):
                 target = by_oid[oid]
@@ -486,10 +487,10 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
     return dataclasses.replace(schema, relations=relations, version=version), warnings
 
 
-def _unresolved(schema: Schema, prefix: str, schema_name: str, table: str, column: str) -> str:
+def _unresolved(schema: Schema, known_schemas: set[str], prefix: str, schema_name: str, table: str,
+                column: str) -> str:
     """Why a catalog file entry names nothing upstream (the same words for every entry of a
     missing schema or table: apply_tags reports each once)."""
-    known_schemas = {s for s, _ in schema.relations}
     relation = schema.relations.get((schema_name, table))
     if schema_name not in known_schemas:
         return f"catalog: {prefix}{schema_name}: no such schema{_did_you_mean(schema_name, known_schemas)}"

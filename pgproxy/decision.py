@@ -12,7 +12,7 @@ that name stands for when it runs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -257,7 +257,8 @@ class Wait:
     hold: tuple[str, tuple[str | None, ...], Judgement] | None = None
     judged: Judgement | None = None  # the statement's own judgement (a Query's, kept for after the hold)
     approve: list[Portal] = field(default_factory=list)
-    ask: bytes | None = None  # first have the server parse this Query body (see ProtocolModel.ask)
+    # First have the server parse this Query (its body, and its text; see ProtocolModel.ask).
+    ask: tuple[bytes, str] | None = None
     # The server parsed this statement, which names what pgproxy's schema does not know:
     # read the schema again and judge it afresh before holding it.
     refresh: PreparedStatement | None = None
@@ -461,9 +462,7 @@ class DecisionPoint:
                 model.describe("P", name, own=True)
                 before = m.Describe("P", name).encode()
             model.execute(name, portal, judged.permitted, found.runs)
-            if judged.changes_lexing or (model.lexing.in_block and portal.statement.op is not None
-                                         and portal.statement.op.kind in _ENDS_BLOCK):
-                model.lexing.pending = True
+            self._lexing_may_change(judged.changes_lexing, (portal.statement.op,))
             return before
         if not model.idle:
             return Wait()  # hold or refuse only what will run: an earlier message may yet fail
@@ -517,10 +516,9 @@ class DecisionPoint:
         parts, combined, shown, bind, covered = resolved
         if combined.verdict is Verdict.ALLOW or is_approved:
             model.query(parts)
-            if judged.changes_lexing or any(
-                    (p.runs is not None and facts(p.runs).changes_lexing)
-                    or (model.lexing.in_block and p.op is not None and p.op.kind in _ENDS_BLOCK) for p in parts or ()):
-                model.lexing.pending = True
+            self._lexing_may_change(
+                judged.changes_lexing or any(p.runs is not None and facts(p.runs).changes_lexing for p in parts or ()),
+                (p.op for p in parts or ()))
             return None
         if not model.idle:
             return Wait(judged=judged)  # hold or refuse only what will run (see _refused_anyway)
@@ -529,10 +527,17 @@ class DecisionPoint:
             return None
         if combined.verdict is Verdict.REVIEW and self.gate.holds:
             if judged.ask and not (resume is not None and resume.asked):
-                return Wait(ask=body, judged=judged)
+                return Wait(ask=(body, sql), judged=judged)
             return Wait(hold=(shown, shown_parameters(bind, model.lexing.codec), combined), judged=judged,
                         approve=covered)
         return self.refusal(type_byte, combined)
+
+    def _lexing_may_change(self, changes: bool, ops: Iterable[SessionOp | None]) -> None:
+        """After forwarding an execution: if it may change how the server reads text, or ends the
+        block in which such a change was made, later text waits for the server's report."""
+        lexing = self.model.lexing
+        if changes or (lexing.in_block and any(op is not None and op.kind in _ENDS_BLOCK for op in ops)):
+            lexing.pending = True
 
     def _refused_anyway(self, first: SessionOp | None) -> bool:
         """The server will refuse the statement without running it: its transaction block is

@@ -511,11 +511,12 @@ class Session:
         error is the client's answer and the Query is done; if it knows a name pgproxy does not,
         pgproxy's schema is stale: it is read again and the Query judged afresh."""
         assert self._upstream is not None and wait.ask is not None and wait.judged is not None
-        self._upstream.transport.write(self.model.ask(wait.ask))
+        body, sql = wait.ask
+        self._upstream.transport.write(self.model.ask(body))
         await self._until_answered()
         if self.model.refused_by_server:
             if self.gate is not None:
-                self.gate.server_refused(self, m.decode_query_text(wait.ask, self.model.lexing.decode), wait.judged)
+                self.gate.server_refused(self, sql, wait.judged)
             return None, wait.index + 1, end
         if wait.judged.stale and self.gate is not None:
             await self.gate.refresh_schema(self)
