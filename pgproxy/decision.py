@@ -467,7 +467,7 @@ class DecisionPoint:
         if not model.idle:
             return Wait()  # hold or refuse only what will run: an earlier message may yet fail
         if self._refused_anyway(portal.statement.op):
-            model.execute(name, portal, judged.permitted)
+            model.execute(name, portal, judged.permitted, fails=True)  # no rows come: nothing to guard
             return None
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
             if judged.stale and not (resume is not None and resume.asked) and found.runs is None:

@@ -282,14 +282,15 @@ class ProtocolModel:
         self._push(expect)
 
     def execute(self, name: str, portal: Portal | None, permitted: frozenset[tuple[int, int]],
-                runs: PreparedStatement | None = None) -> None:
-        """Record an Execute of `portal` (None: the model believes it does not exist)."""
+                runs: PreparedStatement | None = None, *, fails: bool = False) -> None:
+        """Record an Execute of `portal` (None: the model believes it does not exist; `fails`:
+        the server will refuse it, its transaction block being aborted)."""
         if self.doomed:
             return
         op = portal.statement.op if portal is not None else None
         expect = Expect(K.EXECUTE, self.segment, name)
         expect.portal = portal
-        expect.expect_ok = portal is not None
+        expect.expect_ok = portal is not None and not fails
         expect.op = op
         expect.permitted = permitted
         if self.trace and portal is not None:
@@ -732,7 +733,7 @@ class ProtocolModel:
 
     def _execute_answer(self, head: Expect, type_byte: int, body: bytes) -> None:
         if not head.expect_ok and self.strict:
-            raise self._desync(type_byte, "an error (no such portal)")
+            raise self._desync(type_byte, "an error (no such portal, or its transaction block is aborted)")
         phase = head.phase
         if type_byte == m.DATA_ROW and phase in (_P_ROWS, _P_REFUSED):
             return
