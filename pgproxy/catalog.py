@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from pgproxy.analysis.routines import Routine
 from pgproxy.analysis.schema import Relation, Schema
 from pgproxy.config import Route, _At, _describe, _Loader, read_yaml
 from pgproxy.errors import ProxyError, UpstreamProtocolError
@@ -195,6 +196,10 @@ SELECT DISTINCT 'viewfn', r.ev_class::text, n.nspname, p.proname
   JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass AND r.rulename = '_RETURN'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+SELECT 'routine', p.oid::text, n.nspname, p.proname, l.lanname,
+       CASE WHEN l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp_';
 SELECT DISTINCT 'hook', r.ev_class::text FROM pg_rewrite r WHERE r.rulename <> '_RETURN';
 SELECT DISTINCT 'hook', t.tgrelid::text FROM pg_trigger t WHERE NOT t.tgisinternal;
 SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
@@ -295,9 +300,13 @@ def _build(rows: list[Row]) -> Introspection:
     generated: dict[tuple[int, int], set[tuple[int, int]]] = {}
     for _, table, attnum, ref, subid in by_kind.get("gen", []):
         generated.setdefault((int(_text(table)), int(_text(attnum))), set()).add((int(_text(ref)), int(_text(subid))))
-    calls: dict[int, set[str]] = {}
+    calls: dict[int, set[tuple[str, str]]] = {}
     for _, view, nspname, proname in by_kind.get("viewfn", []):
-        calls.setdefault(int(_text(view)), set()).add(f"{_text(nspname)}.{_text(proname)}")
+        calls.setdefault(int(_text(view)), set()).add((_text(nspname), _text(proname)))
+    routines: dict[tuple[str, str], list[Routine]] = {}
+    for _, oid, nspname, proname, lanname, definition in by_kind.get("routine", []):
+        routines.setdefault((_text(nspname), _text(proname)), []).append(
+            Routine(int(_text(oid)), _text(nspname), _text(proname), _text(lanname), definition))
     _through_views(calls, deps)
     hooks = {int(_text(row[1])) for row in by_kind.get("hook", [])}
     relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks)
@@ -311,6 +320,7 @@ def _build(rows: list[Row]) -> Introspection:
         user_operators=operators,
         search_path=search_path,
         version="",
+        routines={key: tuple(found) for key, found in routines.items()},
     )
     version = _digest({
         "relations": sorted([r.oid, r.schema, r.name, r.kind, r.columns, r.attnums]
@@ -323,6 +333,8 @@ def _build(rows: list[Row]) -> Introspection:
         "generated": sorted([list(column), sorted(sources)] for column, sources in generated.items()),
         "calls": sorted([view, sorted(names)] for view, names in calls.items()),
         "hooks": sorted(hooks),
+        "routines": sorted([r.oid, r.schema, r.name, r.language, r.definition or ""]
+                           for found in routines.values() for r in found),
     })
     return Introspection(dataclasses.replace(schema, version=version), view_sources, frozen_inherits,
                          {column: frozenset(sources) for column, sources in generated.items()})
@@ -334,7 +346,7 @@ def _text(value: str | None) -> str:
     return value
 
 
-def _through_views(calls: dict[int, set[str]], deps: dict[int, set[tuple[int, int]]]) -> None:
+def _through_views(calls: dict[int, set[tuple[str, str]]], deps: dict[int, set[tuple[int, int]]]) -> None:
     """A view that reads a view calling functions calls them too (a fixpoint, for chains)."""
     changed = True
     while changed:
@@ -414,6 +426,7 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
     warnings: list[str] = []
     by_oid = schema.by_oid()
     tagged: dict[int, dict[str, set[str]]] = {}
+    stale: dict[int, list[str]] = {}
 
     remembered = identities if identities is not None else {}
     known_schemas = {s for s, _ in schema.relations}
@@ -430,9 +443,16 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
                 still = by_oid.get(oid)
                 if still is not None and (attnum == 0 or attnum in still.attnums):
                     resolved.add((oid, attnum))
+            watched = bool(remembered.get(key))
             remembered[key] = resolved
+            if not resolved and watched:  # pgproxy saw the column go: dropped, not renamed
+                warnings.append(f"catalog: {prefix}{schema_name}.{table}.{column} was dropped; "
+                                "remove it from the catalog file")
+                continue
             if not resolved:
                 warnings.append(_unresolved(schema, known_schemas, prefix, schema_name, table, column))
+                if relation is not None:
+                    stale.setdefault(relation.oid, []).append(warnings[-1])
                 continue
             for oid, attnum in sorted(resolved):
                 target = by_oid[oid]
@@ -478,13 +498,23 @@ def apply_tags(schema: Schema, view_sources: ViewSources, tags: Tags, *,
         key: dataclasses.replace(relation, tags={
             column: frozenset(column_tags)
             for column, column_tags in tagged.get(relation.oid, {}).items() if column_tags
-        })
+        }, stale=_stale(stale.get(relation.oid)))
         for key, relation in schema.relations.items()
     }
     version = _digest([schema.version, sorted(
         [r.oid, column, sorted(column_tags)]
-        for r in relations.values() for column, column_tags in r.tags.items())])
+        for r in relations.values() for column, column_tags in r.tags.items()),
+        sorted([r.oid, r.stale] for r in relations.values() if r.stale)])
     return dataclasses.replace(schema, relations=relations, version=version), warnings
+
+
+def _stale(warnings: list[str] | None) -> str | None:
+    """What a statement using a relation with a tagged column that no longer exists is told."""
+    if not warnings:
+        return None
+    return ("; ".join(w.removeprefix("catalog: ") for w in dict.fromkeys(warnings))
+            + ": the catalog file tags a column that does not exist (renamed or dropped while pgproxy was not "
+              "watching?), so pgproxy cannot tell where its data went; update the catalog file")
 
 
 def _unresolved(schema: Schema, known_schemas: set[str], prefix: str, schema_name: str, table: str,

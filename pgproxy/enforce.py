@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import pglast
 
 from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, shape_key
-from pgproxy.analysis.gate import analyze
-from pgproxy.analysis.model import Analysis, Flag, Kind
+from pgproxy.analysis.gate import analyze, planning_runs_code
+from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
@@ -474,7 +474,7 @@ class PolicyGate(StatementGate):
         analyses = verdicts.analyses if verdicts is not None else ()
         parts = verdicts.parts if verdicts is not None else None
         # Planning runs what the planner folds: user functions, and whatever pgproxy cannot tell.
-        plans_code = verdicts is None or any(Flag.RUNS_CODE in a.flags or a.kind is Kind.UNKNOWN for a in analyses)
+        plans_code = verdicts is None or any(planning_runs_code(a) for a in analyses)
         if decision.action is Action.ALLOW:
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
@@ -631,9 +631,10 @@ _PUBLISHES = frozenset({OpKind.COMMIT, OpKind.ROLLBACK, OpKind.PREPARE_TRANSACTI
 
 
 def _touches(verdicts: Verdicts, targets: frozenset[str]) -> bool:
-    """Whether a statement uses one of `targets`, or names what the schema does not know yet."""
-    return any(a.kind is Kind.UNKNOWN or a.tables & targets or (a.ddl_targets or frozenset()) & targets
-               for a in verdicts.analyses)
+    """Whether a statement uses one of `targets` (a relation, or a function it calls, also
+    through views and other functions), or names what the schema does not know yet."""
+    return any(a.kind is Kind.UNKNOWN or a.tables & targets or a.functions & targets
+               or (a.ddl_targets or frozenset()) & targets for a in verdicts.analyses)
 
 
 def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:

@@ -686,15 +686,45 @@ def test_a_generated_column_inherits_the_tags_it_reads(renaming: ProxyThread) ->
         assert conn.execute("SELECT id FROM ren_t").fetchall() == [(1,)]
 
 
-def test_code_a_reader_or_writer_runs_unseen_is_reviewed(renaming: ProxyThread, pg: PostgresCluster) -> None:
-    """A view over a user function returns what the function reads, which no column dependency
-    shows; a rule or trigger runs on every write. Reading such a view, or writing such a table,
-    is reviewed as running code, even through another view."""
+def _held_reads(proxy: ProxyThread, sql: str) -> tuple[set[str], set[str]]:
+    """Run `sql` through the proxy, have the reviewer deny it, and return the tagged columns and
+    flags its request showed (and what it said would carry tags, as `derives: object`)."""
+    shown: dict[str, set[str]] = {}
+
+    def deny() -> None:
+        request = wait_pending(proxy, sql)
+        statements = request["analysis"]["statements"]
+        shown["reads"] = {c["column"] for s in statements for c in s["reads"] if c["tags"]} | {
+            f"derives: {d['object']}" for s in statements for d in s["derives"] if d["tags"] == ["pii"]}
+        shown["flags"] = {f for s in statements for f in s["flags"]}
+        decide(proxy, request, "deny", reason="no")
+
+    worker = threading.Thread(target=deny)
+    worker.start()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
+        conn.execute(sql)
+    worker.join(15)
+    return shown["reads"], shown["flags"]
+
+
+def test_tags_follow_the_data_through_functions(renaming: ProxyThread, pg: PostgresCluster) -> None:
+    """What a SQL or PL/pgSQL function reads counts as read by the statement that calls it,
+    directly or through views over it (function -> view -> view): the tagged column is shown to
+    the reviewer. A function that reads nothing tagged runs unreviewed; one pgproxy cannot see
+    through (dynamic SQL) runs code; a rule runs on every write."""
     pg.psql("""
         CREATE OR REPLACE FUNCTION ren_f() RETURNS TABLE (id int, s text) LANGUAGE sql
             AS $$ SELECT id, secret FROM ren_t $$;
         CREATE OR REPLACE VIEW ren_v AS SELECT * FROM ren_f();
         CREATE OR REPLACE VIEW ren_vv AS SELECT id FROM ren_v;
+        CREATE OR REPLACE FUNCTION ren_g(p_id int) RETURNS text LANGUAGE plpgsql AS $$
+            DECLARE found_one text;
+            BEGIN found_one := (SELECT upper(secret) FROM ren_t WHERE id = p_id); RETURN found_one; END $$;
+        CREATE OR REPLACE FUNCTION ren_count() RETURNS bigint LANGUAGE plpgsql AS $$
+            DECLARE n bigint; BEGIN SELECT count(id) INTO n FROM ren_t; RETURN n; END $$;
+        CREATE OR REPLACE FUNCTION ren_dyn() RETURNS text LANGUAGE plpgsql AS $$
+            DECLARE r text; BEGIN EXECUTE 'SELECT secret FROM ren_t' INTO r; RETURN r; END $$;
         CREATE TABLE IF NOT EXISTS ren_log (note text);
         CREATE TABLE IF NOT EXISTS ren_orders (id int);
         CREATE OR REPLACE RULE ren_copy AS ON INSERT TO ren_orders DO ALSO INSERT INTO ren_log SELECT secret FROM ren_t;
@@ -702,16 +732,22 @@ def test_code_a_reader_or_writer_runs_unseen_is_reviewed(renaming: ProxyThread, 
     try:
         proxy = renaming
         proxy.call(proxy.server.gate.catalog.refresh("app"))  # type: ignore[union-attr]
+        for sql in ("SELECT * FROM ren_v", "SELECT id FROM ren_vv", "SELECT ren_g(1)"):
+            reads, flags = _held_reads(proxy, sql)
+            assert reads == {"public.ren_t.secret"} and "runs_code" not in flags, (sql, reads, flags)
+        # DDL over the function shows what it reads and what will carry the tag.
+        reads, _ = _held_reads(proxy, "CREATE VIEW ren_w AS SELECT id, ren_g(id) AS g FROM ren_t")
+        assert reads == {"public.ren_t.secret", "derives: public.ren_w"}, reads
+        reads, flags = _held_reads(proxy, "SELECT ren_dyn()")
+        assert "runs_code" in flags and not reads
+        reads, flags = _held_reads(proxy, "INSERT INTO ren_orders VALUES (1)")
+        assert "runs_code" in flags
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-            for sql in ("SELECT * FROM ren_v", "SELECT id FROM ren_vv", "INSERT INTO ren_orders VALUES (1)"):
-                denier = _denied_in_background(proxy, sql)
-                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied by reviewer"):
-                    conn.execute(sql)
-                denier.join(15)
+            assert conn.execute("SELECT ren_count()").fetchone() == (1,)  # nothing tagged: not held
             assert conn.execute("SELECT count(*) FROM ren_log").fetchone() == (0,)
     finally:
-        pg.psql("DROP VIEW IF EXISTS ren_vv, ren_v; DROP FUNCTION IF EXISTS ren_f(); "
-                "DROP TABLE IF EXISTS ren_orders, ren_log", dbname="app", user="app_scram")
+        pg.psql("DROP VIEW IF EXISTS ren_vv, ren_v; DROP FUNCTION IF EXISTS ren_f(), ren_g(int), ren_count(), "
+                "ren_dyn(); DROP TABLE IF EXISTS ren_orders, ren_log", dbname="app", user="app_scram")
 
 
 def test_reading_a_request_takes_a_reviewer_group(approving: ProxyThread) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from pgproxy import catalog as catalog_module
+from pgproxy.analysis.gate import analyze
+from pgproxy.analysis.model import Kind
 from pgproxy.analysis.schema import Relation, Schema
 from pgproxy.catalog import (
     Catalog,
@@ -342,6 +344,13 @@ app:
         "catalog: app.pubic: no such schema (did you mean public?)",
     ]
     assert relation(schema, "public", "customers").tags == {"email": PII}  # the rest still applies
+    # The misspelt column's data is not tagged, and pgproxy cannot tell where it is: a statement
+    # using the table is unknown, with the catalog error in its explanation.
+    [analysis] = analyze("SELECT id FROM customers", schema)
+    assert analysis.kind is Kind.UNKNOWN
+    assert analysis.reasons[0].startswith("catalog error: app.public.customers.emial: no such column")
+    assert "update the catalog file" in analysis.reasons[0]
+    assert analyze("SELECT 1 FROM orders", schema)[0].kind is Kind.READ
 
 
 async def test_catalog_load_refresh_and_warnings(pg: PostgresCluster, scratch: str, tmp_path: Path) -> None:
@@ -390,7 +399,10 @@ async def test_refresh_warns_when_ddl_drops_a_tagged_column(
     pg.psql(f"ALTER TABLE {scratch}.people DROP COLUMN email;", dbname=DATABASE)
     with caplog.at_level("WARNING", logger="pgproxy.catalog"):
         await catalog.refresh("app")
-    assert f"catalog: app.{scratch}.people.email: no such column in {scratch}.people" in caplog.messages
+    # pgproxy saw the column go (a rename would have kept its tag): dropped, nothing to hold.
+    assert f"catalog: app.{scratch}.people.email was dropped; remove it from the catalog file" in caplog.messages
+    after = catalog.schema("app")
+    assert after is not None and relation(after, scratch, "people").stale is None
 
 
 async def test_concurrent_refreshes_coalesce(pg: PostgresCluster, monkeypatch: pytest.MonkeyPatch) -> None:

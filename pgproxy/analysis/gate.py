@@ -19,11 +19,13 @@ from typing import Any
 import pglast
 from pglast import ast
 from pglast.enums import DiscardMode, SortByDir, TransactionStmtKind, VariableSetKind
+from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
 from pgproxy.analysis.model import Analysis, ColumnKey, Flag, Kind
 from pgproxy.analysis.references import RangeItem, References, Scope, Unresolved, descendants, node_fields
+from pgproxy.analysis.routines import Opaque, statement_body
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 from pgproxy.protocol.objects import OpKind, SessionOp
@@ -131,7 +133,8 @@ def analyze_node(node: Any, text: str, context: Context, *, nested: bool = False
     try:
         analysis = _analyze(node, text, command, replace(context, nested=nested))
         if _is_ddl(node):
-            analysis = replace(analysis, ddl_targets=_ddl_targets(node, context))
+            analysis = replace(analysis, ddl_targets=_ddl_targets(node, context),
+                               derives=_derives(node, analysis, context))
         op = _session_op(node, text)
         return analysis if op is None else replace(analysis, op=op)
     except Unresolved as exc:
@@ -152,9 +155,10 @@ def _walk(text: str, command: str, kind: Kind, context: Context, *nodes: Any,
             refs.expression(node, None)
     if refs.modifies and kind is Kind.READ:
         kind = Kind.WRITE  # a data-modifying CTE
-    found = Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables),
+    found = Analysis(sql=text, command=command, kind=kind, tables=frozenset(refs.tables | refs.indirect),
                      reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
                      flags=frozenset(refs.flags), literal_sensitive=refs.literal_sensitive, lexing=refs.lexing,
+                     calls_code=refs.plans_code,
                      reasons=(refs.unreadable,) if refs.unreadable else ())
     if check_tables:
         catalog_only = not refs.flags and all(f.split(".", 1)[0] in SYSTEM_SCHEMAS for f in refs.functions)
@@ -210,7 +214,7 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
         return replace(params, literal_sensitive=True)
     if isinstance(node, ast.DeclareCursorStmt):
         inner = replace(analyze_node(node.query, text, context, nested=True), command="DECLARE CURSOR")
-        if (node.options or 0) & _CURSOR_OPT_HOLD or inner.flags & _PLANNING_RUNS or inner.kind is Kind.UNKNOWN:
+        if (node.options or 0) & _CURSOR_OPT_HOLD or planning_runs_code(inner):
             # A WITH HOLD cursor runs its query to the end when its transaction commits; and
             # DECLARE plans the query, which evaluates functions the planner may fold.
             return replace(inner, stored=inner)
@@ -248,10 +252,15 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
 
 
 _CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
-# Planning a statement runs these (the planner folds immutable functions and estimates with
-# stable ones): code pgproxy cannot see runs before the statement executes. So does planning
-# a statement pgproxy cannot read (kind UNKNOWN).
-_PLANNING_RUNS = frozenset({Flag.RUNS_CODE})
+
+
+def planning_runs_code(analysis: Analysis) -> bool:
+    """Whether planning the statement may run user code that must be judged first: the planner
+    folds immutable functions and estimates with stable ones, before the statement executes
+    (and before any row a result guard could check; an error message can carry what a function
+    read). That is code pgproxy cannot see, a user function not allow-listed, or one whose body
+    reads tagged columns; and planning a statement pgproxy cannot read (kind UNKNOWN)."""
+    return Flag.RUNS_CODE in analysis.flags or analysis.kind is Kind.UNKNOWN or analysis.calls_code
 
 
 def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
@@ -259,6 +268,8 @@ def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
     a policy's USING and WITH CHECK, a SQL function's body, a trigger's WHEN) still count what
     they read. Names they take from their context (NEW, OLD, the policy's table, parameters)
     are not resolved here: such a statement is unknown."""
+    if isinstance(node, ast.CreateFunctionStmt):
+        return _create_function(node, text, command, context)
     kept = _kept_queries(node)
     computed = _column_expressions(node)
     if not kept and not computed:
@@ -278,8 +289,29 @@ def _ddl(node: Any, text: str, command: str, context: Context) -> Analysis:
             refs.expression(computed, Scope([item], None))
         except Unresolved as exc:
             return unknown(text, command, f"an expression this {command} stores: {exc}", literal_sensitive=True)
-    return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables), reads=refs.reads,
-                    writes=refs.writes, functions=frozenset(refs.functions), flags=frozenset(refs.flags),
+    return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables | refs.indirect),
+                    reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
+                    flags=frozenset(refs.flags), literal_sensitive=True)
+
+
+def _create_function(node: ast.CreateFunctionStmt, text: str, command: str, context: Context) -> Analysis:
+    """CREATE FUNCTION/PROCEDURE counts what its body reads (SQL or PL/pgSQL, names resolved
+    as they will be when a statement calls it: on the function's own search_path, or the
+    caller's, which is this session's for all pgproxy can tell)."""
+    try:
+        found = statement_body(node, text)
+    except (Opaque, ParseError) as exc:
+        return Analysis(sql=text, command=command, kind=Kind.DDL, literal_sensitive=True,
+                        reasons=(f"pgproxy cannot read what its body does: {exc}",))
+    refs = References(context.schema, found.search_path if found.search_path is not None else context.path,
+                      context.allowed_functions, names=found.names, qualifiers=found.qualifiers)
+    try:
+        for query in found.queries:
+            refs.statement(query, Scope([], None))
+    except Unresolved as exc:
+        return unknown(text, command, f"a query in its body: {exc}", literal_sensitive=True)
+    return Analysis(sql=text, command=command, kind=Kind.DDL, tables=frozenset(refs.tables | refs.indirect),
+                    reads=refs.reads, functions=frozenset(refs.functions), flags=frozenset(refs.flags),
                     literal_sensitive=True)
 
 
@@ -306,7 +338,8 @@ def _is_ddl(node: Any) -> bool:
 
 
 def _ddl_targets(node: Any, context: Context) -> frozenset[str]:
-    """The relations a DDL statement names (it may create, change or drop them), as schema.name."""
+    """The relations and functions a DDL statement names (it may create, change or drop them),
+    as schema.name: statements that use them wait for the schema DDL makes (see enforce)."""
     names = [(current.schemaname or None, current.relname or "") for current in descendants(node)
              if isinstance(current, ast.RangeVar)]
     if isinstance(node, ast.DropStmt):
@@ -314,11 +347,59 @@ def _ddl_targets(node: Any, context: Context) -> frozenset[str]:
             if isinstance(dropped, (list, tuple)) and dropped and all(isinstance(p, ast.String) for p in dropped):
                 parts = [p.sval or "" for p in dropped]
                 names.append((parts[-2] if len(parts) > 1 else None, parts[-1]))
-    found = set()
-    for schema, name in names:
-        relation = context.schema.lookup(schema, name, context.path)
-        found.add(relation.qualified if relation is not None else f"{schema or (context.path or ('?',))[0]}.{name}")
+    found = {_relation_name(schema, name, context) for schema, name in names}
+    # Functions: CREATE [OR REPLACE] FUNCTION f, and ALTER, DROP, RENAME … FUNCTION f(args). An
+    # unqualified name may be any schema's that defines one, or the schema CREATE puts it in.
+    routines = [current.objname for current in descendants(node) if isinstance(current, ast.ObjectWithArgs)]
+    if isinstance(node, ast.CreateFunctionStmt):
+        routines.append(node.funcname)
+    for objname in routines:
+        words = [p.sval or "" for p in objname or () if isinstance(p, ast.String)]
+        if not words:
+            continue
+        schemas = {words[-2]} if len(words) > 1 else {*context.schema.function_schemas(words[-1]),
+                                                        (context.path or ("?",))[0]}
+        found |= {f"{schema}.{words[-1]}" for schema in schemas}
     return frozenset(found)
+
+
+def _relation_name(schema: str | None, name: str, context: Context) -> str:
+    """schema.name of a relation a statement names (one it creates: in the path's first schema)."""
+    relation = context.schema.lookup(schema, name, context.path)
+    return relation.qualified if relation is not None else f"{schema or (context.path or ('?',))[0]}.{name}"
+
+
+def _derives(node: Any, analysis: Analysis, context: Context) -> dict[str, frozenset[str]]:
+    """What a DDL statement that reads tagged columns makes hold or return their values: the
+    view, table or function it creates, the columns it gives a generated or default expression,
+    the tables its rules and triggers write. Each carries every tag the statement reads."""
+    tags = analysis.tags_read
+    if not tags:
+        return {}
+
+    objects = {f"{k.schema}.{k.table}.{k.column}" for k in analysis.writes}
+    into = (node.view if isinstance(node, ast.ViewStmt) else node.into.rel if isinstance(node, ast.CreateTableAsStmt)
+            and node.into is not None else node.intoClause.rel if isinstance(node, ast.SelectStmt)
+            and node.intoClause is not None else None)
+    if isinstance(into, ast.RangeVar):
+        objects.add(_relation_name(into.schemaname or None, into.relname or "", context))
+    if isinstance(node, ast.CreateFunctionStmt):
+        words = [p.sval or "" for p in node.funcname or () if isinstance(p, ast.String)]
+        objects.add(f"{words[-2] if len(words) > 1 else (context.path or ('?',))[0]}.{words[-1]}()")
+    if isinstance(node, ast.AlterTableStmt) and node.relation is not None:
+        table = _relation_name(node.relation.schemaname or None, node.relation.relname or "", context)
+        for cmd in node.cmds or ():
+            definition = getattr(cmd, "def_", None)
+            if isinstance(definition, ast.ColumnDef):  # ADD COLUMN c … DEFAULT / GENERATED ALWAYS AS
+                stores = definition.raw_default is not None or any(
+                    getattr(c, "raw_expr", None) is not None for c in definition.constraints or ())
+                column = definition.colname if stores else None
+            else:  # ALTER COLUMN c SET DEFAULT / SET EXPRESSION AS
+                column = getattr(cmd, "name", None) if isinstance(definition, ast.Node) \
+                    and not isinstance(definition, ast.Constraint) else None
+            if column:
+                objects.add(f"{table}.{column}")
+    return dict.fromkeys(sorted(objects), tags)
 
 
 def _kept_queries(node: Any) -> list[Any]:
@@ -409,8 +490,8 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
             refs.expression(node.whereClause, Scope([item], None))
     except Unresolved as exc:
         return unknown(text, "COPY", str(exc))
-    return Analysis(sql=text, command="COPY", kind=kind, tables=frozenset(refs.tables), reads=refs.reads,
-                    writes=refs.writes, functions=frozenset(refs.functions),
+    return Analysis(sql=text, command="COPY", kind=kind, tables=frozenset(refs.tables | refs.indirect),
+                    reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
                     flags=frozenset(refs.flags) | flags, literal_sensitive=True)
 
 

@@ -70,6 +70,12 @@ class Analysis:
     lexing: bool = False  # running it may change how the server reads later text (client_encoding...)
     # DDL: the relations it creates, changes or drops (schema.name); None for other statements.
     ddl_targets: frozenset[str] | None = None
+    # DDL that derives data from tagged columns: each object (schema.name, or schema.table.column)
+    # that will hold or return what they hold, with the tags it carries from them.
+    derives: dict[str, frozenset[str]] = field(default_factory=dict)
+    # It calls a user function that is not allow-listed or that reads tagged columns: the planner
+    # may run it (folding an immutable function) before the statement executes.
+    calls_code: bool = False
 
     @property
     def tags_read(self) -> frozenset[str]:
@@ -93,4 +99,5 @@ class Analysis:
             "functions": sorted(self.functions),
             "flags": sorted(f.value for f in self.flags),
             "reasons": list(self.reasons),
+            "derives": [{"object": k, "tags": sorted(v)} for k, v in sorted(self.derives.items())],
         }

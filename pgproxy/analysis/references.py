@@ -26,6 +26,7 @@ from typing import Any
 from pglast import ast
 
 from pgproxy.analysis.model import ColumnKey, Flag
+from pgproxy.analysis.routines import Routine, body
 from pgproxy.analysis.schema import SYSTEM_SCHEMAS, Relation, Schema
 from pgproxy.protocol.lexing import LEXING_SETTINGS, setting_refusal
 
@@ -145,6 +146,19 @@ class Unresolved(Exception):
     """A name the walker cannot bind: the statement's effect is unknown."""
 
 
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What calling one routine does, as its body's queries do it (`opaque`: pgproxy cannot
+    see through it, so calling it runs code pgproxy cannot judge)."""
+
+    reads: dict[ColumnKey, frozenset[str]] = field(default_factory=dict)
+    tables: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    flags: frozenset[Flag] = frozenset()
+    opaque: str | None = None
+    plans_code: bool = False  # its body calls what planning should not run unjudged
+
+
 @dataclass(slots=True)
 class RangeItem:
     """One entry of a FROM list (or a DML target) as references see it."""
@@ -187,6 +201,10 @@ class References:
     reads: dict[ColumnKey, frozenset[str]] = field(default_factory=dict)
     writes: dict[ColumnKey, frozenset[str]] = field(default_factory=dict)
     tables: set[str] = field(default_factory=set)
+    indirect: set[str] = field(default_factory=set)  # tables read by the routines it calls (not named here)
+    # It calls a user function that is not allow-listed, or one that reads tagged columns: planning
+    # it may run that (see gate.planning_runs_code).
+    plans_code: bool = False
     functions: set[str] = field(default_factory=set)
     flags: set[Flag] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
@@ -194,6 +212,11 @@ class References:
     modifies: bool = False  # a data-modifying statement anywhere (CTEs included)
     lexing: bool = False  # changes a setting the server's scanner consults (set_config)
     unreadable: str | None = None  # why such a change cannot be allowed
+    # Inside a routine's body: its parameters and variables (a name no column matches may be one),
+    # the names that qualify them (the function's, block labels, records), the routines being walked.
+    names: frozenset[str] = frozenset()
+    qualifiers: frozenset[str] = frozenset()
+    calling: frozenset[int] = frozenset()
 
     # -- recording ---------------------------------------------------------------------
 
@@ -225,13 +248,60 @@ class References:
             shown = f"{node.schemaname}.{name}" if node.schemaname else name
             raise Unresolved(f'relation "{shown}" is not known to pgproxy')
         self.tables.add(relation.qualified)
+        if relation.stale is not None:
+            raise Unresolved(f"catalog error: {relation.stale}")
         if (relation.schema, relation.name) in CREDENTIAL_RELATIONS:
             self.flags.add(Flag.CREDENTIALS)
-        for function in relation.calls:  # a view over user functions runs them when read
-            self.functions.add(function)
-            if function not in self.allowed_functions and function.rsplit(".", 1)[-1] not in self.allowed_functions:
-                self.flags.add(Flag.RUNS_CODE)
+        for schema_name, function in sorted(relation.calls):  # a view over user functions runs them when read
+            self.call(schema_name, function)
         return relation
+
+    def call(self, schema_name: str, name: str) -> None:
+        """A user function or procedure runs: what its body reads counts as read here (its
+        parameters are the statement's values). One pgproxy cannot see through runs code,
+        unless allow-listed (the list vouches for what it does, never for what it reads)."""
+        qualified = f"{schema_name}.{name}"
+        self.functions.add(qualified)
+        allowed = qualified in self.allowed_functions or name in self.allowed_functions
+        routines = self.schema.routines.get((schema_name, name), ())
+        effects = [self._effect(r) for r in routines] or [Effect(opaque=f"{qualified} has no body pgproxy reads")]
+        self.plans_code = self.plans_code or not allowed or any(
+            any(e.reads.values()) or e.plans_code for e in effects)
+        for effect in effects:
+            self.reads.update(effect.reads)
+            self.indirect.update(effect.tables)
+            self.functions.update(effect.functions)
+            if effect.opaque is None:
+                self.flags.update(effect.flags - {Flag.RUNS_CODE} if allowed else effect.flags)
+            elif not allowed:
+                self.flags.add(Flag.RUNS_CODE)
+
+    def _effect(self, routine: Routine) -> Effect:
+        found = body(routine)
+        if found.opaque is not None:
+            return Effect(opaque=found.opaque)
+        path = found.search_path if found.search_path is not None else self.search_path
+        key = (routine.oid, path, self.allowed_functions)
+        known: Effect | None = self.schema.effects.get(key)
+        if known is not None:
+            return known
+        if routine.oid in self.calling:
+            return Effect(opaque=f"{routine.qualified} calls itself")
+        inner = References(self.schema, path, self.allowed_functions, names=found.names,
+                           qualifiers=found.qualifiers, calling=self.calling | {routine.oid})
+        try:
+            for query in found.queries:
+                inner.statement(query, Scope([], None))
+        except Unresolved as exc:
+            effect = Effect(opaque=f"{routine.qualified}: {exc}")
+        else:
+            if inner.modifies or inner.writes or inner.lexing or inner.unreadable:
+                effect = Effect(opaque=f"{routine.qualified} changes data or settings")
+            else:
+                effect = Effect(dict(inner.reads), frozenset(inner.tables | inner.indirect), frozenset(inner.functions),
+                                frozenset(inner.flags), plans_code=inner.plans_code)
+        self.schema.effects[key] = effect
+        return effect
 
     # -- statements -------------------------------------------------------------------
 
@@ -557,6 +627,8 @@ class References:
             return
         *qualifier, column = names
         item = self._find_item(qualifier, scope)
+        if item is None and len(qualifier) == 1 and qualifier[0] in self.qualifiers:
+            return  # a routine's record field, or a parameter or variable named with its function or block
         if item is None:
             raise Unresolved(f'reference "{".".join(names)}" names no table in scope')
         self._item_column(item, column)
@@ -633,7 +705,7 @@ class References:
                 if item.name == name:
                     self._item_column(item, "*")
                     return
-        if not derived:
+        if not derived and name not in self.names:  # a routine's parameter or variable: a value
             raise Unresolved(f'column "{name}" is not known to pgproxy')
 
     def function(self, node: ast.FuncCall) -> None:
@@ -641,21 +713,21 @@ class References:
         name = names[-1]
         schema = names[-2] if len(names) > 1 else None
         schemas = self.schema.function_schemas(name)
-        if schema is not None:
-            resolved = schema if schema in schemas else None
-        else:
-            path = ("pg_catalog", *self.search_path)
-            resolved = next((s for s in path if s in schemas), None)
-        qualified = f"{resolved}.{name}" if resolved else ".".join(names)
-        self.functions.add(qualified)
-        if resolved is None:
+        # The server picks among the overloads of every schema on the path by argument types,
+        # which pgproxy does not know: each schema that defines one may be the one that runs.
+        path = self.search_path if "pg_catalog" in self.search_path else ("pg_catalog", *self.search_path)
+        candidates = [s for s in ((schema,) if schema is not None else path) if s in schemas]
+        self.functions.add(f"{candidates[0]}.{name}" if candidates else ".".join(names))
+        if not candidates:
             if name in SERVER_ACCESS_FUNCTIONS or name in SQL_FROM_STRING_FUNCTIONS:
                 # An extension's (dblink, adminpack) that is not installed here: the name says enough.
                 self.flags.add(Flag.SERVER_ACCESS if name in SERVER_ACCESS_FUNCTIONS else Flag.SQL_FROM_STRING)
                 return
             raise Unresolved(f'function "{".".join(names)}" is not known to pgproxy')
-        if resolved in SYSTEM_SCHEMAS:
-            if name in SERVER_ACCESS_FUNCTIONS:
+        for resolved in candidates:
+            if resolved not in SYSTEM_SCHEMAS:
+                self.call(resolved, name)
+            elif name in SERVER_ACCESS_FUNCTIONS:
                 self.flags.add(Flag.SERVER_ACCESS)
             elif name in SQL_FROM_STRING_FUNCTIONS:
                 self.flags.add(Flag.SQL_FROM_STRING)
@@ -663,8 +735,6 @@ class References:
                 self.flags.add(Flag.ADMIN)
             elif name == "set_config":
                 self._set_config(node)
-        elif qualified not in self.allowed_functions and name not in self.allowed_functions:
-            self.flags.add(Flag.RUNS_CODE)
 
     def _set_config(self, node: ast.FuncCall) -> None:
         self.literal_sensitive = True

@@ -4,6 +4,9 @@ tags, functions and operators, as introspected from the upstream (see pgproxy.ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from pgproxy.analysis.routines import Routine
 
 # Schemas whose functions and operators are PostgreSQL's own.
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
@@ -20,10 +23,13 @@ class Relation:
     columns: tuple[str, ...]  # attribute names in attnum order (dropped columns excluded)
     attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column, same order
     tags: dict[str, frozenset[str]] = field(default_factory=dict)  # column -> tags (tagged ones only)
-    # A view's user functions (schema.name), also through the views it reads: what they return
-    # is not traced to columns, so reading the view runs code pgproxy cannot see.
-    calls: frozenset[str] = frozenset()
+    # A view's user functions (schema, name), also through the views it reads: reading the view
+    # runs them (see References.call).
+    calls: frozenset[tuple[str, str]] = frozenset()
     write_hooks: bool = False  # rules or triggers run when it is written: code pgproxy cannot see
+    # The catalog file tags a column of it that does not exist (renamed or dropped while pgproxy
+    # was not watching): where that data went is unknown, so using the relation is too.
+    stale: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -38,7 +44,11 @@ class Schema:
     functions: dict[str, frozenset[str]]  # function name -> schemas defining one of that name
     user_operators: frozenset[str]  # operator symbols defined outside the system schemas
     search_path: tuple[str, ...]  # effective schemas, in order, for the route's role ("$user" resolved)
-    version: str  # changes whenever anything above changes
+    version: str  # changes whenever anything here (routines included) changes
+    # User functions and procedures by (schema, name): every overload, for their bodies.
+    routines: dict[tuple[str, str], tuple[Routine, ...]] = field(default_factory=dict)
+    # What calling a routine does, worked out once per schema (see References.call).
+    effects: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def by_oid(self) -> dict[int, Relation]:
         return {r.oid: r for r in self.relations.values()}

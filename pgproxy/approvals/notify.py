@@ -63,6 +63,8 @@ def tagged_columns(request: ApprovalRequest) -> list[str]:
             for column in statement.get(how, []):
                 if column["tags"]:
                     found.append(f"{column['column']} ({', '.join(column['tags'])})")
+        for derived in statement.get("derives", []):  # what DDL makes that will carry the tags
+            found.append(f"{derived['object']} (will carry {', '.join(derived['tags'])})")
     return sorted(set(found))
 
 

@@ -930,3 +930,12 @@ SELECT count(*) FROM pg_stat_activity WHERE state = 'active';
 
 -- expect: allow | monitoring: prepared statement names and times
 SELECT name, prepare_time FROM pg_prepared_statements;
+
+-- expect: allow | function-lineage: a SQL function whose body reads nothing tagged
+SELECT order_total(1);
+
+-- expect: allow | function-lineage: the same function over a column, in WHERE
+SELECT id FROM customers WHERE order_total(id) > 100 ORDER BY id LIMIT 3;
+
+-- expect: allow | function-lineage: schema-qualified, in FROM
+SELECT * FROM public.order_total(2);

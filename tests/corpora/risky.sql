@@ -1730,3 +1730,21 @@ SELECT statement FROM pg_prepared_statements;
 
 -- expect: review | other-sessions-text: open cursors' texts
 SELECT name, statement FROM pg_cursors;
+
+-- expect: review | function-lineage: a PL/pgSQL function whose body reads customers.email
+SELECT contact_of(1);
+
+-- expect: review | function-lineage: the same function in FROM
+SELECT * FROM public.contact_of(2);
+
+-- expect: review | function-lineage: the function's value only compared in WHERE
+SELECT id FROM orders WHERE contact_of(customer_id) LIKE 'a%' LIMIT 1;
+
+-- expect: review | function-lineage: a view over the function
+SELECT * FROM order_contacts WHERE id = 3;
+
+-- expect: review | function-lineage: a view over the function, its untagged columns only
+SELECT id, status FROM order_contacts WHERE id = 3;
+
+-- expect: review | function-lineage: named-argument notation
+SELECT contact_of(cid => 4);

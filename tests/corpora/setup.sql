@@ -6,10 +6,13 @@
 -- Tags (the catalog file says so): crm.notes.body is pii; "AuditLog"."Email" is pii;
 -- the view customer_contacts exposes customers.name and customers.email, so it is tagged;
 -- order_summary exposes nothing tagged. order_count() and archive_orders() are NOT
--- allow-listed: calling them runs code the proxy cannot see.
+-- allow-listed and run dynamic SQL (EXECUTE): calling them runs code the proxy cannot see.
+-- order_total() and contact_of() are plain SQL and PL/pgSQL: calling them counts what their
+-- bodies read (nothing tagged; customers.email), and so does reading order_contacts, a view
+-- over contact_of().
 --
 -- Note: the views depend on customers and orders, so reloading data.sql (which drops
--- those tables) needs `DROP VIEW IF EXISTS customer_contacts, order_summary` first.
+-- those tables) needs `DROP VIEW IF EXISTS customer_contacts, order_summary, order_contacts` first.
 
 SET client_min_messages = warning;
 
@@ -55,20 +58,44 @@ CREATE OR REPLACE VIEW public.order_summary AS
     FROM public.orders
     GROUP BY customer_id;
 
--- A user function and a procedure that are not allow-listed.
+-- A user function and a procedure that are not allow-listed, with bodies pgproxy cannot read.
 CREATE OR REPLACE FUNCTION public.order_count(cid int) RETURNS bigint
-    LANGUAGE sql STABLE
-    AS $$ SELECT count(*) FROM public.orders WHERE customer_id = cid $$;
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE n bigint;
+BEGIN
+    EXECUTE 'SELECT count(*) FROM public.orders WHERE customer_id = $1' INTO n USING cid;
+    RETURN n;
+END
+$$;
 
 CREATE OR REPLACE PROCEDURE public.archive_orders()
     LANGUAGE plpgsql
     AS $$
 BEGIN
     -- Harmless: only counts what an archiving job would move.
-    PERFORM count(*) FROM public.orders
-    WHERE status = 'cancelled' AND created_at < now() - interval '10 years';
+    EXECUTE 'SELECT count(*) FROM public.orders WHERE status = $1 AND created_at < now() - interval ''10 years'''
+        USING 'cancelled';
 END
 $$;
+
+-- Functions whose bodies pgproxy reads: what they read is what calling them reads.
+CREATE OR REPLACE FUNCTION public.order_total(cid int) RETURNS numeric
+    LANGUAGE sql STABLE
+    AS $$ SELECT coalesce(sum(total), 0) FROM public.orders WHERE customer_id = cid $$;
+
+CREATE OR REPLACE FUNCTION public.contact_of(cid int) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE found_email text;
+BEGIN
+    SELECT c.email INTO found_email FROM public.customers c WHERE c.id = cid;
+    RETURN found_email;
+END
+$$;
+
+CREATE OR REPLACE VIEW public.order_contacts AS
+    SELECT o.id, o.status, public.contact_of(o.customer_id) AS contact FROM public.orders o;
 
 COMMIT;
 

@@ -43,11 +43,13 @@ function render(request) {
   if (!request.parameters.length) params.replaceChildren(Object.assign(document.createElement("li"), {textContent: "none"}));
   const columns = [];
   for (const statement of (request.analysis.statements || [])) {
-    for (const [how, list] of [["reads", statement.reads], ["writes", statement.writes]]) {
+    // What DDL makes: the objects that will carry the tags of what it reads.
+    const derived = (statement.derives || []).map((d) => ({column: d.object, tags: d.tags}));
+    for (const [how, list] of [["read", statement.reads], ["written", statement.writes], ["will carry", derived]]) {
       for (const column of list) {
         if (!column.tags.length) continue;
         const li = document.createElement("li");
-        li.textContent = `${column.column} (${how === "reads" ? "read" : "written"})`;
+        li.textContent = `${column.column} (${how})`;
         for (const tag of column.tags) li.append(Object.assign(document.createElement("span"), {className: "tag", textContent: tag}));
         columns.push(li);
       }
