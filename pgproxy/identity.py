@@ -26,7 +26,8 @@ from jwt.exceptions import InvalidSubjectError
 from jwt.types import Options
 
 from pgproxy.config import AuthConfig, JwtConfig, StaticAgent
-from pgproxy.errors import AuthFailed, SqlState
+from pgproxy.errors import AuthFailed, IdentityRefused, SqlState
+from pgproxy.names import invisible
 from pgproxy.wire.scram import ScramSecret, ScramServer, parse_scram_secret
 
 __all__ = ["Authenticator", "Identity"]
@@ -201,6 +202,10 @@ class Authenticator:
             fail(f'claim "{_show(config.agent_claim)}" missing')
         if not isinstance(agent_id, str) or not agent_id:
             fail(f'claim "{_show(config.agent_claim)}" must be a non-empty string')
+        hidden = invisible(agent_id)
+        if hidden is not None:
+            raise IdentityRefused(f'JWT authentication failed for user "{_show(user)}": claim "'
+                                  f'{_show(config.agent_claim)}" contains an invisible or control character ({hidden})')
         groups = self._groups(claims.get(config.groups_claim), config.groups_claim, fail)
         if config.require_user_match and user != agent_id:
             fail(f'token is for agent "{_show(agent_id)}"')

@@ -337,6 +337,34 @@ def test_two_person_rule(strict: tuple[ProxyThread, Path], pg: PostgresCluster) 
         assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege) and not rows
 
 
+def test_reviewers_are_compared_in_one_canonical_form(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    """alice and ALICE are one person to the two-person rule; AGENT is the requesting agent; a
+    name with an invisible character is no reviewer at all; group names compare the same way."""
+    proxy, _ = strict
+    sql = "SELECT ssn FROM customers WHERE id = 37"
+    client = held_psql(proxy, sql)
+    try:
+        request = wait_pending(proxy, "WHERE id = 37")
+        assert decide(proxy, request)[0] == 200  # alice, the first of two
+        for name in ("ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45"):  # the last is fullwidth
+            status, body = decide(proxy, request, token=reviewer_token(name))
+            assert status == 409 and "has already approved this request" in body["error"], name
+        for name in ("AGENT", "Agent"):
+            assert decide(proxy, request, token=reviewer_token(name)) == (
+                403, {"error": "the requesting agent cannot decide its own request"}), name
+        for name, hidden in (("agent\u200b", "U+200B"), ("carol\u202e", "U+202E"), ("\u2066dave", "U+2066")):
+            assert decide(proxy, request, token=reviewer_token(name)) == (403, {
+                "error": f'reviewer token refused: claim "sub" contains an invisible or control character ({hidden})'})
+            assert api(proxy, "GET", f"/api/approvals/{request['id']}", token=reviewer_token(name))[0] == 403
+        assert client.poll() is None  # still one approval
+        status, decided = decide(proxy, request, token=reviewer_token("carol", groups=("REVIEWERS",)))
+        assert (status, decided["status"], decided["approved_by"]) == (200, "approved", ["alice", "carol"])
+        out, _ = client.communicate(timeout=15)
+    finally:
+        client.kill()
+    assert out.strip() == direct_value(pg, sql)
+
+
 def test_grant_covers_the_identical_statement_until_it_ends(strict: tuple[ProxyThread, Path],
                                                             pg: PostgresCluster) -> None:
     """A grant never covers more than was approved: for a statement reading tagged columns, the

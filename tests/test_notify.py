@@ -20,9 +20,10 @@ import pytest
 
 from pgproxy.approvals.notify import redact, webhook_signature
 from pgproxy.config import load_config
+from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from tests import corpus
-from tests.approvals_support import approvals_config, decide, direct_value, wait_pending
+from tests.approvals_support import approvals_config, decide, direct_value, reviewer_token, wait_pending
 from tests.harness import ProxyThread, running_proxy, write_enforce_config
 
 WEBHOOK_SECRET = "webhook-hmac-secret-0123456789abcdef"
@@ -74,7 +75,9 @@ def notifying(pg: PostgresCluster, receiver: Receiver,
     directory = tmp_path_factory.mktemp("notify")
     (directory / "webhook-secret").write_text(WEBHOOK_SECRET)
     (directory / "slack-secret").write_text(SLACK_SECRET)
-    extra = approvals_config(directory, 30) + f"""\
+    # The DBAs review too (and only they review the dba-only rule).
+    approvals = approvals_config(directory, 30).replace("groups: [reviewers]", "groups: [reviewers, dba]")
+    extra = approvals + f"""\
   notify:
     - {{kind: slack, url: "{receiver.url}/slack"}}
     - {{kind: teams, url: "{receiver.url}/teams"}}
@@ -83,9 +86,18 @@ def notifying(pg: PostgresCluster, receiver: Receiver,
     - {{kind: webhook, url: "{receiver.url}/other-rule", secret_file: webhook-secret, rules: [schema-change]}}
   slack:
     signing_secret_file: slack-secret
-    users: {{U0ALICE: alice}}
+    users:
+      U0ALICE: {{reviewer: alice, groups: [reviewers]}}
+      U0DANA: {{reviewer: dana, groups: [dba]}}
 """
-    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra)
+    policy = demo_file("policy.yaml").replace("rules:\n", """rules:
+  - name: dba-only
+    tags_read: [pii.ssn]
+    action: review
+    reason: social security numbers are for the DBAs
+    reviewer_groups: [dba]
+""", 1)
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra, policy=policy)
     with running_proxy(load_config(path)) as proxy:
         yield proxy
 
@@ -176,17 +188,40 @@ def test_slack_buttons_approve_with_a_valid_signature(notifying: ProxyThread, pg
     worker = held(notifying, sql, outcome)
     request = wait_pending(notifying, "WHERE id = 61")
 
-    def press(action: str, user: str = "U0ALICE") -> dict[str, Any]:
-        return {"type": "block_actions", "user": {"id": user},
-                "actions": [{"action_id": action, "value": f"{request['id']}:{request['statement_sha256']}"}]}
-
-    assert slack_post(notifying, press("approve"), secret="not-the-slack-secret-0123456789")[0] == 401
-    assert slack_post(notifying, press("approve"), timestamp=int(time.time()) - 600)[0] == 401  # stale: a replay
-    assert slack_post(notifying, press("approve", user="U0MALLORY"))[0] == 403  # not mapped to a reviewer
+    alice = press(request, "approve", "U0ALICE")
+    assert slack_post(notifying, alice, secret="not-the-slack-secret-0123456789")[0] == 401
+    assert slack_post(notifying, alice, timestamp=int(time.time()) - 600)[0] == 401  # stale: a replay
+    assert slack_post(notifying, press(request, "approve", "U0MALLORY"))[0] == 403  # not mapped to a reviewer
     time.sleep(0.2)
     assert worker.is_alive()  # none of those decided anything
-    status, answer = slack_post(notifying, press("approve"))
+    status, answer = slack_post(notifying, alice)
     assert (status, answer["text"]) == (200, "approved by alice")
+    worker.join(15)
+    assert outcome == [[(direct_value(pg, sql),)]]
+
+
+def press(request: dict[str, Any], action: str, user: str) -> dict[str, Any]:
+    """Slack's block_actions payload for a button of the message about `request`."""
+    return {"type": "block_actions", "user": {"id": user},
+            "actions": [{"action_id": action, "value": f"{request['id']}:{request['statement_sha256']}"}]}
+
+
+def test_slack_users_have_only_the_groups_the_config_gives_them(notifying: ProxyThread, pg: PostgresCluster) -> None:
+    """A rule for the DBAs only: a Slack reviewer who is not a DBA is refused (and does not count
+    towards anything), a DBA's press approves it, end to end through the proxy."""
+    sql = "SELECT ssn FROM customers WHERE id = 63"
+    outcome: list[Any] = []
+    worker = held(notifying, sql, outcome)
+    request = wait_pending(notifying, "WHERE id = 63", token=reviewer_token("dana", groups=("dba",)))
+    assert request["rule"] == "dba-only"
+    status, answer = slack_post(notifying, press(request, "approve", "U0ALICE"))
+    assert (status, answer["text"]) == (403, '"alice" is not in a reviewer group of this request (dba)')
+    status, answer = slack_post(notifying, press(request, "approve", "U0NOBODY"))
+    assert status == 403 and "not mapped to a pgproxy reviewer" in answer["text"]
+    time.sleep(0.2)
+    assert worker.is_alive()  # neither decided anything
+    status, answer = slack_post(notifying, press(request, "approve", "U0DANA"))
+    assert (status, answer["text"]) == (200, "approved by dana")
     worker.join(15)
     assert outcome == [[(direct_value(pg, sql),)]]
 

@@ -23,6 +23,7 @@ import jwt
 from pgproxy.approvals.notify import Notifier
 from pgproxy.audit import AuditLog, iso
 from pgproxy.identity import Identity
+from pgproxy.names import in_any, invisible, same
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 
 log = logging.getLogger("pgproxy.approvals")
@@ -150,10 +151,13 @@ class Approvals:
         request = await self.store.get(approval_id)
         if request is None:
             raise DecisionRefused(404, f"no approval request {approval_id}")
-        if reviewer.agent_id == request.agent:
+        hidden = invisible(reviewer.agent_id)
+        if hidden is not None:
+            raise DecisionRefused(403, f"the reviewer's name contains an invisible or control character ({hidden})")
+        if same(reviewer.agent_id, request.agent):
             raise DecisionRefused(403, "the requesting agent cannot decide its own request")
         groups = frozenset(request.reviewer_groups) or self.reviewer_groups
-        if groups and not (reviewer.groups & groups):
+        if groups and not in_any(reviewer.groups, groups):
             raise DecisionRefused(403, f'"{reviewer.agent_id}" is not in a reviewer group of this request '
                                        f"({', '.join(sorted(groups))})")
         now = time.time()

@@ -20,9 +20,10 @@ import pglast
 from aiohttp import web
 
 from pgproxy.approvals.service import Approvals, DecisionRefused
-from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig
-from pgproxy.errors import AuthFailed
+from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig, SlackReviewer
+from pgproxy.errors import AuthFailed, IdentityRefused
 from pgproxy.identity import Authenticator, Identity
+from pgproxy.names import in_any
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
 APPROVALS = web.AppKey("approvals", Approvals)
@@ -30,7 +31,7 @@ REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
 # The demo reviewer's token and the code that unlocks it (printed on the demo's terminal): demo only.
 DEMO_LOGIN = web.AppKey("demo_login", tuple[str, str])
-SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
+SLACK = web.AppKey("slack", tuple[str, dict[str, SlackReviewer]])  # signing secret, reviewers by Slack user id
 SSO_HEADER = web.AppKey("sso_header", str)  # where an SSO proxy in front puts the reviewer's token
 # Per request, for the audit of refused decisions: who decided (if known) and how; the approval.
 DECIDER = web.RequestKey("decider", tuple[str | None, str])
@@ -54,6 +55,9 @@ async def _reviewer(request: web.Request) -> Identity:
         raise _unauthorized("a reviewer token is required (Authorization: Bearer …)")
     try:
         return await request.app[REVIEWERS].verify_jwt(token, "")
+    except IdentityRefused as exc:
+        message = exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")
+        raise web.HTTPForbidden(text=json.dumps({"error": message}), content_type="application/json") from None
     except AuthFailed as exc:
         raise _unauthorized(exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")) \
             from None
@@ -76,7 +80,7 @@ def _may_read(reviewer: Identity, held: ApprovalRequest, approvals: Approvals) -
     """Reading a request (its statement, literals, parameters) takes what deciding it takes: a
     reviewer group of its rule (else of the approvals section)."""
     groups = frozenset(held.reviewer_groups) or approvals.reviewer_groups
-    return not groups or bool(reviewer.groups & groups)
+    return not groups or in_any(reviewer.groups, groups)
 
 
 def _not_a_reviewer(reviewer: Identity, approvals: Approvals) -> web.Response | None:
@@ -322,12 +326,14 @@ async def slack_interactivity(request: web.Request) -> web.Response:
     request[DECIDER] = (None, f"slack:{slack_user}")
     if action.get("action_id") not in ("approve", "deny"):
         return web.json_response({"text": "ok"})
-    reviewer_name = users.get(slack_user)
-    if reviewer_name is None:
-        return web.json_response({"response_type": "ephemeral",
-                                  "text": "Your Slack account is not mapped to a pgproxy reviewer."}, status=403)
+    mapped = users.get(slack_user)
+    if mapped is None:
+        return web.json_response({"response_type": "ephemeral", "text": "Your Slack account is not mapped to a "
+                                  "pgproxy reviewer (approvals.slack.users), so it is in no reviewer group."},
+                                 status=403)
     approvals = request.app[APPROVALS]
-    reviewer = Identity(reviewer_name, approvals.reviewer_groups, "slack")
+    reviewer_name = mapped.name
+    reviewer = Identity(reviewer_name, mapped.groups, "slack")  # only the groups the config gives this user
     request[DECIDER] = (reviewer_name, "slack")
     try:
         decided = await approvals.decide(approval_id, reviewer, approve=action["action_id"] == "approve",

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pgproxy.names import same
 from pgproxy.store import ApprovalRequest, AuditHead, AuditRow, Grant, Status, StoreError
 
 _SCHEMA = """
@@ -204,8 +205,8 @@ class SqliteStore:
         request = _request(row)
         if request.status is not Status.PENDING or request.expires_at <= now:
             return request, "closed"
-        if reviewer in request.approved_by:
-            return request, "voted"
+        if any(same(reviewer, earlier) for earlier in request.approved_by):
+            return request, "voted"  # one person, however their name is spelled
         db.execute("INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?)",
                    (approval_id, reviewer, "approve" if approve else "deny", reason, token, now))
         approved_by = (*request.approved_by, reviewer) if approve else request.approved_by
