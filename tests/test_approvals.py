@@ -282,6 +282,13 @@ def strict(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     action: review
     reason: social security numbers need two reviewers
     approvals_required: 2
+  - name: two-person-phone
+    tags_read: [pii.phone]
+    kinds: [read]
+    action: review
+    reason: phone numbers need two reviewers
+    approvals_required: 2
+    max_grant_minutes: 30
   - name: email-lookup
     tags_read: [pii.email]
     kinds: [read]
@@ -428,6 +435,47 @@ def test_grant_covers_the_identical_statement_until_it_ends(strict: tuple[ProxyT
                    if '"outcome":"granted"' in body]
     covered = [(e["grant"]["approval_id"], e["grant"]["granted_by"], e["action"]) for e in granted]
     assert len(covered) == 2 and covered[0] == (first_request_id, "alice", "review")  # then the SET ROLE
+
+
+def test_a_grant_is_what_every_approver_agreed_to(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    """With the two-person rule, the second approver cannot attach a grant (or a longer one) the
+    first did not give: the grant is only what both agreed to."""
+    import sqlite3
+
+    proxy, directory = strict
+    sql = "SELECT phone FROM customers WHERE id = 39"
+    expected = direct_value(pg, sql)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        # alice approves once; carol cannot turn that into a standing approval.
+        rows: list[object] = []
+        worker = threading.Thread(target=lambda: rows.append(conn.execute(sql).fetchone()))
+        worker.start()
+        request = wait_pending(proxy, "WHERE id = 39")
+        assert decide(proxy, request)[0] == 200
+        status, body = decide(proxy, request, token=reviewer_token("carol"), grant_minutes=10)
+        assert status == 403 and 'more than "alice" agreed to' in body["error"], body
+        assert decide(proxy, request, token=reviewer_token("carol"))[1]["status"] == "approved"
+        worker.join(15)
+        assert rows == [(expected,)]
+        # No grant: the same statement is held again. alice offers 10 minutes, carol may not widen it
+        # to 30, and her 5 is what both agreed to.
+        rows.clear()
+        worker = threading.Thread(target=lambda: rows.append(conn.execute(sql).fetchone()))
+        worker.start()
+        again = wait_pending(proxy, "WHERE id = 39")
+        assert again["id"] != request["id"]
+        assert decide(proxy, again, grant_minutes=10)[0] == 200
+        assert decide(proxy, again, token=reviewer_token("carol"), grant_minutes=30)[0] == 403
+        status, decided = decide(proxy, again, token=reviewer_token("carol"), grant_minutes=5)
+        assert (status, decided["status"]) == (200, "approved")
+        worker.join(15)
+        assert rows == [(expected,)]
+        assert conn.execute(sql).fetchone() == (expected,)  # covered by the grant, no new request
+    decided_at = api(proxy, "GET", f"/api/approvals/{again['id']}", token=reviewer_token())[1]["decided_at"]
+    with sqlite3.connect(directory / "approvals.sqlite3") as db:
+        grants = db.execute("SELECT approval_id, granted_by, expires_at FROM grants WHERE approval_id IN (?, ?)",
+                            (request["id"], again["id"])).fetchall()
+    assert grants == [(again["id"], "alice, carol", decided_at + 5 * 60)]
 
 
 def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) -> None:

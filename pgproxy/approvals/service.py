@@ -177,9 +177,11 @@ class Approvals:
             "grant_minutes": grant_minutes, "iat": int(now),
         }, self.signing_key, algorithm="HS256")
         decided, outcome = await self.store.vote(approval_id, reviewer.agent_id, approve=approve, reason=reason,
-                                                 token=token, now=now)
+                                                 token=token, now=now, grant_minutes=grant_minutes)
         if decided is None or outcome == "closed":
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
+        if outcome == "widens":
+            raise DecisionRefused(403, _widening(decided, grant_minutes))
         if outcome == "voted":
             raise DecisionRefused(409, f'"{reviewer.agent_id}" has already approved this request; '
                                        "another reviewer must approve it")
@@ -191,9 +193,12 @@ class Approvals:
                 "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
                 "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256})
         if outcome == "approved" and grant_minutes:
+            # No approval widens an earlier one's grant (the store refuses it), so the last
+            # approver's grant is the one every approver agreed to.
             await self.store.add_grant(Grant(
                 id=secrets.token_urlsafe(12), agent=request.agent, database=request.database, shape=request.shape,
-                expires_at=now + grant_minutes * 60, approval_id=approval_id, granted_by=reviewer.agent_id))
+                expires_at=now + grant_minutes * 60, approval_id=approval_id,
+                granted_by=", ".join(_voters(decided, reviewer.agent_id))))
         if outcome in ("approved", "denied"):
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
@@ -218,6 +223,12 @@ class Approvals:
                 waiter.set_result(Outcome(Status.WITHDRAWN))
         with contextlib.suppress(StoreError):
             await self.store.close()
+
+
+def _widening(request: ApprovalRequest, grant_minutes: int) -> str:
+    earlier = ", ".join(f'"{name}"' for name in request.approved_by)
+    return (f"a grant of {grant_minutes} minutes is more than {earlier} agreed to: with several approvers, a grant "
+            "is only what every one of them agreed to; approve with the same grant or a shorter one, or once")
 
 
 def _voters(request: ApprovalRequest, decider: str | None) -> tuple[str, ...]:

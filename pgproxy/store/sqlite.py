@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS approval_votes (
     reason TEXT NOT NULL,
     token TEXT NOT NULL,
     voted_at REAL NOT NULL,
+    grant_minutes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (approval_id, reviewer)
 );
 CREATE TABLE IF NOT EXISTS grants (
@@ -129,6 +130,9 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            voted = {row[1] for row in db.execute("PRAGMA table_info(approval_votes)")}
+            if "grant_minutes" not in voted:  # a store made before votes carried their grant
+                db.execute("ALTER TABLE approval_votes ADD COLUMN grant_minutes INTEGER NOT NULL DEFAULT 0")
             self._db = db
         return self._db
 
@@ -186,18 +190,18 @@ class SqliteStore:
         return result
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float) -> tuple[ApprovalRequest | None, str]:
+                   now: float, grant_minutes: int = 0) -> tuple[ApprovalRequest | None, str]:
         def record() -> tuple[ApprovalRequest | None, str]:
             db = self._connection()
             with _transaction(db):
-                return self._vote(db, approval_id, reviewer, approve, reason, token, now)
+                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes)
 
         result: tuple[ApprovalRequest | None, str] = await self._run(record)
         return result
 
     @staticmethod
     def _vote(db: sqlite3.Connection, approval_id: str, reviewer: str, approve: bool, reason: str, token: str,
-              now: float) -> tuple[ApprovalRequest | None, str]:
+              now: float, grant_minutes: int) -> tuple[ApprovalRequest | None, str]:
         select = f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?"
         row = db.execute(select, (approval_id,)).fetchone()
         if row is None:
@@ -207,8 +211,16 @@ class SqliteStore:
             return request, "closed"
         if any(same(reviewer, earlier) for earlier in request.approved_by):
             return request, "voted"  # one person, however their name is spelled
-        db.execute("INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?)",
-                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now))
+        if approve and grant_minutes:
+            # A grant is what every approver agreed to: no approval may widen an earlier one's.
+            agreed = db.execute("SELECT min(grant_minutes) FROM approval_votes WHERE approval_id = ? AND "
+                                "decision = 'approve'", (approval_id,)).fetchone()[0]
+            if agreed is not None and grant_minutes > agreed:
+                return request, "widens"
+        db.execute("INSERT INTO approval_votes (approval_id, reviewer, decision, reason, token, voted_at, "
+                   "grant_minutes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now,
+                    grant_minutes if approve else 0))
         approved_by = (*request.approved_by, reviewer) if approve else request.approved_by
         if not approve:
             status, outcome = Status.DENIED, "denied"
