@@ -167,6 +167,93 @@ def test_payloads_carry_context_but_no_literal(notifying: ProxyThread, receiver:
     worker.join(15)
 
 
+HOSTILE = "<!channel> <https://evil.example/approve|Approve> [Approve](https://evil.example/approve) <at>dana</at>"
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _slack_texts(message: dict[str, Any]) -> Iterator[str]:
+    """Every text of a Slack message that Slack reads as mrkdwn, checked to be verbatim (no auto links)."""
+    yield message["text"]
+    for block in message["blocks"]:
+        for text in [block.get("text"), *block.get("fields", [])]:
+            if text is not None and text["type"] == "mrkdwn":
+                assert text.get("verbatim") is True, text
+                yield text["text"]
+
+
+def _teams_markdown(element: Any) -> Iterator[str]:
+    """Every text of an Adaptive Card that Teams reads as Markdown (TextBlocks, facts); a TextRun never is."""
+    if isinstance(element, list):
+        for item in element:
+            yield from _teams_markdown(item)
+    elif isinstance(element, dict):
+        if element.get("type") == "TextBlock":
+            yield element["text"]
+        for fact in element.get("facts", []):
+            yield fact["title"]
+            yield fact["value"]
+        for key, value in element.items():
+            if key != "inlines":
+                yield from _teams_markdown(value)
+
+
+def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> None:
+    """An agent's name and the statement's identifiers reach Slack and Teams as text: no mention, no
+    link, no fake Approve button, and the statement's code block cannot be closed from inside."""
+    agent = "<!here> <https://evil.example/|Approve>"
+    sql = f'SELECT email AS "{HOSTILE}", phone AS "``` *bold* <!channel> ```" FROM customers WHERE id = 64'
+    outcome: list[Any] = []
+
+    def run() -> None:
+        with psycopg.connect(notifying.dsn(user=agent), autocommit=True) as conn:
+            try:
+                outcome.append(conn.execute(sql).fetchall())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    request = wait_pending(notifying, "WHERE id = 64")
+    assert request["agent"] == agent
+    wait_for(lambda: all(any(request["id"].encode() in body for _, body in receiver.payloads(path))
+                         for path in ("/slack", "/teams")), "the chat notices")
+
+    slack = json.loads(next(b for _, b in receiver.payloads("/slack") if request["id"].encode() in b))
+    texts = list(_slack_texts(slack))
+    for text in texts:
+        # Slack's mentions and links are all <...>: with < and > escaped there are none.
+        assert "<" not in text and ">" not in text, text
+    shown = "\n".join(texts)
+    assert "&lt;!channel&gt; &lt;https://evil.example/approve|Approve&gt;" in shown
+    assert "`&lt;!here&gt; &lt;https://evil.example/|Approve&gt;`" in shown  # the agent, in a code span
+    block = next(t for t in texts if t.startswith("```"))
+    assert block.endswith("```") and "`" not in block[3:-3]  # one code block, nothing inside ends it
+    assert "\u02cb\u02cb\u02cb *bold* &lt;!channel&gt; \u02cb\u02cb\u02cb" in block
+    assert slack["unfurl_links"] is False
+
+    teams = json.loads(next(b for _, b in receiver.payloads("/teams") if request["id"].encode() in b))
+    card = teams["attachments"][0]["content"]
+    for text in _teams_markdown(card["body"]):
+        assert "[" not in text and "<" not in text and "https://" not in text, text
+    runs = [s for s in _strings(card["body"]) if HOSTILE in s or agent in s]
+    assert len(runs) == 2  # the statement and the agent, each as plain text (TextRun)
+    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Review", "url": request["url"]}]
+
+    assert decide(notifying, request, "deny", reason="cleanup")[0] == 200
+    worker.join(15)
+    assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
+
+
 def slack_post(proxy: ProxyThread, payload: dict[str, Any], *, secret: str = SLACK_SECRET,
                timestamp: int | None = None) -> tuple[int, dict[str, Any]]:
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
