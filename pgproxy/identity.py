@@ -197,6 +197,9 @@ class Authenticator:
         except jwt.PyJWTError:
             fail("token is invalid")
 
+        for name in ("exp", "nbf", "iat"):  # PyJWT takes "99999999999" (a string) for a time
+            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
+                fail(f'claim "{name}" must be a number')
         agent_id = claims.get(config.agent_claim)
         if agent_id is None:
             fail(f'claim "{_show(config.agent_claim)}" missing')

@@ -535,6 +535,73 @@ def test_self_contained_decision_tokens(approving: ProxyThread, pg: PostgresClus
         assert api(approving, "POST", path, {}, token)[0] == 409  # a jti is accepted once
 
 
+def _hs256(claims: dict[str, Any], secret: str = DECISION_SECRET) -> str:
+    """A JWT signed as PyJWT would, but with whatever claims (PyJWT's encode refuses some)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def part(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing = part(b'{"alg":"HS256","typ":"JWT"}') + b"." + part(json.dumps(claims).encode())
+    return (signing + b"." + part(hmac.digest(secret.encode(), signing, hashlib.sha256))).decode()
+
+
+def test_malformed_decision_token_claims_get_400_and_never_burn_the_token(approving: ProxyThread,
+                                                                         pg: PostgresCluster) -> None:
+    """Every claim the proxy reads from a decision token (pgproxy.approvals.inputs.DECISION_CLAIMS), fed
+    every wrong type and form of its kind: a 400 naming the claim, nothing recorded; the token id stays
+    unused, so the well-formed token with the same jti then decides."""
+    import jwt
+
+    from pgproxy.approvals.inputs import DECISION_CLAIMS
+    from tests.malformed import MALFORMED, MISSING
+
+    sql = "SELECT email FROM customers WHERE id = 42"
+    client = held_psql(approving, sql)
+    try:
+        request = wait_pending(approving, "WHERE id = 42")
+        path = f"/api/approvals/{request['id']}/decision"
+        good = jwt.decode(decision_token(request, jti="one-jti-for-all"), options={"verify_signature": False})
+        tried = 0
+        for claim, entry in DECISION_CLAIMS.items():
+            for value in [*MALFORMED[entry.kind], *([MISSING] if entry.required else [])]:
+                claims = {k: v for k, v in good.items() if k != claim}
+                if value is not MISSING:
+                    claims[claim] = value
+                status, body = api(approving, "POST", path, {}, _hs256(claims))
+                if claim == "approval_id" and value is MISSING:  # then it is no decision token at all
+                    assert (status, body["error"]) == (401, "reviewer token refused: invalid signature")
+                    continue
+                assert status == 400 and f'"{claim}"' in body["error"], (claim, value, status, body)
+                tried += 1
+        assert tried > 80
+        assert api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())[1]["status"] \
+            == "pending"
+        status, decided = api(approving, "POST", path, {}, _hs256(good))
+        assert (status, decided["status"], decided["decided_by"]) == (200, "approved", "dave")
+        out, _ = client.communicate(timeout=15)
+        assert out.strip() == direct_value(pg, sql)
+    finally:
+        client.kill()
+    # Used once it decided: the same jti for another request is a replay.
+    other = held_psql(approving, "SELECT email FROM customers WHERE id = 43")
+    try:
+        second = wait_pending(approving, "WHERE id = 43")
+        status, body = api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                           decision_token(second, jti="one-jti-for-all"))
+        assert (status, body["error"]) == (409, "this decision token was used already")
+        # A refused decision does not burn its jti either: self-approval, then the same jti decides.
+        assert api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                   decision_token(second, sub="AGENT", jti="second-jti"))[0] == 403
+        status, decided = api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                              decision_token(second, "deny", jti="second-jti"))
+        assert (status, decided["status"]) == (200, "denied")
+    finally:
+        other.kill()
+
+
 def test_the_request_shows_the_statement_under_review(approving: ProxyThread) -> None:
     """A decision cached for the statement's shape must not bring another statement's text
     (whose literals can be PII) into a later request."""

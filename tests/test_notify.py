@@ -255,12 +255,16 @@ def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> 
 
 
 def slack_post(proxy: ProxyThread, payload: dict[str, Any], *, secret: str = SLACK_SECRET,
-               timestamp: int | None = None) -> tuple[int, dict[str, Any]]:
+               timestamp: int | str | None = None,
+               headers: dict[str, str | None] | None = None) -> tuple[int, dict[str, Any]]:
+    """Slack's POST of `payload`, signed with `secret`; `headers` replace (or, None, drop) Slack's own."""
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
     stamp = str(timestamp if timestamp is not None else int(time.time()))
     signature = "v0=" + hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    sent: dict[str, str | None] = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+                                   **(headers or {})}
     request = urllib.request.Request(f"{proxy.server.approvals_url}/slack/interactivity", data=body, method="POST",
-                                     headers={"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+                                     headers={**{k: v for k, v in sent.items() if v is not None},
                                               "Content-Type": "application/x-www-form-urlencoded"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -311,6 +315,51 @@ def test_slack_users_have_only_the_groups_the_config_gives_them(notifying: Proxy
     assert (status, answer["text"]) == (200, "approved by dana")
     worker.join(15)
     assert outcome == [[(direct_value(pg, sql),)]]
+
+
+def test_malformed_slack_requests_get_400_and_decide_nothing(notifying: ProxyThread, pg: PostgresCluster) -> None:
+    """Every header and field pgproxy reads from Slack (pgproxy.approvals.inputs.SLACK_HEADERS and
+    SLACK_FIELDS), fed every wrong type and form of its kind, signed as Slack would: a 400 naming it."""
+    from pgproxy.approvals.inputs import SLACK_FIELDS, SLACK_HEADERS
+    from tests.malformed import MALFORMED, MISSING
+
+    sql = "SELECT email FROM customers WHERE id = 65"
+    outcome: list[Any] = []
+    worker = held(notifying, sql, outcome)
+    request = wait_pending(notifying, "WHERE id = 65")
+    tried = 0
+    for header, entry in SLACK_HEADERS.items():
+        for value in [*MALFORMED[entry.kind], MISSING]:
+            sent = None if value is MISSING else value
+            if header == "X-Slack-Request-Timestamp" and sent is not None:
+                status, body = slack_post(notifying, press(request, "approve", "U0ALICE"), timestamp=sent)
+            else:
+                status, body = slack_post(notifying, press(request, "approve", "U0ALICE"), headers={header: sent})
+            assert status == 400 and header in body["error"], (header, value, status, body)
+            tried += 1
+    for field, entry in SLACK_FIELDS.items():
+        for value in [*MALFORMED[entry.kind], *([MISSING] if entry.required else [])]:
+            payload = press(request, "approve", "U0ALICE")
+            where, _, key = field.replace("[0]", "").partition(".")
+            target = payload["user"] if where == "user" else payload["actions"][0]
+            if value is MISSING:
+                del target[key]
+            else:
+                target[key] = value
+            status, body = slack_post(notifying, payload)
+            assert status == 400 and f'"{field}"' in body["error"], (field, value, status, body)
+            tried += 1
+    shapes: list[dict[str, Any]] = [{"actions": []}, {"user": "U0ALICE"}, {"actions": "approve"}, {"actions": [5]}]
+    for shape in shapes:  # not a block action at all
+        status, body = slack_post(notifying, {**press(request, "approve", "U0ALICE"), **shape})
+        assert status == 400 and "not a Slack block action" in body["error"], (shape, body)
+    assert tried > 40
+    time.sleep(0.2)
+    assert worker.is_alive()  # none of those decided anything
+    status, answer = slack_post(notifying, press(request, "deny", "U0ALICE"))
+    assert (status, answer["text"]) == (200, "denied by alice")
+    worker.join(15)
+    assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
 
 
 def test_a_failing_notifier_never_blocks_the_hold(notifying: ProxyThread, receiver: Receiver, pg: PostgresCluster,

@@ -147,7 +147,9 @@ class Approvals:
         return await self.store.find_grant(agent, database, shape, time.time())
 
     async def decide(self, approval_id: str, reviewer: Identity, *, approve: bool, reason: str,
-                     statement_hash: str, grant_minutes: int = 0) -> ApprovalRequest:
+                     statement_hash: str, grant_minutes: int = 0, token_id: str | None = None) -> ApprovalRequest:
+        """Record `reviewer`'s decision, or raise DecisionRefused. `token_id`: the jti of the decision
+        token it came in, recorded as used with the vote (and only if the vote is recorded)."""
         request = await self.store.get(approval_id)
         if request is None:
             raise DecisionRefused(404, f"no approval request {approval_id}")
@@ -177,9 +179,12 @@ class Approvals:
             "grant_minutes": grant_minutes, "iat": int(now),
         }, self.signing_key, algorithm="HS256")
         decided, outcome = await self.store.vote(approval_id, reviewer.agent_id, approve=approve, reason=reason,
-                                                 token=token, now=now, grant_minutes=grant_minutes)
+                                                 token=token, now=now, grant_minutes=grant_minutes,
+                                                 token_id=token_id)
         if decided is None or outcome == "closed":
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
+        if outcome == "replayed":
+            raise DecisionRefused(409, "this decision token was used already")
         if outcome == "widens":
             raise DecisionRefused(403, _widening(decided, grant_minutes))
         if outcome == "voted":

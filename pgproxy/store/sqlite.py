@@ -190,18 +190,19 @@ class SqliteStore:
         return result
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float, grant_minutes: int = 0) -> tuple[ApprovalRequest | None, str]:
+                   now: float, grant_minutes: int = 0,
+                   token_id: str | None = None) -> tuple[ApprovalRequest | None, str]:
         def record() -> tuple[ApprovalRequest | None, str]:
             db = self._connection()
             with _transaction(db):
-                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes)
+                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes, token_id)
 
         result: tuple[ApprovalRequest | None, str] = await self._run(record)
         return result
 
     @staticmethod
     def _vote(db: sqlite3.Connection, approval_id: str, reviewer: str, approve: bool, reason: str, token: str,
-              now: float, grant_minutes: int) -> tuple[ApprovalRequest | None, str]:
+              now: float, grant_minutes: int, token_id: str | None) -> tuple[ApprovalRequest | None, str]:
         select = f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?"
         row = db.execute(select, (approval_id,)).fetchone()
         if row is None:
@@ -217,6 +218,10 @@ class SqliteStore:
                                 "decision = 'approve'", (approval_id,)).fetchone()[0]
             if agreed is not None and grant_minutes > agreed:
                 return request, "widens"
+        if token_id is not None:
+            if db.execute("SELECT 1 FROM used_token_ids WHERE jti = ?", (token_id,)).fetchone() is not None:
+                return request, "replayed"
+            db.execute("INSERT INTO used_token_ids VALUES (?, ?)", (token_id, now))
         db.execute("INSERT INTO approval_votes (approval_id, reviewer, decision, reason, token, voted_at, "
                    "grant_minutes) VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (approval_id, reviewer, "approve" if approve else "deny", reason, token, now,
