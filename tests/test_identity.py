@@ -134,6 +134,9 @@ async def test_missing_claims() -> None:
     assert await refused(authenticator(), hs_token(claims(sub=42))) \
         == 'claim "sub" must be a string'
     assert await refused(authenticator(), hs_token(claims(exp="soon"))) == "token is malformed"
+    # PyJWT reads a string of digits as a time; a time is a number.
+    assert await refused(authenticator(), hs_token(claims(exp="99999999999"))) == 'claim "exp" must be a number'
+    assert await refused(authenticator(), hs_token(claims(iat=True))) == 'claim "iat" must be a number'
 
 
 async def test_configured_agent_claim() -> None:
