@@ -21,6 +21,7 @@ import yaml
 
 from pgproxy.analysis.model import Flag, Kind
 from pgproxy.approvals.notify import NotifierConfig
+from pgproxy.names import canonical, invisible
 from pgproxy.policy import Action, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
 
@@ -121,6 +122,14 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SlackReviewer:
+    """Who a Slack user is to pgproxy: a reviewer name and the reviewer groups they are in (only those)."""
+
+    name: str
+    groups: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalsConfig:
     """Holding statements for review: where reviewers decide, and how decisions are checked."""
 
@@ -139,7 +148,7 @@ class ApprovalsConfig:
     demo_login_code: str | None = field(default=None, repr=False)
     notifiers: tuple[NotifierConfig, ...] = ()
     slack_signing_secret: str | None = field(default=None, repr=False)  # Slack interactivity
-    slack_users: dict[str, str] = field(default_factory=dict)  # Slack user id -> reviewer name
+    slack_users: dict[str, SlackReviewer] = field(default_factory=dict)  # by Slack user id
     sso_header: str | None = None  # a header an SSO proxy in front sets to the reviewer's token
 
 
@@ -228,6 +237,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_SLACK_USER_ID = re.compile(r"[A-Z0-9]{2,32}")
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -343,6 +353,18 @@ class _Loader:
             # YAML read a plain word as another type: user: no, dbname: 2024-01-01.
             self.fail(at, f"expected a string, got {_describe(value)}; quote it to make it text")
         self.fail(at, f"expected a non-empty string, got {_describe(value, secret=secret)}")
+
+    def name(self, at: _At) -> str:
+        """An identity or group name: text without invisible or control characters."""
+        value = self.string(at)
+        hidden = invisible(value)
+        if hidden is not None:
+            self.fail(at, f"{_describe(value)} contains an invisible or control character ({hidden}); "
+                          "names that look alike must be alike")
+        return value
+
+    def names(self, at: _At) -> list[str]:
+        return [self.name(item) for item in self.items(at)]
 
     def integer(self, at: _At, low: int, high: int | None = None) -> int:
         value = self.value(at)
@@ -566,18 +588,20 @@ class _Loader:
         return tuple(algorithms)
 
     def agents(self, at: _At) -> tuple[StaticAgent, ...]:
-        id_lines: dict[str, int] = {}
+        id_lines: dict[str, tuple[int, str]] = {}
         return tuple(self.agent(item, id_lines) for item in self.items(at))
 
-    def agent(self, at: _At, id_lines: dict[str, int]) -> StaticAgent:
-        """One static agent; `id_lines` maps the ids read so far to their lines."""
+    def agent(self, at: _At, id_lines: dict[str, tuple[int, str]]) -> StaticAgent:
+        """One static agent; `id_lines` maps the ids read so far (canonical) to their lines and spelling."""
         sources = ("scram_secret", "scram_secret_env", "scram_secret_file")
         found = self.mapping(at, ("id", *sources, "groups"), required=("id",))
-        agent_id = self.string(found["id"])
-        if agent_id in id_lines:
-            first = id_lines[agent_id]
-            self.fail(found["id"], f"duplicate id {agent_id!r} (first at line {first})")
-        id_lines[agent_id] = found["id"].line
+        agent_id = self.name(found["id"])
+        first = id_lines.get(canonical(agent_id))
+        if first is not None:
+            self.fail(found["id"], f"duplicate id {agent_id!r} (first at line {first[0]}"
+                      + ("" if first[1] == agent_id else f" as {first[1]!r}: names are compared ignoring case and "
+                         "Unicode form") + ")")
+        id_lines[canonical(agent_id)] = (found["id"].line, agent_id)
         source = self.exactly_one(at, found, sources)
         if source == "scram_secret":
             secret = self.string(found[source], secret=True)
@@ -590,7 +614,7 @@ class _Loader:
             parse_scram_secret(secret)
         except ValueError as e:  # the message never quotes the secret
             self.fail(found[source], str(e))
-        groups = _opt(found, "groups", lambda at: [self.string(g) for g in self.items(at)], None)
+        groups = _opt(found, "groups", self.names, None)
         return StaticAgent(id=agent_id, scram_secret=secret, groups=frozenset(groups or ()))
 
     def routes(self, at: _At) -> dict[str, Route]:
@@ -682,7 +706,7 @@ class _Loader:
             else self._base / "pgproxy-approvals.sqlite3"
         return ApprovalsConfig(
             signing_key=signing_key, reviewer_jwt=reviewer_jwt,
-            reviewer_groups=frozenset(self.strings(reviewers["groups"])) if "groups" in reviewers
+            reviewer_groups=frozenset(self.names(reviewers["groups"])) if "groups" in reviewers
             else frozenset({"reviewers"}),
             host=host, port=port, public_url=public_url, store=store,
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
@@ -750,8 +774,26 @@ class _Loader:
         found = self.mapping(at, ("signing_secret_env", "signing_secret_file", "users"), required=("users",))
         source = self.exactly_one(at, found, ("signing_secret_env", "signing_secret_file"))
         secret = self.secret(found, source)
-        users = {user: self.string(reviewer) for user, reviewer in self.entries(found["users"]).items()}
+        users = {self.slack_user_id(user, at): self.slack_reviewer(at)
+                 for user, at in self.entries(found["users"]).items()}
         return {"slack_signing_secret": secret, "slack_users": users}
+
+    def slack_user_id(self, user: str, at: _At) -> str:
+        if not _SLACK_USER_ID.fullmatch(user):
+            self.fail(at, f"expected a Slack user id (capital letters and digits, e.g. U024BE7LH), got {user!r}")
+        return user
+
+    def slack_reviewer(self, at: _At) -> SlackReviewer:
+        """A Slack user's reviewer name and groups: both required, so that pressing Approve in Slack
+        never gives someone a group their reviewer token would not have."""
+        if not isinstance(at.node, yaml.MappingNode):
+            self.fail(at, f"expected {{reviewer: NAME, groups: [GROUP, ...]}}, got {self.describe(at)}; a Slack "
+                          "user is in the reviewer groups listed here, and only those")
+        found = self.mapping(at, ("reviewer", "groups"), required=("reviewer", "groups"))
+        groups = self.names(found["groups"])
+        if not groups:
+            self.fail(found["groups"], "expected at least one reviewer group")
+        return SlackReviewer(name=self.name(found["reviewer"]), groups=frozenset(groups))
 
     def strings(self, at: _At) -> list[str]:
         return [self.string(item) for item in self.items(at)]
@@ -785,6 +827,9 @@ class _Loader:
         def names_of(key: str) -> frozenset[str]:
             return frozenset(self.strings(found[key])) if key in found else frozenset()
 
+        def identities(key: str) -> frozenset[str]:
+            return frozenset(self.names(found[key])) if key in found else frozenset()
+
         action = Action(self.choice(found["action"], [a.value for a in Action]))
         return Rule(
             name=name, action=action,
@@ -792,10 +837,10 @@ class _Loader:
             kinds=frozenset(Kind(k) for k in choices("kinds", [k.value for k in Kind])),
             flags=frozenset(Flag(f) for f in choices("flags", [f.value for f in Flag])),
             tags=names_of("tags"), tags_read=names_of("tags_read"), tags_written=names_of("tags_written"),
-            tables=names_of("tables"), functions=names_of("functions"), agents=names_of("agents"),
-            groups=names_of("groups"), line=at.line,
+            tables=names_of("tables"), functions=names_of("functions"), agents=identities("agents"),
+            groups=identities("groups"), line=at.line,
             approvals_required=_opt(found, "approvals_required", lambda a: self.integer(a, 1, 10), 1),
-            reviewer_groups=names_of("reviewer_groups"),
+            reviewer_groups=identities("reviewer_groups"),
             max_grant_minutes=_opt(found, "max_grant_minutes", lambda a: self.integer(a, 0, 7 * 24 * 60), 0),
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
         )

@@ -66,3 +66,11 @@ class AuthFailed(ProxyError):
 
     def __init__(self, message: str, *, sqlstate: SqlState = SqlState.INVALID_PASSWORD) -> None:
         super().__init__(sqlstate, message)
+
+
+class IdentityRefused(AuthFailed):
+    """A valid token whose subject cannot be an identity (it has an invisible character): who
+    sent it is known, and not allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate=SqlState.INVALID_AUTHORIZATION)

@@ -26,7 +26,8 @@ from jwt.exceptions import InvalidSubjectError
 from jwt.types import Options
 
 from pgproxy.config import AuthConfig, JwtConfig, StaticAgent
-from pgproxy.errors import AuthFailed, SqlState
+from pgproxy.errors import AuthFailed, IdentityRefused, SqlState
+from pgproxy.names import invisible
 from pgproxy.wire.scram import ScramSecret, ScramServer, parse_scram_secret
 
 __all__ = ["Authenticator", "Identity"]
@@ -196,11 +197,18 @@ class Authenticator:
         except jwt.PyJWTError:
             fail("token is invalid")
 
+        for name in ("exp", "nbf", "iat"):  # PyJWT takes "99999999999" (a string) for a time
+            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
+                fail(f'claim "{name}" must be a number')
         agent_id = claims.get(config.agent_claim)
         if agent_id is None:
             fail(f'claim "{_show(config.agent_claim)}" missing')
         if not isinstance(agent_id, str) or not agent_id:
             fail(f'claim "{_show(config.agent_claim)}" must be a non-empty string')
+        hidden = invisible(agent_id)
+        if hidden is not None:
+            raise IdentityRefused(f'JWT authentication failed for user "{_show(user)}": claim "'
+                                  f'{_show(config.agent_claim)}" contains an invisible or control character ({hidden})')
         groups = self._groups(claims.get(config.groups_claim), config.groups_claim, fail)
         if config.require_user_match and user != agent_id:
             fail(f'token is for agent "{_show(agent_id)}"')

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pgproxy.analysis.model import Analysis, Flag, Kind
+from pgproxy.names import in_any
 
 
 class Action(StrEnum):
@@ -99,8 +100,8 @@ def rule_matches(rule: Rule, analysis: Analysis, agent: str, groups: frozenset[s
         not rule.tags_written or tag_matches(rule.tags_written, analysis.tags_written),
         not rule.tables or _name_matches(rule.tables, analysis.tables),
         not rule.functions or _name_matches(rule.functions, analysis.functions),
-        not rule.agents or agent in rule.agents,
-        not rule.groups or bool(rule.groups & groups),
+        not rule.agents or in_any((agent,), rule.agents),
+        not rule.groups or in_any(groups, rule.groups),
     ))
 
 

@@ -102,10 +102,11 @@ def api(proxy: ProxyThread, method: str, path: str, body: dict[str, Any] | None 
         return exc.code, json.loads(exc.read())
 
 
-def wait_pending(proxy: ProxyThread, fragment: str) -> dict[str, Any]:
+def wait_pending(proxy: ProxyThread, fragment: str, *, token: str | None = None) -> dict[str, Any]:
+    """The pending request whose statement contains `fragment`, as a reviewer (`token`: alice) reads it."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        status, body = api(proxy, "GET", "/api/approvals?status=pending", token=reviewer_token())
+        status, body = api(proxy, "GET", "/api/approvals?status=pending", token=token or reviewer_token())
         assert status == 200, body
         for request in body["approvals"]:
             if fragment in request["statement"]:

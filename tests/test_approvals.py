@@ -282,6 +282,13 @@ def strict(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     action: review
     reason: social security numbers need two reviewers
     approvals_required: 2
+  - name: two-person-phone
+    tags_read: [pii.phone]
+    kinds: [read]
+    action: review
+    reason: phone numbers need two reviewers
+    approvals_required: 2
+    max_grant_minutes: 30
   - name: email-lookup
     tags_read: [pii.email]
     kinds: [read]
@@ -335,6 +342,34 @@ def test_two_person_rule(strict: tuple[ProxyThread, Path], pg: PostgresCluster) 
         assert decide(proxy, again, "deny", reason="not both", token=reviewer_token("carol"))[0] == 200
         worker.join(15)
         assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege) and not rows
+
+
+def test_reviewers_are_compared_in_one_canonical_form(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    """alice and ALICE are one person to the two-person rule; AGENT is the requesting agent; a
+    name with an invisible character is no reviewer at all; group names compare the same way."""
+    proxy, _ = strict
+    sql = "SELECT ssn FROM customers WHERE id = 37"
+    client = held_psql(proxy, sql)
+    try:
+        request = wait_pending(proxy, "WHERE id = 37")
+        assert decide(proxy, request)[0] == 200  # alice, the first of two
+        for name in ("ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45"):  # the last is fullwidth
+            status, body = decide(proxy, request, token=reviewer_token(name))
+            assert status == 409 and "has already approved this request" in body["error"], name
+        for name in ("AGENT", "Agent"):
+            assert decide(proxy, request, token=reviewer_token(name)) == (
+                403, {"error": "the requesting agent cannot decide its own request"}), name
+        for name, hidden in (("agent\u200b", "U+200B"), ("carol\u202e", "U+202E"), ("\u2066dave", "U+2066")):
+            assert decide(proxy, request, token=reviewer_token(name)) == (403, {
+                "error": f'reviewer token refused: claim "sub" contains an invisible or control character ({hidden})'})
+            assert api(proxy, "GET", f"/api/approvals/{request['id']}", token=reviewer_token(name))[0] == 403
+        assert client.poll() is None  # still one approval
+        status, decided = decide(proxy, request, token=reviewer_token("carol", groups=("REVIEWERS",)))
+        assert (status, decided["status"], decided["approved_by"]) == (200, "approved", ["alice", "carol"])
+        out, _ = client.communicate(timeout=15)
+    finally:
+        client.kill()
+    assert out.strip() == direct_value(pg, sql)
 
 
 def test_grant_covers_the_identical_statement_until_it_ends(strict: tuple[ProxyThread, Path],
@@ -402,6 +437,47 @@ def test_grant_covers_the_identical_statement_until_it_ends(strict: tuple[ProxyT
     assert len(covered) == 2 and covered[0] == (first_request_id, "alice", "review")  # then the SET ROLE
 
 
+def test_a_grant_is_what_every_approver_agreed_to(strict: tuple[ProxyThread, Path], pg: PostgresCluster) -> None:
+    """With the two-person rule, the second approver cannot attach a grant (or a longer one) the
+    first did not give: the grant is only what both agreed to."""
+    import sqlite3
+
+    proxy, directory = strict
+    sql = "SELECT phone FROM customers WHERE id = 39"
+    expected = direct_value(pg, sql)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        # alice approves once; carol cannot turn that into a standing approval.
+        rows: list[object] = []
+        worker = threading.Thread(target=lambda: rows.append(conn.execute(sql).fetchone()))
+        worker.start()
+        request = wait_pending(proxy, "WHERE id = 39")
+        assert decide(proxy, request)[0] == 200
+        status, body = decide(proxy, request, token=reviewer_token("carol"), grant_minutes=10)
+        assert status == 403 and 'more than "alice" agreed to' in body["error"], body
+        assert decide(proxy, request, token=reviewer_token("carol"))[1]["status"] == "approved"
+        worker.join(15)
+        assert rows == [(expected,)]
+        # No grant: the same statement is held again. alice offers 10 minutes, carol may not widen it
+        # to 30, and her 5 is what both agreed to.
+        rows.clear()
+        worker = threading.Thread(target=lambda: rows.append(conn.execute(sql).fetchone()))
+        worker.start()
+        again = wait_pending(proxy, "WHERE id = 39")
+        assert again["id"] != request["id"]
+        assert decide(proxy, again, grant_minutes=10)[0] == 200
+        assert decide(proxy, again, token=reviewer_token("carol"), grant_minutes=30)[0] == 403
+        status, decided = decide(proxy, again, token=reviewer_token("carol"), grant_minutes=5)
+        assert (status, decided["status"]) == (200, "approved")
+        worker.join(15)
+        assert rows == [(expected,)]
+        assert conn.execute(sql).fetchone() == (expected,)  # covered by the grant, no new request
+    decided_at = api(proxy, "GET", f"/api/approvals/{again['id']}", token=reviewer_token())[1]["decided_at"]
+    with sqlite3.connect(directory / "approvals.sqlite3") as db:
+        grants = db.execute("SELECT approval_id, granted_by, expires_at FROM grants WHERE approval_id IN (?, ?)",
+                            (request["id"], again["id"])).fetchall()
+    assert grants == [(again["id"], "alice, carol", decided_at + 5 * 60)]
+
+
 def test_restart_abandons_pending_requests(pg: PostgresCluster, tmp_path: Path) -> None:
     from tests.harness import RawClient
 
@@ -457,6 +533,73 @@ def test_self_contained_decision_tokens(approving: ProxyThread, pg: PostgresClus
         worker.join(15)
         assert results == [(direct_value(pg, "SELECT email FROM customers WHERE id = 41"),)]
         assert api(approving, "POST", path, {}, token)[0] == 409  # a jti is accepted once
+
+
+def _hs256(claims: dict[str, Any], secret: str = DECISION_SECRET) -> str:
+    """A JWT signed as PyJWT would, but with whatever claims (PyJWT's encode refuses some)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def part(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing = part(b'{"alg":"HS256","typ":"JWT"}') + b"." + part(json.dumps(claims).encode())
+    return (signing + b"." + part(hmac.digest(secret.encode(), signing, hashlib.sha256))).decode()
+
+
+def test_malformed_decision_token_claims_get_400_and_never_burn_the_token(approving: ProxyThread,
+                                                                         pg: PostgresCluster) -> None:
+    """Every claim the proxy reads from a decision token (pgproxy.approvals.inputs.DECISION_CLAIMS), fed
+    every wrong type and form of its kind: a 400 naming the claim, nothing recorded; the token id stays
+    unused, so the well-formed token with the same jti then decides."""
+    import jwt
+
+    from pgproxy.approvals.inputs import DECISION_CLAIMS
+    from tests.malformed import MALFORMED, MISSING
+
+    sql = "SELECT email FROM customers WHERE id = 42"
+    client = held_psql(approving, sql)
+    try:
+        request = wait_pending(approving, "WHERE id = 42")
+        path = f"/api/approvals/{request['id']}/decision"
+        good = jwt.decode(decision_token(request, jti="one-jti-for-all"), options={"verify_signature": False})
+        tried = 0
+        for claim, entry in DECISION_CLAIMS.items():
+            for value in [*MALFORMED[entry.kind], *([MISSING] if entry.required else [])]:
+                claims = {k: v for k, v in good.items() if k != claim}
+                if value is not MISSING:
+                    claims[claim] = value
+                status, body = api(approving, "POST", path, {}, _hs256(claims))
+                if claim == "approval_id" and value is MISSING:  # then it is no decision token at all
+                    assert (status, body["error"]) == (401, "reviewer token refused: invalid signature")
+                    continue
+                assert status == 400 and f'"{claim}"' in body["error"], (claim, value, status, body)
+                tried += 1
+        assert tried > 80
+        assert api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())[1]["status"] \
+            == "pending"
+        status, decided = api(approving, "POST", path, {}, _hs256(good))
+        assert (status, decided["status"], decided["decided_by"]) == (200, "approved", "dave")
+        out, _ = client.communicate(timeout=15)
+        assert out.strip() == direct_value(pg, sql)
+    finally:
+        client.kill()
+    # Used once it decided: the same jti for another request is a replay.
+    other = held_psql(approving, "SELECT email FROM customers WHERE id = 43")
+    try:
+        second = wait_pending(approving, "WHERE id = 43")
+        status, body = api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                           decision_token(second, jti="one-jti-for-all"))
+        assert (status, body["error"]) == (409, "this decision token was used already")
+        # A refused decision does not burn its jti either: self-approval, then the same jti decides.
+        assert api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                   decision_token(second, sub="AGENT", jti="second-jti"))[0] == 403
+        status, decided = api(approving, "POST", f"/api/approvals/{second['id']}/decision", {},
+                              decision_token(second, "deny", jti="second-jti"))
+        assert (status, decided["status"]) == (200, "denied")
+    finally:
+        other.kill()
 
 
 def test_the_request_shows_the_statement_under_review(approving: ProxyThread) -> None:

@@ -18,6 +18,7 @@ from pgproxy.config import (
     LoggingConfig,
     Mode,
     Route,
+    SlackReviewer,
     SslMode,
     StaticAgent,
     TlsConfig,
@@ -202,6 +203,70 @@ def test_audit_defaults_to_the_approvals_store_and_key(tmp_path: Path, monkeypat
     assert "a" * 32 not in repr(own.audit)
     off = load_config(write(tmp_path, base + "audit: {enabled: false}\n"))
     assert off.audit is None
+
+
+SLACK_BASE = """\
+routes:
+  app: {host: db, user: u}
+<auth>
+approvals:
+  signing_key_env: SIGNING_KEY
+  reviewers: {jwt: {secret_env: SIGNING_KEY}, groups: [reviewers, dba]}
+  slack:
+    signing_secret_env: SIGNING_KEY
+    users:
+"""
+
+
+def test_slack_users_map_to_a_reviewer_and_explicit_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    path = write(tmp_path, SLACK_BASE + "      U024BE7LH: {reviewer: dana, groups: [dba]}\n")
+    config = load_config(path)
+    assert config.approvals is not None
+    assert config.approvals.slack_users == {"U024BE7LH": SlackReviewer("dana", frozenset({"dba"}))}
+
+
+@pytest.mark.parametrize(("users", "expected"), [
+    pytest.param("      U024BE7LH: alice\n",
+                 "{file}:10: approvals.slack.users.U024BE7LH: expected {reviewer: NAME, groups: [GROUP, ...]}, got "
+                 "'alice'; a Slack user is in the reviewer groups listed here, and only those", id="name-only"),
+    pytest.param("      U024BE7LH: {reviewer: alice}\n",
+                 "{file}:10: approvals.slack.users.U024BE7LH.groups: required key is missing", id="no-groups"),
+    pytest.param("      U024BE7LH: {reviewer: alice, groups: []}\n",
+                 "{file}:10: approvals.slack.users.U024BE7LH.groups: expected at least one reviewer group",
+                 id="empty-groups"),
+    pytest.param("      alice: {reviewer: alice, groups: [dba]}\n",
+                 "{file}:10: approvals.slack.users.alice: expected a Slack user id (capital letters and digits, "
+                 "e.g. U024BE7LH), got 'alice'", id="not-a-user-id"),
+    pytest.param('      U024BE7LH: {reviewer: "ali\\u200bce", groups: [dba]}\n',
+                 "{file}:10: approvals.slack.users.U024BE7LH.reviewer: 'ali\\u200bce' contains an invisible or "
+                 "control character (U+200B); names that look alike must be alike", id="invisible-name"),
+    pytest.param('      U024BE7LH: {reviewer: alice, groups: ["dba\\u202e"]}\n',
+                 "{file}:10: approvals.slack.users.U024BE7LH.groups[0]: 'dba\\u202e' contains an invisible or "
+                 "control character (U+202E); names that look alike must be alike", id="bidi-group"),
+])
+def test_slack_users_without_explicit_groups_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         users: str, expected: str) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    path = write(tmp_path, SLACK_BASE + users)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == expected.replace("{file}", str(path))
+
+
+@pytest.mark.parametrize(("auth", "expected"), [
+    pytest.param('auth: {agents: [{id: "agent\\u200b", scram_secret_env: AGENT_SCRAM}]}',
+                 "{file}:3: auth.agents[0].id: 'agent\\u200b' contains an invisible or control character (U+200B); "
+                 "names that look alike must be alike", id="zero-width-space"),
+    pytest.param('auth: {agents: [{id: bob, scram_secret_env: AGENT_SCRAM}, {id: BOB, scram_secret_env: AGENT_SCRAM}]}',
+                 "{file}:3: auth.agents[1].id: duplicate id 'BOB' (first at line 3 as 'bob': names are compared "
+                 "ignoring case and Unicode form)", id="same-name-other-case"),
+])
+def test_agent_names_are_canonical_and_visible(tmp_path: Path, auth: str, expected: str) -> None:
+    path = write(tmp_path, f"routes:\n  app: {{host: db, user: u}}\n{auth}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == expected.replace("{file}", str(path))
 
 
 def test_jwt_algorithms_default_to_the_key_kind(tmp_path: Path) -> None:

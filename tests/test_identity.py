@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from pgproxy.config import AuthConfig, JwtConfig, StaticAgent
-from pgproxy.errors import AuthFailed, SqlState
+from pgproxy.errors import AuthFailed, IdentityRefused, SqlState
 from pgproxy.identity import Authenticator, Identity
+from pgproxy.names import canonical, in_any, invisible, same
 from pgproxy.pgcluster import free_port
 from pgproxy.wire.scram import ScramClient, ScramError, make_scram_secret
 
@@ -133,6 +134,9 @@ async def test_missing_claims() -> None:
     assert await refused(authenticator(), hs_token(claims(sub=42))) \
         == 'claim "sub" must be a string'
     assert await refused(authenticator(), hs_token(claims(exp="soon"))) == "token is malformed"
+    # PyJWT reads a string of digits as a time; a time is a number.
+    assert await refused(authenticator(), hs_token(claims(exp="99999999999"))) == 'claim "exp" must be a number'
+    assert await refused(authenticator(), hs_token(claims(iat=True))) == 'claim "iat" must be a number'
 
 
 async def test_configured_agent_claim() -> None:
@@ -223,6 +227,37 @@ async def test_user_name_in_message_is_made_printable() -> None:
     with pytest.raises(AuthFailed) as failure:
         await authenticator().verify_jwt("x", "bad\nuser")
     assert "\n" not in failure.value.message
+
+
+@pytest.mark.parametrize("sub", ["agent\u200b", "\u200dagent", "age\u202ent", "agent\u2066", "agent\x00",
+                                 "agent\u00ad", "agent\ufe0f", "agent\u3164", "agent\u2028", "agent\ue000"])
+async def test_a_subject_with_an_invisible_character_is_no_identity(sub: str) -> None:
+    """A name that looks like another one to a person is refused, whatever signed it."""
+    with pytest.raises(IdentityRefused) as failure:
+        await authenticator(replace(HS256, require_user_match=False)).verify_jwt(hs_token(claims(sub=sub)), "agent")
+    assert failure.value.sqlstate == SqlState.INVALID_AUTHORIZATION
+    hidden = next(c for c in sub if c not in "agent")
+    assert failure.value.message == ('JWT authentication failed for user "agent": claim "sub" contains an '
+                                     f"invisible or control character (U+{ord(hidden):04X})")
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("alice", "ALICE"), ("alice", "Alice"), ("alice", "\uff41\uff4c\uff49\uff43\uff45"),  # fullwidth
+    ("strasse", "STRASSE"), ("straße", "STRASSE"), ("é", "e\u0301"), ("ǅ", "dž"), ("ﬁ", "fi"),
+])
+def test_names_are_compared_in_one_canonical_form(first: str, second: str) -> None:
+    assert same(first, second) and canonical(first) == canonical(second)
+    assert in_any([second.upper()], [first])
+
+
+@pytest.mark.parametrize(("first", "second"), [("alice", "alice2"), ("alice", "al ice"), ("agent", "agent\u200b")])
+def test_different_names_stay_different(first: str, second: str) -> None:
+    assert not same(first, second)
+
+
+def test_visible_names_pass() -> None:
+    for name in ("alice", "Zoë", "山田", "o'brien", "svc-etl@corp.example", "\u02bbokina"):
+        assert invisible(name) is None, name
 
 
 # --- RS256 / ES256 with PEM public keys ---------------------------------------------------

@@ -20,9 +20,10 @@ import pytest
 
 from pgproxy.approvals.notify import redact, webhook_signature
 from pgproxy.config import load_config
+from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from tests import corpus
-from tests.approvals_support import approvals_config, decide, direct_value, wait_pending
+from tests.approvals_support import approvals_config, decide, direct_value, reviewer_token, wait_pending
 from tests.harness import ProxyThread, running_proxy, write_enforce_config
 
 WEBHOOK_SECRET = "webhook-hmac-secret-0123456789abcdef"
@@ -74,7 +75,9 @@ def notifying(pg: PostgresCluster, receiver: Receiver,
     directory = tmp_path_factory.mktemp("notify")
     (directory / "webhook-secret").write_text(WEBHOOK_SECRET)
     (directory / "slack-secret").write_text(SLACK_SECRET)
-    extra = approvals_config(directory, 30) + f"""\
+    # The DBAs review too (and only they review the dba-only rule).
+    approvals = approvals_config(directory, 30).replace("groups: [reviewers]", "groups: [reviewers, dba]")
+    extra = approvals + f"""\
   notify:
     - {{kind: slack, url: "{receiver.url}/slack"}}
     - {{kind: teams, url: "{receiver.url}/teams"}}
@@ -83,9 +86,18 @@ def notifying(pg: PostgresCluster, receiver: Receiver,
     - {{kind: webhook, url: "{receiver.url}/other-rule", secret_file: webhook-secret, rules: [schema-change]}}
   slack:
     signing_secret_file: slack-secret
-    users: {{U0ALICE: alice}}
+    users:
+      U0ALICE: {{reviewer: alice, groups: [reviewers]}}
+      U0DANA: {{reviewer: dana, groups: [dba]}}
 """
-    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra)
+    policy = demo_file("policy.yaml").replace("rules:\n", """rules:
+  - name: dba-only
+    tags_read: [pii.ssn]
+    action: review
+    reason: social security numbers are for the DBAs
+    reviewer_groups: [dba]
+""", 1)
+    path = write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra, policy=policy)
     with running_proxy(load_config(path)) as proxy:
         yield proxy
 
@@ -155,13 +167,104 @@ def test_payloads_carry_context_but_no_literal(notifying: ProxyThread, receiver:
     worker.join(15)
 
 
+HOSTILE = "<!channel> <https://evil.example/approve|Approve> [Approve](https://evil.example/approve) <at>dana</at>"
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _slack_texts(message: dict[str, Any]) -> Iterator[str]:
+    """Every text of a Slack message that Slack reads as mrkdwn, checked to be verbatim (no auto links)."""
+    yield message["text"]
+    for block in message["blocks"]:
+        for text in [block.get("text"), *block.get("fields", [])]:
+            if text is not None and text["type"] == "mrkdwn":
+                assert text.get("verbatim") is True, text
+                yield text["text"]
+
+
+def _teams_markdown(element: Any) -> Iterator[str]:
+    """Every text of an Adaptive Card that Teams reads as Markdown (TextBlocks, facts); a TextRun never is."""
+    if isinstance(element, list):
+        for item in element:
+            yield from _teams_markdown(item)
+    elif isinstance(element, dict):
+        if element.get("type") == "TextBlock":
+            yield element["text"]
+        for fact in element.get("facts", []):
+            yield fact["title"]
+            yield fact["value"]
+        for key, value in element.items():
+            if key != "inlines":
+                yield from _teams_markdown(value)
+
+
+def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> None:
+    """An agent's name and the statement's identifiers reach Slack and Teams as text: no mention, no
+    link, no fake Approve button, and the statement's code block cannot be closed from inside."""
+    agent = "<!here> <https://evil.example/|Approve>"
+    sql = f'SELECT email AS "{HOSTILE}", phone AS "``` *bold* <!channel> ```" FROM customers WHERE id = 64'
+    outcome: list[Any] = []
+
+    def run() -> None:
+        with psycopg.connect(notifying.dsn(user=agent), autocommit=True) as conn:
+            try:
+                outcome.append(conn.execute(sql).fetchall())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    request = wait_pending(notifying, "WHERE id = 64")
+    assert request["agent"] == agent
+    wait_for(lambda: all(any(request["id"].encode() in body for _, body in receiver.payloads(path))
+                         for path in ("/slack", "/teams")), "the chat notices")
+
+    slack = json.loads(next(b for _, b in receiver.payloads("/slack") if request["id"].encode() in b))
+    texts = list(_slack_texts(slack))
+    for text in texts:
+        # Slack's mentions and links are all <...>: with < and > escaped there are none.
+        assert "<" not in text and ">" not in text, text
+    shown = "\n".join(texts)
+    assert "&lt;!channel&gt; &lt;https://evil.example/approve|Approve&gt;" in shown
+    assert "`&lt;!here&gt; &lt;https://evil.example/|Approve&gt;`" in shown  # the agent, in a code span
+    block = next(t for t in texts if t.startswith("```"))
+    assert block.endswith("```") and "`" not in block[3:-3]  # one code block, nothing inside ends it
+    assert "\u02cb\u02cb\u02cb *bold* &lt;!channel&gt; \u02cb\u02cb\u02cb" in block
+    assert slack["unfurl_links"] is False
+
+    teams = json.loads(next(b for _, b in receiver.payloads("/teams") if request["id"].encode() in b))
+    card = teams["attachments"][0]["content"]
+    for text in _teams_markdown(card["body"]):
+        assert "[" not in text and "<" not in text and "https://" not in text, text
+    runs = [s for s in _strings(card["body"]) if HOSTILE in s or agent in s]
+    assert len(runs) == 2  # the statement and the agent, each as plain text (TextRun)
+    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Review", "url": request["url"]}]
+
+    assert decide(notifying, request, "deny", reason="cleanup")[0] == 200
+    worker.join(15)
+    assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
+
+
 def slack_post(proxy: ProxyThread, payload: dict[str, Any], *, secret: str = SLACK_SECRET,
-               timestamp: int | None = None) -> tuple[int, dict[str, Any]]:
+               timestamp: int | str | None = None,
+               headers: dict[str, str | None] | None = None) -> tuple[int, dict[str, Any]]:
+    """Slack's POST of `payload`, signed with `secret`; `headers` replace (or, None, drop) Slack's own."""
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
     stamp = str(timestamp if timestamp is not None else int(time.time()))
     signature = "v0=" + hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    sent: dict[str, str | None] = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+                                   **(headers or {})}
     request = urllib.request.Request(f"{proxy.server.approvals_url}/slack/interactivity", data=body, method="POST",
-                                     headers={"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+                                     headers={**{k: v for k, v in sent.items() if v is not None},
                                               "Content-Type": "application/x-www-form-urlencoded"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -176,19 +279,87 @@ def test_slack_buttons_approve_with_a_valid_signature(notifying: ProxyThread, pg
     worker = held(notifying, sql, outcome)
     request = wait_pending(notifying, "WHERE id = 61")
 
-    def press(action: str, user: str = "U0ALICE") -> dict[str, Any]:
-        return {"type": "block_actions", "user": {"id": user},
-                "actions": [{"action_id": action, "value": f"{request['id']}:{request['statement_sha256']}"}]}
-
-    assert slack_post(notifying, press("approve"), secret="not-the-slack-secret-0123456789")[0] == 401
-    assert slack_post(notifying, press("approve"), timestamp=int(time.time()) - 600)[0] == 401  # stale: a replay
-    assert slack_post(notifying, press("approve", user="U0MALLORY"))[0] == 403  # not mapped to a reviewer
+    alice = press(request, "approve", "U0ALICE")
+    assert slack_post(notifying, alice, secret="not-the-slack-secret-0123456789")[0] == 401
+    assert slack_post(notifying, alice, timestamp=int(time.time()) - 600)[0] == 401  # stale: a replay
+    assert slack_post(notifying, press(request, "approve", "U0MALLORY"))[0] == 403  # not mapped to a reviewer
     time.sleep(0.2)
     assert worker.is_alive()  # none of those decided anything
-    status, answer = slack_post(notifying, press("approve"))
+    status, answer = slack_post(notifying, alice)
     assert (status, answer["text"]) == (200, "approved by alice")
     worker.join(15)
     assert outcome == [[(direct_value(pg, sql),)]]
+
+
+def press(request: dict[str, Any], action: str, user: str) -> dict[str, Any]:
+    """Slack's block_actions payload for a button of the message about `request`."""
+    return {"type": "block_actions", "user": {"id": user},
+            "actions": [{"action_id": action, "value": f"{request['id']}:{request['statement_sha256']}"}]}
+
+
+def test_slack_users_have_only_the_groups_the_config_gives_them(notifying: ProxyThread, pg: PostgresCluster) -> None:
+    """A rule for the DBAs only: a Slack reviewer who is not a DBA is refused (and does not count
+    towards anything), a DBA's press approves it, end to end through the proxy."""
+    sql = "SELECT ssn FROM customers WHERE id = 63"
+    outcome: list[Any] = []
+    worker = held(notifying, sql, outcome)
+    request = wait_pending(notifying, "WHERE id = 63", token=reviewer_token("dana", groups=("dba",)))
+    assert request["rule"] == "dba-only"
+    status, answer = slack_post(notifying, press(request, "approve", "U0ALICE"))
+    assert (status, answer["text"]) == (403, '"alice" is not in a reviewer group of this request (dba)')
+    status, answer = slack_post(notifying, press(request, "approve", "U0NOBODY"))
+    assert status == 403 and "not mapped to a pgproxy reviewer" in answer["text"]
+    time.sleep(0.2)
+    assert worker.is_alive()  # neither decided anything
+    status, answer = slack_post(notifying, press(request, "approve", "U0DANA"))
+    assert (status, answer["text"]) == (200, "approved by dana")
+    worker.join(15)
+    assert outcome == [[(direct_value(pg, sql),)]]
+
+
+def test_malformed_slack_requests_get_400_and_decide_nothing(notifying: ProxyThread, pg: PostgresCluster) -> None:
+    """Every header and field pgproxy reads from Slack (pgproxy.approvals.inputs.SLACK_HEADERS and
+    SLACK_FIELDS), fed every wrong type and form of its kind, signed as Slack would: a 400 naming it."""
+    from pgproxy.approvals.inputs import SLACK_FIELDS, SLACK_HEADERS
+    from tests.malformed import MALFORMED, MISSING
+
+    sql = "SELECT email FROM customers WHERE id = 65"
+    outcome: list[Any] = []
+    worker = held(notifying, sql, outcome)
+    request = wait_pending(notifying, "WHERE id = 65")
+    tried = 0
+    for header, entry in SLACK_HEADERS.items():
+        for value in [*MALFORMED[entry.kind], MISSING]:
+            sent = None if value is MISSING else value
+            if header == "X-Slack-Request-Timestamp" and sent is not None:
+                status, body = slack_post(notifying, press(request, "approve", "U0ALICE"), timestamp=sent)
+            else:
+                status, body = slack_post(notifying, press(request, "approve", "U0ALICE"), headers={header: sent})
+            assert status == 400 and header in body["error"], (header, value, status, body)
+            tried += 1
+    for field, entry in SLACK_FIELDS.items():
+        for value in [*MALFORMED[entry.kind], *([MISSING] if entry.required else [])]:
+            payload = press(request, "approve", "U0ALICE")
+            where, _, key = field.replace("[0]", "").partition(".")
+            target = payload["user"] if where == "user" else payload["actions"][0]
+            if value is MISSING:
+                del target[key]
+            else:
+                target[key] = value
+            status, body = slack_post(notifying, payload)
+            assert status == 400 and f'"{field}"' in body["error"], (field, value, status, body)
+            tried += 1
+    shapes: list[dict[str, Any]] = [{"actions": []}, {"user": "U0ALICE"}, {"actions": "approve"}, {"actions": [5]}]
+    for shape in shapes:  # not a block action at all
+        status, body = slack_post(notifying, {**press(request, "approve", "U0ALICE"), **shape})
+        assert status == 400 and "not a Slack block action" in body["error"], (shape, body)
+    assert tried > 40
+    time.sleep(0.2)
+    assert worker.is_alive()  # none of those decided anything
+    status, answer = slack_post(notifying, press(request, "deny", "U0ALICE"))
+    assert (status, answer["text"]) == (200, "denied by alice")
+    worker.join(15)
+    assert isinstance(outcome[0], psycopg.errors.InsufficientPrivilege)
 
 
 def test_a_failing_notifier_never_blocks_the_hold(notifying: ProxyThread, receiver: Receiver, pg: PostgresCluster,

@@ -80,20 +80,52 @@ def summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
     }
 
 
+# What reaches a chat message comes partly from the agent (its name, the statement's identifiers),
+# so it is made inert there: no mention, no link, no formatting can be smuggled in.
+#
+# Slack (https://api.slack.com/reference/surfaces/formatting#escaping): mrkdwn reads `<...>` as a
+# mention (`<!channel>`) or a link (`<https://x|Approve>`); `&`, `<` and `>` are to be sent as
+# `&amp;`, `&lt;` and `&gt;`, which Slack shows as the characters. `verbatim` stops Slack from
+# turning bare URLs, channel names and @mentions into live ones. Values go in code spans and the
+# statement in a code block; a backtick inside would end them, and mrkdwn has no escape for it,
+# so a backtick is shown as U+02CB (a lookalike) and a value's line breaks as spaces.
+_BACKTICK_SHOWN = "\u02cb"
+
+
+def slack_escape(text: str) -> str:
+    """`text` as Slack mrkdwn shows it literally: ``<!channel>`` stays text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_code(text: str) -> str:
+    """`text` as one inline code span that nothing in it can end."""
+    return "`" + slack_escape(" ".join(text.split()).replace("`", _BACKTICK_SHOWN)) + "`"
+
+
+def slack_code_block(text: str) -> str:
+    """`text` as a code block that nothing in it can end."""
+    return "```" + slack_escape(text.replace("`", _BACKTICK_SHOWN)) + "```"
+
+
+def _slack_mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
 def slack_message(info: dict[str, Any]) -> dict[str, Any]:
     decision_value = f"{info['id']}:{info['statement_sha256']}"
-    columns = ", ".join(info["tagged_columns"]) or "none"
+    columns = ", ".join(slack_code(column) for column in info["tagged_columns"]) or "none"
     return {
-        "text": f"pgproxy: {info['agent']} needs approval ({info['rule']})",
+        "text": f"pgproxy: {slack_code(info['agent'])} needs approval ({slack_escape(info['rule'])})",
+        "unfurl_links": False, "unfurl_media": False,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": "Statement held for approval"}},
             {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": f"*Agent*\n{info['agent']}"},
-                {"type": "mrkdwn", "text": f"*Database*\n{info['database']}"},
-                {"type": "mrkdwn", "text": f"*Rule*\n{info['rule']}: {info['reason']}"},
-                {"type": "mrkdwn", "text": f"*Tagged columns*\n{columns}"},
+                _slack_mrkdwn(f"*Agent*\n{slack_code(info['agent'])}"),
+                _slack_mrkdwn(f"*Database*\n{slack_code(info['database'])}"),
+                _slack_mrkdwn(f"*Rule*\n{slack_escape(info['rule'])}: {slack_escape(info['reason'])}"),
+                _slack_mrkdwn(f"*Tagged columns*\n{columns}"),
             ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{info['statement']}```"}},
+            {"type": "section", "text": _slack_mrkdwn(slack_code_block(info["statement"]))},
             {"type": "actions", "elements": [
                 {"type": "button", "text": {"type": "plain_text", "text": "Review"}, "url": info["url"],
                  "action_id": "open"},
@@ -106,18 +138,35 @@ def slack_message(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Teams: an Adaptive Card's TextBlock and FactSet read Markdown (`[Approve](https://x)` is a live
+# link); a RichTextBlock's TextRun never does (https://adaptivecards.io/explorer/TextRun.html). So
+# every value from a request is a TextRun, and only pgproxy's own words are in TextBlocks.
+
+
+def _teams_text(*runs: dict[str, Any], monospace: bool = False) -> dict[str, Any]:
+    inlines = [{**run, "fontType": "Monospace"} if monospace else run for run in runs]
+    return {"type": "RichTextBlock", "inlines": inlines}
+
+
+def _teams_run(text: str, **style: Any) -> dict[str, Any]:
+    return {"type": "TextRun", "text": text, **style}
+
+
+def _teams_fact(title: str, value: str) -> dict[str, Any]:
+    return _teams_text(_teams_run(f"{title}: ", weight="Bolder"), _teams_run(value))
+
+
 def teams_message(info: dict[str, Any]) -> dict[str, Any]:
-    facts = [{"title": "Agent", "value": info["agent"]}, {"title": "Database", "value": info["database"]},
-             {"title": "Rule", "value": f"{info['rule']}: {info['reason']}"},
-             {"title": "Tagged columns", "value": ", ".join(info["tagged_columns"]) or "none"}]
+    facts = [_teams_fact("Agent", info["agent"]), _teams_fact("Database", info["database"]),
+             _teams_fact("Rule", f"{info['rule']}: {info['reason']}"),
+             _teams_fact("Tagged columns", ", ".join(info["tagged_columns"]) or "none")]
     return {"type": "message", "attachments": [{
         "contentType": "application/vnd.microsoft.card.adaptive",
         "content": {
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
             "version": "1.4",
             "body": [{"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": "Statement held for approval"},
-                     {"type": "FactSet", "facts": facts},
-                     {"type": "TextBlock", "text": info["statement"], "wrap": True, "fontType": "Monospace"}],
+                     *facts, _teams_text(_teams_run(info["statement"]), monospace=True)],
             "actions": [{"type": "Action.OpenUrl", "title": "Review", "url": info["url"]}],
         },
     }]}

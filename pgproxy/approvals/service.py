@@ -23,6 +23,7 @@ import jwt
 from pgproxy.approvals.notify import Notifier
 from pgproxy.audit import AuditLog, iso
 from pgproxy.identity import Identity
+from pgproxy.names import in_any, invisible, same
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 
 log = logging.getLogger("pgproxy.approvals")
@@ -146,14 +147,19 @@ class Approvals:
         return await self.store.find_grant(agent, database, shape, time.time())
 
     async def decide(self, approval_id: str, reviewer: Identity, *, approve: bool, reason: str,
-                     statement_hash: str, grant_minutes: int = 0) -> ApprovalRequest:
+                     statement_hash: str, grant_minutes: int = 0, token_id: str | None = None) -> ApprovalRequest:
+        """Record `reviewer`'s decision, or raise DecisionRefused. `token_id`: the jti of the decision
+        token it came in, recorded as used with the vote (and only if the vote is recorded)."""
         request = await self.store.get(approval_id)
         if request is None:
             raise DecisionRefused(404, f"no approval request {approval_id}")
-        if reviewer.agent_id == request.agent:
+        hidden = invisible(reviewer.agent_id)
+        if hidden is not None:
+            raise DecisionRefused(403, f"the reviewer's name contains an invisible or control character ({hidden})")
+        if same(reviewer.agent_id, request.agent):
             raise DecisionRefused(403, "the requesting agent cannot decide its own request")
         groups = frozenset(request.reviewer_groups) or self.reviewer_groups
-        if groups and not (reviewer.groups & groups):
+        if groups and not in_any(reviewer.groups, groups):
             raise DecisionRefused(403, f'"{reviewer.agent_id}" is not in a reviewer group of this request '
                                        f"({', '.join(sorted(groups))})")
         now = time.time()
@@ -173,9 +179,14 @@ class Approvals:
             "grant_minutes": grant_minutes, "iat": int(now),
         }, self.signing_key, algorithm="HS256")
         decided, outcome = await self.store.vote(approval_id, reviewer.agent_id, approve=approve, reason=reason,
-                                                 token=token, now=now)
+                                                 token=token, now=now, grant_minutes=grant_minutes,
+                                                 token_id=token_id)
         if decided is None or outcome == "closed":
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
+        if outcome == "replayed":
+            raise DecisionRefused(409, "this decision token was used already")
+        if outcome == "widens":
+            raise DecisionRefused(403, _widening(decided, grant_minutes))
         if outcome == "voted":
             raise DecisionRefused(409, f'"{reviewer.agent_id}" has already approved this request; '
                                        "another reviewer must approve it")
@@ -187,9 +198,12 @@ class Approvals:
                 "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
                 "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256})
         if outcome == "approved" and grant_minutes:
+            # No approval widens an earlier one's grant (the store refuses it), so the last
+            # approver's grant is the one every approver agreed to.
             await self.store.add_grant(Grant(
                 id=secrets.token_urlsafe(12), agent=request.agent, database=request.database, shape=request.shape,
-                expires_at=now + grant_minutes * 60, approval_id=approval_id, granted_by=reviewer.agent_id))
+                expires_at=now + grant_minutes * 60, approval_id=approval_id,
+                granted_by=", ".join(_voters(decided, reviewer.agent_id))))
         if outcome in ("approved", "denied"):
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
@@ -214,6 +228,12 @@ class Approvals:
                 waiter.set_result(Outcome(Status.WITHDRAWN))
         with contextlib.suppress(StoreError):
             await self.store.close()
+
+
+def _widening(request: ApprovalRequest, grant_minutes: int) -> str:
+    earlier = ", ".join(f'"{name}"' for name in request.approved_by)
+    return (f"a grant of {grant_minutes} minutes is more than {earlier} agreed to: with several approvers, a grant "
+            "is only what every one of them agreed to; approve with the same grant or a shorter one, or once")
 
 
 def _voters(request: ApprovalRequest, decider: str | None) -> tuple[str, ...]:

@@ -19,10 +19,12 @@ import jwt
 import pglast
 from aiohttp import web
 
+from pgproxy.approvals.inputs import Malformed, decision_claims, slack_press, slack_stamp
 from pgproxy.approvals.service import Approvals, DecisionRefused
-from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig
-from pgproxy.errors import AuthFailed
+from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig, SlackReviewer
+from pgproxy.errors import AuthFailed, IdentityRefused
 from pgproxy.identity import Authenticator, Identity
+from pgproxy.names import in_any
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
 APPROVALS = web.AppKey("approvals", Approvals)
@@ -30,7 +32,7 @@ REVIEWERS = web.AppKey("reviewers", Authenticator)
 DECISION_TOKENS = web.AppKey("decision_tokens", JwtConfig)  # set only when decision tokens are configured
 # The demo reviewer's token and the code that unlocks it (printed on the demo's terminal): demo only.
 DEMO_LOGIN = web.AppKey("demo_login", tuple[str, str])
-SLACK = web.AppKey("slack", tuple[str, dict[str, str]])  # signing secret, Slack user id -> reviewer
+SLACK = web.AppKey("slack", tuple[str, dict[str, SlackReviewer]])  # signing secret, reviewers by Slack user id
 SSO_HEADER = web.AppKey("sso_header", str)  # where an SSO proxy in front puts the reviewer's token
 # Per request, for the audit of refused decisions: who decided (if known) and how; the approval.
 DECIDER = web.RequestKey("decider", tuple[str | None, str])
@@ -54,6 +56,9 @@ async def _reviewer(request: web.Request) -> Identity:
         raise _unauthorized("a reviewer token is required (Authorization: Bearer …)")
     try:
         return await request.app[REVIEWERS].verify_jwt(token, "")
+    except IdentityRefused as exc:
+        message = exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")
+        raise web.HTTPForbidden(text=json.dumps({"error": message}), content_type="application/json") from None
     except AuthFailed as exc:
         raise _unauthorized(exc.message.replace('JWT authentication failed for user ""', "reviewer token refused")) \
             from None
@@ -76,7 +81,7 @@ def _may_read(reviewer: Identity, held: ApprovalRequest, approvals: Approvals) -
     """Reading a request (its statement, literals, parameters) takes what deciding it takes: a
     reviewer group of its rule (else of the approvals section)."""
     groups = frozenset(held.reviewer_groups) or approvals.reviewer_groups
-    return not groups or bool(reviewer.groups & groups)
+    return not groups or in_any(reviewer.groups, groups)
 
 
 def _not_a_reviewer(reviewer: Identity, approvals: Approvals) -> web.Response | None:
@@ -102,7 +107,7 @@ async def list_approvals(request: web.Request) -> web.Response:
     except ValueError:
         return _error(400, f"unknown status {raw!r}; one of {', '.join(s.value for s in Status)}")
     raw_limit = request.query.get("limit", "200")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:  # not "²"
         return _error(400, "limit must be a number from 1 to 1000")
     found = await approvals.store.list(status, int(raw_limit))
     return web.json_response({"approvals": [_public(a.to_json(), approvals) for a in found
@@ -262,26 +267,25 @@ async def _decision_token(request: web.Request, checker: JwtConfig, token: str) 
     approvals = request.app[APPROVALS]
     key = checker.secret or checker.public_key or ""  # the config requires one of them
     try:
-        claims = jwt.decode(token, key, algorithms=list(checker.algorithms), audience=checker.audience,
-                            issuer=checker.issuer, leeway=checker.leeway_seconds,
-                            options={"require": ["exp", "iat", "jti", "sub", "approval_id", "statement_sha256",
-                                                 "decision"]})
+        # The signature first; then every claim's type and form (400); then what they say (401).
+        signed = jwt.decode(token, key, algorithms=list(checker.algorithms), options={
+            "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_iss": False,
+            "verify_aud": False, "verify_sub": False, "verify_jti": False})
+        claims = decision_claims(signed, checker.groups_claim)
+        jwt.decode(token, key, algorithms=list(checker.algorithms), audience=checker.audience,
+                   issuer=checker.issuer, leeway=checker.leeway_seconds)
+    except Malformed as exc:
+        return _error(400, f"decision token refused: {exc.message}")
     except jwt.PyJWTError as exc:
         return _error(401, f"decision token refused: {exc}")
-    if claims["approval_id"] != request.match_info["id"]:
+    if claims.approval_id != request.match_info["id"]:
         return _error(403, "the decision token is for another approval request")
-    if claims["decision"] not in ("approve", "deny"):
-        return _error(400, 'the decision claim must be "approve" or "deny"')
-    if not await approvals.store.use_token_id(str(claims["jti"]), time.time()):
-        return _error(409, "this decision token was used already")
-    groups = claims.get(checker.groups_claim, [])
-    reviewer = Identity(str(claims["sub"]), frozenset(groups.split() if isinstance(groups, str) else groups),
-                        "decision-token")
+    reviewer = Identity(claims.sub, claims.groups, "decision-token")
     request[DECIDER] = (reviewer.agent_id, reviewer.method)
-    try:
-        decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims["decision"] == "approve",
-                                         reason=str(claims.get("reason", "")),
-                                         statement_hash=str(claims["statement_sha256"]))
+    try:  # its jti is recorded with the vote, only when the decision is accepted
+        decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims.decision == "approve",
+                                         reason=claims.reason, statement_hash=claims.statement_sha256,
+                                         token_id=claims.jti)
     except DecisionRefused as exc:
         return _error(exc.status, exc.message)
     return _decided(decided)
@@ -304,33 +308,36 @@ async def slack_interactivity(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     secret, users = slack
     body = await request.read()
-    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
-    signature = request.headers.get("X-Slack-Signature", "")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > SLACK_MAX_AGE_SECONDS:
-        return _error(401, "missing or stale Slack request timestamp")
+    try:
+        timestamp, signature = slack_stamp(request.headers)
+    except Malformed as exc:
+        return _error(400, exc.message)
+    if abs(time.time() - timestamp) > SLACK_MAX_AGE_SECONDS:
+        return _error(401, "stale Slack request timestamp")
     expected = "v0=" + hmac.new(secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature):
         return _error(401, "invalid Slack signature")
     try:
-        payload = json.loads(urllib.parse.parse_qs(body.decode())["payload"][0])
-        action = payload["actions"][0]
-        approval_id, statement_hash = str(action["value"]).split(":", 1)
-        slack_user = str(payload["user"]["id"])
-    except (KeyError, IndexError, ValueError, TypeError):
-        return _error(400, "not a Slack block action payload")
-    request[APPROVAL_ID] = approval_id
+        pressed = slack_press(body)
+    except Malformed as exc:
+        return _error(400, exc.message)
+    slack_user = pressed.user
     request[DECIDER] = (None, f"slack:{slack_user}")
-    if action.get("action_id") not in ("approve", "deny"):
+    if pressed.action not in ("approve", "deny") or pressed.approval_id is None or pressed.statement_sha256 is None:
         return web.json_response({"text": "ok"})
-    reviewer_name = users.get(slack_user)
-    if reviewer_name is None:
-        return web.json_response({"response_type": "ephemeral",
-                                  "text": "Your Slack account is not mapped to a pgproxy reviewer."}, status=403)
+    approval_id, statement_hash = pressed.approval_id, pressed.statement_sha256
+    request[APPROVAL_ID] = approval_id
+    mapped = users.get(slack_user)
+    if mapped is None:
+        return web.json_response({"response_type": "ephemeral", "text": "Your Slack account is not mapped to a "
+                                  "pgproxy reviewer (approvals.slack.users), so it is in no reviewer group."},
+                                 status=403)
     approvals = request.app[APPROVALS]
-    reviewer = Identity(reviewer_name, approvals.reviewer_groups, "slack")
+    reviewer_name = mapped.name
+    reviewer = Identity(reviewer_name, mapped.groups, "slack")  # only the groups the config gives this user
     request[DECIDER] = (reviewer_name, "slack")
     try:
-        decided = await approvals.decide(approval_id, reviewer, approve=action["action_id"] == "approve",
+        decided = await approvals.decide(approval_id, reviewer, approve=pressed.action == "approve",
                                          reason=f"decided in Slack by {reviewer_name}", statement_hash=statement_hash)
     except DecisionRefused as exc:
         return web.json_response({"response_type": "ephemeral", "text": exc.message}, status=exc.status)

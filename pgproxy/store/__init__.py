@@ -117,10 +117,15 @@ class Store(Protocol):
         ...
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float) -> tuple[ApprovalRequest | None, str]:
-        """Record one reviewer's decision. Returns the request and what happened: "approved" or
-        "denied" (final), "recorded" (more approvals needed), "voted" (this reviewer already did),
-        or "closed" (not pending, or expired)."""
+                   now: float, grant_minutes: int = 0,
+                   token_id: str | None = None) -> tuple[ApprovalRequest | None, str]:
+        """Record one reviewer's decision, the grant (minutes) an approval agrees to, and the id of the
+        decision token it came in (`token_id`), in one transaction. Returns the
+        request and what happened: "approved" or "denied" (final), "recorded" (more approvals
+        needed), "voted" (this reviewer already did, by any spelling of their name), "widens" (an
+        approval with a longer grant than an earlier approval of the same request agreed to: not
+        recorded, so the grant a final approval gives is what every approver agreed to), "replayed"
+        (`token_id` was used before: nothing recorded), or "closed" (not pending, or expired)."""
         ...
 
     async def add_grant(self, grant: Grant) -> None: ...

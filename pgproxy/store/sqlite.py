@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pgproxy.names import same
 from pgproxy.store import ApprovalRequest, AuditHead, AuditRow, Grant, Status, StoreError
 
 _SCHEMA = """
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS approval_votes (
     reason TEXT NOT NULL,
     token TEXT NOT NULL,
     voted_at REAL NOT NULL,
+    grant_minutes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (approval_id, reviewer)
 );
 CREATE TABLE IF NOT EXISTS grants (
@@ -128,6 +130,9 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            voted = {row[1] for row in db.execute("PRAGMA table_info(approval_votes)")}
+            if "grant_minutes" not in voted:  # a store made before votes carried their grant
+                db.execute("ALTER TABLE approval_votes ADD COLUMN grant_minutes INTEGER NOT NULL DEFAULT 0")
             self._db = db
         return self._db
 
@@ -185,18 +190,19 @@ class SqliteStore:
         return result
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float) -> tuple[ApprovalRequest | None, str]:
+                   now: float, grant_minutes: int = 0,
+                   token_id: str | None = None) -> tuple[ApprovalRequest | None, str]:
         def record() -> tuple[ApprovalRequest | None, str]:
             db = self._connection()
             with _transaction(db):
-                return self._vote(db, approval_id, reviewer, approve, reason, token, now)
+                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes, token_id)
 
         result: tuple[ApprovalRequest | None, str] = await self._run(record)
         return result
 
     @staticmethod
     def _vote(db: sqlite3.Connection, approval_id: str, reviewer: str, approve: bool, reason: str, token: str,
-              now: float) -> tuple[ApprovalRequest | None, str]:
+              now: float, grant_minutes: int, token_id: str | None) -> tuple[ApprovalRequest | None, str]:
         select = f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?"
         row = db.execute(select, (approval_id,)).fetchone()
         if row is None:
@@ -204,10 +210,22 @@ class SqliteStore:
         request = _request(row)
         if request.status is not Status.PENDING or request.expires_at <= now:
             return request, "closed"
-        if reviewer in request.approved_by:
-            return request, "voted"
-        db.execute("INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?)",
-                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now))
+        if any(same(reviewer, earlier) for earlier in request.approved_by):
+            return request, "voted"  # one person, however their name is spelled
+        if approve and grant_minutes:
+            # A grant is what every approver agreed to: no approval may widen an earlier one's.
+            agreed = db.execute("SELECT min(grant_minutes) FROM approval_votes WHERE approval_id = ? AND "
+                                "decision = 'approve'", (approval_id,)).fetchone()[0]
+            if agreed is not None and grant_minutes > agreed:
+                return request, "widens"
+        if token_id is not None:
+            if db.execute("SELECT 1 FROM used_token_ids WHERE jti = ?", (token_id,)).fetchone() is not None:
+                return request, "replayed"
+            db.execute("INSERT INTO used_token_ids VALUES (?, ?)", (token_id, now))
+        db.execute("INSERT INTO approval_votes (approval_id, reviewer, decision, reason, token, voted_at, "
+                   "grant_minutes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now,
+                    grant_minutes if approve else 0))
         approved_by = (*request.approved_by, reviewer) if approve else request.approved_by
         if not approve:
             status, outcome = Status.DENIED, "denied"
