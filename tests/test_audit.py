@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.audit import CSV_COLUMNS, AuditLog, chain_hash, verify
+from pgproxy.audit import CSV_COLUMNS, AuditChainBroken, AuditLog, chain_hash, iso, verify
 from pgproxy.config import AuditConfig, load_config
 from pgproxy.pgcluster import PostgresCluster, free_port
 from pgproxy.store.sqlite import SqliteStore
@@ -288,7 +288,10 @@ async def test_tampering_is_detected_and_named(tmp_path: Path) -> None:
                        "UPDATE audit_events SET seq = 15 WHERE seq = 16",
                        "UPDATE audit_events SET seq = 16 WHERE seq = -1"],
                       "the event stored as event 15 says it is event 16"),
-        "first deleted": (["DELETE FROM audit_events WHERE seq = 1"], "events 1-1 are missing"),
+        "first deleted": (["DELETE FROM audit_events WHERE seq = 1"],
+                          "event 1 is missing: the log starts at event 2 and no audit.pruned event accounts"),
+        "start deleted": (["DELETE FROM audit_events WHERE seq <= 5"],
+                          "events 1-5 are missing: the log starts at event 6 and no audit.pruned event accounts"),
         "tail cut": (["DELETE FROM audit_events WHERE seq > 25"], "a head was signed for event 32"),
         "head forged": (["UPDATE audit_heads SET signature = signature || 'x'"], "invalid signature"),
         "time edited": (["UPDATE audit_events SET time = time + 60 WHERE seq = 5"], "event 5 (statement at"),
@@ -321,21 +324,158 @@ async def test_a_rewritten_chain_is_caught_by_the_signed_heads(tmp_path: Path) -
     assert "comes after event 11" in found.problem  # the last head that still matched
 
 
-async def test_pruning_keeps_the_chain_verifiable(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite3"
+async def _pruned_log(path: Path) -> None:
+    """A log whose retention pruned all but its newest events (33, the second proxy.started, on)."""
     await _written_log(path)
     audit = AuditLog(_config(path, retention_days=1))
     await audit.start({"mode": "test"})
     pruned = await audit.prune(now=time.time() + 2 * 86400)  # everything is now older than a day
     await audit.close()
-    assert pruned == 32  # all but the newest event (the second proxy.started)
-    found = await verify(SqliteStore(path), SIGNING_KEY)
+    assert pruned == 32
+
+
+async def _verified(path: Path, *, retention: bool = True) -> str | None:
+    store = SqliteStore(path)
+    try:
+        return (await verify(store, SIGNING_KEY, retention=retention)).problem
+    finally:
+        await store.close()
+
+
+async def test_pruning_keeps_the_chain_verifiable(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    await _pruned_log(path)
+    store = SqliteStore(path)
+    found = await verify(store, SIGNING_KEY, retention=True)
+    await store.close()
     assert found.problem is None and found.first_seq == 33, found.describe()
+    assert "events 1-32 pruned by retention" in found.describe()
     anchor = of(stored_events(path), "audit.pruned")[0]
     assert anchor["pruned_through_seq"] == 32 and anchor["pruned_events"] == 32
+    # Retention goes on: a second prune leaves a chain that verifies, and a restart continues it.
+    audit = AuditLog(_config(path, retention_days=1))
+    await audit.start({"mode": "test"})
+    audit.record("statement", {"n": "after"})
+    assert await audit.prune(now=time.time() + 4 * 86400) > 0
+    await audit.close()
+    assert await _verified(path) is None
     _edit(path, "DELETE FROM audit_events WHERE type = 'audit.pruned'")
-    found = await verify(SqliteStore(path), SIGNING_KEY)
-    assert found.problem is not None and "no audit.pruned event accounts for them" in found.problem
+    problem = await _verified(path)
+    assert problem is not None and "no audit.pruned event accounts for them" in problem
+
+
+def _forge_pruning(path: Path, keep_from: int, *, keep_heads: bool = False) -> None:
+    """What someone with write access to the file but not the key can do: delete the events
+    before `keep_from` (and, unless `keep_heads`, their signed heads) and append an
+    audit.pruned event saying retention removed them, chained by the public rule."""
+    with sqlite3.connect(path) as db:
+        last_hash = db.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep_from - 1,)).fetchone()[0]
+        newest, previous = db.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        db.execute("DELETE FROM audit_events WHERE seq < ?", (keep_from,))
+        if not keep_heads:
+            db.execute("DELETE FROM audit_heads WHERE seq < ?", (keep_from,))
+        now = time.time()
+        body = (f'{{"seq":{newest + 1},"time":"{iso(now)}","type":"audit.pruned","pruned_through_seq":'
+                f'{keep_from - 1},"pruned_last_hash":"{last_hash}","pruned_events":{keep_from - 1},'
+                f'"before":"{iso(now - 86400)}"}}')
+        db.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)",
+                   (newest + 1, now, "audit.pruned", body, chain_hash(previous, body)))
+
+
+async def test_a_forged_pruning_anchor_does_not_verify(tmp_path: Path) -> None:
+    """Only the key makes an audit.pruned event count: deleting events and appending an anchor
+    that says retention pruned them fails, whatever else the forger keeps or deletes."""
+    original = tmp_path / "audit.sqlite3"
+    await _written_log(original)  # events 1-32; heads at 11, 21, 31 and 32
+    cases = {
+        "all but the newest deleted": (dict(keep_from=32), "events 1-31 are missing: the log starts at event 32; "
+                                       "event 33 (audit.pruned at"),
+        "all deleted": (dict(keep_from=33), "events 1-32 are missing: the log starts at event 33; event 33 "
+                        "(audit.pruned at"),
+        "heads kept, events deleted": (dict(keep_from=25, keep_heads=True),
+                                       "events 1-24 are missing: the log starts at event 25, yet the head signed "
+                                       "for event 21 is still there: they were deleted, not pruned"),
+    }
+    for name, (forgery, expected) in cases.items():
+        copy = tmp_path / f"{name}.sqlite3"
+        shutil.copy(original, copy)
+        _forge_pruning(copy, **forgery)  # type: ignore[arg-type]
+        problem = await _verified(copy)
+        assert problem is not None and expected in problem, (name, problem)
+        if "yet the head" not in expected:
+            assert "is not covered by a signed head" in problem and "not written by pgproxy" in problem, problem
+    copy = tmp_path / "no retention.sqlite3"
+    shutil.copy(original, copy)
+    _forge_pruning(copy, keep_from=32)
+    problem = await _verified(copy, retention=False)
+    assert problem is not None and "retention is not configured (audit.retention_days)" in problem, problem
+
+
+async def test_a_real_pruning_anchor_needs_retention_configured(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    await _pruned_log(path)
+    assert await _verified(path) is None
+    problem = await _verified(path, retention=False)
+    assert problem is not None and problem.startswith(
+        "events 1-32 are missing: the log starts at event 33; event 34 (audit.pruned at"), problem
+    assert "says retention pruned them, but retention is not configured" in problem
+
+
+async def test_events_a_crashed_run_never_signed_are_named(tmp_path: Path) -> None:
+    """Events written after the last signed head by a run that then died rest on the chain
+    alone (someone with the file could have appended them): verify still passes, and says which."""
+    path = tmp_path / "audit.sqlite3"
+    await _written_log(path)  # events 1-32, signed through 32
+    crashed = AuditLog(_config(path))
+    await crashed.start({"mode": "test"})  # event 33
+    for n in range(3):
+        crashed.record("statement", {"n": n})  # events 34-36
+    await crashed.flush()
+    await crashed.store.close()  # no proxy.stopped, no signature: as after kill -9
+    restarted = AuditLog(_config(path))
+    await restarted.start({"mode": "test"})
+    await restarted.close()
+    started = of(stored_events(path), "proxy.started")[-1]
+    assert (started["previous_stop"], started["previous_seq"], started["previous_signed_seq"]) == ("unclean", 36, 32)
+    store = SqliteStore(path)
+    found = await verify(store, SIGNING_KEY)
+    await store.close()
+    assert found.problem is None, found.problem
+    assert "; events 33-36 were never signed by the run that wrote them" in found.describe(), found.describe()
+
+
+async def test_a_restart_does_not_sign_over_a_forged_chain(tmp_path: Path, pg: PostgresCluster) -> None:
+    """The proxy refuses to start on a log it cannot vouch for, and signs nothing: the forgery
+    stays visible to `verify`, and `pgproxy run` says why it did not start."""
+    path = tmp_path / "approvals.sqlite3"
+    await _written_log(path)
+    pristine = tmp_path / "pristine.sqlite3"
+    shutil.copy(path, pristine)
+    _forge_pruning(path, keep_from=32)
+    audit = AuditLog(_config(path, retention_days=1))
+    with pytest.raises(AuditChainBroken, match=r"event 33 \(audit.pruned at .* is not covered by a signed head"):
+        await audit.start({"mode": "test"})
+    await audit.store.close()
+    assert [e["seq"] for e in stored_events(path)] == [32, 33]  # nothing recorded, nothing signed
+    config = audited_config(pg, tmp_path, audit=AUDIT + "  retention_days: 30\n")
+    result = subprocess.run([sys.executable, "-m", "pgproxy.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"pgproxy: audit log {path} does not follow its last signed head, so pgproxy will not continue it" \
+        in result.stderr, result.stderr
+    assert "move it aside to start a new log" in result.stderr
+    failed = audit_cli("verify", "--config", str(config))
+    assert failed.returncode == 1 and "is not covered by a signed head" in failed.stdout, failed.stdout
+    for tampered, expected in (("DELETE FROM audit_events WHERE seq >= 32", "event 32, whose head was signed at"),
+                               ("DELETE FROM audit_heads", "event 1 is missing")):  # then the log must start at 1
+        copy = tmp_path / "copy.sqlite3"
+        shutil.copy(pristine, copy)
+        _edit(copy, "DELETE FROM audit_events WHERE seq = 1", tampered)
+        audit = AuditLog(_config(copy))
+        with pytest.raises(AuditChainBroken, match=expected):
+            await audit.start({"mode": "test"})
+        await audit.store.close()
+        copy.unlink()
 
 
 def test_restart_continues_the_chain(pg: PostgresCluster, tmp_path: Path) -> None:
