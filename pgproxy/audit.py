@@ -43,7 +43,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ import jwt
 from pgproxy.config import AuditConfig
 from pgproxy.store import AuditHead, AuditRow, Store, StoreError
 from pgproxy.store.sqlite import SqliteStore
+from pgproxy.unauthenticated import Unauthenticated
 
 log = logging.getLogger("pgproxy.audit")
 
@@ -145,6 +146,8 @@ class AuditLog:
         self.failure: str | None = None  # the last write error, until a write succeeds
         self.written = 0
         self._unsynced = 0  # events written since the last store checkpoint
+        self.unauthenticated = Unauthenticated(config.unauthenticated_events_per_interval,
+                                               config.unauthenticated_interval_seconds)
 
     @property
     def full_statements(self) -> bool:
@@ -183,6 +186,19 @@ class AuditLog:
         if len(self._queue) >= self.config.batch_events:
             self._wake.set()
 
+    def record_unauthenticated(self, type_: str, data: dict[str, Any], key: Mapping[str, str | int | None]) -> None:
+        """Queue an event a client that has not authenticated caused (its client-chosen fields
+        already `bounded`), or count it under `key` for the interval's aggregated event."""
+        now = time.time()
+        self._record_aggregates(now)
+        if self.unauthenticated.admit(type_, key, now):
+            self.record(type_, data)
+
+    def _record_aggregates(self, now: float, *, final: bool = False) -> None:
+        for type_, fields in self.unauthenticated.due(now, final=final):
+            self.record(type_, {**fields, "interval_start": iso(fields["interval_start"]),
+                                "interval_end": iso(fields["interval_end"])})
+
     @property
     def saturated(self) -> bool:
         return len(self._queue) >= self.config.queue_events
@@ -207,6 +223,7 @@ class AuditLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_seconds)
             self._wake.clear()
+            self._record_aggregates(time.time())
             try:
                 await self.flush()
                 now = time.time()
@@ -305,6 +322,7 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        self._record_aggregates(time.time(), final=True)
         self.record("proxy.stopped", stopped or {})
         try:
             await self.flush()

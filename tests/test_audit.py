@@ -711,6 +711,93 @@ def test_bytes_that_are_not_utf8_cannot_stop_the_audit_log(pg: PostgresCluster, 
     assert audit_cli("verify", "--config", str(config.source)).returncode == 0
 
 
+def test_a_flood_of_unauthenticated_attempts_is_bounded_and_counted(pg: PostgresCluster, tmp_path: Path) -> None:
+    """Refused logins, malformed startups and forged reviewer tokens, through the real listener
+    and web app: the first few are recorded one by one with what the client chose cut short
+    (length and SHA-256 kept); the rest are one aggregated event per kind with exact counts."""
+    from pgproxy.wire import messages as m
+    from tests.harness import RawClient
+
+    per_interval = 4
+    flood = AUDIT + f"  unauthenticated_events_per_interval: {per_interval}\n  unauthenticated_interval_seconds: 3600\n"
+    config = load_config(audited_config(pg, tmp_path, audit=flood))
+    user, database, application = "u" * 4000, "d" * 3000, "a" * 2000
+    logins, garbage, decisions = 30, 10, 12
+    with running_proxy(config) as proxy:
+        with RawClient(proxy.port) as client:  # the first: oversized names, recorded one by one
+            client.send(m.StartupMessage({"user": user, "database": database,
+                                          "application_name": application}).encode())
+            client.read_message()
+            client.send(m.PasswordMessage("not-a-token").encode())
+            client.until_ready()
+        for _ in range(logins - 1):
+            with RawClient(proxy.port) as client:
+                client.send(m.StartupMessage({"user": "agent", "database": "app"}).encode())
+                client.read_message()
+                client.send(m.PasswordMessage("not-a-token").encode())
+                client.until_ready()
+        for _ in range(garbage):
+            with RawClient(proxy.port) as client:
+                client.send(b"\x00\x00\x00\x10garbage-startup!")
+                client.until_ready()
+        approval_id = "x" * 4000
+        forged = reviewer_token(secret="forged-reviewer-secret-0123456789abc")
+        body = {"decision": "approve", "reason": "", "statement_sha256": "0" * 64}
+        for _ in range(decisions):
+            assert api(proxy, "POST", f"/api/approvals/{approval_id}/decision", body, forged)[0] == 401
+    stored = stored_events(tmp_path / "approvals.sqlite3")
+    one_by_one = of(stored, "connection.refused") + of(stored, "approval.decision_refused")
+    assert len(one_by_one) == per_interval
+    first = of(stored, "connection.refused")[0]
+    for field, value in (("user", user), ("database", database), ("application_name", application)):
+        assert first[field] == (f"{value[:64]}…[{len(value)} chars, "
+                                f"sha256:{hashlib.sha256(value.encode()).hexdigest()}]"), field
+    assert len(first["reason"]) < 400
+    (refused,) = of(stored, "connection.refused.aggregated")
+    assert refused["events"] + per_interval == logins + garbage and refused["other_events"] == 0
+    assert {(c["client_address"], c["sqlstate"], c["stage"]): c["events"] for c in refused["counts"]} == {
+        ("127.0.0.1", "28P01", "authenticating"): logins - per_interval,
+        ("127.0.0.1", "0A000", "startup"): garbage}  # "unsupported frontend protocol"
+    (decided,) = of(stored, "approval.decision_refused.aggregated")
+    assert decided["events"] == decisions
+    assert decided["counts"] == [{"client_address": "127.0.0.1", "via": "api", "http_status": 401,
+                                  "events": decisions}]
+    assert max(len(json.dumps(e)) for e in stored) < 2000  # every event is small, whatever was sent
+    assert audit_cli("verify", "--config", str(config.source)).returncode == 0
+
+
+def test_unauthenticated_events_are_aggregated_per_interval() -> None:
+    """The rate bound over time: each interval records its first events one by one and counts
+    the rest; its aggregate comes due when it ends, and the next interval starts afresh."""
+    from pgproxy.unauthenticated import MAX_KEYS, Unauthenticated
+
+    bound = Unauthenticated(per_interval=2, interval_seconds=60)
+    key = {"client_address": "192.0.2.1", "sqlstate": "28P01", "stage": "authenticating"}
+    assert [bound.admit("connection.refused", key, 1000 + n) for n in range(5)] == [True, True, False, False, False]
+    assert bound.due(1059) == []  # the interval is not over
+    (due,) = bound.due(1060)
+    assert due[0] == "connection.refused.aggregated"
+    assert (due[1]["events"], due[1]["recorded_one_by_one"], due[1]["counts"]) == (3, 2, [{**key, "events": 3}])
+    assert bound.admit("connection.refused", key, 1061) and bound.admit("connection.refused", key, 1062)
+    for n in range(MAX_KEYS + 50):  # many peers: the event lists MAX_KEYS, the rest are summed
+        assert not bound.admit("connection.refused", {**key, "client_address": f"10.0.{n // 256}.{n % 256}"}, 1070)
+    (due,) = bound.due(2000, final=True)
+    assert due[1]["events"] == MAX_KEYS + 50 and due[1]["other_events"] == 50 and len(due[1]["counts"]) == MAX_KEYS
+    assert bound.due(5000, final=True) == []
+
+
+def test_unauthenticated_limits_are_validated(pg: PostgresCluster, tmp_path: Path) -> None:
+    from pgproxy.config import ConfigError
+
+    for line, expected in (("unauthenticated_events_per_interval: -1", "expected an integer of at least 0, got -1"),
+                           ("unauthenticated_interval_seconds: 0", "expected a number greater than 0, got 0")):
+        path = audited_config(pg, tmp_path, audit=AUDIT + f"  {line}\n")
+        number = path.read_text().splitlines().index(f"  {line}") + 1
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert str(raised.value) == f"{path}:{number}: audit.{line.split(':')[0]}: {expected}"
+
+
 async def test_closing_the_store_waits_for_the_operation_in_flight(tmp_path: Path) -> None:
     """An operation whose caller was cancelled (a session gone) still runs in its thread: closing
     the store meanwhile must wait for it (closing a SQLite connection another thread is using
