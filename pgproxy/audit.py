@@ -23,8 +23,14 @@ or request. A crash loses what was not yet written, at most about one flush inte
 events; the next start records `proxy.started` with ``previous_stop: "unclean"``.
 
 Retention prunes events older than `retention_days` and, in the same transaction,
-appends an `audit.pruned` anchor naming the last pruned event and its hash, so the
-rest of the chain still verifies.
+appends an `audit.pruned` anchor naming the last pruned event and its hash, and signs it,
+so the rest of the chain still verifies. Verification accepts missing first events only
+with such an anchor that a signed head covers, and only when retention is configured:
+without the key, no one can make one.
+
+The proxy never signs over what it cannot vouch for: at start it checks the events after
+the last signed head (the ones its next signature would cover) and refuses to start when
+they do not follow that head, or contain an anchor it did not sign (`AuditChainBroken`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +52,7 @@ import jwt
 from pgproxy.config import AuditConfig
 from pgproxy.store import AuditHead, AuditRow, Store, StoreError
 from pgproxy.store.sqlite import SqliteStore
+from pgproxy.unauthenticated import Unauthenticated
 
 log = logging.getLogger("pgproxy.audit")
 
@@ -104,6 +111,11 @@ def _body(seq: int, t: float, type_: str, fragment: str) -> str:
     return f'{{"seq":{seq},"time":"{iso(t)}","type":"{type_}"{"," if fragment else ""}{fragment}}}'
 
 
+class AuditChainBroken(StoreError):
+    """The stored chain does not follow its last signed head: continuing it would sign over
+    events pgproxy did not write. The proxy does not start (fail closed)."""
+
+
 def _chain(batch: Sequence[tuple[float, str, str]], seq: int, previous: str) -> list[AuditRow]:
     """Number and chain queued events."""
     rows: list[AuditRow] = []
@@ -134,13 +146,22 @@ class AuditLog:
         self.failure: str | None = None  # the last write error, until a write succeeds
         self.written = 0
         self._unsynced = 0  # events written since the last store checkpoint
+        self.unauthenticated = Unauthenticated(config.unauthenticated_events_per_interval,
+                                               config.unauthenticated_interval_seconds)
 
     @property
     def full_statements(self) -> bool:
         return self.config.full_statements
 
     async def start(self, started: dict[str, Any]) -> None:
-        """Continue the chain in the store and record `proxy.started` (with `started`'s fields)."""
+        """Continue the chain in the store and record `proxy.started` (with `started`'s fields).
+        AuditChainBroken when the stored chain is not one this proxy may continue."""
+        signed_seq, problem = await unsigned_tail(self.store, self.config.signing_key)
+        if problem is not None:
+            raise AuditChainBroken(
+                f"audit log {self.config.store} does not follow its last signed head, so pgproxy will not "
+                f"continue it (its next signature would vouch for events it did not write): {problem}. "
+                "Run `pgproxy audit verify`; keep the file as evidence and move it aside to start a new log")
         last = await self.store.last_event()
         if last is not None:
             self._seq, self._hash = last.seq, last.hash
@@ -148,7 +169,10 @@ class AuditLog:
         if previous == "unclean":
             log.warning("the previous run did not stop cleanly: events it had not written are lost",
                         extra={"last_seq": last.seq if last else 0})
-        self.record("proxy.started", {**started, "previous_stop": previous, "previous_seq": self._seq})
+        # Events after `previous_signed_seq` were never signed by the run that wrote them (it
+        # crashed, or someone without the key appended them): verify names them.
+        self.record("proxy.started", {**started, "previous_stop": previous, "previous_seq": self._seq,
+                                      "previous_signed_seq": signed_seq})
         await self.flush()
         if self.config.retention_days:
             await self.prune()
@@ -161,6 +185,19 @@ class AuditLog:
         self._queue.append((time.time(), type_, storable(data if isinstance(data, str) else members(data))))
         if len(self._queue) >= self.config.batch_events:
             self._wake.set()
+
+    def record_unauthenticated(self, type_: str, data: dict[str, Any], key: Mapping[str, str | int | None]) -> None:
+        """Queue an event a client that has not authenticated caused (its client-chosen fields
+        already `bounded`), or count it under `key` for the interval's aggregated event."""
+        now = time.time()
+        self._record_aggregates(now)
+        if self.unauthenticated.admit(type_, key, now):
+            self.record(type_, data)
+
+    def _record_aggregates(self, now: float, *, final: bool = False) -> None:
+        for type_, fields in self.unauthenticated.due(now, final=final):
+            self.record(type_, {**fields, "interval_start": iso(fields["interval_start"]),
+                                "interval_end": iso(fields["interval_end"])})
 
     @property
     def saturated(self) -> bool:
@@ -186,6 +223,7 @@ class AuditLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_seconds)
             self._wake.clear()
+            self._record_aggregates(time.time())
             try:
                 await self.flush()
                 now = time.time()
@@ -243,15 +281,20 @@ class AuditLog:
             if self._seq == self._signed_seq:
                 self._signed_at = time.time()
                 return
-            now = time.time()
-            token = jwt.encode({"iss": "pgproxy", "aud": HEAD_AUDIENCE, "seq": self._seq, "hash": self._hash,
-                                "iat": int(now)}, self.config.signing_key, algorithm="HS256")
-            await self.store.add_head(AuditHead(self._seq, self._hash, now, token))
-            self._signed_seq, self._signed_at = self._seq, now
-            log.info("audit head signed", extra={"seq": self._seq, "hash": self._hash})
+            head = self._signed(self._seq, self._hash)
+            await self.store.add_head(head)
+            self._signed_seq, self._signed_at = head.seq, head.signed_at
+            log.info("audit head signed", extra={"seq": head.seq, "hash": head.hash})
+
+    def _signed(self, seq: int, hash_: str) -> AuditHead:
+        now = time.time()
+        token = jwt.encode({"iss": "pgproxy", "aud": HEAD_AUDIENCE, "seq": seq, "hash": hash_, "iat": int(now)},
+                           self.config.signing_key, algorithm="HS256")
+        return AuditHead(seq, hash_, now, token)
 
     async def prune(self, now: float | None = None) -> int:
-        """Drop events older than the retention; an `audit.pruned` anchor keeps the chain whole."""
+        """Drop events older than the retention; an `audit.pruned` anchor, signed in the same
+        transaction, keeps the chain whole."""
         now = time.time() if now is None else now
         self._pruned_at = now
         before = now - self.config.retention_days * 86400
@@ -264,9 +307,12 @@ class AuditLog:
             anchor = _chain([(now, "audit.pruned", members({
                 "pruned_through_seq": through, "pruned_last_hash": last_hash, "pruned_events": count,
                 "before": iso(before)}))], self._seq, self._hash)[0]
-            await self.store.prune_events(through, anchor)
+            head = self._signed(anchor.seq, anchor.hash)
+            await self.store.prune_events(through, anchor, head)
             self._seq, self._hash = anchor.seq, anchor.hash
+            self._signed_seq, self._signed_at = head.seq, head.signed_at
             log.info("audit events pruned", extra={"through_seq": through, "events": count})
+            log.info("audit head signed", extra={"seq": head.seq, "hash": head.hash})
             return count
 
     async def close(self, stopped: dict[str, Any] | None = None) -> None:
@@ -276,6 +322,7 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        self._record_aggregates(time.time(), final=True)
         self.record("proxy.stopped", stopped or {})
         try:
             await self.flush()
@@ -298,6 +345,9 @@ class Verification:
     heads: int
     last_signed_seq: int
     problem: str | None = None
+    # Events a run wrote but never signed (it stopped uncleanly), as a later start found them:
+    # only the chain covers them, not the key (someone with the file could have appended them).
+    unsigned_by_writer: tuple[tuple[int, int], ...] = ()
 
     def describe(self) -> str:
         if self.problem is not None:
@@ -306,12 +356,27 @@ class Verification:
             return "audit log verified: it is empty"
         unsigned = self.last_seq - self.last_signed_seq
         tail = f"; {unsigned} event(s) after it not signed yet" if unsigned else ""
+        pruned = (f"; {_events(1, self.first_seq - 1)} pruned by retention (a signed audit.pruned event "
+                  "accounts for them)") if self.first_seq > 1 else ""
+        unsigned_earlier = "".join(
+            f"; {_events(first, last)} {'was' if first == last else 'were'} never signed by the run that wrote "
+            f"{'it' if first == last else 'them'} (it stopped uncleanly; a later start signed over what it found)"
+            for first, last in self.unsigned_by_writer)
         return (f"audit log verified: events {self.first_seq}-{self.last_seq} ({self.events} events) form an "
-                f"unbroken chain; {self.heads} signed head(s), the last at event {self.last_signed_seq}{tail}")
+                f"unbroken chain{pruned}; {self.heads} signed head(s), the last at event {self.last_signed_seq}"
+                f"{tail}{unsigned_earlier}")
 
 
 def _named(row: AuditRow) -> str:
     return f"event {row.seq} ({row.type} at {iso(row.time)})"
+
+
+def _events(first: int, last: int) -> str:
+    return f"event {first}" if first == last else f"events {first}-{last}"
+
+
+def _missing(first: int, last: int) -> str:
+    return f"{_events(first, last)} {'is' if first == last else 'are'} missing"
 
 
 async def rows_in_order(store: Store, *, after_seq: int = 0, since: float | None = None,
@@ -326,20 +391,28 @@ async def rows_in_order(store: Store, *, after_seq: int = 0, since: float | None
         after_seq = rows[-1].seq
 
 
+async def _anchor_for(store: Store, through_seq: int) -> tuple[AuditRow, str] | None:
+    """The `audit.pruned` event that says events up to `through_seq` were pruned, and the hash
+    it recorded for the last of them."""
+    for anchor in await store.events(type="audit.pruned", limit=1_000_000):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            fields = json.loads(anchor.body)
+            if fields["pruned_through_seq"] == through_seq:
+                return anchor, str(fields["pruned_last_hash"])
+    return None
+
+
 async def previous_hash(store: Store, first: AuditRow) -> str | None:
     """The hash `first` follows: 64 zeros for event 1, else the hash of the event before it,
-    or the one an `audit.pruned` anchor recorded when that event was pruned; None if lost."""
+    or the one an `audit.pruned` anchor recorded when that event was pruned; None if lost.
+    (For export; `verify` also checks that the anchor is the proxy's.)"""
     if first.seq == 1:
         return GENESIS
     before = await store.events(after_seq=first.seq - 2, limit=1)
     if before and before[0].seq == first.seq - 1:
         return before[0].hash
-    for anchor in await store.events(type="audit.pruned", limit=1_000_000):
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            fields = json.loads(anchor.body)
-            if fields["pruned_through_seq"] == first.seq - 1:
-                return str(fields["pruned_last_hash"])
-    return None
+    found = await _anchor_for(store, first.seq - 1)
+    return found[1] if found is not None else None
 
 
 def _content_problem(row: AuditRow, previous: str) -> str | None:
@@ -361,35 +434,61 @@ def _content_problem(row: AuditRow, previous: str) -> str | None:
     return None
 
 
-async def verify(store: Store, signing_key: str) -> Verification:
-    """Check the whole chain and the signed heads; report the first broken link."""
+def _signature_problem(head: AuditHead, signing_key: str) -> str | None:
+    try:
+        claims = jwt.decode(head.signature, signing_key, algorithms=["HS256"], audience=HEAD_AUDIENCE)
+    except jwt.PyJWTError as exc:
+        return (f"the head signed for event {head.seq} at {iso(head.signed_at)} has an invalid "
+                f"signature ({exc}): it was forged, or the key is not the proxy's")
+    if claims.get("seq") != head.seq or claims.get("hash") != head.hash:
+        return f"the head signed for event {head.seq} was changed: it does not match its signature"
+    return None
+
+
+_NOT_PGPROXYS = ("pgproxy signs an audit.pruned event in the same transaction as it prunes, so this one "
+                 "was not written by pgproxy")
+
+
+async def verify(store: Store, signing_key: str, *, retention: bool = False) -> Verification:
+    """Check the whole chain and the signed heads; report the first broken link.
+
+    Missing first events are accepted only when `retention` is configured and a signed
+    `audit.pruned` event accounts for them: the anchor must be covered by a head signed with
+    `signing_key`, and no head of theirs may remain (pruning removes them)."""
     heads = {head.seq: head for head in await store.heads()}
     count, first_seq, last_seq, last_signed, previous = 0, 0, 0, 0, GENESIS
     last_good_head = 0
+    accounting: AuditRow | None = None  # the anchor that accounts for the missing first events
+    last_anchor: AuditRow | None = None
+    unsigned: list[tuple[int, int]] = []
 
     def result(problem: str | None = None) -> Verification:
-        return Verification(count, first_seq, last_seq, len(heads), last_signed, problem)
+        return Verification(count, first_seq, last_seq, len(heads), last_signed, problem, tuple(unsigned))
 
     for head in heads.values():
-        try:
-            claims = jwt.decode(head.signature, signing_key, algorithms=["HS256"], audience=HEAD_AUDIENCE)
-        except jwt.PyJWTError as exc:
-            return result(f"the head signed for event {head.seq} at {iso(head.signed_at)} has an invalid "
-                          f"signature ({exc}): it was forged, or the key is not the proxy's")
-        if claims.get("seq") != head.seq or claims.get("hash") != head.hash:
-            return result(f"the head signed for event {head.seq} was changed: it does not match its signature")
+        problem = _signature_problem(head, signing_key)
+        if problem is not None:
+            return result(problem)
     async for row in rows_in_order(store):
         if count == 0:
             first_seq = row.seq
-            found = await previous_hash(store, row)
-            if found is None:
-                return result(f"the log starts at event {row.seq}: events 1-{row.seq - 1} are missing and no "
-                              "audit.pruned event accounts for them")
-            previous = found
+            if row.seq > 1:
+                missing = f"{_missing(1, row.seq - 1)}: the log starts at event {row.seq}"
+                found = await _anchor_for(store, row.seq - 1)
+                if found is None:
+                    return result(f"{missing} and no audit.pruned event accounts for them")
+                accounting, previous = found
+                if not retention:
+                    return result(f"{missing}; {_named(accounting)} says retention pruned them, but retention "
+                                  "is not configured (audit.retention_days), and pgproxy prunes only with it "
+                                  "(if it was on when they were pruned, verify with it on)")
+                stale = [seq for seq in heads if seq < row.seq]
+                if stale:
+                    return result(f"{missing}, yet the head signed for event {max(stale)} is still there: they "
+                                  "were deleted, not pruned (pruning removes their heads)")
         elif row.seq != last_seq + 1:
-            missing = (f"event {last_seq + 1} is" if row.seq == last_seq + 2
-                       else f"events {last_seq + 1}-{row.seq - 1} are")
-            return result(f"{missing} missing: the log goes from event {last_seq} to event {row.seq}")
+            return result(f"{_missing(last_seq + 1, row.seq - 1)}: the log goes from event {last_seq} to "
+                          f"event {row.seq}")
         problem = _content_problem(row, previous)
         if problem is not None:
             return result(problem)
@@ -400,12 +499,66 @@ async def verify(store: Store, signing_key: str) -> Verification:
                               f"{iso(signed.signed_at)}; the first rewritten event comes after event "
                               f"{last_good_head}")
             last_good_head = last_signed = row.seq
+        if row.type == "audit.pruned":
+            last_anchor = row
+        elif row.type == "proxy.started":
+            unsigned.extend(_unsigned_before(row, first_seq))
         previous, last_seq = row.hash, row.seq
         count += 1
     beyond = [seq for seq in heads if seq > last_seq]
     if beyond:
-        return result(f"events after event {last_seq} are missing: a head was signed for event {max(beyond)}")
+        if count == 0:
+            return result(f"every event is missing: a head was signed for event {max(beyond)}")
+        return result(f"{_missing(last_seq + 1, max(beyond))}: the log ends at event {last_seq}, but a head "
+                      f"was signed for event {max(beyond)}")
+    if accounting is not None and accounting.seq > last_signed:
+        return result(f"{_missing(1, first_seq - 1)}: the log starts at event {first_seq}; "
+                      f"{_named(accounting)}, which says they were pruned, is not covered by a signed head: "
+                      f"{_NOT_PGPROXYS}")
+    if last_anchor is not None and last_anchor.seq > last_signed:
+        return result(f"{_named(last_anchor)} is not covered by a signed head: {_NOT_PGPROXYS}")
     return result()
+
+
+def _unsigned_before(started: AuditRow, first_seq: int) -> list[tuple[int, int]]:
+    """The events a `proxy.started` event says the previous run never signed (still stored)."""
+    fields = json.loads(started.body)
+    signed, last = fields.get("previous_signed_seq"), fields.get("previous_seq")
+    if not isinstance(signed, int) or not isinstance(last, int) or last <= signed:
+        return []
+    first = max(signed + 1, first_seq)
+    return [(first, last)] if first <= last else []
+
+
+async def unsigned_tail(store: Store, signing_key: str) -> tuple[int, str | None]:
+    """The last signed head's seq, and what is wrong with the events after it (those the
+    proxy's next signature would cover), or None: they must follow that head (or event 1 when
+    nothing was signed yet), with no gap, and hold no `audit.pruned` event (the proxy signs its own)."""
+    heads = await store.heads()
+    previous, after = GENESIS, 0
+    if heads:
+        head = heads[-1]
+        problem = _signature_problem(head, signing_key)
+        if problem is not None:
+            return head.seq, problem
+        found = await store.events(after_seq=head.seq - 1, limit=1)
+        if not found or found[0].seq != head.seq:
+            return head.seq, f"event {head.seq}, whose head was signed at {iso(head.signed_at)}, is missing"
+        if found[0].hash != head.hash:
+            return head.seq, f"{_named(found[0])} does not match the head signed at {iso(head.signed_at)}"
+        previous, after = head.hash, head.seq
+    signed = after
+    async for row in rows_in_order(store, after_seq=after):
+        if row.seq != after + 1:
+            return signed, (f"{_missing(after + 1, row.seq - 1)}: the log goes from event {after} to "
+                            f"event {row.seq}")
+        problem = _content_problem(row, previous)
+        if problem is not None:
+            return signed, problem
+        if row.type == "audit.pruned":
+            return signed, f"{_named(row)} is not covered by a signed head: {_NOT_PGPROXYS}"
+        previous, after = row.hash, row.seq
+    return signed, None
 
 
 # -- export ------------------------------------------------------------------------------
@@ -423,11 +576,23 @@ def exported_line(row: AuditRow, previous: str) -> str:
     return f'{row.body[:-1]},"prev":"{previous}","hash":"{row.hash}"}}'
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"), and the full-width
+# forms some spreadsheets also accept: a cell starting with one gets a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def inert(cell: str) -> str:
+    """`cell` as a spreadsheet shows it without running it: ``=HYPERLINK(…)`` becomes ``'=HYPERLINK(…)``."""
+    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+
+
 def csv_record(row: AuditRow, previous: str) -> list[str]:
-    """One CSV row in CSV_COLUMNS order; lists are joined with ';', other fields go to `details`."""
+    """One CSV row in CSV_COLUMNS order; lists are joined with ';', other fields go to `details`.
+    Every cell is `inert`: the log holds what clients chose (statements, names)."""
     fields: dict[str, Any] = json.loads(row.body)
     named = [_cell(fields.pop(column, None)) for column in CSV_COLUMNS[:-3]]
-    return [*named, json.dumps(fields, sort_keys=True, ensure_ascii=False) if fields else "", previous, row.hash]
+    details = json.dumps(fields, sort_keys=True, ensure_ascii=False) if fields else ""
+    return [inert(cell) for cell in (*named, details, previous, row.hash)]
 
 
 def _cell(value: Any) -> str:

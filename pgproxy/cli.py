@@ -167,7 +167,8 @@ async def _audit(args: argparse.Namespace) -> int:
     store = SqliteStore(config.audit.store)
     try:
         if args.audit_command == "verify":
-            found = await audit.verify(store, config.audit.signing_key)
+            found = await audit.verify(store, config.audit.signing_key,
+                                       retention=config.audit.retention_days > 0)
             print(found.describe())
             return 0 if found.problem is None else 1
         if args.audit_command == "export":

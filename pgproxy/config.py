@@ -165,6 +165,10 @@ class AuditConfig:
     flush_interval_seconds: float = 0.2  # the longest an event waits before it is written
     sign_interval_seconds: float = 10.0  # how often the head of the chain is signed
     queue_full_wait_seconds: float = 5.0  # a statement waits this long for room, then is refused
+    # Events unauthenticated clients cause (refused logins, refused decisions): this many per
+    # interval are recorded one by one, the rest as one aggregated event of exact counts.
+    unauthenticated_events_per_interval: int = 60
+    unauthenticated_interval_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,7 +728,8 @@ class _Loader:
         """The audit section; by default it shares the approvals store and signing key."""
         found = self.mapping(at, ("enabled", "store", "signing_key_env", "signing_key_file", "full_statements",
                                   "retention_days", "queue_events", "batch_events", "flush_interval_seconds",
-                                  "sign_interval_seconds", "queue_full_wait_seconds"))
+                                  "sign_interval_seconds", "queue_full_wait_seconds",
+                                  "unauthenticated_events_per_interval", "unauthenticated_interval_seconds"))
         if not _opt(found, "enabled", self.boolean, True):
             return None
         source = self.at_most_one(found, ("signing_key_env", "signing_key_file"))
@@ -754,6 +759,11 @@ class _Loader:
             flush_interval_seconds=seconds("flush_interval_seconds", default.flush_interval_seconds),
             sign_interval_seconds=seconds("sign_interval_seconds", default.sign_interval_seconds),
             queue_full_wait_seconds=seconds("queue_full_wait_seconds", default.queue_full_wait_seconds),
+            unauthenticated_events_per_interval=_opt(found, "unauthenticated_events_per_interval",
+                                                     lambda a: self.integer(a, 0),
+                                                     default.unauthenticated_events_per_interval),
+            unauthenticated_interval_seconds=seconds("unauthenticated_interval_seconds",
+                                                     default.unauthenticated_interval_seconds),
         )
 
     def notifier(self, at: _At) -> NotifierConfig:

@@ -52,6 +52,7 @@ from pgproxy.identity import Authenticator, Identity, shown_name
 from pgproxy.logs import SessionLog
 from pgproxy.protocol import Desync, GuardRefusal, PreparedStatement, ProtocolModel
 from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, judge_parameters, startup
+from pgproxy.unauthenticated import REASON_CHARS, bounded
 from pgproxy.upstream import UpstreamConnection, send_cancel
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import FrameError, FrameReader
@@ -230,13 +231,21 @@ class Session:
         self.audit.record(type_, f"{self.audit_members},{members(fields)}")
 
     def _audit_failure(self, exc: ProxyError) -> None:
-        """A login refused is one event; a session that ended with an error says so when it closes."""
+        """A login refused is one event (what the client chose in it bounded; before the client
+        authenticated, also in rate: see pgproxy.unauthenticated); a session that ended with an
+        error says so when it closes."""
         if self.audit is None:
             return
         if self.identity is None or self.upstream is None or self.backend_key is None:
-            self.audit.record("connection.refused", {
-                **self._who(), "user": shown_name(self.parameters.get("user", "")), "stage": self.state.value,
-                "sqlstate": exc.sqlstate, "reason": exc.message})
+            event = {**self._who(), "user": bounded(shown_name(self.parameters.get("user", ""))),
+                     "stage": self.state.value, "sqlstate": exc.sqlstate, "reason": bounded(exc.message, REASON_CHARS)}
+            for name in ("application_name", "database"):
+                event[name] = bounded(str(event[name]))
+            if self.identity is None:
+                self.audit.record_unauthenticated("connection.refused", event, {
+                    "client_address": self.client_address, "stage": self.state.value, "sqlstate": exc.sqlstate})
+            else:
+                self.audit.record("connection.refused", event)
         else:
             self.ended_by = f"{exc.sqlstate}: {exc.message}"
 

@@ -67,8 +67,13 @@ async def _read_packet(session: Session) -> tuple[bytes, bytes]:
             return packet
 
 async def startup(session: Session) -> bool:
-    """Negotiate encryption and read the StartupMessage; False when there is no session."""
-    negotiated = False  # an SSLRequest or GSSENCRequest was answered already
+    """Negotiate encryption and read the StartupMessage; False when there is no session.
+
+    PostgreSQL's rules (ProcessStartupPacket): each of SSLRequest and GSSENCRequest may come
+    once, in either order; a refused one ('N') leaves the client free to try the other (libpq's
+    ``gssencmode=prefer`` falls back to SSL on the same connection), an accepted one does not.
+    pgproxy never accepts GSSAPI encryption."""
+    ssl_done = gss_done = False
     while True:
         body, rest = await _read_packet(session)
         try:
@@ -82,21 +87,27 @@ async def startup(session: Session) -> bool:
             return False
         if isinstance(packet, m.StartupMessage):
             break
-        # SSLRequest / GSSENCRequest: a client must wait for the answer before sending more;
-        # bytes sent ahead of a TLS handshake could be injected by a man in the middle.
+        is_ssl = isinstance(packet, m.SSLRequest)
+        # A client must wait for the answer before sending more; bytes sent ahead of an
+        # encryption handshake could be injected by a man in the middle.
         if rest:
-            raise ClientProtocolError("received unencrypted data after SSL request")
-        if negotiated:
+            raise ClientProtocolError("received unencrypted data after "
+                                      + ("SSL request" if is_ssl else "GSSAPI encryption request"))
+        if ssl_done if is_ssl else gss_done:
             raise ClientProtocolError("encryption was already negotiated on this connection")
-        negotiated = True
-        if isinstance(packet, m.SSLRequest) and session.tls_context is not None:
+        if is_ssl and session.tls_context is not None:
             session.writer.write(b"S")
             await session.writer.drain()
             await session.writer.start_tls(session.tls_context)
             session.client_tls = True
+            ssl_done = gss_done = True  # encrypted: no further negotiation
+            continue
+        session.writer.write(b"N")
+        await session.writer.drain()
+        if is_ssl:
+            ssl_done = True
         else:
-            session.writer.write(b"N")
-            await session.writer.drain()
+            gss_done = True
     session.parameters = packet.parameters
     feed_client(session, rest)
     user = session.parameters.get("user", "")

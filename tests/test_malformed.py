@@ -8,17 +8,20 @@ checks that the healthy session still works and that a new one can log in.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from pgproxy.config import Limits
-from pgproxy.pgcluster import PostgresCluster
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from pgproxy.wire import messages as m
 from tests.harness import (
     DATABASE,
@@ -240,6 +243,66 @@ def test_ssl_request_answered_n_when_tls_is_not_configured(proxy: ProxyThread) -
         client.send(STARTUP)
         assert client.read_message() == (
             ord("R"), struct.pack("!i", m.AUTH_CLEARTEXT_PASSWORD))
+
+
+def test_ssl_request_after_a_refused_gssenc_request(proxy: ProxyThread) -> None:
+    """As PostgreSQL allows: GSSENCRequest answered 'N', then SSLRequest on the same connection
+    (libpq's gssencmode=prefer fallback), then the startup packet. A second request of either
+    kind is refused."""
+    with raw(proxy) as client:
+        client.send(m.GSSENCRequest().encode())
+        assert client.sock.recv(1) == b"N"
+        client.send(m.SSLRequest().encode())
+        assert client.sock.recv(1) == b"N"
+        client.send(STARTUP)
+        assert client.read_message() == (
+            ord("R"), struct.pack("!i", m.AUTH_CLEARTEXT_PASSWORD))
+    with others_unharmed(proxy), raw(proxy) as client:
+        client.send(m.SSLRequest().encode())
+        assert client.sock.recv(1) == b"N"
+        client.send(m.GSSENCRequest().encode())
+        assert client.sock.recv(1) == b"N"
+        client.send(m.GSSENCRequest().encode())
+        assert expect_fatal(client, "08P01") == "encryption was already negotiated on this connection"
+
+
+def test_startup_pipelined_behind_gssenc_request(proxy: ProxyThread) -> None:
+    with others_unharmed(proxy), raw(proxy) as client:
+        client.send(m.GSSENCRequest().encode() + STARTUP)
+        assert expect_fatal(client, "08P01") == "received unencrypted data after GSSAPI encryption request"
+
+
+def _kerberos_credential_cache(path: Path) -> None:
+    """A Kerberos credential cache (MIT format 4) holding a ticket-granting ticket that is not
+    real: enough for libpq to find credentials and try GSSAPI encryption first."""
+    def counted(data: bytes) -> bytes:
+        return struct.pack("!I", len(data)) + data
+
+    def principal(*parts: str) -> bytes:
+        return struct.pack("!II", 1, len(parts)) + counted(b"PGPROXY.TEST") + b"".join(
+            counted(part.encode()) for part in parts)
+
+    now = int(time.time())
+    client = principal("agent")
+    credential = (client + principal("krbtgt", "PGPROXY.TEST") + struct.pack("!H", 18) + counted(bytes(32))
+                  + struct.pack("!IIII", now, now, now + 86400, 0) + b"\0" + struct.pack("!III", 0, 0, 0)
+                  + counted(b"not-a-ticket") + counted(b""))
+    path.write_bytes(struct.pack("!HHHHii", 0x0504, 12, 1, 8, 0, 0) + client + credential)
+
+
+def test_psql_with_gssencmode_prefer_falls_back_to_tls(pg: PostgresCluster, pki: Pki, tmp_path: Path) -> None:
+    """psql with Kerberos credentials and gssencmode=prefer asks for GSSAPI encryption first,
+    then, refused, for TLS on the same connection: the session is encrypted and works."""
+    cache = tmp_path / "krb5cc"
+    _kerberos_credential_cache(cache)
+    env = {**os.environ, "KRB5CCNAME": f"FILE:{cache}", "KRB5_CONFIG": os.devnull}
+    with running_proxy(make_config(pg, tls=tls_config(pki))) as tls_proxy:
+        dsn = tls_proxy.dsn(sslmode="require", gssencmode="prefer")
+        result = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", dsn, "-c",
+                                 "SELECT 'through'", "-c", "\\conninfo"],
+                                capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("through\n") and "SSL connection (protocol: TLS" in result.stdout, result.stdout
 
 
 def test_silent_and_stalled_clients_time_out(pg: PostgresCluster) -> None:

@@ -25,6 +25,7 @@ from pgproxy.audit import AuditLog, iso
 from pgproxy.identity import Identity
 from pgproxy.names import in_any, invisible, same
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
+from pgproxy.unauthenticated import REASON_CHARS, bounded
 
 log = logging.getLogger("pgproxy.approvals")
 
@@ -211,14 +212,23 @@ class Approvals:
                                           _voters(decided, reviewer.agent_id)))
         return decided
 
-    def refused(self, approval_id: str, status: int, message: str, *, reviewer: str | None, via: str) -> None:
-        """Audit a decision that was not accepted (forged, replayed, self-approval, too late…)."""
+    def refused(self, approval_id: str, status: int, message: str, *, reviewer: str | None, via: str,
+                client_address: str = "") -> None:
+        """Audit a decision that was not accepted (forged, replayed, self-approval, too late…).
+        What the client chose is bounded; without a known reviewer, also in rate (see
+        pgproxy.unauthenticated)."""
+        approval_id, message = bounded(approval_id) or "", bounded(message, REASON_CHARS) or ""
         log.warning("decision refused", extra={"approval": approval_id, "status": status, "reason": message,
                                                "reviewer": reviewer})
-        if self.audit is not None:
-            self.audit.record("approval.decision_refused", {
-                "approval_id": approval_id, "reviewer": reviewer, "via": via, "http_status": status,
-                "reason": message})
+        if self.audit is None:
+            return
+        event = {"approval_id": approval_id, "reviewer": reviewer, "via": via, "http_status": status,
+                 "reason": message, "client_address": client_address}
+        if reviewer is None:
+            self.audit.record_unauthenticated("approval.decision_refused", event, {
+                "client_address": client_address, "via": via, "http_status": status})
+        else:
+            self.audit.record("approval.decision_refused", event)
 
     async def close(self) -> None:
         if self.notifier is not None:

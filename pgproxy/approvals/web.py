@@ -367,7 +367,7 @@ def _refused(request: web.Request, status: int, body: str | None) -> None:
         message = str(found.get("error") or found.get("text") or message)
     reviewer, via = request.get(DECIDER, (None, "slack" if request.match_info.route.name == "slack" else "api"))
     request.app[APPROVALS].refused(request.get(APPROVAL_ID, request.match_info.get("id", "")), status, message,
-                                   reviewer=reviewer, via=via)
+                                   reviewer=reviewer, via=via, client_address=request.remote or "")
 
 
 @web.middleware

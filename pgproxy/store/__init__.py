@@ -164,9 +164,9 @@ class Store(Protocol):
         """Housekeeping after many appends, off the event loop (SQLite: a WAL checkpoint)."""
         ...
 
-    async def prune_events(self, through_seq: int, anchor: AuditRow) -> None:
-        """Delete events (and signed heads) up to `through_seq` and append `anchor`, which
-        records what was pruned, in one transaction."""
+    async def prune_events(self, through_seq: int, anchor: AuditRow, head: AuditHead) -> None:
+        """Delete events (and signed heads) up to `through_seq`, append `anchor`, which records
+        what was pruned, and store `head`, the anchor's signature, in one transaction."""
         ...
 
     async def close(self) -> None: ...

@@ -385,7 +385,7 @@ class SqliteStore:
         result: tuple[int, str, int] | None = await self._run(select)
         return result
 
-    async def prune_events(self, through_seq: int, anchor: AuditRow) -> None:
+    async def prune_events(self, through_seq: int, anchor: AuditRow, head: AuditHead) -> None:
         def prune() -> None:
             db = self._connection()
             with _transaction(db):
@@ -393,6 +393,8 @@ class SqliteStore:
                 db.execute("DELETE FROM audit_heads WHERE seq <= ?", (through_seq,))
                 db.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?)",
                            (anchor.seq, anchor.time, anchor.type, anchor.body, anchor.hash))
+                db.execute("INSERT OR REPLACE INTO audit_heads VALUES (?, ?, ?, ?)",
+                           (head.seq, head.hash, head.signed_at, head.signature))
 
         await self._run(prune)
 
