@@ -200,6 +200,15 @@ SELECT 'routine', p.oid::text, n.nspname, p.proname, l.lanname,
        CASE WHEN l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp_';
+SELECT DISTINCT 'runs', CASE WHEN d.classid = 'pg_policy'::regclass THEN 'rw' ELSE 'w' END,
+       coalesce(ad.adrelid, co.conrelid, ix.indrelid, po.polrelid)::text, n.nspname, p.proname
+  FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
+  LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
+  LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid
+  LEFT JOIN pg_index ix ON d.classid = 'pg_class'::regclass AND ix.indexrelid = d.objid
+  LEFT JOIN pg_policy po ON d.classid = 'pg_policy'::regclass AND po.oid = d.objid
+ WHERE d.refclassid = 'pg_proc'::regclass AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND coalesce(ad.adrelid, co.conrelid, ix.indrelid, po.polrelid) IS NOT NULL;
 SELECT DISTINCT 'hook', r.ev_class::text FROM pg_rewrite r WHERE r.rulename <> '_RETURN';
 SELECT DISTINCT 'hook', t.tgrelid::text FROM pg_trigger t WHERE NOT t.tgisinternal;
 SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
@@ -307,10 +316,20 @@ def _build(rows: list[Row]) -> Introspection:
     for _, oid, nspname, proname, lanname, definition in by_kind.get("routine", []):
         routines.setdefault((_text(nspname), _text(proname)), []).append(
             Routine(int(_text(oid)), _text(nspname), _text(proname), _text(lanname), definition))
+    # Row-level security policies run their functions on every read and write of their table;
+    # defaults, CHECK constraints and index expressions on every write.
+    write_calls: dict[int, set[tuple[str, str]]] = {}
+    for _, mode, table, nspname, proname in by_kind.get("runs", []):
+        function = (_text(nspname), _text(proname))
+        write_calls.setdefault(int(_text(table)), set()).add(function)
+        if mode == "rw":
+            calls.setdefault(int(_text(table)), set()).add(function)
     _through_views(calls, deps)
     hooks = {int(_text(row[1])) for row in by_kind.get("hook", [])}
-    relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks)
-                 if r.oid in calls or r.oid in hooks else r for key, r in relations.items()}
+    relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks,
+                                          write_calls=frozenset(write_calls.get(r.oid, ())))
+                 if r.oid in calls or r.oid in hooks or r.oid in write_calls else r
+                 for key, r in relations.items()}
     by_oid = {r.oid: r for r in relations.values()}
     view_sources = _view_sources(by_oid, deps, whole_row)
     frozen_inherits = {child: frozenset(parents) for child, parents in inherits.items()}
@@ -332,6 +351,7 @@ def _build(rows: list[Row]) -> Introspection:
         "inherits": sorted([child, sorted(parents)] for child, parents in inherits.items()),
         "generated": sorted([list(column), sorted(sources)] for column, sources in generated.items()),
         "calls": sorted([view, sorted(names)] for view, names in calls.items()),
+        "write_calls": sorted([table, sorted(names)] for table, names in write_calls.items()),
         "hooks": sorted(hooks),
         "routines": sorted([r.oid, r.schema, r.name, r.language, r.definition or ""]
                            for found in routines.values() for r in found),

@@ -871,6 +871,7 @@ def test_tags_follow_the_data_through_functions(renaming: ProxyThread, pg: Postg
         CREATE TABLE IF NOT EXISTS ren_log (note text);
         CREATE TABLE IF NOT EXISTS ren_orders (id int);
         CREATE OR REPLACE RULE ren_copy AS ON INSERT TO ren_orders DO ALSO INSERT INTO ren_log SELECT secret FROM ren_t;
+        CREATE TABLE IF NOT EXISTS ren_copies (id int, copied text DEFAULT ren_g(1));
     """, dbname="app", user="app_scram")
     try:
         proxy = renaming
@@ -885,12 +886,16 @@ def test_tags_follow_the_data_through_functions(renaming: ProxyThread, pg: Postg
         assert "runs_code" in flags and not reads
         reads, flags = _held_reads(proxy, "INSERT INTO ren_orders VALUES (1)")
         assert "runs_code" in flags
+        # A default that calls a function copies what the function reads into the new row.
+        reads, flags = _held_reads(proxy, "INSERT INTO ren_copies (id) VALUES (1)")
+        assert reads == {"public.ren_t.secret"} and "runs_code" not in flags, (reads, flags)
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             assert conn.execute("SELECT ren_count()").fetchone() == (1,)  # nothing tagged: not held
             assert conn.execute("SELECT count(*) FROM ren_log").fetchone() == (0,)
     finally:
         pg.psql("DROP VIEW IF EXISTS ren_vv, ren_v; DROP FUNCTION IF EXISTS ren_f(), ren_g(int), ren_count(), "
-                "ren_dyn(); DROP TABLE IF EXISTS ren_orders, ren_log", dbname="app", user="app_scram")
+                "ren_dyn() CASCADE; DROP TABLE IF EXISTS ren_orders, ren_log, ren_copies", dbname="app",
+                user="app_scram")
 
 
 def test_reading_a_request_takes_a_reviewer_group(approving: ProxyThread) -> None:

@@ -476,16 +476,14 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
         if node.relation is None:
             raise Unresolved("COPY names neither a table nor a query")
         relation = refs.relation(node.relation)
-        if node.is_from and relation.write_hooks:
-            refs.flags.add(Flag.RUNS_CODE)  # its rules or triggers run on each row
+        if node.is_from:
+            refs.written(relation)  # its rules, triggers, defaults… run on each row
         columns = [c.sval for c in node.attlist] if node.attlist else list(relation.columns)
         for column in columns:
             if column not in relation.columns:
                 raise Unresolved(f'column "{column}" does not exist in {relation.qualified}')
             (refs.write if node.is_from else refs.read)(relation, column)
         if node.whereClause is not None:
-            from pgproxy.analysis.references import RangeItem
-
             item = RangeItem(relation.name, relation, {c: c for c in relation.columns})
             refs.expression(node.whereClause, Scope([item], None))
     except Unresolved as exc:

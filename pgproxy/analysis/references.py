@@ -256,6 +256,14 @@ class References:
             self.call(schema_name, function)
         return relation
 
+    def written(self, relation: Relation) -> None:
+        """Writing `relation` runs its rules and triggers (code pgproxy cannot see) and the
+        functions of its defaults, constraints, indexes and policies (what they read is read)."""
+        if relation.write_hooks:
+            self.flags.add(Flag.RUNS_CODE)
+        for schema_name, function in sorted(relation.write_calls):
+            self.call(schema_name, function)
+
     def call(self, schema_name: str, name: str) -> None:
         """A user function or procedure runs: what its body reads counts as read here (its
         parameters are the statement's values). One pgproxy cannot see through runs code,
@@ -485,8 +493,7 @@ class References:
         if node.relation is None:
             raise Unresolved("the statement names no target table")
         relation = self.relation(node.relation)
-        if relation.write_hooks:
-            self.flags.add(Flag.RUNS_CODE)  # its rules or triggers run too
+        self.written(relation)
         if (relation.schema, relation.name) == ("pg_catalog", "pg_settings"):
             # Its rules call set_config() with values from the statement's rows.
             self.flags.add(Flag.UNREADABLE)

@@ -23,10 +23,12 @@ class Relation:
     columns: tuple[str, ...]  # attribute names in attnum order (dropped columns excluded)
     attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column, same order
     tags: dict[str, frozenset[str]] = field(default_factory=dict)  # column -> tags (tagged ones only)
-    # A view's user functions (schema, name), also through the views it reads: reading the view
-    # runs them (see References.call).
+    # User functions (schema, name) reading it runs (see References.call): a view's, also through
+    # the views it reads, and a table's row-level security policies'.
     calls: frozenset[tuple[str, str]] = frozenset()
     write_hooks: bool = False  # rules or triggers run when it is written: code pgproxy cannot see
+    # User functions writing it runs: its defaults', CHECK constraints', index expressions', policies'.
+    write_calls: frozenset[tuple[str, str]] = frozenset()
     # The catalog file tags a column of it that does not exist (renamed or dropped while pgproxy
     # was not watching): where that data went is unknown, so using the relation is too.
     stale: str | None = None
