@@ -20,6 +20,7 @@ import jwt
 from aiohttp import web
 
 from pgproxy.approvals.display import DISPLAY_CHARS, LIST_CHARS, statement_view, text_bytes
+from pgproxy.approvals.http import CONNECTIONS, Connections, bounded
 from pgproxy.approvals.service import Approvals, DecisionRefused
 from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig
 from pgproxy.errors import AuthFailed
@@ -70,7 +71,33 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "held": request.app[APPROVALS].held})
+    """Liveness for anyone; how many statements are held only for a reviewer."""
+    try:
+        reviewer = await _reviewer(request) if _bearer(request) else None
+    except web.HTTPUnauthorized:
+        reviewer = None
+    approvals = request.app[APPROVALS]
+    if reviewer is None or _not_a_reviewer(reviewer, approvals) is not None:
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "held": approvals.held})
+
+
+# On every response: nothing is cached (request data), framed, sniffed, or told where it came
+# from, and the server does not name its software. The page and its assets set a stricter CSP.
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Server": "pgproxy",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers["Server"] = "pgproxy"
 
 
 def _may_read(reviewer: Identity, held: ApprovalRequest, approvals: Approvals) -> bool:
@@ -410,7 +437,10 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     """The approvals web app for `config`: API, page, and the optional integrations it names."""
-    app = web.Application(middlewares=[audit_refusals, store_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[bounded, audit_refusals, store_errors],
+                          client_max_size=config.http.max_body_bytes)
+    app.on_response_prepare.append(security_headers)
+    app[CONNECTIONS] = Connections(config.http)
     app[APPROVALS] = approvals
     app[REVIEWERS] = Authenticator(AuthConfig(jwt=config.reviewer_jwt))
     if config.decision_token_jwt is not None:
