@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from pgproxy.analysis.model import Flag, Kind
+from pgproxy.approvals.http import HttpLimits
 from pgproxy.approvals.notify import NotifierConfig
 from pgproxy.names import canonical, invisible
 from pgproxy.policy import Action, Policy, Rule
@@ -150,6 +151,7 @@ class ApprovalsConfig:
     slack_signing_secret: str | None = field(default=None, repr=False)  # Slack interactivity
     slack_users: dict[str, SlackReviewer] = field(default_factory=dict)  # by Slack user id
     sso_header: str | None = None  # a header an SSO proxy in front sets to the reviewer's token
+    http: HttpLimits = field(default_factory=HttpLimits)  # the web app's connections: how many, how slow, how large
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,7 +685,7 @@ class _Loader:
         found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
                                   "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file",
                                   "demo_login_code_file",
-                                  "notify", "slack"),
+                                  "notify", "slack", "http"),
                              required=("reviewers",))
         if "demo_login_token_file" in found and "demo_login_code_file" not in found:
             self.fail(found["demo_login_token_file"], "needs demo_login_code_file: the demo's sign-in hands the "
@@ -721,7 +723,25 @@ class _Loader:
             demo_login_code=self.read(found["demo_login_code_file"]).strip() if "demo_login_code_file" in found
             else None,
             notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),
+            http=self.http_limits(found["http"]) if "http" in found else HttpLimits(),
             **self.slack(found["slack"]) if "slack" in found else {},
+        )
+
+    def http_limits(self, at: _At) -> HttpLimits:
+        """approvals.http: the web app's connection cap, read timeouts and body size."""
+        found = self.mapping(at, [limit.name for limit in fields(HttpLimits)])
+        default = HttpLimits()
+
+        def seconds(name: str, fallback: float) -> float:
+            return _opt(found, name, lambda a: self.number(a, 0, inclusive=False), fallback)
+
+        return HttpLimits(
+            max_connections=_opt(found, "max_connections", lambda a: self.integer(a, 1, 1_000_000),
+                                 default.max_connections),
+            header_timeout_seconds=seconds("header_timeout_seconds", default.header_timeout_seconds),
+            body_timeout_seconds=seconds("body_timeout_seconds", default.body_timeout_seconds),
+            max_body_bytes=_opt(found, "max_body_bytes", lambda a: self.integer(a, 1024, 64 * 1024 * 1024),
+                                default.max_body_bytes),
         )
 
     def audit(self, at: _At, approvals: ApprovalsConfig | None) -> AuditConfig | None:

@@ -21,6 +21,7 @@ from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, s
 from pgproxy.analysis.gate import analyze, planning_runs_code
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
+from pgproxy.approvals.display import statement_view
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
 from pgproxy.decision import (
@@ -176,7 +177,8 @@ class PolicyGate(StatementGate):
         # UTF-8 takes at most 4 bytes a character, so a short statement needs no encoding to be
         # known to be under both limits below (its character count stands in for its size).
         size = len(sql)
-        if size * 4 > min(INLINE_ANALYSIS_BYTES, self.limits.max_statement_bytes):
+        if size * 4 > min(INLINE_ANALYSIS_BYTES, self.limits.max_statement_bytes) \
+                and size <= self.limits.max_statement_bytes:  # more characters than that: over it, unencoded
             size = len(sql.encode("utf-8", "surrogateescape"))
         if size > self.limits.max_statement_bytes:
             reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
@@ -311,7 +313,10 @@ class PolicyGate(StatementGate):
         verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
         decision = verdicts.decision if verdicts is not None else None
         rule = rule_named(self.policy, decision.rule) if decision is not None else None
-        sha = statement_sha256(sql, parameters)
+        # A long text's hash is taken in a worker thread (hashlib lets the event loop run meanwhile).
+        size = len(sql) + sum(len(p) for p in parameters if p is not None)
+        sha = statement_sha256(sql, parameters) if size <= INLINE_ANALYSIS_BYTES \
+            else await asyncio.to_thread(statement_sha256, sql, parameters)
         shape = _grant_key(sql, sha, verdicts)
         started = time.monotonic()
 
@@ -347,6 +352,12 @@ class PolicyGate(StatementGate):
             required_approvals=rule.approvals_required if rule is not None else 1,
             reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
             max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape)
+        try:
+            # What reviewers will see is made now, in a worker thread, before any notifier asks
+            # (and before the notice: from then on the client may withdraw a stored request).
+            await statement_view(request)
+        except Exception:
+            log.exception("could not prepare the approval request's view", extra={"session": session.id})
         expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(request.expires_at))
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
@@ -495,7 +506,7 @@ class PolicyGate(StatementGate):
         assert self.audit is not None
         described = verdicts.audit_members if verdicts is not None else None
         if described is None:
-            described = _described(sql, verdicts, decision)
+            described = _described(sql, verdicts, decision, self.limits.max_statement_bytes)
             if verdicts is not None:
                 verdicts.audit_members = described
         if sha is None:
@@ -594,15 +605,18 @@ class PolicyGate(StatementGate):
         return self._tagged[1]
 
 
-def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None) -> tuple[str, str]:
+def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None,
+               max_statement_bytes: int) -> tuple[str, str]:
     """A statement's audit members: its text with literals replaced (literals can be PII),
-    and its analysis and decision."""
-    normalized = normalize(sql) if sql != FUNCTION_CALL else sql
+    and its analysis and decision. A text over the analysis limit is not scanned (that would
+    hold up the event loop for as long as analysing it would): its size stands in for it."""
     size = len(sql.encode("utf-8", "surrogateescape"))
-    if normalized is None:
-        shown = f"<{size}-byte statement that PostgreSQL's scanner rejects>"
-    elif decision is not None and decision.rule == "oversized-statement":
+    oversized = size > max_statement_bytes or (decision is not None and decision.rule == "oversized-statement")
+    normalized = sql if sql == FUNCTION_CALL or oversized else normalize(sql)
+    if oversized:
         shown = f"<{size}-byte statement, not analysed>"
+    elif normalized is None:
+        shown = f"<{size}-byte statement that PostgreSQL's scanner rejects>"
     else:
         shown = normalized.replace("\x00", "?")
     analyses = verdicts.analyses if verdicts is not None else ()

@@ -11,6 +11,7 @@ import ssl
 from aiohttp import web
 
 from pgproxy import __version__
+from pgproxy.approvals.http import BoundedSite
 from pgproxy.approvals.notify import Notifier
 from pgproxy.approvals.service import Approvals
 from pgproxy.approvals.web import make_app
@@ -94,9 +95,11 @@ async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
                           notifier=notifier, audit=audit)
-    runner = web.AppRunner(make_app(approvals, config), access_log=None)
+    # Idle kept-alive connections close as soon as half-sent requests do (see approvals.http).
+    runner = web.AppRunner(make_app(approvals, config), access_log=None,
+                           keepalive_timeout=config.http.header_timeout_seconds, lingering_time=0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = BoundedSite(runner, config.host, config.port)
     await site.start()
     port = runner.addresses[0][1]
     url = config.public_url or f"http://{config.host}:{port}"
@@ -125,6 +128,11 @@ class ProxyServer:
     def port(self) -> int:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def web_app(self) -> web.Application | None:
+        """The approvals web app, when it runs."""
+        return self._web.app if self._web is not None else None
 
     @property
     def host(self) -> str:

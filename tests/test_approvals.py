@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -940,3 +941,78 @@ def test_a_decision_from_another_site_is_refused(approving: ProxyThread) -> None
         assert decide(approving, request, "deny", reason="done")[0] == 200  # the page's way still works
     finally:
         client.kill()
+
+
+def big_statement(size: int, marker: str) -> str:
+    """A SELECT of about `size` bytes (an IN list of string literals) reading a tagged column
+    (held), whose last literal is `marker`."""
+    head = "SELECT email FROM customers WHERE name IN ("
+    count = (size - len(head)) // 20
+    return head + ", ".join(f"'customer {i:08d}'" for i in range(count)) + f", '{marker}')"
+
+
+async def test_a_large_held_statement_stalls_no_one(approving: ProxyThread) -> None:
+    """While a 4 MB held statement is fetched again and again (the page polls it), another
+    session's statements keep completing, and each fetch answers a bounded view of it."""
+    import aiohttp
+
+    sql = big_statement(4 * 1024 * 1024, "the-4mb-end")
+    holder = await asyncpg.connect(approving.dsn())
+    other = await asyncpg.connect(approving.dsn())
+    held = asyncio.create_task(holder.execute(sql))
+    try:
+        request = await asyncio.to_thread(wait_pending, approving, "SELECT email FROM customers WHERE name IN")
+        assert request["statement_truncated"] and len(request["statement"]) < len(sql)
+        headers = {"Authorization": f"Bearer {reviewer_token()}"}
+        fetched: list[dict[str, Any]] = []
+        selecting = True
+
+        async def fetch_while_selecting(http: aiohttp.ClientSession) -> None:
+            while selecting or len(fetched) < 4:
+                async with http.get(f"/api/approvals/{request['id']}") as response:
+                    assert response.status == 200
+                    fetched.append(await response.json())
+
+        async with aiohttp.ClientSession(base_url=approving.server.approvals_url or "", headers=headers) as http:
+            fetchers = [asyncio.create_task(fetch_while_selecting(http)) for _ in range(2)]
+            answers = []
+            for _ in range(50):
+                answers.append(await asyncio.wait_for(other.fetchval("SELECT 1"), 30))
+                assert not any(f.done() for f in fetchers)  # the fetches are still going on
+            selecting = False
+            await asyncio.wait_for(asyncio.gather(*fetchers), 60)
+        assert answers == [1] * 50
+        for found in fetched:
+            whole = found["statement_text"]
+            assert whole["truncated"] and whole["bytes"] == len(sql.encode())
+            assert whole["sha256"] == hashlib.sha256(sql.encode()).hexdigest()
+            assert "the-4mb-end" not in found["statement_formatted"]
+        assert (await asyncio.to_thread(decide, approving, request, "deny", reason="too long"))[0] == 200
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="too long"):
+            await asyncio.wait_for(held, 30)
+    finally:
+        held.cancel()
+        await asyncio.gather(holder.close(), other.close(), return_exceptions=True)
+
+
+def test_the_whole_text_of_a_cut_statement_downloads(approving: ProxyThread) -> None:
+    """What the page cuts can be downloaded whole, by a reviewer who may read the request only."""
+    sql = big_statement(200_000, "the-end-\u202e")
+    with psycopg.connect(approving.dsn(), autocommit=True) as conn:
+        outcome: list[BaseException] = []
+        worker = threading.Thread(target=_capture, args=(outcome, conn, sql))
+        worker.start()
+        request = wait_pending(approving, "SELECT email FROM customers WHERE name IN")
+        path = f"/api/approvals/{request['id']}/text"
+        url = f"{approving.server.approvals_url}{path}"
+        http = urllib.request.Request(url, headers={"Authorization": f"Bearer {reviewer_token()}"})
+        with urllib.request.urlopen(http, timeout=30) as response:
+            assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert response.headers["Cache-Control"] == "no-store"
+            assert response.read() == sql.encode()
+        assert api(approving, "GET", path)[0] == 401
+        assert api(approving, "GET", path, token=reviewer_token("mallory", groups=()))[0] == 403
+        assert api(approving, "GET", path, token=reviewer_token("olga", groups=("auditors",)))[0] == 404
+        assert api(approving, "GET", f"{path}?parameter=0", token=reviewer_token())[0] == 404
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+        worker.join(15)

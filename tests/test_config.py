@@ -693,3 +693,32 @@ def test_invalid_config_names_file_line_and_key(
 
     expected = expected.replace("{file}", str(path)).replace("{dir}", str(tmp_path))
     assert str(raised.value) == expected
+
+
+def test_the_web_apps_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """approvals.http: defaults, values, and errors that name the file, line and key."""
+    from pgproxy.approvals.http import HttpLimits
+
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    base = ("routes:\n  app: {host: db, user: u}\n<auth>\napprovals:\n  signing_key_env: SIGNING_KEY\n"
+            "  reviewers: {jwt: {secret_env: SIGNING_KEY}}\n")
+    config = load_config(write(tmp_path, base))
+    assert config.approvals is not None and config.approvals.http == HttpLimits()
+    given = load_config(write(tmp_path, base + "  http: {max_connections: 20, header_timeout_seconds: 0.5,\n"
+                                               "         body_timeout_seconds: 2, max_body_bytes: 4096}\n"))
+    assert given.approvals is not None
+    assert given.approvals.http == HttpLimits(20, 0.5, 2, 4096)
+    for value, message in (("max_connections: 0", "approvals.http.max_connections: expected an integer from 1 "
+                                                   "to 1000000, got 0"),
+                           ("header_timeout_seconds: 0", "approvals.http.header_timeout_seconds: expected a number "
+                                                         "greater than 0, got 0"),
+                           ("body_timeout_seconds: -1", "approvals.http.body_timeout_seconds: expected a number "
+                                                        "greater than 0, got -1"),
+                           ("max_body_bytes: 10", "approvals.http.max_body_bytes: expected an integer from 1024 to "
+                                                  "67108864, got 10"),
+                           ("header_timeout: 1", "approvals.http.header_timeout: unknown key 'header_timeout'; did "
+                                                 "you mean 'header_timeout_seconds'?")):
+        path = write(tmp_path, base + f"  http:\n    {value}\n")
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert str(raised.value) == f"{path}:8: {message}"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -194,3 +199,88 @@ fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
         assert decide(approving, request, "deny", reason="done")[0] == 200
     finally:
         client.kill()
+
+
+def held_in_thread(proxy: ProxyThread, sql: str, *parameters: str) -> threading.Thread:
+    """A statement (with text parameters) run through the proxy by psycopg in a thread, held
+    until decided (its outcome, an error, is not looked at)."""
+    def run() -> None:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn, contextlib.suppress(psycopg.Error):
+            conn.execute(sql, parameters or None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_a_long_statement_is_cut_with_its_hash_and_a_download(browser: Browser, approving: ProxyThread,
+                                                              tmp_path: Path) -> None:
+    from tests.test_approvals import big_statement
+
+    sql = big_statement(300_000, "the-very-end")
+    worker = held_in_thread(approving, sql)
+    request = wait_pending(approving, "SELECT email FROM customers WHERE name IN")
+    try:
+        page = browser.new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#statement")).to_contain_text("customer 00000001")
+        assert "the-very-end" not in page.locator("#statement").inner_text()
+        cut = page.locator("#statement-cut")
+        expect(cut).to_be_visible()
+        expect(cut).to_contain_text(f"it has {len(sql):,} bytes")
+        expect(cut.locator(".sha")).to_have_text(hashlib.sha256(sql.encode()).hexdigest())
+        with page.expect_download() as download:
+            cut.get_by_role("button", name="Download the whole statement").click()
+        saved = tmp_path / "statement.sql"
+        download.value.save_as(saved)
+        assert saved.read_bytes() == sql.encode()
+        page.close()
+    finally:
+        decide(approving, request, "deny", reason="cleanup")
+        worker.join(15)
+
+
+def test_invisible_characters_are_shown_and_flagged(browser: Browser, approving: ProxyThread) -> None:
+    """A right-to-left override in a parameter and a zero-width space in the statement would
+    display reversed or not at all: the page shows markers and a warning."""
+    sql = "SELECT email FROM customers WHERE name = 'ad\u200bmin' AND phone = %s"
+    worker = held_in_thread(approving, sql, "\u202etxt.exe")
+    request = wait_pending(approving, "AND phone = $1")
+    try:
+        page = browser.new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        warning = page.locator("#invisible-warning")
+        expect(warning).to_be_visible()
+        expect(warning).to_contain_text("statement (U+200B)")
+        expect(warning).to_contain_text("parameter $1 (U+202E)")
+        expect(page.locator("#statement")).to_contain_text("ad⟨U+200B⟩min")
+        expect(page.locator("#parameters")).to_contain_text("⟨U+202E⟩txt.exe")
+        # The marker replaces the character: the text no longer reverses what follows it.
+        assert "\u202e" not in page.locator("#parameters").inner_text()
+        page.close()
+        clean = held_in_thread(approving, "SELECT email FROM customers WHERE id = 55")
+        plain = wait_pending(approving, "WHERE id = 55")
+        page = browser.new_page()
+        sign_in(page, plain["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#invisible-warning")).to_be_hidden()
+        page.close()
+        decide(approving, plain, "deny", reason="cleanup")
+        clean.join(15)
+    finally:
+        decide(approving, request, "deny", reason="cleanup")
+        worker.join(15)
+
+
+def test_the_page_and_the_server_agree_on_invisible_characters() -> None:
+    """The page's character class is display.py's, in JavaScript's spelling."""
+    from pgproxy.approvals.display import INVISIBLE_CLASS
+
+    script = (Path(__file__).resolve().parent.parent / "pgproxy/approvals/assets/approval.js").read_text()
+    found = re.search(r'const INVISIBLE = new RegExp\("\[(.*?)\]", "gu"\);', script.replace('" +\n', "")
+                      .replace(" " * 29 + '"', ""), re.S)
+    assert found is not None
+    python = re.sub(r"\\U000([0-9A-F]{5})", r"\\u{\1}", INVISIBLE_CLASS)
+    assert found.group(1).replace("\\\\", "\\") == python

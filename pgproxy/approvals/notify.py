@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pglast
 
+from pgproxy.approvals.display import chat_statement
 from pgproxy.store import ApprovalRequest
 
 log = logging.getLogger("pgproxy.notify")
@@ -73,7 +74,7 @@ def summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
     return {
         "event": "approval.requested", "id": request.id, "url": link, "agent": request.agent,
         "groups": list(request.groups), "database": request.database, "rule": request.rule,
-        "reason": request.reason, "statement": redact(request.statement),
+        "reason": request.reason, "statement": chat_statement(request),
         "parameters": len(request.parameters), "statement_sha256": request.statement_sha256,
         "tagged_columns": tagged_columns(request), "application_name": request.application_name,
         "required_approvals": request.required_approvals, "expires_at": request.expires_at,

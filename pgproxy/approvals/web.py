@@ -6,6 +6,7 @@ carries only an unguessable id, and seeing a request's details needs a reviewer 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -16,9 +17,10 @@ from importlib import resources
 from typing import Any
 
 import jwt
-import pglast
 from aiohttp import web
 
+from pgproxy.approvals.display import DISPLAY_CHARS, LIST_CHARS, statement_view, text_bytes
+from pgproxy.approvals.http import CONNECTIONS, Connections, bounded
 from pgproxy.approvals.inputs import Malformed, decision_claims, slack_press, slack_stamp
 from pgproxy.approvals.service import Approvals, DecisionRefused
 from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig, SlackReviewer
@@ -74,7 +76,33 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "held": request.app[APPROVALS].held})
+    """Liveness for anyone; how many statements are held only for a reviewer."""
+    try:
+        reviewer = await _reviewer(request) if _bearer(request) else None
+    except web.HTTPUnauthorized:
+        reviewer = None
+    approvals = request.app[APPROVALS]
+    if reviewer is None or _not_a_reviewer(reviewer, approvals) is not None:
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "held": approvals.held})
+
+
+# On every response: nothing is cached (request data), framed, sniffed, or told where it came
+# from, and the server does not name its software. The page and its assets set a stricter CSP.
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Server": "pgproxy",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers["Server"] = "pgproxy"
 
 
 def _may_read(reviewer: Identity, held: ApprovalRequest, approvals: Approvals) -> bool:
@@ -110,7 +138,7 @@ async def list_approvals(request: web.Request) -> web.Response:
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:  # not "²"
         return _error(400, "limit must be a number from 1 to 1000")
     found = await approvals.store.list(status, int(raw_limit))
-    return web.json_response({"approvals": [_public(a.to_json(), approvals) for a in found
+    return web.json_response({"approvals": [_listed(a, approvals) for a in found
                                             if _may_read(reviewer, a, approvals)]}, headers=_NO_STORE)
 
 
@@ -124,19 +152,54 @@ async def get_approval(request: web.Request) -> web.Response:
     if found is None or not _may_read(reviewer, found, approvals):
         # The same answer for a request that exists and one that does not: no probing of ids.
         return _error(404, "no such approval request")
-    return web.json_response(_public(found.to_json(), approvals), headers=_NO_STORE)
+    view = await statement_view(found)  # made once per request, in a worker thread
+    return web.json_response({
+        **_listed(found, approvals, DISPLAY_CHARS),
+        "statement_formatted": view.statement.text,
+        "statement_text": view.statement.to_json(),
+        "parameter_texts": [p.to_json() if p is not None else None for p in view.parameters],
+        "download_url": f"/api/approvals/{urllib.parse.quote(found.id, safe='')}/text",
+    }, headers=_NO_STORE)
 
 
-def _public(data: dict[str, Any], approvals: Approvals) -> dict[str, Any]:
-    return {**data, "url": approvals.link(data["id"]), "statement_formatted": _formatted(data["statement"])}
+def _listed(request: ApprovalRequest, approvals: Approvals, limit: int = LIST_CHARS) -> dict[str, Any]:
+    """A request as the API lists it: every text cut to `limit` characters (`statement_truncated`
+    says whether the statement was; the whole texts are at GET …/text), so that answering never
+    costs the event loop more than a bounded amount of work."""
+    data = request.to_json()
+    data["statement"] = request.statement[:limit]
+    data["statement_truncated"] = len(request.statement) > limit
+    data["parameters"] = [p[:limit] if p is not None else None for p in request.parameters]
+    statements = data["analysis"].get("statements")
+    if isinstance(statements, list):
+        data["analysis"] = {**data["analysis"], "statements": [
+            {**s, "statement": s["statement"][:limit]} if isinstance(s.get("statement"), str) else s
+            for s in statements]}
+    data["url"] = approvals.link(request.id)
+    return data
 
 
-def _formatted(sql: str) -> str:
-    """The statement laid out by PostgreSQL's own grammar (pglast), for reading; as sent if that fails."""
-    try:
-        return str(pglast.prettify(sql))
-    except Exception:  # any statement pglast cannot print back is shown as it was sent
-        return sql
+async def statement_text(request: web.Request) -> web.StreamResponse:
+    """The whole statement (or `?parameter=N`, the Nth parameter from 0) as sent, for a reviewer
+    who may read the request: what the page cuts, to download and check against its SHA-256."""
+    reviewer = await _reviewer(request)
+    approvals = request.app[APPROVALS]
+    refused = _not_a_reviewer(reviewer, approvals)
+    if refused is not None:
+        return refused
+    found = await approvals.store.get(request.match_info["id"])
+    if found is None or not _may_read(reviewer, found, approvals):
+        return _error(404, "no such approval request")
+    raw = request.query.get("parameter")
+    if raw is None:
+        text, name = found.statement, "statement.sql"
+    elif raw.isdigit() and int(raw) < len(found.parameters) and found.parameters[int(raw)] is not None:
+        text, name = found.parameters[int(raw)] or "", f"parameter-{int(raw)}.txt"
+    else:
+        return _error(404, "no such parameter (parameters count from 0; NULL has no text)")
+    body = await asyncio.to_thread(text_bytes, text) if len(text) > LIST_CHARS else text_bytes(text)
+    return web.Response(body=body, content_type="text/plain", charset="utf-8", headers={
+        **_NO_STORE, "Content-Disposition": f'attachment; filename="approval-{found.id}-{name}"'})
 
 
 _ASSETS = resources.files("pgproxy.approvals").joinpath("assets")
@@ -381,7 +444,10 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     """The approvals web app for `config`: API, page, and the optional integrations it names."""
-    app = web.Application(middlewares=[audit_refusals, store_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[bounded, audit_refusals, store_errors],
+                          client_max_size=config.http.max_body_bytes)
+    app.on_response_prepare.append(security_headers)
+    app[CONNECTIONS] = Connections(config.http)
     app[APPROVALS] = approvals
     app[REVIEWERS] = Authenticator(AuthConfig(jwt=config.reviewer_jwt))
     if config.decision_token_jwt is not None:
@@ -401,5 +467,6 @@ def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     app.router.add_post("/slack/interactivity", slack_interactivity, name="slack")
     app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/approvals/{id}", get_approval)
+    app.router.add_get("/api/approvals/{id}/text", statement_text)
     app.router.add_post("/api/approvals/{id}/decision", post_decision, name="decision")
     return app

@@ -15,10 +15,82 @@ async function api(path, options = {}) {
   return {status: response.status, body};
 }
 
-function text(name, value) { $(name).textContent = value == null || value === "" ? "—" : String(value); }
+// Characters that show as nothing, as a space, or reorder what surrounds them (a right-to-left
+// override makes "txt.exe" of "exe.txt"): the same class as pgproxy/approvals/display.py's
+// INVISIBLE_CLASS. Each is shown as a marker, and a banner says where they are.
+const INVISIBLE = new RegExp("[\\p{Cf}\\p{Zl}\\p{Zp}\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F\\xA0\\u1680\\u2000-\\u200A\\u202F\\u205F" +
+                             "\\u3000\\u115F\\u1160\\u3164\\uFFA0\\u034F\\u180B-\\u180F\\uFE00-\\uFE0F\\u2800\\u{E0100}-\\u{E01EF}]", "gu");
+let flagged = new Map();  // where invisible characters were found -> their code points
+
+function codePoint(character) { return "U+" + character.codePointAt(0).toString(16).toUpperCase().padStart(4, "0"); }
+
+function flag(where, points) {
+  if (!points.length) return;
+  const found = flagged.get(where) || new Set();
+  for (const point of points) found.add(point);
+  flagged.set(where, found);
+}
+
+// Write `value` into `element` as text, each invisible character as a visible ⟨U+XXXX⟩ marker.
+function marked(element, value, where) {
+  const parts = [];
+  let last = 0;
+  const points = [];
+  for (const match of value.matchAll(INVISIBLE)) {
+    if (match.index > last) parts.push(document.createTextNode(value.slice(last, match.index)));
+    const point = codePoint(match[0]);
+    points.push(point);
+    parts.push(Object.assign(document.createElement("span"), {
+      className: "invisible", textContent: `⟨${point}⟩`, title: `invisible character ${point}`}));
+    last = match.index + match[0].length;
+  }
+  if (last < value.length) parts.push(document.createTextNode(value.slice(last)));
+  element.replaceChildren(...parts);
+  flag(where, points);
+}
+
+function text(name, value, where = name) {
+  if (value == null || value === "") { $(name).textContent = "—"; return; }
+  marked($(name), String(value), where);
+}
+
+function showWarnings() {
+  const banner = $("invisible-warning");
+  if (!flagged.size) { banner.hidden = true; return; }
+  const places = [...flagged].map(([where, points]) => `${where} (${[...points].join(", ")})`);
+  $("invisible-where").textContent = places.join("; ");
+  banner.hidden = false;
+}
+
+// The whole text behind a cut one: fetched with the reviewer's token, saved as a file.
+async function download(path, name) {
+  const headers = token ? {"Authorization": "Bearer " + token} : {};
+  const response = await fetch(path, {headers});
+  if (response.status !== 200) { text("decide-error", `download failed: error ${response.status}`); return; }
+  const link = Object.assign(document.createElement("a"), {href: URL.createObjectURL(await response.blob()), download: name});
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+}
+
+function cutNotice(element, shown, path, name, what) {
+  // A text too long to show whole: what is shown, the whole text's hash, and a download.
+  element.hidden = !shown || !shown.truncated;
+  if (element.hidden) return;
+  const button = Object.assign(document.createElement("button"), {type: "button", className: "secondary download",
+                                                                  textContent: `Download the whole ${what}`});
+  button.addEventListener("click", () => download(path, name));
+  const hash = Object.assign(document.createElement("code"), {className: "sha", textContent: shown.sha256});
+  element.replaceChildren(
+    document.createTextNode(`Only the first ${shown.text.length.toLocaleString("en")} characters of this ${what} are shown; ` +
+                            `it has ${shown.bytes.toLocaleString("en")} bytes. SHA-256 of the whole ${what}: `),
+    hash, document.createElement("br"), button);
+}
 
 function render(request) {
   current = request;
+  flagged = new Map();
   $("signin").hidden = true;
   $("request").hidden = false;
   text("status", request.status);
@@ -32,12 +104,28 @@ function render(request) {
   text("client", request.client_address);
   text("rule", `${request.rule}: ${request.reason}`);
   text("expires", new Date(request.expires_at * 1000).toLocaleString());
-  text("statement", request.statement_formatted || request.statement);
+  text("statement", request.statement_formatted || request.statement, "statement");
+  const whole = request.statement_text;
+  if (whole) flag("statement", whole.invisible);  // also in what is not shown
+  cutNotice($("statement-cut"), whole, request.download_url, `approval-${request.id}-statement.sql`, "statement");
   text("hash", request.statement_sha256);
   const params = $("parameters");
-  params.replaceChildren(...request.parameters.map((p) => {
+  const details = request.parameter_texts || [];
+  params.replaceChildren(...request.parameters.map((p, index) => {
     const li = document.createElement("li");
-    li.textContent = p === null ? "NULL" : p;
+    const where = `parameter $${index + 1}`;
+    if (p === null) { li.textContent = "NULL"; return li; }
+    const value = document.createElement("span");
+    marked(value, p, where);
+    li.append(value);
+    const detail = details[index];
+    if (detail) {
+      flag(where, detail.invisible);
+      const cut = document.createElement("p");
+      cutNotice(cut, detail, `${request.download_url}?parameter=${index}`, `approval-${request.id}-parameter-${index + 1}.txt`,
+                "parameter");
+      if (!cut.hidden) li.append(cut);
+    }
     return li;
   }));
   if (!request.parameters.length) params.replaceChildren(Object.assign(document.createElement("li"), {textContent: "none"}));
@@ -56,6 +144,7 @@ function render(request) {
     }
   }
   $("columns").replaceChildren(...(columns.length ? columns : [Object.assign(document.createElement("li"), {textContent: "none"})]));
+  showWarnings();
   $("decide").hidden = request.status !== "pending";
   $("grant-label").hidden = !request.max_grant_minutes;
   $("grant").max = request.max_grant_minutes;
