@@ -28,6 +28,8 @@ def _reads(tree: ast.AST) -> list[tuple[str, int]]:
             continue
         target: ast.expr | None = None
         key: ast.expr | None = None
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
+            continue  # setting a response header is not reading an input
         if isinstance(node, ast.Subscript):
             target, key = node.value, node.slice
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
