@@ -1,10 +1,11 @@
 """Observe mode (shadow rollout) end to end: a mixed workload through psycopg against the real
 proxy runs whole, nothing is held, the audit log marks what enforce mode would have held or
-denied and by which rule; one rule observed while
+denied and by which rule, and `pgproxy audit summary` counts it; one rule observed while
 another still holds; pgproxy's own integrity checks still refuse; config errors name file:line."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from collections.abc import Iterator
@@ -21,9 +22,10 @@ from pgproxy.wire import messages as m
 from tests import corpus
 from tests.approvals_support import api, approvals_config, decide, direct_value, reviewer_token, wait_pending
 from tests.harness import ProxyThread, raw_session, running_proxy, write_enforce_config
-from tests.test_audit import events, of, run_held, wait_for
+from tests.test_audit import audit_cli, events, of, run_held, wait_for
 from tests.test_portals import SYNC, _exchange, _execute, _leaked, _rows
 
+# Full statements are recorded, so the summary is seen to redact literals itself.
 AUDIT = """\
 audit:
   flush_interval_seconds: 0.05
@@ -63,6 +65,10 @@ def pending(proxy: ProxyThread) -> list[dict[str, Any]]:
     return list(body["approvals"])
 
 
+def iso_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
 # (statement, parameters, rule, the policy's action); parameters make psycopg use the extended protocol.
 WORKLOAD: list[tuple[str, tuple[Any, ...] | None, str, str]] = [
     ("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status", None, "default", "allow"),
@@ -81,6 +87,7 @@ WORKLOAD: list[tuple[str, tuple[Any, ...] | None, str, str]] = [
 
 def test_mixed_workload_runs_whole_and_the_audit_marks_what_would_be_held_or_denied(
         observing: ProxyThread, direct_dsn: str) -> None:
+    since = iso_now()
     results: list[Any] = []
     with psycopg.connect(observing.dsn(), autocommit=True, application_name="shadow-mix") as conn:
         for sql, params, _, _ in WORKLOAD:
@@ -92,6 +99,7 @@ def test_mixed_workload_runs_whole_and_the_audit_marks_what_would_be_held_or_den
         assert conn.execute("SELECT 1").fetchall() == [(1,)]  # the session carries on
         assert not pending(observing)  # nothing was ever held
     wait_for(observing, "connection.closed", application_name="shadow-mix")
+    until = iso_now()
 
     # Every statement ran and returned what it returns directly.
     with psycopg.connect(direct_dsn) as direct:
@@ -108,7 +116,31 @@ def test_mixed_workload_runs_whole_and_the_audit_marks_what_would_be_held_or_den
         *expected, ("unreadable-text", "deny", "denied"), ("default", "allow", "allowed")]
     assert found[4]["protocol"] == "extended" and "public.customers.email" in found[2]["columns_read"]
     assert not of(events(observing), "approval.requested")
-    assert CANARY in json.dumps(found)  # the log has it in full (audit.full_statements)
+
+    # The summary counts exactly the workload, by rule, with redacted examples.
+    config = observing.server.config
+    assert config.source is not None
+    result = audit_cli("summary", "--config", str(config.source), "--since", since, "--until", until, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["statements"], summary["held"], summary["denied"], summary["allowed"], summary["observed"]) == (
+        13, 6, 2, 5, 7)
+    by_rule = {(r["rule"], r["action"]): r for r in summary["rules"]}
+    assert {key: (r["statements"], r["observed"], r["enforced"]) for key, r in by_rule.items()} == {
+        ("personal-data", "review"): (3, 3, 0), ("schema-change", "review"): (2, 2, 0),
+        ("unbounded-write", "review"): (1, 1, 0), ("server-access", "deny"): (1, 1, 0),
+        ("unreadable-text", "deny"): (1, 0, 1), ("default", "allow"): (5, 0, 0)}
+    assert {e["statement"] for e in by_rule[("personal-data", "review")]["examples"]} == {
+        "SELECT email FROM customers WHERE id = ?", "SELECT id FROM customers WHERE email = ?",
+        "SELECT phone FROM customers WHERE id = $1"}
+    assert CANARY in json.dumps(found)  # the log has it in full (audit.full_statements)…
+    human = audit_cli("summary", "--config", str(config.source), "--since", since, "--until", until)
+    assert human.returncode == 0, human.stderr
+    for text in (result.stdout, human.stdout):
+        assert CANARY not in text and "id = 7" not in text  # …the summary never shows a literal
+    assert "would be held (review): 6" in human.stdout and "SELECT email FROM customers WHERE id = ?" in human.stdout
+    earlier = json.loads(audit_cli("summary", "--config", str(config.source), "--until", since, "--json").stdout)
+    assert not any(r["rule"] == "unbounded-write" for r in earlier["rules"])  # the range is respected
 
 
 def test_observe_keeps_pgproxys_own_reading_of_the_session(pg: PostgresCluster, tmp_path: Path) -> None:
