@@ -300,3 +300,21 @@ def test_config_errors_name_file_and_line(pg: PostgresCluster, tmp_path: Path) -
     enforced = load_config(observe_config(pg, tmp_path, mode="enforce"))
     assert config.policy.observe and not enforced.policy.observe
     assert config.policy.version != enforced.policy.version  # cached decisions never cross modes
+
+
+def test_check_says_what_is_only_observed(observing: ProxyThread) -> None:
+    from pgproxy.check import explain, format_human
+    from pgproxy.enforce import PolicyGate
+
+    gate = observing.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    config = observing.server.config
+    explained = explain("SELECT email FROM customers; SET standard_conforming_strings = off", schema, config,
+                        agent="agent", groups=frozenset({"agents"}))
+    assert [(e.decision.rule, e.to_json()["observed"]) for e in explained] == [
+        ("personal-data", True), ("unreadable-text", False)]
+    shown = format_human(explained, config.policy)
+    assert "action:    REVIEW (observed: recorded in the audit log, not enforced; the statement runs)" in shown
+    assert "action:    DENY\n" in shown and "whole query string: DENY (the strictest" in shown
