@@ -380,10 +380,11 @@ def _missing(first: int, last: int) -> str:
 
 
 async def rows_in_order(store: Store, *, after_seq: int = 0, since: float | None = None,
-                        until: float | None = None, page: int = 5000) -> AsyncIterator[AuditRow]:
-    """Every stored event in seq order, read a page at a time."""
+                        until: float | None = None, type: str | None = None,
+                        page: int = 5000) -> AsyncIterator[AuditRow]:
+    """Every stored event (of `type`, when given) in seq order, read a page at a time."""
     while True:
-        rows = await store.events(after_seq=after_seq, since=since, until=until, limit=page)
+        rows = await store.events(after_seq=after_seq, since=since, until=until, type=type, limit=page)
         for row in rows:
             yield row
         if len(rows) < page:

@@ -19,7 +19,7 @@ class Explanation:
 
     def to_json(self) -> dict[str, object]:
         return {**self.analysis.to_json(), "action": self.decision.action.value,
-                "rule": self.decision.rule, "reason": self.decision.reason}
+                "rule": self.decision.rule, "reason": self.decision.reason, "observed": self.decision.observed}
 
 
 def explain(sql: str, schema: Schema, config: Config, *, agent: str,
@@ -27,8 +27,9 @@ def explain(sql: str, schema: Schema, config: Config, *, agent: str,
     """One explanation per statement of `sql`, as enforce mode would decide it."""
     if len(sql.encode("utf-8", "surrogateescape")) > config.analysis.max_statement_bytes:
         analysis = unknown(sql[:200], "?", "the statement is larger than analysis.max_statement_bytes")
-        return [Explanation(analysis, Decision(config.analysis.oversized_action, "oversized-statement",
-                                               analysis.reasons[0]))]
+        action = config.analysis.oversized_action
+        return [Explanation(analysis, Decision(action, "oversized-statement", analysis.reasons[0],
+                                               observed=config.policy.observe))]
     analyses = analyze(sql, schema, allowed_functions=config.analysis.allowed_functions)
     explained: list[Explanation] = []
     # What PREPARE and DECLARE in this string keep is judged where EXECUTE, FETCH or MOVE run it,
@@ -68,6 +69,11 @@ def _rule_line(policy: Policy, decision: Decision) -> str:
     return f"{decision.rule}{where}: {decision.reason}"
 
 
+def _action(decision: Decision) -> str:
+    observed = " (observed: recorded in the audit log, not enforced; the statement runs)" if decision.observed else ""
+    return f"{decision.action.value.upper()}{observed}"
+
+
 def format_human(explanations: list[Explanation], policy: Policy) -> str:
     lines: list[str] = []
     for number, item in enumerate(explanations, 1):
@@ -84,9 +90,9 @@ def format_human(explanations: list[Explanation], policy: Policy) -> str:
         ]
         lines += [f"  why:       {reason}" for reason in a.reasons]
         lines += [f"  rule:      {_rule_line(policy, item.decision)}",
-                  f"  action:    {item.decision.action.value.upper()}", ""]
+                  f"  action:    {_action(item.decision)}", ""]
     if len(explanations) > 1:
         final = strictest(e.decision for e in explanations)
-        lines.append(f"Decision for the whole query string: {final.action.value.upper()} "
+        lines.append(f"Decision for the whole query string: {_action(final)} "
                      f"(the strictest of its {len(explanations)} statements)")
     return "\n".join(lines).rstrip() + "\n"

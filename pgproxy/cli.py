@@ -173,6 +173,8 @@ async def _audit(args: argparse.Namespace) -> int:
             return 0 if found.problem is None else 1
         if args.audit_command == "export":
             return await _export(args, store)
+        if args.audit_command == "summary":
+            return await _summary(args, store)
         return await _tail(args, store)
     finally:
         await store.close()
@@ -202,6 +204,23 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
         if out is not sys.stdout:
             out.close()
     print(f"pgproxy audit export: {count} events", file=sys.stderr)
+    return 0
+
+
+async def _summary(args: argparse.Namespace, store: Store) -> int:
+    from pgproxy import summary
+
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"pgproxy audit summary: {exc}", file=sys.stderr)
+        return 2
+    found = await summary.summarize(store, since=since, until=until)
+    if args.json:
+        print(json.dumps(found.to_json(args.examples), ensure_ascii=False))
+    else:
+        sys.stdout.write(summary.format_human(found, args.examples))
     return 0
 
 
@@ -263,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("sql", help="the statement(s) to explain")
     check.set_defaults(func=cmd_check)
 
-    audit = sub.add_parser("audit", help="verify, export or follow the audit log")
+    audit = sub.add_parser("audit", help="verify, export, follow or summarize the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the whole hash chain and the signed heads")
     export = audit_sub.add_parser("export", help="write events as JSONL or CSV (compliance evidence)")
@@ -274,7 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail = audit_sub.add_parser("tail", help="print the newest events, then follow new ones")
     tail.add_argument("--lines", "-n", type=int, default=10, help="how many of the newest events first")
     tail.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
-    for command in (verify, export, tail):
+    summary = audit_sub.add_parser("summary", help="statements by rule: how many would be held, denied or allowed "
+                                                   "(what observe mode would have enforced), with examples")
+    summary.add_argument("--since", default=None, help="ISO 8601 time (UTC unless an offset is given) or 24h/7d ago")
+    summary.add_argument("--until", default=None, help="end (exclusive), same forms as --since")
+    summary.add_argument("--examples", type=int, default=3, help="most frequent statements shown per rule "
+                                                                 "(literals replaced by ?; default 3)")
+    summary.add_argument("--json", action="store_true", help="one JSON object")
+    for command in (verify, export, tail, summary):
         command.add_argument("--config", type=Path, required=True, help="YAML config file")
         command.set_defaults(func=cmd_audit)
 

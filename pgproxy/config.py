@@ -33,7 +33,10 @@ class ConfigError(Exception):
 
 class Mode(StrEnum):
     PASSTHROUGH = "passthrough"  # forward every statement unanalysed (the benchmarks' baseline)
-    ENFORCE = "enforce"  # analyse and apply the policy (later issues)
+    ENFORCE = "enforce"  # analyse and apply the policy
+    # Analyse, decide and audit exactly as enforce does, but hold and deny nothing the policy
+    # decides (for rolling a policy out on real traffic); pgproxy's own integrity checks still refuse.
+    OBSERVE = "observe"
 
 
 class SslMode(StrEnum):
@@ -456,10 +459,20 @@ class _Loader:
                 "required key is missing; without auth.jwt or auth.agents no agent can log in",
             )
         modes = [mode.value for mode in Mode]
+        mode = Mode(_opt(found, "mode", lambda at: self.choice(at, modes), "passthrough"))
         approvals = _opt(found, "approvals", self.approvals, None)
+        audit = self.audit(found["audit"], approvals) if "audit" in found \
+            else AuditConfig(signing_key=approvals.signing_key, store=approvals.store) if approvals is not None \
+            else None
+        if mode is Mode.OBSERVE and audit is None:
+            self.fail(found["mode"], "observe mode records what it would hold or deny only in the audit log, "
+                                     "and there is none: add an audit section (or approvals)")
+        policy = _opt(found, "policy", lambda a: self.policy(a, audited=audit is not None), Policy())
+        if mode is Mode.OBSERVE:
+            policy = replace(policy, observe=True, version="")  # a new version: cached decisions differ
         return Config(
             source=self._source,
-            mode=Mode(_opt(found, "mode", lambda at: self.choice(at, modes), "passthrough")),
+            mode=mode,
             listen=_opt(found, "listen", self.listen, ListenConfig()),
             limits=_opt(found, "limits", self.limits, Limits()),
             auth=self.auth(found["auth"]),
@@ -467,11 +480,9 @@ class _Loader:
             logging=_opt(found, "logging", self.logging, LoggingConfig()),
             catalog=_opt(found, "catalog", self.file, None),
             analysis=_opt(found, "analysis", self.analysis, AnalysisConfig()),
-            policy=_opt(found, "policy", self.policy, Policy()),
+            policy=policy,
             approvals=approvals,
-            audit=self.audit(found["audit"], approvals) if "audit" in found
-            else AuditConfig(signing_key=approvals.signing_key, store=approvals.store) if approvals is not None
-            else None,
+            audit=audit,
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -828,19 +839,20 @@ class _Loader:
     def strings(self, at: _At) -> list[str]:
         return [self.string(item) for item in self.items(at)]
 
-    def policy(self, at: _At) -> Policy:
+    def policy(self, at: _At, *, audited: bool) -> Policy:
         found = self.mapping(at, ("default", "rules"))
         actions = [a.value for a in Action]
         default = Action(_opt(found, "default", lambda a: self.choice(a, actions), "allow"))
         names: dict[str, int] = {}
-        rules = tuple(self.rule(item, names) for item in self.items(found["rules"])) if "rules" in found else ()
+        rules = tuple(self.rule(item, names, audited=audited) for item in self.items(found["rules"])) \
+            if "rules" in found else ()
         return Policy(rules=rules, default=default)
 
-    def rule(self, at: _At, names: dict[str, int]) -> Rule:
+    def rule(self, at: _At, names: dict[str, int], *, audited: bool) -> Rule:
         conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
                       "agents", "groups")
         review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds")
-        found = self.mapping(at, ("name", "action", "reason", *conditions, *review_settings),
+        found = self.mapping(at, ("name", "action", "reason", "observe", *conditions, *review_settings),
                              required=("name", "action"))
         name = self.string(found["name"])
         if name in names:
@@ -861,6 +873,14 @@ class _Loader:
             return frozenset(self.names(found[key])) if key in found else frozenset()
 
         action = Action(self.choice(found["action"], [a.value for a in Action]))
+        observe = _opt(found, "observe", self.boolean, False)
+        if observe and action is Action.ALLOW:
+            self.fail(found["observe"], f"rule {name!r} allows, so there is nothing to observe; observe is for "
+                                        "review and deny rules (it records what they would do and lets the "
+                                        "statement run)")
+        if observe and not audited:
+            self.fail(found["observe"], f"rule {name!r} is observed, which records what it would do only in the "
+                                        "audit log, and there is none: add an audit section (or approvals)")
         return Rule(
             name=name, action=action,
             reason=_opt(found, "reason", self.string, f"policy rule {name!r}"),
@@ -873,6 +893,7 @@ class _Loader:
             reviewer_groups=identities("reviewer_groups"),
             max_grant_minutes=_opt(found, "max_grant_minutes", lambda a: self.integer(a, 0, 7 * 24 * 60), 0),
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
+            observe=observe,
         )
 
     def logging(self, at: _At) -> LoggingConfig:

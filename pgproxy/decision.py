@@ -69,6 +69,9 @@ class Judgement:
     # raise anyway is the answer at once, without troubling a reviewer.
     ask: bool = False
     stale: bool = False  # REVIEW: it names what pgproxy's schema does not know (re-read it if the server does)
+    # REVIEW: the policy's review or deny is only observed (mode: observe, or the rule's observe):
+    # the hold point records it and lets the execution run without asking anyone.
+    observed: bool = False
 
     @property
     def changes_lexing(self) -> bool:
@@ -92,7 +95,11 @@ CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
 
 
 def strictest(first: Judgement, second: Judgement) -> Judgement:
-    return second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
+    """The stricter of two judgements; of two equal verdicts, one that is enforced outranks one
+    that is only observed (an observed review must not carry a held one through)."""
+    if _STRICTNESS[second.verdict] != _STRICTNESS[first.verdict]:
+        return second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
+    return second if first.observed and not second.observed else first
 
 
 def approved(judgement: Judgement) -> Judgement:

@@ -104,7 +104,10 @@ class PolicyGate(StatementGate):
         self.catalog = catalog
         self.approvals = approvals
         self.audit = audit
-        self.holds = approvals is not None
+        # Observed decisions (mode: observe, or a rule's observe) go to the hold point too, which
+        # records them and lets them run; without approvals, other reviews are refused (_verdict).
+        self.observing = config.policy.observe or any(rule.observe for rule in config.policy.rules)
+        self.holds = approvals is not None or self.observing
         self.strict = True  # every statement is analysed: the protocol model's predictions bind
         self.policy = config.policy
         self.limits = config.analysis
@@ -166,12 +169,13 @@ class PolicyGate(StatementGate):
         identity = session.identity
         assert identity is not None
         if statement.protocol == "function":
-            return self._judgement(Decision(Action.REVIEW, "function-call",
-                                            "the fast-path FunctionCall interface runs a function by OID, "
-                                            "which pgproxy does not analyse"), session, statement, None)
+            return self._judgement(self._builtin(Action.REVIEW, "function-call",
+                                                 "the fast-path FunctionCall interface runs a function by OID, "
+                                                 "which pgproxy does not analyse"), session, statement, None)
         if schema is None:
-            return self._judgement(Decision(Action.REVIEW, "no-schema",
-                                            "pgproxy has not read this database's schema"), session, statement, None)
+            return self._judgement(self._builtin(Action.REVIEW, "no-schema",
+                                                 "pgproxy has not read this database's schema"),
+                                   session, statement, None)
         state = self.state(session)
         sql = statement.sql
         # UTF-8 takes at most 4 bytes a character, so a short statement needs no encoding to be
@@ -183,7 +187,7 @@ class PolicyGate(StatementGate):
         if size > self.limits.max_statement_bytes:
             reason = (f"the statement is larger than {self.limits.max_statement_bytes} bytes, "
                       "so pgproxy does not analyse it")
-            return self._judgement(Decision(self.limits.oversized_action, "oversized-statement", reason),
+            return self._judgement(self._builtin(self.limits.oversized_action, "oversized-statement", reason),
                                    session, statement, None)
         key = self._key(schema, state, identity.agent_id, identity.groups)
         shape = shape_key(sql)
@@ -273,7 +277,7 @@ class PolicyGate(StatementGate):
             # Inside the transaction that changed them, pgproxy has not read the new definitions
             # (it reads them when the transaction commits): judging on the old ones could miss
             # what the change added.
-            return self._judgement(Decision(
+            return self._judgement(self._builtin(
                 Action.REVIEW, "schema-changing",
                 f"it uses {', '.join(sorted(state.ddl_targets))}, which DDL earlier in this transaction "
                 "changed; pgproxy reads the new definition when the transaction commits"),
@@ -306,10 +310,11 @@ class PolicyGate(StatementGate):
 
     async def hold(self, session: Session, sql: str, parameters: tuple[str | None, ...],
                    judgement: Judgement) -> Judgement:
-        """Hold a statement judged REVIEW until a reviewer decides, it expires, or it is withdrawn."""
+        """Hold a statement judged REVIEW until a reviewer decides, it expires, or it is withdrawn.
+        One whose decision is only observed is recorded and runs at once (after the same grant check)."""
         approvals = self.approvals
         identity = session.identity
-        assert approvals is not None and identity is not None
+        assert identity is not None
         verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
         decision = verdicts.decision if verdicts is not None else None
         rule = rule_named(self.policy, decision.rule) if decision is not None else None
@@ -327,7 +332,7 @@ class PolicyGate(StatementGate):
             return result
 
         try:
-            grant = await approvals.covered(identity.agent_id, session.database, shape)
+            grant = await approvals.covered(identity.agent_id, session.database, shape) if approvals else None
         except StoreError:
             grant = None
         if grant is not None and judgement.composed:
@@ -338,6 +343,11 @@ class PolicyGate(StatementGate):
             return audited("granted", self._allow_approved(session, verdicts), grant={
                 "id": grant.id, "granted_by": grant.granted_by, "approval_id": grant.approval_id,
                 "expires": iso(grant.expires_at)})
+        if judgement.observed:
+            if self.audit is not None:
+                self._audit(session, sql, judgement.protocol, verdicts, decision, "observed", sha)
+            return self._allow_approved(session, verdicts)
+        assert approvals is not None  # without approvals, REVIEW is refused (see _verdict)
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         now = time.time()
         request = ApprovalRequest(
@@ -469,18 +479,23 @@ class PolicyGate(StatementGate):
         summary = {"action": decision.action.value, "rule": decision.rule,
                    "kinds": sorted({a.kind.value for a in analyses}),
                    "tables": sorted({t for a in analyses for t in a.tables})}
-        session.log.info("statement refused", extra=summary)
-        if decision.action is Action.DENY:
+        if not decision.observed:
+            session.log.info("statement refused", extra=summary)
+        if decision.action is Action.DENY and not decision.observed:
             if self.audit is not None:
                 self._audit(session, statement.sql, statement.protocol, verdicts, decision, "denied", None)
             return self._verdict(decision, verdicts, statement.protocol)
-        if self.audit is not None and not self.holds:
+        if self.audit is not None and self.approvals is None and not decision.observed:
             self._audit(session, statement.sql, statement.protocol, verdicts, decision, "refused", None)
-        # Held statements are audited when the hold ends (`hold`), with its outcome.
+        # Held and observed statements are audited at the hold point (`hold`), with its outcome.
         return self._verdict(decision, verdicts, statement.protocol)
 
-    @staticmethod
-    def _verdict(decision: Decision, verdicts: Verdicts | None, protocol: str) -> Judgement:
+    def _builtin(self, action: Action, rule: str, reason: str) -> Decision:
+        """A decision pgproxy makes before the policy's rules (nothing to analyse, or nothing it
+        could trust): in observe mode it is observed like the rules' decisions."""
+        return Decision(action, rule, reason, observed=self.policy.observe and action is not Action.ALLOW)
+
+    def _verdict(self, decision: Decision, verdicts: Verdicts | None, protocol: str) -> Judgement:
         """The judgement a decision makes (no audit, no log: see _judgement)."""
         analyses = verdicts.analyses if verdicts is not None else ()
         parts = verdicts.parts if verdicts is not None else None
@@ -490,14 +505,18 @@ class PolicyGate(StatementGate):
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
-            return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+            # Observed: a REVIEW the hold point records and lets run (nothing to ask the server first).
+            return Judgement(Verdict.REVIEW if decision.observed else Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
                              f"pgproxy denied this statement (rule {decision.rule}): {decision.reason}",
-                             detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code)
-        return Judgement(Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
+                             detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
+                             observed=decision.observed)
+        # Holding only for what is observed: with nobody to ask, other reviews are refused like a deny.
+        refused = self.holds and self.approvals is None and not decision.observed
+        return Judgement(Verdict.DENY if refused else Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
                          f"approval required (rule {decision.rule}): {decision.reason}",
                          detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
                          ask=protocol == "simple" and _server_can_check(analyses),
-                         stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons))
+                         stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons), observed=decision.observed)
 
     def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
                decision: Decision | None, outcome: str, sha: str | None,

@@ -4,6 +4,12 @@ First match wins; the default action closes the list. A rule matches when every
 condition it names holds; a condition listing several values holds when any does.
 UNKNOWN statements are never allowed by the default: unless a rule says otherwise
 they are reviewed (fail closed).
+
+Observing (``mode: observe`` for the whole policy, ``observe: true`` for one rule) changes
+nothing in how a statement is decided: the decision keeps the rule and the action, and is
+marked `observed`, which means it is recorded, not enforced (the statement runs). Built-in
+refusals that keep pgproxy's own reading of the session correct (`unreadable-text`) are
+never observed.
 """
 
 from __future__ import annotations
@@ -52,12 +58,14 @@ class Rule:
     reviewer_groups: frozenset[str] = frozenset()  # empty: approvals.reviewers.groups
     max_grant_minutes: int = 0
     timeout_seconds: float | None = None  # empty: approvals.timeout_seconds
+    observe: bool = False  # record what this rule would do (review or deny) and let the statement run
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = ()
     default: Action = Action.ALLOW
+    observe: bool = False  # mode: observe -- every decision is recorded, none enforced
     version: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -70,12 +78,18 @@ class Decision:
     action: Action
     rule: str  # the matching rule's name, or "default"
     reason: str
+    observed: bool = False  # recorded, not enforced: the statement runs whatever the action
+
+    @property
+    def enforced(self) -> Action:
+        """What happens to the statement: the action, or ALLOW when it is only observed."""
+        return Action.ALLOW if self.observed else self.action
 
 
 def _fingerprint(policy: Policy) -> str:
     canonical = [[r.name, r.action, r.reason, r.approvals_required, r.max_grant_minutes, r.timeout_seconds,
-                  *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
-    return hashlib.sha256(json.dumps([canonical, policy.default]).encode()).hexdigest()[:16]
+                  r.observe, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+    return hashlib.sha256(json.dumps([canonical, policy.default, policy.observe]).encode()).hexdigest()[:16]
 
 
 _SET_FIELDS = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions", "agents", "groups",
@@ -114,11 +128,13 @@ def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str
                         else "pgproxy could not read statements after this one")
     for rule in policy.rules:
         if rule_matches(rule, analysis, agent, groups):
-            return Decision(rule.action, rule.name, rule.reason)
+            return Decision(rule.action, rule.name, rule.reason,
+                            observed=(policy.observe or rule.observe) and rule.action is not Action.ALLOW)
     if analysis.kind is Kind.UNKNOWN and policy.default is Action.ALLOW:
         reason = analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what this statement does"
-        return Decision(Action.REVIEW, "unknown", reason)
-    return Decision(policy.default, "default", f"no rule matched; the default is {policy.default}")
+        return Decision(Action.REVIEW, "unknown", reason, observed=policy.observe)
+    return Decision(policy.default, "default", f"no rule matched; the default is {policy.default}",
+                    observed=policy.observe and policy.default is not Action.ALLOW)
 
 
 def rule_named(policy: Policy, name: str) -> Rule | None:
@@ -126,5 +142,6 @@ def rule_named(policy: Policy, name: str) -> Rule | None:
 
 
 def strictest(decisions: Iterable[Decision]) -> Decision:
-    """The decision for a query string of several statements: the most severe one counts."""
-    return max(decisions, key=lambda d: d.action.severity)
+    """The decision for a query string of several statements: the most severe one counts, by what
+    is enforced first (a review that holds outranks a deny that is only observed), then by action."""
+    return max(decisions, key=lambda d: (d.enforced.severity, d.action.severity))

@@ -79,8 +79,26 @@ async def start_audit(config: Config) -> AuditLog | None:
         "version": __version__, "mode": config.mode.value, "config": str(source) if source else None,
         "config_sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source else None,
         "policy_version": config.policy.version, "full_statements": config.audit.full_statements,
-        "listen": f"{config.listen.host}:{config.listen.port}"})
+        "listen": f"{config.listen.host}:{config.listen.port}", **observing(config)})
     return audit
+
+
+def observing(config: Config) -> dict[str, object]:
+    """In enforce mode, the rules that are only observed (decided and recorded, not enforced), for
+    the start's audit event (observe mode says so in `mode`)."""
+    rules = [rule.name for rule in config.policy.rules if rule.observe]
+    return {"observed_rules": rules} if config.mode is Mode.ENFORCE and rules else {}
+
+
+def warn_if_observing(config: Config) -> None:
+    """Nobody should believe a policy protects them when it is only observed: say so at start."""
+    if config.mode is Mode.OBSERVE:
+        log.warning("OBSERVE MODE: pgproxy holds and denies nothing the policy decides; statements it would "
+                    "hold or deny run and are only recorded in the audit log (outcome 'observed')",
+                    extra={"mode": config.mode.value})
+    elif observing(config):
+        log.warning("observed rules: statements these rules would hold or deny run and are only recorded in "
+                    "the audit log (outcome 'observed')", extra=observing(config))
 
 
 async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
@@ -141,7 +159,7 @@ class ProxyServer:
     async def start(self) -> None:
         if self.gate is None:
             self.audit = await start_audit(self.config)
-        if self.config.mode is Mode.ENFORCE and self.gate is None:
+        if self.config.mode in (Mode.ENFORCE, Mode.OBSERVE) and self.gate is None:
             approvals = None
             if self.config.approvals is not None:
                 approvals, self._web, self.approvals_url = await start_approvals(self.config.approvals, self.audit)
@@ -153,6 +171,7 @@ class ProxyServer:
         log.info("listening", extra={"host": listen.host, "port": self.port,
                                      "tls": self.tls_context is not None,
                                      "mode": self.config.mode.value})
+        warn_if_observing(self.config)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

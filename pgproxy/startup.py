@@ -231,6 +231,8 @@ async def judge_parameters(session: Session) -> None:
             continue
         decided = gate.judge(session, Statement("simple", as_statement(setting)))
         judged = decided if isinstance(decided, Judgement) else await decided
+        if judged.observed and judged.verdict is Verdict.REVIEW:  # recorded, then run (observe mode)
+            judged = await gate.hold(session, as_statement(setting), (), judged)
         if judged.verdict is not Verdict.ALLOW:
             raise ProxyError(judged.sqlstate or SqlState.INSUFFICIENT_PRIVILEGE,
                              f"{setting.source} is refused: {judged.message}", detail=judged.detail,
