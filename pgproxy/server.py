@@ -93,7 +93,8 @@ async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
     notifier = Notifier(config.notifiers) if config.notifiers else None
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
-                          notifier=notifier, audit=audit)
+                          notifier=notifier, audit=audit, hold_mode=config.hold_mode,
+                          retry_window_seconds=config.retry_window_seconds)
     runner = web.AppRunner(make_app(approvals, config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

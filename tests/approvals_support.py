@@ -29,8 +29,9 @@ def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers"
     return make_token(sub, secret=secret, groups=groups, ttl=ttl, aud=REVIEWER_AUDIENCE)
 
 
-def approvals_config(directory: Path, timeout: float, demo_code: str | None = None) -> str:
-    """The approvals section; `demo_code`: with the demo's sign-in, for the demo reviewer "alice"."""
+def approvals_config(directory: Path, timeout: float, demo_code: str | None = None, settings: str = "") -> str:
+    """The approvals section; `demo_code`: with the demo's sign-in, for the demo reviewer "alice";
+    `settings`: more keys of the section (YAML lines indented by two spaces)."""
     demo = ""
     if demo_code is not None:
         (directory / "demo-token").write_text(reviewer_token())
@@ -53,12 +54,14 @@ approvals:
   decision_tokens:
     jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
            audience: pgproxy-decisions}}
-{demo}"""
+{demo}{settings}"""
 
 
 def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None,
-                catalog: str = corpus.CATALOG) -> Any:
-    path = write_enforce_config(pg, directory, catalog=catalog, extra=approvals_config(directory, timeout, demo_code))
+                catalog: str = corpus.CATALOG, settings: str = "", policy: str | None = None) -> Any:
+    """A holding proxy; `settings`: more keys of its approvals section; `policy`: not the demo's."""
+    path = write_enforce_config(pg, directory, catalog=catalog, policy=policy,
+                                extra=approvals_config(directory, timeout, demo_code, settings))
     return running_proxy(load_config(path))
 
 
