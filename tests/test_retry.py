@@ -4,9 +4,15 @@ naming the request; after approval the same agent's identical statement runs onc
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
 import re
+import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +276,111 @@ def test_retry_requests_survive_a_restart(pg: PostgresCluster, tmp_path: Path) -
         assert decide(proxy, request)[0] == 200
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             assert conn.execute(sql).fetchone() == (direct_value(pg, sql),)
+
+
+# The MCP reference server for PostgreSQL, installed by ./dev setup (npm ci in tests/node).
+MCP_SERVER = (Path(__file__).resolve().parent / "node" / "node_modules" / "@modelcontextprotocol" / "server-postgres"
+              / "dist" / "index.js")
+
+
+class McpServer:
+    """`@modelcontextprotocol/server-postgres` driven as an MCP host drives it: JSON-RPC over its stdio."""
+
+    def __init__(self, dsn: str) -> None:
+        node = shutil.which("node")
+        assert node is not None and MCP_SERVER.exists(), "run ./dev setup: it installs Node.js and tests/node"
+        self.process = subprocess.Popen([node, str(MCP_SERVER), dsn], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._ids = iter(range(1, 1_000_000))
+        threading.Thread(target=self._read, daemon=True).start()
+        initialized = self.request("initialize", {"protocolVersion": "2024-11-05", "capabilities": {},
+                                                  "clientInfo": {"name": "pgproxy-tests", "version": "1"}})
+        assert initialized["result"]["serverInfo"]["name"] == "example-servers/postgres"
+        self.notify("notifications/initialized")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._messages.put(json.loads(line))
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a request; return its id (see reply)."""
+        request_id = next(self._ids)
+        self._write({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}})
+        return request_id
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        self._write({"jsonrpc": "2.0", "method": method, "params": params or {}})
+
+    def reply(self, request_id: int, timeout: float = 30) -> dict[str, Any]:
+        while True:
+            message = self._messages.get(timeout=timeout)
+            if message.get("id") == request_id:
+                return message
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.reply(self.send(method, params))
+
+    def query(self, sql: str) -> dict[str, Any]:
+        """The reply to a tools/call of the server's `query` tool."""
+        return self.request("tools/call", {"name": "query", "arguments": {"sql": sql}})
+
+    def _write(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=10)
+
+
+@contextmanager
+def mcp_server(dsn: str) -> Iterator[McpServer]:
+    server = McpServer(dsn)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_mcp_server_retry_after_approval(retrying: ProxyThread, pg: PostgresCluster) -> None:
+    sql = "SELECT name, email FROM customers WHERE id = 71"
+    with mcp_server(retrying.dsn()) as mcp:
+        tools = mcp.request("tools/list")["result"]["tools"]
+        assert [t["name"] for t in tools] == ["query"]
+        # The server runs the tool's SQL in BEGIN TRANSACTION READ ONLY, with the simple protocol; an error
+        # thrown by the driver becomes the JSON-RPC error, whose message is the server's primary message.
+        held = mcp.query(sql)
+        message = held["error"]["message"]
+        assert message.startswith(f"approval required (rule personal-data): {retrying.server.approvals_url}/approvals/")
+        found = REQUEST_ID.search(message)
+        assert found is not None and "run the same statement again after a reviewer approves it" in message
+        request = get_request(retrying, found.group(1))
+        assert (request["status"], request["statement"]) == ("pending", sql)
+        assert "approval still pending" in mcp.query(sql)["error"]["message"]
+        assert decide(retrying, request)[0] == 200
+        result = mcp.query(sql)["result"]
+        assert result["isError"] is False
+        name, email = direct_value(pg, sql).split("|")
+        assert json.loads(result["content"][0]["text"]) == [{"name": name, "email": email}]
+        # Once: the next call needs a new approval.
+        again = mcp.query(sql)["error"]["message"]
+        assert again.startswith("approval required") and found.group(1) not in again
+
+
+def test_mcp_host_giving_up_in_wait_mode_withdraws_once_disconnected(approving: ProxyThread) -> None:
+    """In wait mode an MCP host's tool call times out (60 s by default) while the statement is held.
+    Cancelling the call does not stop the server's query; once the host ends the server (and its
+    connection), the request is withdrawn: it can no longer be approved and run for nobody."""
+    with mcp_server(approving.dsn()) as mcp:
+        sql = "SELECT ssn FROM customers WHERE id = 72"
+        call = mcp.send("tools/call", {"name": "query", "arguments": {"sql": sql}})
+        request = wait_pending(approving, "WHERE id = 72")
+        mcp.notify("notifications/cancelled", {"requestId": call, "reason": "Request timed out"})
+    deadline = time.monotonic() + 15
+    while get_request(approving, request["id"])["status"] != "withdrawn":
+        assert time.monotonic() < deadline, get_request(approving, request["id"])["status"]
+        time.sleep(0.05)
+    assert decide(approving, request)[0] == 409
