@@ -95,6 +95,7 @@ async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
                           notifier=notifier, audit=audit, hold_mode=config.hold_mode,
                           retry_window_seconds=config.retry_window_seconds)
+    await approvals.watch_retry_requests()
     runner = web.AppRunner(make_app(approvals, config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -267,15 +267,23 @@ def test_rules_choose_the_hold_mode_and_expiry(pg: PostgresCluster, tmp_path: Pa
 
 
 def test_retry_requests_survive_a_restart(pg: PostgresCluster, tmp_path: Path) -> None:
+    """Nobody waits for a retry-mode request: after a restart it can still be approved and used,
+    and one whose time is up is marked expired (here the ssn rule's 1 s)."""
     sql = "SELECT email FROM customers WHERE id = 69"
-    with start_proxy(pg, tmp_path, settings=RETRY) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+    with start_proxy(pg, tmp_path, settings=RETRY, policy=PER_RULE) as proxy, \
+            psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         approval_id = request_id(refused(conn, sql))
-    with start_proxy(pg, tmp_path, settings=RETRY) as proxy:
+        short = request_id(refused(conn, "SELECT ssn FROM customers WHERE id = 69"))
+    with start_proxy(pg, tmp_path, settings=RETRY, policy=PER_RULE) as proxy:
         request = get_request(proxy, approval_id)
-        assert request["status"] == "pending"  # nobody was waiting for it: a restart does not abandon it
+        assert request["status"] == "pending"
         assert decide(proxy, request)[0] == 200
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             assert conn.execute(sql).fetchone() == (direct_value(pg, sql),)
+        deadline = time.monotonic() + 15
+        while get_request(proxy, short)["status"] != "expired":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 # The MCP reference server for PostgreSQL, installed by ./dev setup (npm ci in tests/node).

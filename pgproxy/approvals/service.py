@@ -137,14 +137,24 @@ class Approvals:
         found, outcome, earlier = await self.store.retry(request, now=time.time(), window=self.retry_window_seconds)
         if outcome == "created":
             self._requested(found)
-            expiry = asyncio.ensure_future(self._expire(found))
-            self._expiries.add(expiry)
-            expiry.add_done_callback(self._expiries.discard)
+            self._expire_on_time(found)
             log.info("approval requested (retry mode)", extra={"approval": found.id, "agent": found.agent,
                                                                 "rule": found.rule})
         elif outcome == "used":
             log.info("approval used by the retried statement", extra={"approval": found.id, "agent": found.agent})
         return RetryAnswer(found, outcome, earlier)
+
+    async def watch_retry_requests(self) -> None:
+        """At start: the retry-mode requests an earlier run left pending (nobody waits for them, so
+        a restart does not abandon them) are marked expired when their time is up."""
+        for request in await self.store.list(Status.PENDING, limit=1_000_000):
+            if request.hold_mode == HoldMode.RETRY:
+                self._expire_on_time(request)
+
+    def _expire_on_time(self, request: ApprovalRequest) -> None:
+        expiry = asyncio.ensure_future(self._expire(request))
+        self._expiries.add(expiry)
+        expiry.add_done_callback(self._expiries.discard)
 
     async def _expire(self, request: ApprovalRequest) -> None:
         await asyncio.sleep(max(0.0, request.expires_at - time.time()))
