@@ -23,7 +23,7 @@ from pgproxy.analysis.model import Flag, Kind
 from pgproxy.approvals.http import HttpLimits
 from pgproxy.approvals.notify import NotifierConfig
 from pgproxy.names import canonical, invisible
-from pgproxy.policy import Action, Policy, Rule
+from pgproxy.policy import Action, HoldMode, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
 
 
@@ -145,6 +145,10 @@ class ApprovalsConfig:
     public_url: str = ""  # the base of links in notices; default http://host:port
     store: Path = Path("pgproxy-approvals.sqlite3")
     timeout_seconds: float = 300.0
+    hold_mode: HoldMode = HoldMode.WAIT  # a rule's hold_mode overrides it
+    # Retry mode: how long after its approval the identical statement may run (once), and how
+    # long after a denial or expiry running it again gets that answer instead of a new request.
+    retry_window_seconds: float = 600.0
     decision_token_jwt: JwtConfig | None = None  # outside approval systems' self-contained decisions
     # Demos only: the reviewer token the page hands out to whoever types the code printed on the
     # demo's terminal (never to what an agent holds: its token, the approval link).
@@ -693,7 +697,8 @@ class _Loader:
         )
 
     def approvals(self, at: _At) -> ApprovalsConfig:
-        found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "signing_key_env",
+        found = self.mapping(at, ("listen", "public_url", "store", "timeout_seconds", "hold_mode",
+                                  "retry_window_seconds", "signing_key_env",
                                   "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file",
                                   "demo_login_code_file",
                                   "notify", "slack", "http"),
@@ -727,6 +732,9 @@ class _Loader:
             else frozenset({"reviewers"}),
             host=host, port=port, public_url=public_url, store=store,
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), 300.0),
+            hold_mode=_opt(found, "hold_mode", self.hold_mode, HoldMode.WAIT),
+            retry_window_seconds=_opt(found, "retry_window_seconds", lambda a: self.number(a, 0, inclusive=False),
+                                      600.0),
             decision_token_jwt=decision_token_jwt,
             sso_header=_opt(reviewers, "sso_header", self.string, None),
             demo_login_token=self.read(found["demo_login_token_file"]).strip() if "demo_login_token_file" in found
@@ -851,7 +859,8 @@ class _Loader:
     def rule(self, at: _At, names: dict[str, int], *, audited: bool) -> Rule:
         conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
                       "agents", "groups")
-        review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds")
+        review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds",
+                           "hold_mode")
         found = self.mapping(at, ("name", "action", "reason", "observe", *conditions, *review_settings),
                              required=("name", "action"))
         name = self.string(found["name"])
@@ -894,7 +903,11 @@ class _Loader:
             max_grant_minutes=_opt(found, "max_grant_minutes", lambda a: self.integer(a, 0, 7 * 24 * 60), 0),
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
             observe=observe,
+            hold_mode=_opt(found, "hold_mode", self.hold_mode, None),
         )
+
+    def hold_mode(self, at: _At) -> HoldMode:
+        return HoldMode(self.choice(at, [m.value for m in HoldMode]))
 
     def logging(self, at: _At) -> LoggingConfig:
         found = self.mapping(at, ("level",))

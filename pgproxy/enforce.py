@@ -11,7 +11,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,7 @@ from pgproxy.decision import (
     Verdict,
 )
 from pgproxy.errors import SqlState
-from pgproxy.policy import Action, Decision, decide, rule_named, strictest
+from pgproxy.policy import Action, Decision, HoldMode, decide, rule_named, strictest
 from pgproxy.protocol.objects import OpKind
 from pgproxy.store import ApprovalRequest, Status, StoreError
 
@@ -349,6 +349,7 @@ class PolicyGate(StatementGate):
             return self._allow_approved(session, verdicts)
         assert approvals is not None  # without approvals, REVIEW is refused (see _verdict)
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
+        mode = rule.hold_mode if rule is not None and rule.hold_mode is not None else approvals.hold_mode
         now = time.time()
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
@@ -361,14 +362,16 @@ class PolicyGate(StatementGate):
             created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,
             reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
-            max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape)
+            max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape, hold_mode=mode.value)
+        if mode is HoldMode.RETRY:  # most retries find their request: its view is made when read
+            return await self._answer_retry(session, request, verdicts, audited)
         try:
             # What reviewers will see is made now, in a worker thread, before any notifier asks
             # (and before the notice: from then on the client may withdraw a stored request).
             await statement_view(request)
         except Exception:
             log.exception("could not prepare the approval request's view", extra={"session": session.id})
-        expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(request.expires_at))
+        expires = _utc(request.expires_at)
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
                                    "cancel the query to withdraw the request.")
@@ -399,6 +402,54 @@ class PolicyGate(StatementGate):
                 f"approval request expired after {timeout:g} s without a decision",
                 detail=f"approval request {request.id}"), **held)
         return audited("withdrawn", CANCELLED_WHILE_HELD, **held)
+
+    async def _answer_retry(self, session: Session, request: ApprovalRequest, verdicts: Verdicts | None,
+                            audited: Callable[..., Judgement]) -> Judgement:
+        """Retry mode: the statement is answered at once, never held (see Approvals.retry). It runs
+        only as the one use of an approval of the identical statement by the same agent."""
+        approvals = self.approvals
+        assert approvals is not None
+        try:
+            answer = await approvals.retry(request)
+        except StoreError:
+            log.exception("approval store unavailable", extra={"session": session.id})
+            return audited("error", Judgement(
+                Verdict.DENY, SqlState.SYSTEM_ERROR,
+                "pgproxy cannot record the approval request, so the statement was not run"), approval_id=request.id)
+        found = answer.request
+        link = approvals.link(found.id)
+        held: dict[str, object] = {"approval_id": found.id, "hold_mode": "retry"}
+        if answer.outcome == "used":
+            session.log.info("approved statement run again", extra={"approval": found.id})
+            return audited("approved", self._allow_approved(session, verdicts), **held,
+                           reviewers=list(found.approved_by), decision_reason=found.decision_reason)
+        ended = found.decided_at if found.decided_at is not None else found.expires_at
+        until = _utc(ended + approvals.retry_window_seconds)
+        again = f"Running the same statement again gets this answer until {until}."
+        if answer.outcome == "denied":
+            return audited("rejected", Judgement(
+                Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                f"denied by reviewer {found.decided_by}: {found.decision_reason or 'no reason given'}; "
+                f"the request id is {found.id} ({link})", detail=again),
+                **held, reviewers=list(dict.fromkeys([*found.approved_by, found.decided_by])),
+                decision_reason=found.decision_reason)
+        if answer.outcome == "expired":
+            return audited("expired", Judgement(
+                Verdict.DENY, SqlState.QUERY_CANCELED,
+                f"approval request {found.id} expired after {found.expires_at - found.created_at:g} s without a "
+                f"decision ({link})", detail=again), **held)
+        first = "approval required" if answer.outcome == "created" else "approval still pending"
+        detail = (f"{found.reason}; the statement did not run. Once a reviewer approves, this agent's identical "
+                  f"statement (same text and parameters) runs once, within {approvals.retry_window_seconds:g} s "
+                  "of the approval.")
+        earlier = answer.earlier
+        if earlier is not None and earlier.status is Status.APPROVED:
+            detail = (f"Approval request {earlier.id} was approved and its one run is used or over; this is a new "
+                      f"request. {detail}")
+        return audited("approval-required" if answer.outcome == "created" else "approval-pending", Judgement(
+            Verdict.DENY, SqlState.OBJECT_NOT_IN_PREREQUISITE_STATE,
+            f"{first} (rule {found.rule}): {link}; the request id is {found.id}; run the same statement again "
+            f"after a reviewer approves it (before {_utc(found.expires_at)})", detail=detail), **held)
 
     def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
         """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
@@ -622,6 +673,10 @@ class PolicyGate(StatementGate):
                       for r in schema.relations.values() for c in r.tags if c in r.columns}
             self._tagged = (schema.version, tagged)
         return self._tagged[1]
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _described(sql: str, verdicts: Verdicts | None, decision: Decision | None,

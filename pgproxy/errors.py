@@ -24,6 +24,9 @@ class SqlState(StrEnum):
     ADMIN_SHUTDOWN = "57P01"
     IDLE_SESSION_TIMEOUT = "57P05"
     QUERY_CANCELED = "57014"
+    # In retry hold mode: the statement needs an approval that has not been given (yet); the
+    # same statement, run again after approval, runs once.
+    OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
     SYSTEM_ERROR = "58000"
     INSUFFICIENT_PRIVILEGE = "42501"
     CHARACTER_NOT_IN_REPERTOIRE = "22021"

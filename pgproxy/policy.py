@@ -37,6 +37,15 @@ class Action(StrEnum):
 _SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.DENY: 2}
 
 
+class HoldMode(StrEnum):
+    """How a statement that needs review is held: `wait` keeps the connection waiting for the
+    decision; `retry` answers at once with an error naming the request, and lets the identical
+    statement of the same agent run once after approval."""
+
+    WAIT = "wait"
+    RETRY = "retry"
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
@@ -59,6 +68,7 @@ class Rule:
     max_grant_minutes: int = 0
     timeout_seconds: float | None = None  # empty: approvals.timeout_seconds
     observe: bool = False  # record what this rule would do (review or deny) and let the statement run
+    hold_mode: HoldMode | None = None  # empty: approvals.hold_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +98,7 @@ class Decision:
 
 def _fingerprint(policy: Policy) -> str:
     canonical = [[r.name, r.action, r.reason, r.approvals_required, r.max_grant_minutes, r.timeout_seconds,
-                  r.observe, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+                  r.observe, r.hold_mode, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
     return hashlib.sha256(json.dumps([canonical, policy.default, policy.observe]).encode()).hexdigest()[:16]
 
 

@@ -112,7 +112,9 @@ async def start_approvals(config: ApprovalsConfig, audit: AuditLog | None = None
     notifier = Notifier(config.notifiers) if config.notifiers else None
     approvals = Approvals(store, signing_key=config.signing_key, reviewer_groups=config.reviewer_groups,
                           timeout_seconds=config.timeout_seconds, public_url=config.public_url or "http://pending",
-                          notifier=notifier, audit=audit)
+                          notifier=notifier, audit=audit, hold_mode=config.hold_mode,
+                          retry_window_seconds=config.retry_window_seconds)
+    await approvals.watch_retry_requests()
     # Idle kept-alive connections close as soon as half-sent requests do (see approvals.http).
     runner = web.AppRunner(make_app(approvals, config), access_log=None,
                            keepalive_timeout=config.http.header_timeout_seconds, lingering_time=0)

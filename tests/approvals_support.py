@@ -29,9 +29,11 @@ def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers"
     return make_token(sub, secret=secret, groups=groups, ttl=ttl, aud=REVIEWER_AUDIENCE)
 
 
-def approvals_config(directory: Path, timeout: float, demo_code: str | None = None, http: str = "") -> str:
+def approvals_config(directory: Path, timeout: float, demo_code: str | None = None, http: str = "",
+                     settings: str = "") -> str:
     """The approvals section; `demo_code`: with the demo's sign-in, for the demo reviewer "alice";
-    `http`: the web app's bounds (the flow mapping of approvals.http)."""
+    `http`: the web app's bounds (the flow mapping of approvals.http); `settings`: more keys of the
+    section (YAML lines indented by two spaces)."""
     demo = ""
     if demo_code is not None:
         (directory / "demo-token").write_text(reviewer_token())
@@ -54,13 +56,15 @@ approvals:
   decision_tokens:
     jwt: {{algorithms: [HS256], secret_file: decision-secret, issuer: "https://approvals.example",
            audience: pgproxy-decisions}}
-{demo}{f"  http: {http}" + chr(10) if http else ""}"""
+{demo}{f"  http: {http}" + chr(10) if http else ""}{settings}"""
 
 
 def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None,
-                catalog: str = corpus.CATALOG, http: str = "") -> Any:
-    path = write_enforce_config(pg, directory, catalog=catalog,
-                                extra=approvals_config(directory, timeout, demo_code, http))
+                catalog: str = corpus.CATALOG, http: str = "", settings: str = "", policy: str | None = None) -> Any:
+    """A holding proxy; `http`: the web app's bounds; `settings`: more keys of its approvals section;
+    `policy`: not the demo's."""
+    path = write_enforce_config(pg, directory, catalog=catalog, policy=policy,
+                                extra=approvals_config(directory, timeout, demo_code, http, settings))
     return running_proxy(load_config(path))
 
 

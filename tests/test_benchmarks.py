@@ -158,3 +158,12 @@ def test_refresh_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
     assert report["demo_refresh_s"] > 0 and report["synthetic_refresh_s"] > 0
     assert report["synthetic_relations"] >= 20 + 4  # its tables and views, besides the catalogs
     assert "| synthetic (20 tables, 4 views, 4 functions) |" in stdout
+
+
+def test_retry_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    """Each round's statement was refused (55000) before approval and ran once after it."""
+    report, stdout = run_smoke("benchmarks.retry", repo_root, tmp_path / "retry.json")
+    assert report["rounds"] == 3
+    assert all(len(report[key]) == 3 and all(ms > 0 for ms in report[key])
+               for key in ("decision_post_ms", "retry_ms", "decision_to_rows_ms"))
+    assert "| decision sent -> retried statement's row |" in stdout

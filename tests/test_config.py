@@ -205,6 +205,55 @@ def test_audit_defaults_to_the_approvals_store_and_key(tmp_path: Path, monkeypat
     assert off.audit is None
 
 
+HOLDING = """
+    routes:
+      app: {host: db, user: u}
+    <auth>
+    approvals:
+      signing_key_env: SIGNING_KEY
+      reviewers: {jwt: {secret_env: SIGNING_KEY}}
+      <approvals>
+    policy:
+      rules:
+        - name: ssn
+          tags: [pii.ssn]
+          action: review
+          <rule>
+"""
+
+
+def test_hold_mode_and_expiry_per_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    text = HOLDING.replace("<approvals>", "hold_mode: retry\n      retry_window_seconds: 120").replace(
+        "<rule>", "hold_mode: wait\n          timeout_seconds: 45")
+    config = load_config(write(tmp_path, text))
+    assert config.approvals is not None
+    assert (config.approvals.hold_mode, config.approvals.retry_window_seconds) == ("retry", 120)
+    assert (config.policy.rules[0].hold_mode, config.policy.rules[0].timeout_seconds) == ("wait", 45)
+    defaults = load_config(write(tmp_path, HOLDING.replace("<approvals>", "").replace("<rule>", "")))
+    assert defaults.approvals is not None
+    assert (defaults.approvals.hold_mode, defaults.approvals.retry_window_seconds) == ("wait", 600)
+    assert (defaults.policy.rules[0].hold_mode, defaults.policy.rules[0].timeout_seconds) == (None, None)
+
+
+@pytest.mark.parametrize(("approvals", "rule", "expected"), [
+    ("hold_mode: later", "", "{file}:7: approvals.hold_mode: expected one of wait, retry; got 'later'"),
+    ("retry_window_seconds: 0", "", "{file}:7: approvals.retry_window_seconds: expected a number greater than 0, "
+                                    "got 0"),
+    ("", "hold_mode: retyr", "{file}:13: policy.rules[0].hold_mode: expected one of wait, retry; got 'retyr'; "
+                             "did you mean 'retry'?"),
+    ("", "timeout_seconds: -5", "{file}:13: policy.rules[0].timeout_seconds: expected a number greater than 0, "
+                                "got -5"),
+])
+def test_hold_settings_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, approvals: str, rule: str,
+                                     expected: str) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    path = write(tmp_path, HOLDING.replace("<approvals>", approvals).replace("<rule>", rule))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == expected.replace("{file}", str(path))
+
+
 SLACK_BASE = """\
 routes:
   app: {host: db, user: u}

@@ -1,10 +1,12 @@
 """Holding statements for a reviewer, and deciding them.
 
 `hold()` stores a request and waits (no CPU, one future) until a decision, the expiry, or
-the agent withdrawing it. `decide()` checks the reviewer (a verified identity, in an
-allowed group, never the requesting agent), that the decision names the statement hash
-that was shown, and that the request is still pending; then it stores the decision signed
-by the proxy and wakes the held session.
+the agent withdrawing it. In retry mode nobody waits: `retry()` answers a statement at once
+from the store (a new request, still pending, denied, expired, or approved and now used).
+`decide()` checks the reviewer (a verified identity, in an allowed group, never the
+requesting agent), that the decision names the statement hash that was shown, and that the
+request is still pending; then it stores the decision signed by the proxy and wakes the
+held session.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pgproxy.approvals.notify import Notifier
 from pgproxy.audit import AuditLog, iso
 from pgproxy.identity import Identity
 from pgproxy.names import in_any, invisible, same
+from pgproxy.policy import HoldMode
 from pgproxy.store import ApprovalRequest, Grant, Status, Store, StoreError
 from pgproxy.unauthenticated import REASON_CHARS, bounded
 
@@ -37,6 +40,15 @@ class DecisionRefused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAnswer:
+    """What retry mode says about a statement that needs review (see Store.retry)."""
+
+    request: ApprovalRequest  # the request that answers (the new one, for "created")
+    outcome: str  # "created", "pending", "used", "denied" or "expired"
+    earlier: ApprovalRequest | None = None  # "created": the request it replaces (e.g. an approval used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +68,20 @@ def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
 class Approvals:
     def __init__(self, store: Store, *, signing_key: str, reviewer_groups: frozenset[str],
                  timeout_seconds: float, public_url: str, notifier: Notifier | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, hold_mode: HoldMode = HoldMode.WAIT,
+                 retry_window_seconds: float = 600.0) -> None:
         self.store = store
         self.notifier = notifier
         self.audit = audit
         self.signing_key = signing_key
         self.reviewer_groups = reviewer_groups
         self.timeout_seconds = timeout_seconds
+        self.hold_mode = hold_mode
+        self.retry_window_seconds = retry_window_seconds
         self.public_url = public_url.rstrip("/")
         self._waiters: dict[str, asyncio.Future[Outcome]] = {}
         self._withdrawals: set[asyncio.Future[None]] = set()  # kept referenced until done
+        self._expiries: set[asyncio.Task[None]] = set()  # retry-mode requests, marked expired on time
 
     def link(self, approval_id: str) -> str:
         return f"{self.public_url}/approvals/{approval_id}"
@@ -87,13 +103,7 @@ class Approvals:
         except asyncio.CancelledError:
             await self._withdraw(created, request.id)
             raise
-        if self.audit is not None:
-            self.audit.record("approval.requested", {
-                "approval_id": request.id, "agent": request.agent, "database": request.database,
-                "rule": request.rule, "statement_sha256": request.statement_sha256,
-                "required_approvals": request.required_approvals, "expires": iso(request.expires_at)})
-        if self.notifier is not None:
-            self.notifier.requested(request, self.link(request.id))  # in the background
+        self._requested(request)
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[request.id] = waiter
         log.info("statement held", extra={"approval": request.id, "agent": request.agent, "rule": request.rule})
@@ -108,6 +118,47 @@ class Approvals:
                 raise
         finally:
             self._waiters.pop(request.id, None)
+
+    def _requested(self, request: ApprovalRequest) -> None:
+        """A request was stored: audit it and tell the reviewers."""
+        if self.audit is not None:
+            self.audit.record("approval.requested", {
+                "approval_id": request.id, "agent": request.agent, "database": request.database,
+                "rule": request.rule, "statement_sha256": request.statement_sha256,
+                "required_approvals": request.required_approvals, "expires": iso(request.expires_at),
+                "hold_mode": request.hold_mode})
+        if self.notifier is not None:
+            self.notifier.requested(request, self.link(request.id))  # in the background
+
+    async def retry(self, request: ApprovalRequest) -> RetryAnswer:
+        """Retry mode: answer a statement that needs review at once (StoreError propagates: the
+        statement does not run). A new request is stored, audited and notified like a held one,
+        and marked expired when its time is up; nobody waits for it."""
+        found, outcome, earlier = await self.store.retry(request, now=time.time(), window=self.retry_window_seconds)
+        if outcome == "created":
+            self._requested(found)
+            self._expire_on_time(found)
+            log.info("approval requested (retry mode)", extra={"approval": found.id, "agent": found.agent,
+                                                                "rule": found.rule})
+        elif outcome == "used":
+            log.info("approval used by the retried statement", extra={"approval": found.id, "agent": found.agent})
+        return RetryAnswer(found, outcome, earlier)
+
+    async def watch_retry_requests(self) -> None:
+        """At start: the retry-mode requests an earlier run left pending (nobody waits for them, so
+        a restart does not abandon them) are marked expired when their time is up."""
+        for request in await self.store.list(Status.PENDING, limit=1_000_000):
+            if request.hold_mode == HoldMode.RETRY:
+                self._expire_on_time(request)
+
+    def _expire_on_time(self, request: ApprovalRequest) -> None:
+        expiry = asyncio.ensure_future(self._expire(request))
+        self._expiries.add(expiry)
+        expiry.add_done_callback(self._expiries.discard)
+
+    async def _expire(self, request: ApprovalRequest) -> None:
+        await asyncio.sleep(max(0.0, request.expires_at - time.time()))
+        await self._close(request.id, Status.EXPIRED)
 
     async def _withdraw(self, created: asyncio.Future[None], approval_id: str) -> None:
         """Withdraw a request once it is stored, in a task of its own: the session that held it
@@ -236,6 +287,8 @@ class Approvals:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(Outcome(Status.WITHDRAWN))
+        for expiry in list(self._expiries):  # a retry request past its time reads as expired anyway
+            expiry.cancel()
         with contextlib.suppress(StoreError):
             await self.store.close()
 

@@ -53,6 +53,8 @@ class ApprovalRequest:
     max_grant_minutes: int = 0  # the longest grant a reviewer may give with an approval
     shape: str = ""  # the normalized statement a grant covers
     approved_by: tuple[str, ...] = ()  # reviewers who approved so far
+    hold_mode: str = "wait"  # "retry": nobody waits; the agent runs the statement again (see Store.retry)
+    used_at: float | None = None  # retry mode: when the approved statement ran (it runs once)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class ApprovalRequest:
             "decision_reason": self.decision_reason, "decided_at": self.decided_at,
             "decision_token": self.decision_token, "required_approvals": self.required_approvals,
             "approved_by": list(self.approved_by), "max_grant_minutes": self.max_grant_minutes,
+            "hold_mode": self.hold_mode, "used_at": self.used_at,
         }
 
 
@@ -128,6 +131,20 @@ class Store(Protocol):
         (`token_id` was used before: nothing recorded), or "closed" (not pending, or expired)."""
         ...
 
+    async def retry(self, request: ApprovalRequest, *, now: float,
+                    window: float) -> tuple[ApprovalRequest, str, ApprovalRequest | None]:
+        """Retry mode, in one transaction: what the latest retry-mode request of the same agent
+        (and groups), database, statement hash (text and parameters) and analysis (what the
+        statement was seen to touch, which a session's search_path can change) says about
+        running it now, or else
+        `request` stored. Returns the request that answers and what happened: "used" (approved
+        less than `window` seconds ago and not used yet: now it is, so two sessions retrying at
+        once cannot both run it), "pending" (not decided, not expired), "denied" or "expired"
+        (less than `window` seconds ago), or "created" (`request` stored), with the earlier
+        request it replaces, if any (an approval used already or too old, a denial or expiry
+        older than `window`)."""
+        ...
+
     async def add_grant(self, grant: Grant) -> None: ...
 
     async def use_token_id(self, jti: str, now: float) -> bool:
@@ -137,7 +154,8 @@ class Store(Protocol):
     async def find_grant(self, agent: str, database: str, shape: str, now: float) -> Grant | None: ...
 
     async def abandon_pending(self) -> int:
-        """At start: every request still pending belongs to a connection that is gone."""
+        """At start: every wait-mode request still pending belongs to a connection that is gone
+        (retry-mode requests wait for nobody: they stay pending until decided or expired)."""
         ...
 
     async def append_events(self, rows: Sequence[AuditRow]) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,13 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     reviewer_groups TEXT NOT NULL DEFAULT '[]',
     max_grant_minutes INTEGER NOT NULL DEFAULT 0,
     shape TEXT NOT NULL DEFAULT '',
-    approved_by TEXT NOT NULL DEFAULT '[]'
+    approved_by TEXT NOT NULL DEFAULT '[]',
+    hold_mode TEXT NOT NULL DEFAULT 'wait',
+    used_at REAL
 );
 CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
+CREATE INDEX IF NOT EXISTS approval_requests_statement
+    ON approval_requests (agent, database, statement_sha256, created_at);
 CREATE TABLE IF NOT EXISTS approval_votes (
     approval_id TEXT NOT NULL REFERENCES approval_requests (id),
     reviewer TEXT NOT NULL,
@@ -86,7 +91,12 @@ BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's write 
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
             "decided_by", "decision_reason", "decided_at", "decision_token", "required_approvals",
-            "reviewer_groups", "max_grant_minutes", "shape", "approved_by")
+            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "hold_mode", "used_at")
+# Columns added since the first stores were made: (name, definition), added to older stores.
+_ADDED_COLUMNS = {
+    "approval_requests": (("hold_mode", "TEXT NOT NULL DEFAULT 'wait'"), ("used_at", "REAL")),
+    "approval_votes": (("grant_minutes", "INTEGER NOT NULL DEFAULT 0"),),
+}
 
 
 class SqliteStore:
@@ -129,10 +139,12 @@ class SqliteStore:
                                  timeout=BUSY_TIMEOUT_MS / 1000)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            for table, added in _ADDED_COLUMNS.items():  # a store made before these columns existed
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, definition in added:
+                    if present and name not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
             db.executescript(_SCHEMA)
-            voted = {row[1] for row in db.execute("PRAGMA table_info(approval_votes)")}
-            if "grant_minutes" not in voted:  # a store made before votes carried their grant
-                db.execute("ALTER TABLE approval_votes ADD COLUMN grant_minutes INTEGER NOT NULL DEFAULT 0")
             self._db = db
         return self._db
 
@@ -140,17 +152,8 @@ class SqliteStore:
         await self._run(self._connection)
 
     async def create(self, request: ApprovalRequest) -> None:
-        row = (request.id, request.agent, json.dumps(list(request.groups)), request.database, request.statement,
-               json.dumps(list(request.parameters)), request.statement_sha256, json.dumps(request.analysis),
-               request.rule, request.reason, request.client_address, request.application_name,
-               request.created_at, request.expires_at, request.status.value, None, None, None, None,
-               request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
-               request.shape, "[]")
-
         def insert() -> None:
-            self._connection().execute(
-                f"INSERT INTO approval_requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                row)
+            _insert(self._connection(), request)
 
         await self._run(insert)
 
@@ -241,6 +244,45 @@ class SqliteStore:
              reason if finished else None, now if finished else None, token if finished else None, approval_id))
         return _request(db.execute(select, (approval_id,)).fetchone()), outcome
 
+    async def retry(self, request: ApprovalRequest, *, now: float,
+                    window: float) -> tuple[ApprovalRequest, str, ApprovalRequest | None]:
+        def answer() -> tuple[ApprovalRequest, str, ApprovalRequest | None]:
+            db = self._connection()
+            with _transaction(db):  # BEGIN IMMEDIATE: one writer at a time, across processes too
+                return self._retry(db, request, now, window)
+
+        result: tuple[ApprovalRequest, str, ApprovalRequest | None] = await self._run(answer)
+        return result
+
+    @staticmethod
+    def _retry(db: sqlite3.Connection, request: ApprovalRequest, now: float,
+               window: float) -> tuple[ApprovalRequest, str, ApprovalRequest | None]:
+        row = db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE agent = ? AND database = ? "
+            "AND statement_sha256 = ? AND groups = ? AND analysis = ? AND hold_mode = 'retry' "
+            "ORDER BY created_at DESC LIMIT 1",
+            (request.agent, request.database, request.statement_sha256, json.dumps(list(request.groups)),
+             json.dumps(request.analysis))).fetchone()
+        earlier = _request(row) if row is not None else None
+        if earlier is not None:
+            if earlier.status is Status.PENDING:
+                if earlier.expires_at > now:
+                    return earlier, "pending", None
+                db.execute("UPDATE approval_requests SET status = ?, decided_at = ? WHERE id = ? AND status = ?",
+                           (Status.EXPIRED.value, earlier.expires_at, earlier.id, Status.PENDING.value))
+                earlier = replace(earlier, status=Status.EXPIRED, decided_at=earlier.expires_at)
+            decided_at = earlier.decided_at if earlier.decided_at is not None else earlier.expires_at
+            if now < decided_at + window:
+                if earlier.status is Status.APPROVED and earlier.used_at is None:
+                    used = db.execute("UPDATE approval_requests SET used_at = ? WHERE id = ? AND used_at IS NULL",
+                                      (now, earlier.id)).rowcount
+                    if used == 1:
+                        return replace(earlier, used_at=now), "used", None
+                elif earlier.status in (Status.DENIED, Status.EXPIRED):
+                    return earlier, earlier.status.value, None
+        _insert(db, request)
+        return request, "created", earlier
+
     async def add_grant(self, grant: Grant) -> None:
         def insert() -> None:
             self._connection().execute(
@@ -275,7 +317,7 @@ class SqliteStore:
     async def abandon_pending(self) -> int:
         def update() -> int:
             cursor = self._connection().execute(
-                "UPDATE approval_requests SET status = ? WHERE status = ?",
+                "UPDATE approval_requests SET status = ? WHERE status = ? AND hold_mode = 'wait'",
                 (Status.ABANDONED.value, Status.PENDING.value))
             return int(cursor.rowcount)
 
@@ -430,5 +472,17 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
         decided_at=values["decided_at"], decision_token=values["decision_token"],
         required_approvals=values["required_approvals"], reviewer_groups=tuple(json.loads(values["reviewer_groups"])),
         max_grant_minutes=values["max_grant_minutes"], shape=values["shape"],
-        approved_by=tuple(json.loads(values["approved_by"])),
+        approved_by=tuple(json.loads(values["approved_by"])), hold_mode=values["hold_mode"],
+        used_at=values["used_at"],
     )
+
+
+def _insert(db: sqlite3.Connection, request: ApprovalRequest) -> None:
+    row = (request.id, request.agent, json.dumps(list(request.groups)), request.database, request.statement,
+           json.dumps(list(request.parameters)), request.statement_sha256, json.dumps(request.analysis),
+           request.rule, request.reason, request.client_address, request.application_name,
+           request.created_at, request.expires_at, request.status.value, None, None, None, None,
+           request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
+           request.shape, "[]", request.hold_mode, None)
+    db.execute(f"INSERT INTO approval_requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+               row)
