@@ -819,7 +819,8 @@ class _Loader:
     def rule(self, at: _At, names: dict[str, int]) -> Rule:
         conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
                       "agents", "groups")
-        review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds")
+        review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds",
+                           "require_justification")
         found = self.mapping(at, ("name", "action", "reason", *conditions, *review_settings),
                              required=("name", "action"))
         name = self.string(found["name"])
@@ -841,6 +842,10 @@ class _Loader:
             return frozenset(self.names(found[key])) if key in found else frozenset()
 
         action = Action(self.choice(found["action"], [a.value for a in Action]))
+        require_justification = _opt(found, "require_justification", self.boolean, False)
+        if require_justification and action is not Action.REVIEW:
+            self.fail(found["require_justification"], f"only a review rule can require a justification (rule "
+                                                      f"{name!r} is {action.value}): it is what the reviewer reads")
         return Rule(
             name=name, action=action,
             reason=_opt(found, "reason", self.string, f"policy rule {name!r}"),
@@ -853,6 +858,7 @@ class _Loader:
             reviewer_groups=identities("reviewer_groups"),
             max_grant_minutes=_opt(found, "max_grant_minutes", lambda a: self.integer(a, 0, 7 * 24 * 60), 0),
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
+            require_justification=require_justification,
         )
 
     def logging(self, at: _At) -> LoggingConfig:

@@ -69,6 +69,7 @@ class Judgement:
     # raise anyway is the answer at once, without troubling a reviewer.
     ask: bool = False
     stale: bool = False  # REVIEW: it names what pgproxy's schema does not know (re-read it if the server does)
+    justify: str | None = None  # REVIEW: the rule behind it that requires the agent's justification to hold it
 
     @property
     def changes_lexing(self) -> bool:
@@ -92,7 +93,11 @@ CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
 
 
 def strictest(first: Judgement, second: Judgement) -> Judgement:
-    return second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
+    found = second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
+    if found.justify is None and found.verdict is Verdict.REVIEW and (first.justify or second.justify):
+        # A justification one of them requires is required of both.
+        return replace(found, justify=first.justify or second.justify)
+    return found
 
 
 def approved(judgement: Judgement) -> Judgement:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pgproxy.analysis.model import Analysis, Flag, Kind
@@ -52,6 +52,9 @@ class Rule:
     reviewer_groups: frozenset[str] = frozenset()  # empty: approvals.reviewers.groups
     max_grant_minutes: int = 0
     timeout_seconds: float | None = None  # empty: approvals.timeout_seconds
+    # A statement it holds must carry the agent's justification (see pgproxy.analysis.justification),
+    # or it is refused at once. Only review rules have one.
+    require_justification: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +73,14 @@ class Decision:
     action: Action
     rule: str  # the matching rule's name, or "default"
     reason: str
+    # REVIEW: the rule behind it (or behind another statement of its query string) that requires
+    # the agent's justification; None when none does.
+    justify: str | None = None
 
 
 def _fingerprint(policy: Policy) -> str:
     canonical = [[r.name, r.action, r.reason, r.approvals_required, r.max_grant_minutes, r.timeout_seconds,
-                  *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+                  r.require_justification, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
     return hashlib.sha256(json.dumps([canonical, policy.default]).encode()).hexdigest()[:16]
 
 
@@ -114,7 +120,7 @@ def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str
                         else "pgproxy could not read statements after this one")
     for rule in policy.rules:
         if rule_matches(rule, analysis, agent, groups):
-            return Decision(rule.action, rule.name, rule.reason)
+            return Decision(rule.action, rule.name, rule.reason, rule.name if rule.require_justification else None)
     if analysis.kind is Kind.UNKNOWN and policy.default is Action.ALLOW:
         reason = analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what this statement does"
         return Decision(Action.REVIEW, "unknown", reason)
@@ -126,5 +132,10 @@ def rule_named(policy: Policy, name: str) -> Rule | None:
 
 
 def strictest(decisions: Iterable[Decision]) -> Decision:
-    """The decision for a query string of several statements: the most severe one counts."""
-    return max(decisions, key=lambda d: d.action.severity)
+    """The decision for a query string of several statements: the most severe one counts. A
+    review needs a justification when any rule behind one of its statements requires it."""
+    decisions = list(decisions)
+    found = max(decisions, key=lambda d: d.action.severity)
+    if found.action is Action.REVIEW and found.justify is None:
+        return replace(found, justify=next((d.justify for d in decisions if d.justify is not None), None))
+    return found

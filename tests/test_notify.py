@@ -211,7 +211,9 @@ def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> 
     """An agent's name and the statement's identifiers reach Slack and Teams as text: no mention, no
     link, no fake Approve button, and the statement's code block cannot be closed from inside."""
     agent = "<!here> <https://evil.example/|Approve>"
-    sql = f'SELECT email AS "{HOSTILE}", phone AS "``` *bold* <!channel> ```" FROM customers WHERE id = 64'
+    reason = f"{HOSTILE} ``` *bold*"  # the agent's justification, as hostile as its identifiers
+    sql = (f'/* pgproxy: reason="{reason}" */ '
+           f'SELECT email AS "{HOSTILE}", phone AS "``` *bold* <!channel> ```" FROM customers WHERE id = 64')
     outcome: list[Any] = []
 
     def run() -> None:
@@ -224,7 +226,7 @@ def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> 
     worker = threading.Thread(target=run)
     worker.start()
     request = wait_pending(notifying, "WHERE id = 64")
-    assert request["agent"] == agent
+    assert (request["agent"], request["justification"]) == (agent, reason)
     wait_for(lambda: all(any(request["id"].encode() in body for _, body in receiver.payloads(path))
                          for path in ("/slack", "/teams")), "the chat notices")
 
@@ -236,6 +238,9 @@ def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> 
     shown = "\n".join(texts)
     assert "&lt;!channel&gt; &lt;https://evil.example/approve|Approve&gt;" in shown
     assert "`&lt;!here&gt; &lt;https://evil.example/|Approve&gt;`" in shown  # the agent, in a code span
+    claimed = next(t for t in texts if t.startswith("*Justification (the agent's claim, not checked by pgproxy)*"))
+    assert claimed.endswith("\n`&lt;!channel&gt; &lt;https://evil.example/approve|Approve&gt; [Approve](https://"
+                            "evil.example/approve) &lt;at&gt;dana&lt;/at&gt; \u02cb\u02cb\u02cb *bold*`")  # one span
     block = next(t for t in texts if t.startswith("```"))
     assert block.endswith("```") and "`" not in block[3:-3]  # one code block, nothing inside ends it
     assert "\u02cb\u02cb\u02cb *bold* &lt;!channel&gt; \u02cb\u02cb\u02cb" in block
@@ -246,7 +251,8 @@ def test_chat_messages_are_inert(notifying: ProxyThread, receiver: Receiver) -> 
     for text in _teams_markdown(card["body"]):
         assert "[" not in text and "<" not in text and "https://" not in text, text
     runs = [s for s in _strings(card["body"]) if HOSTILE in s or agent in s]
-    assert len(runs) == 2  # the statement and the agent, each as plain text (TextRun)
+    assert len(runs) == 3  # the statement, the agent and the justification, each as plain text (TextRun)
+    assert reason in runs and "Justification (the agent's claim, not checked by pgproxy): " in _strings(card["body"])
     assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Review", "url": request["url"]}]
 
     assert decide(notifying, request, "deny", reason="cleanup")[0] == 200

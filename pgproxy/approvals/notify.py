@@ -77,6 +77,7 @@ def summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
         "parameters": len(request.parameters), "statement_sha256": request.statement_sha256,
         "tagged_columns": tagged_columns(request), "application_name": request.application_name,
         "required_approvals": request.required_approvals, "expires_at": request.expires_at,
+        "justification": request.justification,
     }
 
 
@@ -111,6 +112,16 @@ def _slack_mrkdwn(text: str) -> dict[str, Any]:
     return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
+JUSTIFICATION_TITLE = "Justification (the agent's claim, not checked by pgproxy)"
+
+
+def _slack_justification(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The agent's reason, in a section of its own (a field's 2000 characters may not hold it escaped)."""
+    if not info["justification"]:
+        return []
+    return [{"type": "section", "text": _slack_mrkdwn(f"*{JUSTIFICATION_TITLE}*\n{slack_code(info['justification'])}")}]
+
+
 def slack_message(info: dict[str, Any]) -> dict[str, Any]:
     decision_value = f"{info['id']}:{info['statement_sha256']}"
     columns = ", ".join(slack_code(column) for column in info["tagged_columns"]) or "none"
@@ -125,6 +136,7 @@ def slack_message(info: dict[str, Any]) -> dict[str, Any]:
                 _slack_mrkdwn(f"*Rule*\n{slack_escape(info['rule'])}: {slack_escape(info['reason'])}"),
                 _slack_mrkdwn(f"*Tagged columns*\n{columns}"),
             ]},
+            *_slack_justification(info),
             {"type": "section", "text": _slack_mrkdwn(slack_code_block(info["statement"]))},
             {"type": "actions", "elements": [
                 {"type": "button", "text": {"type": "plain_text", "text": "Review"}, "url": info["url"],
@@ -160,6 +172,8 @@ def teams_message(info: dict[str, Any]) -> dict[str, Any]:
     facts = [_teams_fact("Agent", info["agent"]), _teams_fact("Database", info["database"]),
              _teams_fact("Rule", f"{info['rule']}: {info['reason']}"),
              _teams_fact("Tagged columns", ", ".join(info["tagged_columns"]) or "none")]
+    if info["justification"]:
+        facts.append(_teams_fact(JUSTIFICATION_TITLE, info["justification"]))
     return {"type": "message", "attachments": [{
         "contentType": "application/vnd.microsoft.card.adaptive",
         "content": {

@@ -91,7 +91,8 @@ class Approvals:
             self.audit.record("approval.requested", {
                 "approval_id": request.id, "agent": request.agent, "database": request.database,
                 "rule": request.rule, "statement_sha256": request.statement_sha256,
-                "required_approvals": request.required_approvals, "expires": iso(request.expires_at)})
+                "required_approvals": request.required_approvals, "expires": iso(request.expires_at),
+                "justification": request.justification})
         if self.notifier is not None:
             self.notifier.requested(request, self.link(request.id))  # in the background
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -197,7 +198,8 @@ class Approvals:
             self.audit.record("approval.decision", {
                 "approval_id": approval_id, "reviewer": reviewer.agent_id, "via": reviewer.method,
                 "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
-                "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256})
+                "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256,
+                "justification": request.justification})
         if outcome == "approved" and grant_minutes:
             # No approval widens an earlier one's grant (the store refuses it), so the last
             # approver's grant is the one every approver agreed to.

@@ -53,6 +53,7 @@ class ApprovalRequest:
     max_grant_minutes: int = 0  # the longest grant a reviewer may give with an approval
     shape: str = ""  # the normalized statement a grant covers
     approved_by: tuple[str, ...] = ()  # reviewers who approved so far
+    justification: str | None = None  # the agent's reason (its claim), from the statement's leading comment
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class ApprovalRequest:
             "decision_reason": self.decision_reason, "decided_at": self.decided_at,
             "decision_token": self.decision_token, "required_approvals": self.required_approvals,
             "approved_by": list(self.approved_by), "max_grant_minutes": self.max_grant_minutes,
+            "justification": self.justification,
         }
 
 

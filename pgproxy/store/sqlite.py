@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     reviewer_groups TEXT NOT NULL DEFAULT '[]',
     max_grant_minutes INTEGER NOT NULL DEFAULT 0,
     shape TEXT NOT NULL DEFAULT '',
-    approved_by TEXT NOT NULL DEFAULT '[]'
+    approved_by TEXT NOT NULL DEFAULT '[]',
+    justification TEXT
 );
 CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
 CREATE TABLE IF NOT EXISTS approval_votes (
@@ -86,7 +87,7 @@ BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's write 
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
             "decided_by", "decision_reason", "decided_at", "decision_token", "required_approvals",
-            "reviewer_groups", "max_grant_minutes", "shape", "approved_by")
+            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "justification")
 
 
 class SqliteStore:
@@ -133,6 +134,9 @@ class SqliteStore:
             voted = {row[1] for row in db.execute("PRAGMA table_info(approval_votes)")}
             if "grant_minutes" not in voted:  # a store made before votes carried their grant
                 db.execute("ALTER TABLE approval_votes ADD COLUMN grant_minutes INTEGER NOT NULL DEFAULT 0")
+            requested = {row[1] for row in db.execute("PRAGMA table_info(approval_requests)")}
+            if "justification" not in requested:  # a store made before requests carried the agent's reason
+                db.execute("ALTER TABLE approval_requests ADD COLUMN justification TEXT")
             self._db = db
         return self._db
 
@@ -145,7 +149,7 @@ class SqliteStore:
                request.rule, request.reason, request.client_address, request.application_name,
                request.created_at, request.expires_at, request.status.value, None, None, None, None,
                request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
-               request.shape, "[]")
+               request.shape, "[]", request.justification)
 
         def insert() -> None:
             self._connection().execute(
@@ -430,5 +434,5 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
         decided_at=values["decided_at"], decision_token=values["decision_token"],
         required_approvals=values["required_approvals"], reviewer_groups=tuple(json.loads(values["reviewer_groups"])),
         max_grant_minutes=values["max_grant_minutes"], shape=values["shape"],
-        approved_by=tuple(json.loads(values["approved_by"])),
+        approved_by=tuple(json.loads(values["approved_by"])), justification=values["justification"],
     )
