@@ -135,6 +135,8 @@ class Approvals:
             return Outcome(status)
         if closed is not None:
             log.info(f"approval request {status.value}", extra={"approval": approval_id})
+            if self.notifier is not None:
+                self.notifier.concluded(closed, self.link(approval_id))  # the chat follows, in the background
             return Outcome(status)
         waiter = self._waiters.get(approval_id)
         if waiter is not None and waiter.done():
@@ -208,6 +210,8 @@ class Approvals:
                 expires_at=now + grant_minutes * 60, approval_id=approval_id,
                 granted_by=", ".join(_voters(decided, reviewer.agent_id))))
         if outcome in ("approved", "denied"):
+            if self.notifier is not None:
+                self.notifier.concluded(decided, self.link(approval_id))  # the chat follows, in the background
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason,
