@@ -21,7 +21,7 @@ import yaml
 
 from pgproxy.analysis.model import Flag, Kind
 from pgproxy.approvals.http import HttpLimits
-from pgproxy.approvals.notify import NotifierConfig
+from pgproxy.approvals.notify import SLACK_API, NotifierConfig
 from pgproxy.names import canonical, invisible
 from pgproxy.policy import Action, HoldMode, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
@@ -251,6 +251,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _SLACK_USER_ID = re.compile(r"[A-Z0-9]{2,32}")
+_SLACK_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,32}")
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -806,8 +807,15 @@ class _Loader:
         )
 
     def notifier(self, at: _At) -> NotifierConfig:
-        found = self.mapping(at, ("kind", "url", "url_env", "secret_env", "secret_file", "rules"), required=("kind",))
+        found = self.mapping(at, ("kind", "url", "url_env", "secret_env", "secret_file", "rules", "token_env",
+                                  "token_file", "channel", "api_url"), required=("kind",))
         kind = self.choice(found["kind"], ["slack", "teams", "webhook"])
+        if kind == "slack" and self.at_most_one(found, ("token_env", "token_file", "url", "url_env")) in (
+                "token_env", "token_file"):
+            return self.slack_api(found)
+        for name in ("token_env", "token_file", "channel", "api_url"):
+            if name in found:
+                self.fail(found[name], "only for kind slack with a bot token (token_env or token_file)")
         source = self.exactly_one(at, found, ("url", "url_env"))  # webhook URLs are secrets too
         url = self.string(found[source]) if source == "url" else self.env(found[source])
         if not url.startswith(("https://", "http://")):
@@ -817,6 +825,28 @@ class _Loader:
         if secret is None and kind == "webhook":
             self.fail(at, "a webhook needs secret_env or secret_file: its payloads are signed (HMAC-SHA256)")
         return NotifierConfig(kind=kind, url=url, secret=secret,
+                              rules=frozenset(self.strings(found["rules"])) if "rules" in found else frozenset())
+
+    def slack_api(self, found: dict[str, _At]) -> NotifierConfig:
+        """Slack through its Web API (a bot token and a channel): messages can be edited when a request ends."""
+        source = "token_env" if "token_env" in found else "token_file"
+        token = self.secret(found, source)
+        if not token.startswith("xoxb-"):
+            self.fail(found[source], "expected a Slack bot token (xoxb-…)")
+        if "channel" not in found:
+            self.fail(found[source], "a bot token needs channel: the id of the Slack channel to post in (e.g. "
+                                     "C024BE91L)")
+        channel = self.string(found["channel"])
+        if not _SLACK_CHANNEL_ID.fullmatch(channel):
+            self.fail(found["channel"], f"expected a Slack channel id (C, G or D and capital letters and digits, "
+                                        f"e.g. C024BE91L), got {channel!r}; chat.update needs the id, not the name")
+        api_url = _opt(found, "api_url", self.string, SLACK_API).rstrip("/")
+        if not api_url.startswith(("https://", "http://")):
+            self.fail(found["api_url"], "expected an http:// or https:// URL")
+        for name in ("secret_env", "secret_file"):
+            if name in found:
+                self.fail(found[name], "only for kind webhook (its payloads are signed)")
+        return NotifierConfig(kind="slack", token=token, channel=channel, api_url=api_url,
                               rules=frozenset(self.strings(found["rules"])) if "rules" in found else frozenset())
 
     def slack(self, at: _At) -> dict[str, Any]:
@@ -860,7 +890,7 @@ class _Loader:
         conditions = ("kinds", "flags", "tags", "tags_read", "tags_written", "tables", "functions",
                       "agents", "groups")
         review_settings = ("approvals_required", "reviewer_groups", "max_grant_minutes", "timeout_seconds",
-                           "hold_mode")
+                           "hold_mode", "require_justification")
         found = self.mapping(at, ("name", "action", "reason", "observe", *conditions, *review_settings),
                              required=("name", "action"))
         name = self.string(found["name"])
@@ -890,6 +920,10 @@ class _Loader:
         if observe and not audited:
             self.fail(found["observe"], f"rule {name!r} is observed, which records what it would do only in the "
                                         "audit log, and there is none: add an audit section (or approvals)")
+        require_justification = _opt(found, "require_justification", self.boolean, False)
+        if require_justification and action is not Action.REVIEW:
+            self.fail(found["require_justification"], f"only a review rule can require a justification (rule "
+                                                      f"{name!r} is {action.value}): it is what the reviewer reads")
         return Rule(
             name=name, action=action,
             reason=_opt(found, "reason", self.string, f"policy rule {name!r}"),
@@ -904,6 +938,7 @@ class _Loader:
             timeout_seconds=_opt(found, "timeout_seconds", lambda a: self.number(a, 0, inclusive=False), None),
             observe=observe,
             hold_mode=_opt(found, "hold_mode", self.hold_mode, None),
+            require_justification=require_justification,
         )
 
     def hold_mode(self, at: _At) -> HoldMode:

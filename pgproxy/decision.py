@@ -72,6 +72,7 @@ class Judgement:
     # REVIEW: the policy's review or deny is only observed (mode: observe, or the rule's observe):
     # the hold point records it and lets the execution run without asking anyone.
     observed: bool = False
+    justify: str | None = None  # REVIEW: the rule behind it that requires the agent's justification to hold it
 
     @property
     def changes_lexing(self) -> bool:
@@ -96,10 +97,15 @@ CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
 
 def strictest(first: Judgement, second: Judgement) -> Judgement:
     """The stricter of two judgements; of two equal verdicts, one that is enforced outranks one
-    that is only observed (an observed review must not carry a held one through)."""
+    that is only observed (an observed review must not carry a held one through). A justification
+    one of them requires is required of the result."""
     if _STRICTNESS[second.verdict] != _STRICTNESS[first.verdict]:
-        return second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
-    return second if first.observed and not second.observed else first
+        found = second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
+    else:
+        found = second if first.observed and not second.observed else first
+    if found.justify is None and found.verdict is Verdict.REVIEW and (first.justify or second.justify):
+        return replace(found, justify=first.justify or second.justify)
+    return found
 
 
 def approved(judgement: Judgement) -> Judgement:

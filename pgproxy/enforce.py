@@ -19,6 +19,9 @@ import pglast
 
 from pgproxy.analysis.cache import DecisionCache, normalize, normalize_shaped, shape_key
 from pgproxy.analysis.gate import analyze, planning_runs_code
+from pgproxy.analysis.justification import FORM as JUSTIFICATION_FORM
+from pgproxy.analysis.justification import MalformedJustification
+from pgproxy.analysis.justification import justification as read_justification
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
@@ -332,6 +335,12 @@ class PolicyGate(StatementGate):
             return result
 
         try:
+            justification = read_justification(sql)
+        except MalformedJustification as exc:
+            return audited("malformed-justification", Judgement(Verdict.DENY, SqlState.SYNTAX_ERROR, exc.message))
+        if justification is None and judgement.justify is not None:
+            return audited("unjustified", _unjustified(judgement.justify))
+        try:
             grant = await approvals.covered(identity.agent_id, session.database, shape) if approvals else None
         except StoreError:
             grant = None
@@ -362,7 +371,8 @@ class PolicyGate(StatementGate):
             created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,
             reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
-            max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape, hold_mode=mode.value)
+            max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape, hold_mode=mode.value,
+            justification=justification)
         if mode is HoldMode.RETRY:  # most retries find their request: its view is made when read
             return await self._answer_retry(session, request, verdicts, audited)
         try:
@@ -386,7 +396,7 @@ class PolicyGate(StatementGate):
             audited("withdrawn", CANCELLED_WHILE_HELD, approval_id=request.id)
             raise
         held = {"approval_id": request.id, "reviewers": list(outcome.reviewers),
-                "decision_reason": outcome.reason}
+                "decision_reason": outcome.reason, "justification": justification}
         if outcome.status is Status.APPROVED:
             session.log.info("held statement approved", extra={"approval": request.id,
                                                                 "reviewer": outcome.reviewer})
@@ -567,7 +577,8 @@ class PolicyGate(StatementGate):
                          f"approval required (rule {decision.rule}): {decision.reason}",
                          detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
                          ask=protocol == "simple" and _server_can_check(analyses),
-                         stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons), observed=decision.observed)
+                         stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons), observed=decision.observed,
+                         justify=decision.justify)
 
     def _audit(self, session: Session, sql: str, protocol: str, verdicts: Verdicts | None,
                decision: Decision | None, outcome: str, sha: str | None,
@@ -723,6 +734,15 @@ def _touches(verdicts: Verdicts, targets: frozenset[str]) -> bool:
     through views and other functions), or names what the schema does not know yet."""
     return any(a.kind is Kind.UNKNOWN or a.tables & targets or a.functions & targets
                or (a.ddl_targets or frozenset()) & targets for a in verdicts.analyses)
+
+
+def _unjustified(rule: str) -> Judgement:
+    """The refusal of a statement held by a rule that requires a justification it does not carry."""
+    return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                     f"pgproxy refused this statement (rule {rule}): the rule requires a justification; start the "
+                     f"statement with {JUSTIFICATION_FORM}",
+                     detail='For example /* pgproxy: reason="ticket 42: refund order 7" */ SELECT …; the reviewer '
+                            "reads the reason as your claim before deciding.")
 
 
 def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pgproxy.analysis.model import Analysis, Flag, Kind
@@ -69,6 +69,9 @@ class Rule:
     timeout_seconds: float | None = None  # empty: approvals.timeout_seconds
     observe: bool = False  # record what this rule would do (review or deny) and let the statement run
     hold_mode: HoldMode | None = None  # empty: approvals.hold_mode
+    # A statement it holds must carry the agent's justification (see pgproxy.analysis.justification),
+    # or it is refused at once. Only review rules have one.
+    require_justification: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +97,15 @@ class Decision:
     def enforced(self) -> Action:
         """What happens to the statement: the action, or ALLOW when it is only observed."""
         return Action.ALLOW if self.observed else self.action
+    # REVIEW: the rule behind it (or behind another statement of its query string) that requires
+    # the agent's justification; None when none does.
+    justify: str | None = None
 
 
 def _fingerprint(policy: Policy) -> str:
     canonical = [[r.name, r.action, r.reason, r.approvals_required, r.max_grant_minutes, r.timeout_seconds,
-                  r.observe, r.hold_mode, *(sorted(getattr(r, f)) for f in _SET_FIELDS)] for r in policy.rules]
+                  r.observe, r.hold_mode, r.require_justification, *(sorted(getattr(r, f)) for f in _SET_FIELDS)]
+                 for r in policy.rules]
     return hashlib.sha256(json.dumps([canonical, policy.default, policy.observe]).encode()).hexdigest()[:16]
 
 
@@ -139,7 +146,8 @@ def decide(policy: Policy, analysis: Analysis, agent: str, groups: frozenset[str
     for rule in policy.rules:
         if rule_matches(rule, analysis, agent, groups):
             return Decision(rule.action, rule.name, rule.reason,
-                            observed=(policy.observe or rule.observe) and rule.action is not Action.ALLOW)
+                            observed=(policy.observe or rule.observe) and rule.action is not Action.ALLOW,
+                            justify=rule.name if rule.require_justification else None)
     if analysis.kind is Kind.UNKNOWN and policy.default is Action.ALLOW:
         reason = analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what this statement does"
         return Decision(Action.REVIEW, "unknown", reason, observed=policy.observe)
@@ -153,5 +161,10 @@ def rule_named(policy: Policy, name: str) -> Rule | None:
 
 def strictest(decisions: Iterable[Decision]) -> Decision:
     """The decision for a query string of several statements: the most severe one counts, by what
-    is enforced first (a review that holds outranks a deny that is only observed), then by action."""
-    return max(decisions, key=lambda d: (d.enforced.severity, d.action.severity))
+    is enforced first (a review that holds outranks a deny that is only observed), then by action.
+    A review needs a justification when any rule behind one of its statements requires it."""
+    decisions = list(decisions)
+    found = max(decisions, key=lambda d: (d.enforced.severity, d.action.severity))
+    if found.action is Action.REVIEW and found.justify is None:
+        return replace(found, justify=next((d.justify for d in decisions if d.justify is not None), None))
+    return found

@@ -126,7 +126,7 @@ class Approvals:
                 "approval_id": request.id, "agent": request.agent, "database": request.database,
                 "rule": request.rule, "statement_sha256": request.statement_sha256,
                 "required_approvals": request.required_approvals, "expires": iso(request.expires_at),
-                "hold_mode": request.hold_mode})
+                "hold_mode": request.hold_mode, "justification": request.justification})
         if self.notifier is not None:
             self.notifier.requested(request, self.link(request.id))  # in the background
 
@@ -185,6 +185,8 @@ class Approvals:
             return Outcome(status)
         if closed is not None:
             log.info(f"approval request {status.value}", extra={"approval": approval_id})
+            if self.notifier is not None:
+                self.notifier.concluded(closed, self.link(approval_id))  # the chat follows, in the background
             return Outcome(status)
         waiter = self._waiters.get(approval_id)
         if waiter is not None and waiter.done():
@@ -248,7 +250,8 @@ class Approvals:
             self.audit.record("approval.decision", {
                 "approval_id": approval_id, "reviewer": reviewer.agent_id, "via": reviewer.method,
                 "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
-                "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256})
+                "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256,
+                "justification": request.justification})
         if outcome == "approved" and grant_minutes:
             # No approval widens an earlier one's grant (the store refuses it), so the last
             # approver's grant is the one every approver agreed to.
@@ -257,6 +260,8 @@ class Approvals:
                 expires_at=now + grant_minutes * 60, approval_id=approval_id,
                 granted_by=", ".join(_voters(decided, reviewer.agent_id))))
         if outcome in ("approved", "denied"):
+            if self.notifier is not None:
+                self.notifier.concluded(decided, self.link(approval_id))  # the chat follows, in the background
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason,

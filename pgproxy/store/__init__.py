@@ -55,6 +55,7 @@ class ApprovalRequest:
     approved_by: tuple[str, ...] = ()  # reviewers who approved so far
     hold_mode: str = "wait"  # "retry": nobody waits; the agent runs the statement again (see Store.retry)
     used_at: float | None = None  # retry mode: when the approved statement ran (it runs once)
+    justification: str | None = None  # the agent's reason (its claim), from the statement's leading comment
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class ApprovalRequest:
             "decision_reason": self.decision_reason, "decided_at": self.decided_at,
             "decision_token": self.decision_token, "required_approvals": self.required_approvals,
             "approved_by": list(self.approved_by), "max_grant_minutes": self.max_grant_minutes,
-            "hold_mode": self.hold_mode, "used_at": self.used_at,
+            "hold_mode": self.hold_mode, "used_at": self.used_at, "justification": self.justification,
         }
 
 

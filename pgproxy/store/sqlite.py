@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     shape TEXT NOT NULL DEFAULT '',
     approved_by TEXT NOT NULL DEFAULT '[]',
     hold_mode TEXT NOT NULL DEFAULT 'wait',
-    used_at REAL
+    used_at REAL,
+    justification TEXT
 );
 CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
 CREATE INDEX IF NOT EXISTS approval_requests_statement
@@ -91,10 +92,11 @@ BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's write 
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
             "decided_by", "decision_reason", "decided_at", "decision_token", "required_approvals",
-            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "hold_mode", "used_at")
+            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "hold_mode", "used_at", "justification")
 # Columns added since the first stores were made: (name, definition), added to older stores.
 _ADDED_COLUMNS = {
-    "approval_requests": (("hold_mode", "TEXT NOT NULL DEFAULT 'wait'"), ("used_at", "REAL")),
+    "approval_requests": (("hold_mode", "TEXT NOT NULL DEFAULT 'wait'"), ("used_at", "REAL"),
+                          ("justification", "TEXT")),
     "approval_votes": (("grant_minutes", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
@@ -473,7 +475,7 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
         required_approvals=values["required_approvals"], reviewer_groups=tuple(json.loads(values["reviewer_groups"])),
         max_grant_minutes=values["max_grant_minutes"], shape=values["shape"],
         approved_by=tuple(json.loads(values["approved_by"])), hold_mode=values["hold_mode"],
-        used_at=values["used_at"],
+        used_at=values["used_at"], justification=values["justification"],
     )
 
 
@@ -483,6 +485,6 @@ def _insert(db: sqlite3.Connection, request: ApprovalRequest) -> None:
            request.rule, request.reason, request.client_address, request.application_name,
            request.created_at, request.expires_at, request.status.value, None, None, None, None,
            request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
-           request.shape, "[]", request.hold_mode, None)
+           request.shape, "[]", request.hold_mode, None, request.justification)
     db.execute(f"INSERT INTO approval_requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                row)
