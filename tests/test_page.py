@@ -15,7 +15,15 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pgproxy.pgcluster import PostgresCluster
-from tests.approvals_support import decide, direct_value, held_psql, reviewer_token, start_proxy, wait_pending
+from tests.approvals_support import (
+    api,
+    decide,
+    direct_value,
+    held_psql,
+    reviewer_token,
+    start_proxy,
+    wait_pending,
+)
 from tests.harness import ProxyThread, make_token
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,12 +54,19 @@ def test_reviewer_approves_in_the_browser(browser: Browser, approving: ProxyThre
     client = held_psql(approving, sql)
     try:
         request = wait_pending(approving, "WHERE id = 51")
-        context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+        # A phone, in Paris: times are the reviewer's local time, with the offset and the zone named.
+        context = browser.new_context(viewport={"width": 390, "height": 844}, timezone_id="Europe/Paris")
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         sign_in(page, request["url"])
         expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#summary")).to_have_text(
+            "An AI agent's statement is waiting for a reviewer. Nothing of it has run.")
+        expect(page.locator("#expires")).to_have_text(paris_time(request["expires_at"]))
+        expect(page.locator("#created")).to_have_text(paris_time(request["created_at"]))
+        expect(page.locator("#approve-means")).to_contain_text("Approve runs this statement once, for this session "
+                                                               "only; its rows (or its effect) go to the agent.")
         expect(page.locator("#statement")).to_contain_text("FROM customers")
         expect(page.locator("#statement")).to_contain_text("id = 51")
         expect(page.locator("#agent")).to_contain_text("agent")
@@ -64,10 +79,51 @@ def test_reviewer_approves_in_the_browser(browser: Browser, approving: ProxyThre
         page.click("#approve")
         expect(page.locator("#status")).to_have_text("approved")
         expect(page.locator("#status-detail")).to_contain_text("by alice: checked in the browser")
+        expect(page.locator("#summary")).to_have_text(
+            "Approved: the statement was released to run once for the agent's session; its rows (or its effect) "
+            "went to the agent.")
         out, _ = client.communicate(timeout=15)
         assert out.strip() == direct_value(pg, sql)
         assert not errors, errors
         context.close()
+    finally:
+        client.kill()
+
+
+def paris_time(seconds: float) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromtimestamp(seconds, ZoneInfo("Europe/Paris"))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]} (Europe/Paris)"
+
+
+def test_approving_a_write_asks_for_confirmation(browser: Browser, approving: ProxyThread) -> None:
+    """Approving a statement that changes data takes a second click in a dialog naming the
+    change; going back decides nothing. A read is approved in one click (the test above)."""
+    client = held_psql(approving, "UPDATE customers SET email = email WHERE id = 56")
+    try:
+        request = wait_pending(approving, "WHERE id = 56")
+        page = browser.new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        page.click("#approve")
+        dialog = page.locator("#confirm")
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("This statement writes data.")
+        page.click("#confirm-cancel")
+        expect(dialog).to_be_hidden()
+        page.wait_for_timeout(300)  # time for a decision to be sent, were one sent
+        status, found = api(approving, "GET", f"/api/approvals/{request['id']}", token=reviewer_token())
+        assert (status, found["status"]) == (200, "pending")
+        page.click("#approve")
+        page.click("#confirm-approve")
+        expect(page.locator("#status")).to_have_text("approved")
+        expect(page.locator("#summary")).to_contain_text("Approved")
+        _, err = client.communicate(timeout=15)
+        assert "ERROR" not in err
+        page.close()
     finally:
         client.kill()
 
@@ -166,7 +222,6 @@ def test_a_page_on_another_site_cannot_approve(browser: Browser, approving: Prox
     import threading
 
     from pgproxy.pgcluster import free_port
-    from tests.approvals_support import api
 
     client = held_psql(approving, "SELECT email FROM customers WHERE id = 53")
     try:
