@@ -357,8 +357,7 @@ class PolicyGate(StatementGate):
             rule=decision.rule if decision is not None else "review",
             reason=decision.reason if decision is not None else judgement.message,
             client_address=session.client_address,
-            application_name=session.parameters.get("application_name", ""),
-            created_at=now, expires_at=now + timeout,
+            application_name=_application_name(session), created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,
             reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
             max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape)
@@ -678,6 +677,13 @@ def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:
     if verdicts is None or any(a.literal_sensitive or a.tags_read or a.tags_written for a in verdicts.analyses):
         return f"= {sha}"
     return normalize(sql) or sql
+
+
+def _application_name(session: Session) -> str:
+    """The session's application_name now: as the server last reported it (a client may set it
+    after connecting, as pgjdbc does), else as the client's startup gave it."""
+    reported = session.model.application_name
+    return reported if reported is not None else session.parameters.get("application_name", "")
 
 
 def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, object]]:

@@ -85,6 +85,20 @@ async def test_asyncpg_extended_hold_covers_the_parameters(approving: ProxyThrea
         await conn.close()
 
 
+def test_the_request_names_the_application_the_session_set_last(approving: ProxyThread) -> None:
+    """pgjdbc (and others) set application_name after connecting: the request shows the
+    session's current one, as the server reported it, not the startup's."""
+    with psycopg.connect(approving.dsn(), autocommit=True, application_name="at-startup") as conn:
+        conn.execute("SET application_name = 'billing-agent'")
+        outcome: list[BaseException] = []
+        worker = threading.Thread(target=_capture, args=(outcome, conn, "SELECT email FROM customers WHERE id = 19"))
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 19")
+        assert request["application_name"] == "billing-agent"
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+        worker.join(15)
+
+
 def test_denied_inside_a_transaction_behaves_like_postgres(approving: ProxyThread, pg: PostgresCluster) -> None:
     before = direct_value(pg, "SELECT email FROM customers WHERE id = 14")
     with psycopg.connect(approving.dsn()) as conn:

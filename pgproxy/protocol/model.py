@@ -186,6 +186,7 @@ class ProtocolModel:
         self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
         self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
+        self.application_name: str | None = None  # as the server last reported it (ParameterStatus)
         self._probes = 0
         self.predicted_runs: list[str] = []
         self.refused_by_server = False  # the last `ask`: the server refused the text (its error went to the client)
@@ -602,6 +603,8 @@ class ProtocolModel:
     def parameter_status(self, body: bytes) -> None:
         """The server reported a setting: follow the ones that decide how it reads text."""
         status = m.decode_parameter_status(body)
+        if status.name == "application_name":
+            self.application_name = status.value  # set at startup, or later (SET, as pgjdbc does)
         problem = self.lexing.report(status.name, status.value, strict=self.strict)
         if problem is not None:
             raise Desync(problem)
