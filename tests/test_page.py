@@ -268,6 +268,48 @@ def held_in_thread(proxy: ProxyThread, sql: str, *parameters: str) -> threading.
     return worker
 
 
+def test_binary_parameters_are_shown_as_values(browser: Browser, approving: ProxyThread) -> None:
+    """asyncpg binds numbers, dates, uuids… in binary: the page shows each as the value it is
+    (read as the type the server described), not as the hex of its bytes."""
+    import asyncio
+    import datetime
+    import decimal
+    import uuid
+
+    import asyncpg
+
+    sql = ("SELECT email FROM customers WHERE id = $1 AND $2::int8 > 0 AND $3::numeric > 0 AND $4::float8 > 0 "
+           "AND $5::bool AND $6::uuid IS NOT NULL AND $7::date IS NOT NULL AND $8::timestamptz IS NOT NULL "
+           "AND $9::text IS NOT NULL AND $10::int2 > 0")
+    values = (11, 9_000_000_000, decimal.Decimal("-1234.050"), 0.5, True,
+              uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), datetime.date(2024, 2, 29),
+              datetime.datetime(2024, 2, 29, 13, 45, 6, 500000, tzinfo=datetime.UTC), "plain text", 7)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(approving.dsn())
+        try:
+            await conn.fetch(sql, *values)
+        except asyncpg.PostgresError:
+            pass  # denied below
+        finally:
+            await conn.close()
+
+    worker = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    worker.start()
+    request = wait_pending(approving, "AND $10::int2 > 0")
+    try:
+        page = browser.new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        shown = ["11", "9000000000", "-1234.050", "0.5", "true", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                 "2024-02-29", "2024-02-29 13:45:06.5+00", "plain text", "7"]
+        expect(page.locator("#parameters li")).to_have_text(shown)
+        page.close()
+    finally:
+        decide(approving, request, "deny", reason="cleanup")
+        worker.join(15)
+
+
 def test_a_long_statement_is_cut_with_its_hash_and_a_download(browser: Browser, approving: ProxyThread,
                                                               tmp_path: Path) -> None:
     from tests.test_approvals import big_statement

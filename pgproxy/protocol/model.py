@@ -33,8 +33,10 @@ knows the position of that error in the answers and replaces it with the proxy's
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from pgproxy.protocol.lexing import Lexing
 from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length as _unpack_length
+from pgproxy.wire.values import decode_parameter_description
 
 RESERVED_PREFIX = "pgproxy_reserved"  # statement and portal names a client may not use
 
@@ -614,6 +617,9 @@ class ProtocolModel:
             if type_byte != m.PARAMETER_DESCRIPTION:
                 raise self._desync(type_byte, "ParameterDescription")
             head.phase = _P_DESCRIBED
+            if head.statement is not None:
+                with contextlib.suppress(ValueError, struct.error):  # the types only label values for reviewers
+                    head.statement.param_types = decode_parameter_description(body)
             return out
         if type_byte == m.ROW_DESCRIPTION:
             columns: list[tuple[int, int]] = table_columns(body)
