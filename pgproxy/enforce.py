@@ -22,6 +22,7 @@ from pgproxy.analysis.gate import analyze, planning_runs_code
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
+from pgproxy.approvals.preview import Previews
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
 from pgproxy.decision import (
@@ -118,6 +119,8 @@ class PolicyGate(StatementGate):
         # statement touching one (or naming what the old schema does not know) waits for it.
         self._barriers: dict[str, list[tuple[frozenset[str], asyncio.Future[None]]]] = {}
         self._tagged: tuple[str, dict[tuple[int, int], str]] = ("", {})
+        # EXPLAIN previews of held statements, run in the background (see pgproxy.approvals.preview).
+        self.previews = Previews(config.approvals.explain_timeout_seconds if config.approvals is not None else 0)
 
     def state(self, session: Session) -> SessionState:
         if not isinstance(session.gate_state, SessionState):
@@ -371,6 +374,10 @@ class PolicyGate(StatementGate):
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
                                    "cancel the query to withdraw the request.")
+        if verdicts is not None and session.upstream is not None:
+            # Starts in the background and returns at once: it never delays the hold.
+            self.previews.start(request.id, session.upstream.route, sql, parameters, verdicts.analyses,
+                                self.state(session).search_path)
         try:
             outcome = await approvals.hold(request)
         except StoreError:
@@ -572,6 +579,7 @@ class PolicyGate(StatementGate):
     async def close(self) -> None:
         if self.approvals is not None:
             await self.approvals.close()
+        await self.previews.close()
         for task in list(self._refreshes):
             task.cancel()
         await asyncio.gather(*self._refreshes, return_exceptions=True)
@@ -699,6 +707,8 @@ def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, 
     shown = []
     for index, analysis in enumerate(analyses):
         described = analysis.to_json()
+        if analysis.ddl_targets is not None:
+            described["ddl_targets"] = sorted(analysis.ddl_targets)  # what DDL changes, for the reviewer
         described["statement"] = texts[index] if texts is not None and len(texts) == len(analyses) else None
         shown.append(described)
     return shown

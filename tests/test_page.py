@@ -310,6 +310,63 @@ def test_binary_parameters_are_shown_as_values(browser: Browser, approving: Prox
         worker.join(15)
 
 
+def test_the_page_shows_the_planners_estimate(browser: Browser, approving: ProxyThread, pg: PostgresCluster) -> None:
+    """While a statement waits, pgproxy plans it (EXPLAIN, on its own connection, with the
+    statement's parameters) and the page shows how many rows it would return or change, and the
+    plan; nothing of it runs."""
+    before = direct_value(pg, "SELECT count(*) FROM customers WHERE email LIKE '%@example.invalid'")
+    update = held_psql(approving, "UPDATE customers SET email = 'x@example.invalid' WHERE id < 4")
+    read = held_in_thread(approving, "SELECT email FROM customers WHERE id = %s", "42")
+    try:
+        changes = wait_pending(approving, "WHERE id < 4")
+        reads = wait_pending(approving, "WHERE id = $1")
+        page = browser.new_page()
+        sign_in(page, changes["url"])
+        expect(page.locator("#estimate")).to_have_text(
+            re.compile(r"The planner estimates it changes about \d+ rows?\."))
+        page.get_by_text("The plan (EXPLAIN: planned, not run)").click()
+        expect(page.locator("#plan")).to_contain_text("Update on customers")
+        page.goto(reads["url"])
+        expect(page.locator("#estimate")).to_have_text("The planner estimates it returns about 1 row.")
+        page.get_by_text("The plan (EXPLAIN: planned, not run)").click()
+        expect(page.locator("#plan")).to_contain_text("(id = 42)")  # planned with the parameter's value
+        page.close()
+        # Planned, not run: nothing changed while it waited.
+        assert direct_value(pg, "SELECT count(*) FROM customers WHERE email LIKE '%@example.invalid'") == before
+    finally:
+        for request in (changes, reads):
+            decide(approving, request, "deny", reason="cleanup")
+        update.communicate(timeout=15)
+        read.join(15)
+
+
+def test_no_estimate_for_ddl_or_code_the_planner_would_run(browser: Browser, approving: ProxyThread,
+                                                           pg: PostgresCluster) -> None:
+    """DDL is not planned: the page names what it changes. A statement calling a user function
+    is not planned either (the planner may run it): the page says why."""
+    pg.psql("CREATE OR REPLACE FUNCTION page_fold(x int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT x'",
+            dbname="app", user="app_scram")
+    ddl = held_psql(approving, "CREATE TABLE page_made (id int)")
+    code = held_psql(approving, "SELECT email FROM customers WHERE id = page_fold(57)")
+    try:
+        created = wait_pending(approving, "CREATE TABLE page_made")
+        calls = wait_pending(approving, "page_fold(57)")
+        page = browser.new_page()
+        sign_in(page, created["url"])
+        expect(page.locator("#estimate")).to_have_text("no estimate for DDL: see what it changes below")
+        expect(page.locator("#ddl-targets")).to_have_text("CREATE TABLE changes public.page_made")
+        expect(page.locator("#plan-box")).to_be_hidden()
+        page.goto(calls["url"])
+        expect(page.locator("#estimate")).to_contain_text("no estimate: planning this statement could run code")
+        page.close()
+    finally:
+        for request in (created, calls):
+            decide(approving, request, "deny", reason="cleanup")
+        ddl.communicate(timeout=15)
+        code.communicate(timeout=15)
+        pg.psql("DROP FUNCTION IF EXISTS page_fold(int)", dbname="app", user="app_scram")
+
+
 def test_a_long_statement_is_cut_with_its_hash_and_a_download(browser: Browser, approving: ProxyThread,
                                                               tmp_path: Path) -> None:
     from tests.test_approvals import big_statement

@@ -22,6 +22,7 @@ from aiohttp import web
 from pgproxy.approvals.display import DISPLAY_CHARS, LIST_CHARS, statement_view, text_bytes
 from pgproxy.approvals.http import CONNECTIONS, Connections, bounded
 from pgproxy.approvals.inputs import Malformed, decision_claims, slack_press, slack_stamp
+from pgproxy.approvals.preview import Preview, preview_of
 from pgproxy.approvals.service import Approvals, DecisionRefused
 from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig, SlackReviewer
 from pgproxy.errors import AuthFailed, IdentityRefused
@@ -159,7 +160,12 @@ async def get_approval(request: web.Request) -> web.Response:
         "statement_text": view.statement.to_json(),
         "parameter_texts": [p.to_json() if p is not None else None for p in view.parameters],
         "download_url": f"/api/approvals/{urllib.parse.quote(found.id, safe='')}/text",
+        "preview": (preview_of(found.id) or _NO_PREVIEW).to_json(),
     }, headers=_NO_STORE)
+
+
+# A request held by another pgproxy process (sharing a PostgreSQL store), or before a restart.
+_NO_PREVIEW = Preview("none", note="no estimate: this request was not held by this pgproxy process")
 
 
 def _listed(request: ApprovalRequest, approvals: Approvals, limit: int = LIST_CHARS) -> dict[str, Any]:

@@ -182,12 +182,38 @@ function render(request) {
       }
     }
   }
+  showEffect(request);
   $("columns").replaceChildren(...(columns.length ? columns : [Object.assign(document.createElement("li"), {textContent: "none"})]));
   showWarnings();
   $("decide").hidden = request.status !== "pending";
   $("grant-label").hidden = !request.max_grant_minutes;
   $("grant-means").hidden = !request.max_grant_minutes;
   $("grant").max = request.max_grant_minutes;
+}
+
+// What the statement will do: the planner's estimate (EXPLAIN, run by pgproxy in the
+// background while the request waits) and plan, or why there is none; what DDL changes.
+function showEffect(request) {
+  const statements = request.analysis.statements || [];
+  const preview = request.preview || {state: "none", note: ""};
+  let sentence = preview.note;
+  if (preview.state === "estimating") sentence = "Estimating… (pgproxy is asking the planner; nothing of the statement runs)";
+  if (preview.state === "ready") {
+    const rows = preview.rows == null ? "an unknown number of" : `about ${preview.rows.toLocaleString("en")}`;
+    const writes = statements.length === 1 && statements[0].kind === "write" && statements[0].command !== "SELECT";
+    sentence = `The planner estimates it ${writes ? "changes" : "returns"} ${rows} row${preview.rows === 1 ? "" : "s"}.`;
+  }
+  text("estimate", sentence, "estimate");
+  $("plan-box").hidden = preview.state !== "ready";
+  if (preview.state === "ready") marked($("plan"), preview.plan, "plan");
+  const targets = [];
+  for (const statement of statements) {
+    for (const target of statement.ddl_targets || []) {
+      targets.push(Object.assign(document.createElement("li"), {textContent: `${statement.command} changes ${target}`}));
+    }
+  }
+  $("ddl-targets").replaceChildren(...targets);
+  $("ddl-targets").hidden = !targets.length;
 }
 
 async function load() {
