@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pgproxy.pgcluster import PostgresCluster
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from tests.approvals_support import (
     api,
     decide,
@@ -126,6 +127,59 @@ def test_approving_a_write_asks_for_confirmation(browser: Browser, approving: Pr
         page.close()
     finally:
         client.kill()
+
+
+def held_psql_as(proxy: ProxyThread, agent: str, sql: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(find_pg_bin("psql")), "-X", "-At", proxy.dsn(agent), "-c", sql],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_inbox_lists_pending_requests_with_filters(browser: Browser, approving: ProxyThread) -> None:
+    """The inbox lists the pending requests a reviewer may decide, filtered by database, agent
+    and rule, each linking to its page; a reviewer outside the rules' groups sees none of them."""
+    clients = [held_psql_as(approving, "agent", "SELECT email FROM customers WHERE id = 58"),
+               held_psql_as(approving, "inbox-bot", "SELECT phone FROM customers WHERE id = 59"),
+               held_psql_as(approving, "agent", "CREATE TABLE inbox_made (id int)")]
+    requests = []
+    try:
+        for fragment in ("WHERE id = 58", "WHERE id = 59", "CREATE TABLE inbox_made"):
+            requests.append(wait_pending(approving, fragment))
+        base = approving.server.approvals_url
+        page = browser.new_page()
+        page.goto(f"{base}/approvals")
+        page.fill("#token", reviewer_token())
+        page.click("#signin-button")
+        listed = page.locator("#requests li")
+        for fragment in ("WHERE id = 58", "WHERE id = 59", "CREATE TABLE inbox_made"):
+            expect(listed.filter(has_text=fragment)).to_have_count(1)
+        expect(listed.filter(has_text="WHERE id = 59")).to_contain_text("inbox-bot on app · rule personal-data")
+        page.select_option("#filter-agent", "inbox-bot")
+        expect(listed).to_have_count(1)
+        expect(listed).to_contain_text("WHERE id = 59")
+        page.select_option("#filter-agent", "agent")
+        page.select_option("#filter-rule", "schema-change")
+        expect(listed.filter(has_text="CREATE TABLE inbox_made")).to_have_count(1)
+        expect(listed.filter(has_text="WHERE id = 58")).to_have_count(0)
+        page.select_option("#filter-rule", "")
+        page.select_option("#filter-database", "app")
+        expect(listed.filter(has_text="WHERE id = 58")).to_have_count(1)
+        assert "agent=agent" in page.url and "database=app" in page.url  # a filtered inbox can be shared
+        page.get_by_role("link", name=re.compile("WHERE id = 58")).click()
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#statement")).to_contain_text("id = 58")
+        page.close()
+        # Only what the reviewer may read: a token in no group of these rules lists nothing.
+        context = browser.new_context(extra_http_headers={
+            "X-Forwarded-Access-Token": reviewer_token("erin", groups=("auditors",))})
+        page = context.new_page()
+        page.goto(f"{base}/approvals")
+        expect(page.locator("#count")).to_have_text("0 of 0 pending requests")
+        context.close()
+    finally:
+        for request in requests:
+            decide(approving, request, "deny", reason="cleanup")
+        for client in clients:
+            client.kill()
 
 
 def test_page_updates_when_another_reviewer_decides(browser: Browser, approving: ProxyThread) -> None:
@@ -432,9 +486,10 @@ def test_the_page_and_the_server_agree_on_invisible_characters() -> None:
     """The page's character class is display.py's, in JavaScript's spelling."""
     from pgproxy.approvals.display import INVISIBLE_CLASS
 
-    script = (Path(__file__).resolve().parent.parent / "pgproxy/approvals/assets/approval.js").read_text()
-    found = re.search(r'const INVISIBLE = new RegExp\("\[(.*?)\]", "gu"\);', script.replace('" +\n', "")
-                      .replace(" " * 29 + '"', ""), re.S)
-    assert found is not None
     python = re.sub(r"\\U000([0-9A-F]{5})", r"\\u{\1}", INVISIBLE_CLASS)
-    assert found.group(1).replace("\\\\", "\\") == python
+    for name in ("approval.js", "inbox.js"):  # the request page's, and the inbox's
+        script = (Path(__file__).resolve().parent.parent / "pgproxy/approvals/assets" / name).read_text()
+        found = re.search(r'const INVISIBLE = new RegExp\("\[(.*?)\]", "gu"\);', script.replace('" +\n', "")
+                          .replace(" " * 29 + '"', ""), re.S)
+        assert found is not None, name
+        assert found.group(1).replace("\\\\", "\\") == python, name
