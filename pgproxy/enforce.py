@@ -374,12 +374,14 @@ class PolicyGate(StatementGate):
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
                                    "cancel the query to withdraw the request.")
+        preview = None
         if verdicts is not None and session.upstream is not None:
-            # Starts in the background and returns at once: it never delays the hold.
-            self.previews.start(request.id, session.upstream.route, sql, parameters, verdicts.analyses,
-                                self.state(session).search_path)
+            # Shown as "estimating" from the start; run once the request is stored, in the
+            # background: it never delays the request.
+            preview = self.previews.start(request.id, session.upstream.route, sql, parameters, verdicts.analyses,
+                                          self.state(session).search_path)
         try:
-            outcome = await approvals.hold(request)
+            outcome = await approvals.hold(request, stored=preview)
         except StoreError:
             log.exception("approval store unavailable", extra={"session": session.id})
             return audited("error", Judgement(

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pgproxy.analysis.gate import planning_runs_code
@@ -113,22 +113,25 @@ class Previews:
         self._running: asyncio.Semaphore | None = None  # made on the event loop that uses it
 
     def start(self, approval_id: str, route: Route, sql: str, parameters: tuple[str | None, ...],
-              analyses: Sequence[Analysis], search_path: tuple[str, ...] | None) -> None:
-        """Record the request's preview as estimating (or why there is none) and run it in the
-        background; returns at once."""
+              analyses: Sequence[Analysis], search_path: tuple[str, ...] | None) -> Callable[[], None] | None:
+        """Record the request's preview as estimating (or why there is none, returning None);
+        return what starts the EXPLAIN in the background (call it once the request is stored)."""
         if self.timeout_seconds <= 0:
             _keep(approval_id, Preview("none", note="no estimate: EXPLAIN previews are off "
                                                     "(approvals.explain_timeout_seconds: 0)"))
-            return
+            return None
         why = not_explained(analyses, sql)
         if why is not None:
             _keep(approval_id, Preview("none", note=why))
-            return
+            return None
         _keep(approval_id, ESTIMATING)
-        task = asyncio.get_running_loop().create_task(
-            self._run(approval_id, route, sql, parameters, search_path))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def run() -> None:
+            task = asyncio.get_running_loop().create_task(
+                self._run(approval_id, route, sql, parameters, search_path))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return run
 
     async def _run(self, approval_id: str, route: Route, sql: str, parameters: tuple[str | None, ...],
                    search_path: tuple[str, ...] | None) -> None:

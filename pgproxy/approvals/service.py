@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -78,9 +79,10 @@ class Approvals:
     def held(self) -> int:
         return len(self._waiters)
 
-    async def hold(self, request: ApprovalRequest) -> Outcome:
+    async def hold(self, request: ApprovalRequest, *, stored: Callable[[], None] | None = None) -> Outcome:
         """Store `request` and wait for its outcome. Cancelling the wait withdraws it, also while
-        the request is still being stored (a client gone right after the hold notice)."""
+        the request is still being stored (a client gone right after the hold notice). `stored`
+        is called once the request is stored (work that must not delay it starts there)."""
         created = asyncio.ensure_future(self.store.create(request))
         try:
             await asyncio.shield(created)  # StoreError propagates: the statement does not run
@@ -94,6 +96,8 @@ class Approvals:
                 "required_approvals": request.required_approvals, "expires": iso(request.expires_at)})
         if self.notifier is not None:
             self.notifier.requested(request, self.link(request.id))  # in the background
+        if stored is not None:
+            stored()
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[request.id] = waiter
         log.info("statement held", extra={"approval": request.id, "agent": request.agent, "rule": request.rule})
