@@ -159,6 +159,8 @@ class ApprovalsConfig:
     slack_users: dict[str, SlackReviewer] = field(default_factory=dict)  # by Slack user id
     sso_header: str | None = None  # a header an SSO proxy in front sets to the reviewer's token
     http: HttpLimits = field(default_factory=HttpLimits)  # the web app's connections: how many, how slow, how large
+    # The EXPLAIN preview of a held statement (pgproxy.approvals.preview): its time limit; 0: none.
+    explain_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -702,7 +704,7 @@ class _Loader:
                                   "retry_window_seconds", "signing_key_env",
                                   "signing_key_file", "reviewers", "decision_tokens", "demo_login_token_file",
                                   "demo_login_code_file",
-                                  "notify", "slack", "http"),
+                                  "notify", "slack", "http", "explain_timeout_seconds"),
                              required=("reviewers",))
         if "demo_login_token_file" in found and "demo_login_code_file" not in found:
             self.fail(found["demo_login_token_file"], "needs demo_login_code_file: the demo's sign-in hands the "
@@ -744,6 +746,8 @@ class _Loader:
             else None,
             notifiers=tuple(self.notifier(item) for item in self.items(found["notify"])) if "notify" in found else (),
             http=self.http_limits(found["http"]) if "http" in found else HttpLimits(),
+            explain_timeout_seconds=_opt(found, "explain_timeout_seconds",
+                                         lambda a: self.number(a, 0, inclusive=True), 5.0),
             **self.slack(found["slack"]) if "slack" in found else {},
         )
 

@@ -22,6 +22,7 @@ from pgproxy.protocol.lexing import UnreadableText
 from pgproxy.protocol.objects import REFERENCES, OpKind
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length
+from pgproxy.wire.values import binary_text
 
 if TYPE_CHECKING:
     from pgproxy.session import Session
@@ -114,9 +115,12 @@ def approved(judgement: Judgement) -> Judgement:
     return replace(judgement, verdict=Verdict.ALLOW)
 
 
-def shown_parameters(bind: bytes | None, codec: str | None = None) -> tuple[str | None, ...]:
+def shown_parameters(bind: bytes | None, codec: str | None = None,
+                     types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
     """Bind parameters as a reviewer sees them: text as text (in the session's client encoding,
-    `codec`; None: UTF-8), binary values as hex."""
+    `codec`; None: UTF-8), binary values as the text of their type (`types`: the statement's
+    parameter type OIDs, see PreparedStatement), or as hex when the type is unknown or not one
+    pgproxy reads (pgproxy.wire.values)."""
     if bind is None:
         return ()
     decoded = m.decode_bind(bind)
@@ -127,7 +131,8 @@ def shown_parameters(bind: bytes | None, codec: str | None = None) -> tuple[str 
         if value is None:
             shown.append(None)
         elif binary:
-            shown.append("\\x" + value.hex())
+            text = binary_text(types[index], value) if index < len(types) else None
+            shown.append(text if text is not None else "\\x" + value.hex())
         else:
             shown.append(value.decode(codec or "utf-8", "replace"))
     return tuple(shown)
@@ -159,6 +164,7 @@ class Execution:
     parameters: bytes | None  # the Bind body of the portal run (its parameters)
     approve: list[Portal]  # portals an approval of this execution covers
     runs: PreparedStatement | None = None  # for EXECUTE x / FETCH c: the statement that name runs
+    parameter_types: tuple[int, ...] = ()  # of the statement the parameters were bound to
 
 
 def facts(statement: PreparedStatement) -> Judgement:
@@ -188,14 +194,15 @@ def execution(model: ProtocolModel, portal: Portal) -> Execution | None:
     if not certain:
         return None
     if statement.op is None or statement.op.kind not in REFERENCES:
-        return Execution(own, statement.sql, portal.bind, [portal])
+        return Execution(own, statement.sql, portal.bind, [portal], parameter_types=statement.param_types)
     judged, sql, bind, covered = _referenced(target)
     combined = strictest(own, judged)
     combined = replace(combined, composed=True, parts=(
         Part(None, own.permitted | judged.permitted, own.changes_lexing or judged.changes_lexing),))
     shown = f"{statement.sql}\n-- {statement.op.name if statement.op else ''} is: {sql}" if sql else statement.sql
     runs = target.statement if isinstance(target, Portal) else target
-    return Execution(combined, shown, bind or portal.bind, [portal, *covered], runs)
+    types = target.statement.param_types if isinstance(target, Portal) and bind else statement.param_types
+    return Execution(combined, shown, bind or portal.bind, [portal, *covered], runs, types)
 
 
 class StatementGate:
@@ -415,7 +422,7 @@ class DecisionPoint:
                 return self.refusal(m.PARSE, judged)
         parts = judged.parts
         op = parts[0].op if parts is not None and len(parts) == 1 else None
-        self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op))
+        self.model.parse(parse.name, PreparedStatement(parse.sql, judged, op, param_types=parse.param_types))
         return None
 
     def _on_bind(self, buf: bytes, start: int, end: int, resume: Resume | None) -> Refuse | Wait | None:
@@ -444,7 +451,7 @@ class DecisionPoint:
                 if judged.verdict is Verdict.REVIEW and self.gate.holds and found is not None:
                     if judged.stale and not (resume is not None and resume.asked):
                         return Wait(refresh=found)
-                    return Wait(hold=(found.sql, shown_parameters(body, model.lexing.codec), judged))
+                    return Wait(hold=(found.sql, shown_parameters(body, model.lexing.codec, found.param_types), judged))
                 return self.refusal(m.BIND, judged)
             created = model.bind(portal, statement, body)
             if created is not None:
@@ -485,7 +492,7 @@ class DecisionPoint:
         if judged.verdict is Verdict.REVIEW and self.gate is not None and self.gate.holds:
             if judged.stale and not (resume is not None and resume.asked) and found.runs is None:
                 return Wait(refresh=portal.statement)
-            shown = shown_parameters(found.parameters, model.lexing.codec)
+            shown = shown_parameters(found.parameters, model.lexing.codec, found.parameter_types)
             return Wait(hold=(found.sql, shown, judged), approve=found.approve)
         return self.refusal(m.EXECUTE, judged)
 
@@ -541,7 +548,8 @@ class DecisionPoint:
         if combined.verdict is Verdict.REVIEW and self.gate.holds:
             if judged.ask and not (resume is not None and resume.asked):
                 return Wait(ask=(body, sql), judged=judged)
-            return Wait(hold=(shown, shown_parameters(bind, model.lexing.codec), combined), judged=judged,
+            types = next((p.statement.param_types for p in reversed(covered) if p.bind), ())  # whose bind it is
+            return Wait(hold=(shown, shown_parameters(bind, model.lexing.codec, types), combined), judged=judged,
                         approve=covered)
         return self.refusal(type_byte, combined)
 

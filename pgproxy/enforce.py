@@ -25,6 +25,7 @@ from pgproxy.analysis.justification import justification as read_justification
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
+from pgproxy.approvals.preview import Previews
 from pgproxy.approvals.service import Approvals, statement_sha256
 from pgproxy.audit import AuditLog, iso, members, statement_members
 from pgproxy.decision import (
@@ -121,6 +122,8 @@ class PolicyGate(StatementGate):
         # statement touching one (or naming what the old schema does not know) waits for it.
         self._barriers: dict[str, list[tuple[frozenset[str], asyncio.Future[None]]]] = {}
         self._tagged: tuple[str, dict[tuple[int, int], str]] = ("", {})
+        # EXPLAIN previews of held statements, run in the background (see pgproxy.approvals.preview).
+        self.previews = Previews(config.approvals.explain_timeout_seconds if config.approvals is not None else 0)
 
     def state(self, session: Session) -> SessionState:
         if not isinstance(session.gate_state, SessionState):
@@ -367,8 +370,7 @@ class PolicyGate(StatementGate):
             rule=decision.rule if decision is not None else "review",
             reason=decision.reason if decision is not None else judgement.message,
             client_address=session.client_address,
-            application_name=session.parameters.get("application_name", ""),
-            created_at=now, expires_at=now + timeout,
+            application_name=_application_name(session), created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,
             reviewer_groups=tuple(sorted(rule.reviewer_groups)) if rule is not None else (),
             max_grant_minutes=rule.max_grant_minutes if rule is not None else 0, shape=shape, hold_mode=mode.value,
@@ -385,8 +387,14 @@ class PolicyGate(StatementGate):
         session.send_notice(f"statement held for approval: {approvals.link(request.id)}",
                             detail=f"{judgement.message}. A reviewer must approve it before {expires}; "
                                    "cancel the query to withdraw the request.")
+        preview = None
+        if verdicts is not None and session.upstream is not None:
+            # Shown as "estimating" from the start; run once the request is stored, in the
+            # background: it never delays the request.
+            preview = self.previews.start(request.id, session.upstream.route, sql, parameters, verdicts.analyses,
+                                          self.state(session).search_path)
         try:
-            outcome = await approvals.hold(request)
+            outcome = await approvals.hold(request, stored=preview)
         except StoreError:
             log.exception("approval store unavailable", extra={"session": session.id})
             return audited("error", Judgement(
@@ -635,6 +643,7 @@ class PolicyGate(StatementGate):
     async def close(self) -> None:
         if self.approvals is not None:
             await self.approvals.close()
+        await self.previews.close()
         for task in list(self._refreshes):
             task.cancel()
         await asyncio.gather(*self._refreshes, return_exceptions=True)
@@ -755,6 +764,13 @@ def _grant_key(sql: str, sha: str, verdicts: Verdicts | None) -> str:
     return normalize(sql) or sql
 
 
+def _application_name(session: Session) -> str:
+    """The session's application_name now: as the server last reported it (a client may set it
+    after connecting, as pgjdbc does), else as the client's startup gave it."""
+    reported = session.model.application_name
+    return reported if reported is not None else session.parameters.get("application_name", "")
+
+
 def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, object]]:
     """The analyses an approval request shows, each with the text of the statement under review:
     a decision cached for the statement's shape carries another statement's text, whose literals
@@ -768,6 +784,8 @@ def _request_analyses(sql: str, analyses: Sequence[Analysis]) -> list[dict[str, 
     shown = []
     for index, analysis in enumerate(analyses):
         described = analysis.to_json()
+        if analysis.ddl_targets is not None:
+            described["ddl_targets"] = sorted(analysis.ddl_targets)  # what DDL changes, for the reviewer
         described["statement"] = texts[index] if texts is not None and len(texts) == len(analyses) else None
         shown.append(described)
     return shown

@@ -66,8 +66,9 @@ async def test_asyncpg_extended_hold_covers_the_parameters(approving: ProxyThrea
     try:
         fetch = asyncio.create_task(conn.fetch("SELECT email FROM customers WHERE id = $1", 12))
         request = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1")
-        # asyncpg binds in binary: the reviewer is shown the exact bytes (int4 12) as hex.
-        assert request["parameters"] == ["\\x0000000c"]
+        # asyncpg binds in binary: the reviewer is shown the value, read as the type the server
+        # described for the parameter (int4), not its bytes.
+        assert request["parameters"] == ["12"]
         assert not fetch.done()
         status, _ = await asyncio.to_thread(decide, approving, request)
         assert status == 200
@@ -76,13 +77,27 @@ async def test_asyncpg_extended_hold_covers_the_parameters(approving: ProxyThrea
         # Another execution of the same prepared statement is a new request (approve once).
         again = asyncio.create_task(conn.fetch("SELECT email FROM customers WHERE id = $1", 13))
         second = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1")
-        assert second["id"] != request["id"] and second["parameters"] == ["\\x0000000d"]
+        assert second["id"] != request["id"] and second["parameters"] == ["13"]
         await asyncio.to_thread(decide, approving, second, "deny", reason="not needed")
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied by reviewer alice: not needed"):
             await asyncio.wait_for(again, 15)
         assert await conn.fetchval("SELECT count(*) FROM orders WHERE id < $1", 3) == 2
     finally:
         await conn.close()
+
+
+def test_the_request_names_the_application_the_session_set_last(approving: ProxyThread) -> None:
+    """pgjdbc (and others) set application_name after connecting: the request shows the
+    session's current one, as the server reported it, not the startup's."""
+    with psycopg.connect(approving.dsn(), autocommit=True, application_name="at-startup") as conn:
+        conn.execute("SET application_name = 'billing-agent'")
+        outcome: list[BaseException] = []
+        worker = threading.Thread(target=_capture, args=(outcome, conn, "SELECT email FROM customers WHERE id = 19"))
+        worker.start()
+        request = wait_pending(approving, "WHERE id = 19")
+        assert request["application_name"] == "billing-agent"
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+        worker.join(15)
 
 
 def test_denied_inside_a_transaction_behaves_like_postgres(approving: ProxyThread, pg: PostgresCluster) -> None:
@@ -194,6 +209,20 @@ def test_held_statement_in_the_middle_of_a_pipeline(approving: ProxyThread, pg: 
     assert [chr(t) for t, _ in second] == ["1", "2", "D", "C", "Z"]
     assert direct_value(pg, "SELECT email FROM customers WHERE id = 19").encode() in second[2][1]
     assert [chr(t) for t, _ in third] == ["1", "2", "D", "C", "Z"] and third[2][1].endswith(b"third")
+
+
+def test_binary_parameters_of_types_the_parse_declared(approving: ProxyThread) -> None:
+    """pgjdbc declares the types of the parameters it sends in binary in its Parse, and does not
+    describe the statement: the request shows the values, read as those types."""
+    sql = "SELECT email FROM customers WHERE id = $1 AND $2::int8 > 0"
+    with raw_session(approving) as client:
+        client.send(m.Parse("", sql, (23, 20)).encode()
+                    + m.Bind("", "", (1,), (b"\x00\x00\x00\x0b", (-5).to_bytes(8, "big", signed=True)), ()).encode()
+                    + m.Execute("").encode() + m.Sync().encode())
+        request = wait_pending(approving, "AND $2::int8 > 0")
+        assert request["parameters"] == ["11", "-5"]
+        assert decide(approving, request, "deny", reason="done")[0] == 200
+        client.until_ready()
 
 
 def test_store_failure_fails_closed(approving: ProxyThread, pg: PostgresCluster,

@@ -254,6 +254,19 @@ def test_hold_settings_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert str(raised.value) == expected.replace("{file}", str(path))
 
 
+def test_explain_previews_have_a_time_limit_and_can_be_turned_off(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", "k" * 32)
+    base = ("routes:\n  app: {host: db, user: u}\n<auth>\napprovals:\n  signing_key_env: SIGNING_KEY\n"
+            "  reviewers: {jwt: {secret_env: SIGNING_KEY}}\n")
+    default = load_config(write(tmp_path, base)).approvals
+    assert default is not None and default.explain_timeout_seconds == 5.0
+    off = load_config(write(tmp_path, base + "  explain_timeout_seconds: 0\n")).approvals
+    assert off is not None and off.explain_timeout_seconds == 0
+    with pytest.raises(ConfigError, match=r"approvals\.explain_timeout_seconds: expected a number of at least 0"):
+        load_config(write(tmp_path, base + "  explain_timeout_seconds: -1\n"))
+
+
 SLACK_BASE = """\
 routes:
   app: {host: db, user: u}

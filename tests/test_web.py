@@ -25,10 +25,11 @@ from tests.approvals_support import approvals_config, decide, held_psql, reviewe
 from tests.harness import ProxyThread, make_token, write_enforce_config
 from tests.test_cli import clean_env, pgproxy_command
 
-# Routes anyone may call, and what they may tell: liveness, the page's static shell and assets,
+# Routes anyone may call, and what they may tell: liveness, the pages' static shells and assets,
 # whether the demo's sign-in is offered (and the sign-in itself, which takes the demo's code),
 # who the caller is (nobody), and Slack's signed callbacks. Every other route needs a reviewer.
-PUBLIC = {("GET", "/healthz"), ("GET", "/approvals/{id}"), ("GET", "/assets/{name}"), ("GET", "/api/demo-login"),
+PUBLIC = {("GET", "/healthz"), ("GET", "/approvals"), ("GET", "/approvals/{id}"), ("GET", "/assets/{name}"),
+          ("GET", "/api/demo-login"),
           ("POST", "/api/demo-login"), ("GET", "/api/whoami"), ("POST", "/slack/interactivity")}
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -94,9 +95,10 @@ class Approvals:
     def held(self) -> int:
         return len(self._waiters)
 
-    async def hold(self, request: ApprovalRequest) -> Outcome:
+    async def hold(self, request: ApprovalRequest, *, stored: Callable[[], None] | None = None) -> Outcome:
         """Store `request` and wait for its outcome. Cancelling the wait withdraws it, also while
-        the request is still being stored (a client gone right after the hold notice)."""
+        the request is still being stored (a client gone right after the hold notice). `stored`
+        is called once the request is stored (work that must not delay it starts there)."""
         created = asyncio.ensure_future(self.store.create(request))
         try:
             await asyncio.shield(created)  # StoreError propagates: the statement does not run
@@ -104,6 +106,8 @@ class Approvals:
             await self._withdraw(created, request.id)
             raise
         self._requested(request)
+        if stored is not None:
+            stored()
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[request.id] = waiter
         log.info("statement held", extra={"approval": request.id, "agent": request.agent, "rule": request.rule})

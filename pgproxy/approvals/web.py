@@ -22,6 +22,7 @@ from aiohttp import web
 from pgproxy.approvals.display import DISPLAY_CHARS, LIST_CHARS, statement_view, text_bytes
 from pgproxy.approvals.http import CONNECTIONS, Connections, bounded
 from pgproxy.approvals.inputs import Malformed, decision_claims, slack_press, slack_stamp
+from pgproxy.approvals.preview import Preview, preview_of
 from pgproxy.approvals.service import Approvals, DecisionRefused
 from pgproxy.config import ApprovalsConfig, AuthConfig, JwtConfig, SlackReviewer
 from pgproxy.errors import AuthFailed, IdentityRefused
@@ -159,7 +160,12 @@ async def get_approval(request: web.Request) -> web.Response:
         "statement_text": view.statement.to_json(),
         "parameter_texts": [p.to_json() if p is not None else None for p in view.parameters],
         "download_url": f"/api/approvals/{urllib.parse.quote(found.id, safe='')}/text",
+        "preview": (preview_of(found.id) or _NO_PREVIEW).to_json(),
     }, headers=_NO_STORE)
+
+
+# A request held by another pgproxy process (sharing a PostgreSQL store), or before a restart.
+_NO_PREVIEW = Preview("none", note="no estimate: this request was not held by this pgproxy process")
 
 
 def _listed(request: ApprovalRequest, approvals: Approvals, limit: int = LIST_CHARS) -> dict[str, Any]:
@@ -203,7 +209,7 @@ async def statement_text(request: web.Request) -> web.StreamResponse:
 
 
 _ASSETS = resources.files("pgproxy.approvals").joinpath("assets")
-_CONTENT_TYPES = {"approval.js": "text/javascript", "approval.css": "text/css"}
+_CONTENT_TYPES = {"approval.js": "text/javascript", "approval.css": "text/css", "inbox.js": "text/javascript"}
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -216,6 +222,13 @@ _PAGE_HEADERS = {
 async def page(request: web.Request) -> web.Response:
     """The approval page: a static shell; what it shows comes from the API with a reviewer token."""
     return web.Response(text=_ASSETS.joinpath("page.html").read_text(), content_type="text/html",
+                        headers=_PAGE_HEADERS)
+
+
+async def inbox(request: web.Request) -> web.Response:
+    """The inbox: a static shell listing, from the API with a reviewer token, the pending
+    requests that reviewer may decide (the same reader check as GET /api/approvals)."""
+    return web.Response(text=_ASSETS.joinpath("inbox.html").read_text(), content_type="text/html",
                         headers=_PAGE_HEADERS)
 
 
@@ -459,6 +472,7 @@ def make_app(approvals: Approvals, config: ApprovalsConfig) -> web.Application:
     if config.sso_header is not None:
         app[SSO_HEADER] = config.sso_header
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/approvals", inbox)
     app.router.add_get("/approvals/{id}", page)
     app.router.add_get("/assets/{name}", asset)
     app.router.add_get("/api/demo-login", demo_login_offered)

@@ -33,8 +33,10 @@ knows the position of that error in the answers and replaces it with the proxy's
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from pgproxy.protocol.lexing import Lexing
 from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length as _unpack_length
+from pgproxy.wire.values import decode_parameter_description
 
 RESERVED_PREFIX = "pgproxy_reserved"  # statement and portal names a client may not use
 
@@ -186,6 +189,7 @@ class ProtocolModel:
         self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
         self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
+        self.application_name: str | None = None  # as the server last reported it (ParameterStatus)
         self._probes = 0
         self.predicted_runs: list[str] = []
         self.refused_by_server = False  # the last `ask`: the server refused the text (its error went to the client)
@@ -602,6 +606,8 @@ class ProtocolModel:
     def parameter_status(self, body: bytes) -> None:
         """The server reported a setting: follow the ones that decide how it reads text."""
         status = m.decode_parameter_status(body)
+        if status.name == "application_name":
+            self.application_name = status.value  # set at startup, or later (SET, as pgjdbc does)
         problem = self.lexing.report(status.name, status.value, strict=self.strict)
         if problem is not None:
             raise Desync(problem)
@@ -611,6 +617,9 @@ class ProtocolModel:
             if type_byte != m.PARAMETER_DESCRIPTION:
                 raise self._desync(type_byte, "ParameterDescription")
             head.phase = _P_DESCRIBED
+            if head.statement is not None:
+                with contextlib.suppress(ValueError, struct.error):  # the types only label values for reviewers
+                    head.statement.param_types = decode_parameter_description(body)
             return out
         if type_byte == m.ROW_DESCRIPTION:
             columns: list[tuple[int, int]] = table_columns(body)

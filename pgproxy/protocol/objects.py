@@ -74,12 +74,15 @@ class PreparedStatement:
 
     `op` is what running it does to the session (a statement such as ``EXECUTE x`` or
     ``FETCH c`` runs another object, resolved when it runs). `columns` are the table columns
-    of its result, (table oid, attnum), once a Describe showed them."""
+    of its result, (table oid, attnum), once a Describe showed them. `param_types` are its
+    parameters' type OIDs: the Parse's declared ones (0: unspecified), then the server's
+    ParameterDescription once a Describe showed them (what binary parameters are read as)."""
 
     sql: str
     facts: Any = None
     op: SessionOp | None = None
     columns: list[tuple[int, int]] | None = None
+    param_types: tuple[int, ...] = ()
 
 
 @dataclass(slots=True, eq=False)

@@ -88,22 +88,61 @@ function cutNotice(element, shown, path, name, what) {
     hash, document.createElement("br"), button);
 }
 
+// A time as the reviewer's local time, with its UTC offset and the zone's name:
+// "2026-12-02 05:12:00 +01:00 (Europe/Paris)".
+function when(seconds) {
+  if (seconds == null) return "";
+  const date = new Date(seconds * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  const minutes = -date.getTimezoneOffset();
+  const offset = `${minutes < 0 ? "-" : "+"}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
+         `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())} ${offset} (${zone})`;
+}
+
+// What the request's status means for the statement, in a sentence.
+const SUMMARY = {
+  pending: "An AI agent's statement is waiting for a reviewer. Nothing of it has run.",
+  approved: "Approved: the statement was released to run once for the agent's session; its rows (or its effect) went to the agent.",
+  denied: "Denied: the statement did not run. The agent received an error with the reason.",
+  expired: "Expired: nobody decided in time. The statement did not run; the agent received an error.",
+  withdrawn: "Withdrawn: the agent cancelled or disconnected before a decision. The statement did not run.",
+  abandoned: "Abandoned: pgproxy restarted while this request was pending. The statement did not run and never will.",
+};
+
+// What approving a statement of each kind changes; a kind missing here (reads) changes nothing.
+// A request pgproxy could not analyse (no statements listed) is treated as a change: confirmed.
+const CHANGES = {write: "writes data", ddl: "changes the schema", grant: "changes privileges", role: "changes roles",
+                 copy_from: "writes data", session: "changes the session", transaction: "ends or changes a transaction",
+                 utility: "runs a utility command", unknown: "does something pgproxy could not analyse",
+                 copy_to: "exports data"};
+
+function changes(request) {
+  const statements = request.analysis.statements || [];
+  if (!statements.length) return [CHANGES.unknown];
+  return [...new Set(statements.map((s) => CHANGES[s.kind]).filter((what) => what))];
+}
+
 function render(request) {
   current = request;
   flagged = new Map();
   $("signin").hidden = true;
   $("request").hidden = false;
   text("status", request.status);
+  $("summary").textContent = SUMMARY[request.status] || `This request is ${request.status}.`;
   const detail = request.status === "pending"
     ? (request.required_approvals > 1 ? `${request.approved_by.length} of ${request.required_approvals} approvals` : "")
-    : (request.decided_by ? `by ${request.decided_by}: ${request.decision_reason || ""}` : "");
+    : (request.decided_by ? `by ${request.decided_by}: ${request.decision_reason || ""}` +
+                            (request.decided_at ? ` (${when(request.decided_at)})` : "") : "");
   text("status-detail", detail);
   text("agent", `${request.agent} (${request.groups.join(", ") || "no groups"})`);
   text("database", request.database);
   text("application", request.application_name);
   text("client", request.client_address);
   text("rule", `${request.rule}: ${request.reason}`);
-  text("expires", new Date(request.expires_at * 1000).toLocaleString());
+  text("created", when(request.created_at));
+  text("expires", when(request.expires_at));
   text("statement", request.statement_formatted || request.statement, "statement");
   const whole = request.statement_text;
   if (whole) flag("statement", whole.invisible);  // also in what is not shown
@@ -143,11 +182,38 @@ function render(request) {
       }
     }
   }
+  showEffect(request);
   $("columns").replaceChildren(...(columns.length ? columns : [Object.assign(document.createElement("li"), {textContent: "none"})]));
   showWarnings();
   $("decide").hidden = request.status !== "pending";
   $("grant-label").hidden = !request.max_grant_minutes;
+  $("grant-means").hidden = !request.max_grant_minutes;
   $("grant").max = request.max_grant_minutes;
+}
+
+// What the statement will do: the planner's estimate (EXPLAIN, run by pgproxy in the
+// background while the request waits) and plan, or why there is none; what DDL changes.
+function showEffect(request) {
+  const statements = request.analysis.statements || [];
+  const preview = request.preview || {state: "none", note: ""};
+  let sentence = preview.note;
+  if (preview.state === "estimating") sentence = "Estimating… (pgproxy is asking the planner; nothing of the statement runs)";
+  if (preview.state === "ready") {
+    const rows = preview.rows == null ? "an unknown number of" : `about ${preview.rows.toLocaleString("en")}`;
+    const writes = statements.length === 1 && statements[0].kind === "write" && statements[0].command !== "SELECT";
+    sentence = `The planner estimates it ${writes ? "changes" : "returns"} ${rows} row${preview.rows === 1 ? "" : "s"}.`;
+  }
+  text("estimate", sentence, "estimate");
+  $("plan-box").hidden = preview.state !== "ready";
+  if (preview.state === "ready") marked($("plan"), preview.plan, "plan");
+  const targets = [];
+  for (const statement of statements) {
+    for (const target of statement.ddl_targets || []) {
+      targets.push(Object.assign(document.createElement("li"), {textContent: `${statement.command} changes ${target}`}));
+    }
+  }
+  $("ddl-targets").replaceChildren(...targets);
+  $("ddl-targets").hidden = !targets.length;
 }
 
 async function load() {
@@ -188,7 +254,15 @@ function signIn(value) {
 
 document.addEventListener("DOMContentLoaded", async () => {
   $("signin-button").addEventListener("click", () => signIn($("token").value));
-  $("approve").addEventListener("click", () => decide("approve"));
+  $("approve").addEventListener("click", () => {
+    // A statement that changes something is approved in two steps: the dialog names what it changes.
+    const what = current ? changes(current) : [];
+    if (!what.length) { decide("approve"); return; }
+    $("confirm-what").textContent = what.join(", ");
+    $("confirm").showModal();
+  });
+  $("confirm-approve").addEventListener("click", () => { $("confirm").close(); decide("approve"); });
+  $("confirm-cancel").addEventListener("click", () => $("confirm").close());
   $("deny").addEventListener("click", () => decide("deny"));
   const demo = await fetch("/api/demo-login").then((r) => r.json()).catch(() => ({enabled: false}));
   if (demo.enabled) {
