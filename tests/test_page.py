@@ -493,3 +493,27 @@ def test_the_page_and_the_server_agree_on_invisible_characters() -> None:
                           .replace(" " * 29 + '"', ""), re.S)
         assert found is not None, name
         assert found.group(1).replace("\\\\", "\\") == python, name
+
+
+def test_the_agents_reason_is_shown_as_its_claim(browser: Browser, approving: ProxyThread) -> None:
+    """A justification comment reaches the page, labelled as the agent's claim; invisible characters
+    in it cannot hide (the comment's grammar refuses them), and a statement without one says so."""
+    reason = 'ticket <b>42</b> "urgent"'
+    client = held_psql(approving, f'/* pgproxy: reason="{reason.replace(chr(34), chr(34) * 2)}" */ '
+                                  "SELECT email FROM customers WHERE id = 57")
+    plain = held_psql(approving, "SELECT email FROM customers WHERE id = 58")
+    try:
+        request = wait_pending(approving, "WHERE id = 57")
+        page = browser.new_context().new_page()
+        sign_in(page, request["url"])
+        expect(page.locator("#justification")).to_have_text(reason)  # as text: no markup
+        expect(page.locator("#justification-note")).to_be_visible()
+        other = wait_pending(approving, "WHERE id = 58")
+        page.goto(other["url"])
+        expect(page.locator("#justification")).to_have_text("none given")
+        expect(page.locator("#justification-note")).to_be_hidden()
+        for held in (request, other):
+            assert decide(approving, held, "deny", reason="done")[0] == 200
+    finally:
+        client.kill()
+        plain.kill()

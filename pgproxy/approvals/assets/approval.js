@@ -141,6 +141,9 @@ function render(request) {
   text("application", request.application_name);
   text("client", request.client_address);
   text("rule", `${request.rule}: ${request.reason}`);
+  // The agent's justification (its leading /* pgproxy: reason="…" */ comment), shown as its claim.
+  text("justification", request.justification || "none given", "agent's reason");
+  $("justification-note").hidden = !request.justification;
   text("created", when(request.created_at));
   text("expires", when(request.expires_at));
   text("statement", request.statement_formatted || request.statement, "statement");
