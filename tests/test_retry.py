@@ -75,16 +75,16 @@ def test_psycopg_retry_after_approval_runs_once(retrying: ProxyThread, pg: Postg
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(get_request(retrying, approval_id)['expires_at']))})")
         assert "runs once" in (first.diag.message_detail or "")
         request = get_request(retrying, approval_id)
-        # psycopg binds a Python int in binary (int2): the reviewer sees its bytes.
+        # psycopg binds a Python int in binary (int2, declared in the Parse): the reviewer sees its value.
         assert (request["status"], request["agent"], request["parameters"], request["hold_mode"]) == (
-            "pending", "agent", ["\\x003d"], "retry")
+            "pending", "agent", ["61"], "retry")
 
         # Asking again before a decision: the same request, still pending; no second request.
         again = refused(conn, sql, (61,))
         assert isinstance(again, psycopg.errors.ObjectNotInPrerequisiteState)
         assert (again.diag.message_primary or "").startswith("approval still pending (rule personal-data): ")
         assert request_id(again) == approval_id
-        same = [r["id"] for r in requests_for(retrying, "WHERE id = $1") if r["parameters"] == ["\\x003d"]]
+        same = [r["id"] for r in requests_for(retrying, "WHERE id = $1") if r["parameters"] == ["61"]]
         assert same == [approval_id]
 
         assert decide(retrying, request, reason="ticket 61")[0] == 200
@@ -103,7 +103,7 @@ def test_psycopg_retry_after_approval_runs_once(retrying: ProxyThread, pg: Postg
         # Another literal is another statement: a request of its own.
         other = refused(conn, sql, (62,))
         assert request_id(other) not in (approval_id, request_id(used))
-        assert get_request(retrying, request_id(other))["parameters"] == ["\\x003e"]
+        assert get_request(retrying, request_id(other))["parameters"] == ["62"]
         assert conn.execute("SELECT count(*) FROM orders WHERE id < 3").fetchone() == (2,)  # the session carries on
 
 
