@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import re
 import shutil
 import subprocess
 import threading
@@ -23,17 +22,18 @@ import pytest
 from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.wire import messages as m
-from tests.approvals_support import api, decide, direct_value, reviewer_token, start_proxy, wait_pending
+from tests.approvals_support import (
+    REQUEST_ID,
+    RETRY,
+    api,
+    decide,
+    direct_value,
+    get_request,
+    reviewer_token,
+    start_proxy,
+    wait_pending,
+)
 from tests.harness import ProxyThread, error_fields, raw_session
-
-RETRY = "  hold_mode: retry\n  retry_window_seconds: 600\n"
-REQUEST_ID = re.compile(r"the request id is ([A-Za-z0-9_-]+)")
-
-
-@pytest.fixture(scope="module")
-def retrying(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
-    with start_proxy(pg, tmp_path_factory.mktemp("retry"), settings=RETRY) as proxy:
-        yield proxy
 
 
 def refused(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] | None = None) -> psycopg.Error:
@@ -47,12 +47,6 @@ def request_id(error: psycopg.Error) -> str:
     found = REQUEST_ID.search(error.diag.message_primary or "")
     assert found is not None, error.diag.message_primary
     return found.group(1)
-
-
-def get_request(proxy: ProxyThread, approval_id: str) -> dict[str, Any]:
-    status, body = api(proxy, "GET", f"/api/approvals/{approval_id}", token=reviewer_token())
-    assert status == 200, body
-    return body
 
 
 def requests_for(proxy: ProxyThread, fragment: str) -> list[dict[str, Any]]:
