@@ -179,6 +179,10 @@ async def test_concurrent_retries_run_it_exactly_once(retrying: ProxyThread, pg:
     try:
         with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as info:
             await sessions[0].fetchval(sql, 67)
+        # What asyncpg shows: the exception's class and sqlstate, and pgproxy's message with the link.
+        assert info.value.sqlstate == "55000"
+        assert str(info.value).startswith(
+            f"approval required (rule personal-data): {retrying.server.approvals_url}/approvals/")
         approval_id = REQUEST_ID.search(str(info.value))
         assert approval_id is not None
         status, _ = await asyncio.to_thread(decide, retrying, await asyncio.to_thread(
