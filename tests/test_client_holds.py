@@ -7,6 +7,7 @@ test_psql_held_then_approved: the notice on stderr); psycopg in retry mode (test
 test_psycopg_retry_after_approval_runs_once); asyncpg in retry mode (test_concurrent_retries_run_it_exactly_once)
 and its wait-mode rows (test_asyncpg_extended_hold_covers_the_parameters); the MCP reference server
 (test_mcp_server_retry_after_approval, test_mcp_host_giving_up_in_wait_mode_withdraws_once_disconnected).
+Alembic is here too: a migration holds several statements in one transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -351,3 +353,83 @@ def test_psql_ctrl_c_withdraws_the_request(approving: ProxyThread) -> None:
     assert "Cancel request sent\nERROR:  canceling statement due to user request" in err
     assert get_request(approving, request["id"])["status"] == "withdrawn"
     assert decide(approving, request)[0] == 409
+
+
+# -- Alembic (over SQLAlchemy and psycopg) ---------------------------------------------------------------
+
+ALEMBIC_REVISION = '''\
+"""probe"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.create_table("alembic_probe", sa.Column("id", sa.Integer, primary_key=True))
+'''
+
+
+@contextmanager
+def alembic_project(proxy: ProxyThread, pg: PostgresCluster, directory: Path) -> Iterator[list[str]]:
+    """A project made by `alembic init` (its generic template) with one revision that creates a table,
+    pointed at the proxy; yields the command that upgrades it. Drops what it made afterwards."""
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    subprocess.run([alembic, "init", "migrations"], cwd=directory, check=True, capture_output=True,
+                   timeout=SUBPROCESS_SECONDS)
+    (directory / "migrations" / "versions" / "0001_probe.py").write_text(ALEMBIC_REVISION)
+    ini = directory / "alembic.ini"
+    url = proxy.dsn().replace("postgresql://", "postgresql+psycopg://", 1)
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
+    try:
+        yield [alembic, "upgrade", "head"]
+    finally:
+        pg.psql("DROP TABLE IF EXISTS alembic_probe, alembic_version", dbname="app", user="app_scram")
+
+
+# What `alembic upgrade head` sends that needs review, in order, in its one transaction (transactional DDL):
+# the version table and the revision's table are schema changes; the version table's first row is a
+# statement pgproxy cannot tell about (rule cannot-tell): the table exists only in that uncommitted transaction.
+ALEMBIC_HELD = ("CREATE TABLE alembic_version", "CREATE TABLE alembic_probe", "INSERT INTO alembic_version")
+ALEMBIC_LOG = ("INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.\n"
+               "INFO  [alembic.runtime.migration] Will assume transactional DDL.\n")
+
+
+def test_alembic_wait_shows_nothing_while_held(approving: ProxyThread, pg: PostgresCluster, tmp_path: Path) -> None:
+    with alembic_project(approving, pg, tmp_path) as upgrade, client_process(upgrade, cwd=tmp_path) as process:
+        rules = []
+        for statement in ALEMBIC_HELD:
+            request = wait_pending(approving, statement)
+            assert process.poll() is None
+            rules.append(request["rule"])
+            assert decide(approving, request)[0] == 200
+        out, err = finished(process)
+        assert direct_value(pg, "SELECT version_num FROM alembic_version") == "0001"
+    assert rules == ["schema-change", "schema-change", "cannot-tell"]
+    # Its log, and nothing about the holds: it waited silently after "Will assume transactional DDL.".
+    assert (out, err) == ([], ALEMBIC_LOG + "INFO  [alembic.runtime.migration] Running upgrade  -> 0001, probe\n")
+
+
+def test_alembic_retry_runs_until_every_statement_has_an_unused_approval(
+        retrying: ProxyThread, pg: PostgresCluster, tmp_path: Path) -> None:
+    """Each run stops at the first statement without an unused approval, and its rollback undoes the
+    statements before it, whose approvals it used up: like a binary counter, the three held statements
+    take 7 approvals and 8 runs (2**n - 1 and 2**n for n held statements in one transaction)."""
+    stopped_at = []
+    with alembic_project(retrying, pg, tmp_path) as upgrade:
+        for _ in range(12):
+            run = subprocess.run(upgrade, cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_SECONDS)
+            if run.returncode == 0:
+                break
+            found = REQUEST_ID.search(run.stderr)
+            assert found is not None, run.stderr
+            request = get_request(retrying, found.group(1))
+            assert run.stderr.startswith(ALEMBIC_LOG)
+            assert (f"sqlalchemy.exc.OperationalError: (psycopg.errors.ObjectNotInPrerequisiteState) approval "
+                    f"required (rule {request['rule']}): {link(retrying, request)}; ") in run.stderr
+            stopped_at.append(ALEMBIC_HELD.index(next(s for s in ALEMBIC_HELD if s in request["statement"])))
+            assert decide(retrying, request)[0] == 200
+        assert run.returncode == 0, run.stderr
+        assert direct_value(pg, "SELECT version_num FROM alembic_version") == "0001"
+    assert stopped_at == [0, 1, 0, 2, 0, 1, 0]  # indexes into ALEMBIC_HELD
