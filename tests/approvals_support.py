@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -22,6 +23,9 @@ from tests.harness import ProxyThread, make_token, running_proxy, write_enforce_
 REVIEWER_SECRET = "reviewer-side-secret-0123456789abcdef"
 REVIEWER_AUDIENCE = "pgproxy-approvals"
 DECISION_SECRET = "outside-approval-system-key-0123456789"
+# The approvals section's keys for retry mode (start_proxy's `settings`), and the request id in its errors.
+RETRY = "  hold_mode: retry\n  retry_window_seconds: 600\n"
+REQUEST_ID = re.compile(r"the request id is ([A-Za-z0-9_-]+)")
 
 
 def reviewer_token(sub: str = "alice", *, groups: tuple[str, ...] = ("reviewers",), secret: str = REVIEWER_SECRET,
@@ -94,6 +98,13 @@ def approving(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         yield proxy
 
 
+@pytest.fixture(scope="module")
+def retrying(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    """A proxy that holds in retry mode."""
+    with start_proxy(pg, tmp_path_factory.mktemp("retry"), settings=RETRY) as proxy:
+        yield proxy
+
+
 def api(proxy: ProxyThread, method: str, path: str, body: dict[str, Any] | None = None,
         token: str | None = None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(f"{proxy.server.approvals_url}{path}", method=method,
@@ -119,6 +130,12 @@ def wait_pending(proxy: ProxyThread, fragment: str, *, token: str | None = None)
                 return request  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"no pending approval for {fragment!r}")
+
+
+def get_request(proxy: ProxyThread, approval_id: str) -> dict[str, Any]:
+    status, body = api(proxy, "GET", f"/api/approvals/{approval_id}", token=reviewer_token())
+    assert status == 200, body
+    return body
 
 
 def decide(proxy: ProxyThread, request: dict[str, Any], decision: str = "approve", *, reason: str = "ok",

@@ -10,7 +10,7 @@ import pytest
 
 from pgproxy.demo.run import demo_sql
 from pgproxy.pgcluster import PostgresCluster
-from tests.approvals_support import approving  # noqa: F401  (a fixture shared by approvals and page tests)
+from tests.approvals_support import approving, retrying  # noqa: F401  (fixtures shared by several test modules)
 from tests.harness import DATABASE, UPSTREAM_USERS, ProxyThread, make_config, running_proxy
 from tests.pki import Pki, make_pki
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import re
 import shutil
 import subprocess
 import threading
@@ -23,17 +22,18 @@ import pytest
 from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.wire import messages as m
-from tests.approvals_support import api, decide, direct_value, reviewer_token, start_proxy, wait_pending
+from tests.approvals_support import (
+    REQUEST_ID,
+    RETRY,
+    api,
+    decide,
+    direct_value,
+    get_request,
+    reviewer_token,
+    start_proxy,
+    wait_pending,
+)
 from tests.harness import ProxyThread, error_fields, raw_session
-
-RETRY = "  hold_mode: retry\n  retry_window_seconds: 600\n"
-REQUEST_ID = re.compile(r"the request id is ([A-Za-z0-9_-]+)")
-
-
-@pytest.fixture(scope="module")
-def retrying(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
-    with start_proxy(pg, tmp_path_factory.mktemp("retry"), settings=RETRY) as proxy:
-        yield proxy
 
 
 def refused(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] | None = None) -> psycopg.Error:
@@ -47,12 +47,6 @@ def request_id(error: psycopg.Error) -> str:
     found = REQUEST_ID.search(error.diag.message_primary or "")
     assert found is not None, error.diag.message_primary
     return found.group(1)
-
-
-def get_request(proxy: ProxyThread, approval_id: str) -> dict[str, Any]:
-    status, body = api(proxy, "GET", f"/api/approvals/{approval_id}", token=reviewer_token())
-    assert status == 200, body
-    return body
 
 
 def requests_for(proxy: ProxyThread, fragment: str) -> list[dict[str, Any]]:
@@ -75,16 +69,16 @@ def test_psycopg_retry_after_approval_runs_once(retrying: ProxyThread, pg: Postg
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(get_request(retrying, approval_id)['expires_at']))})")
         assert "runs once" in (first.diag.message_detail or "")
         request = get_request(retrying, approval_id)
-        # psycopg binds a Python int in binary (int2): the reviewer sees its bytes.
+        # psycopg binds a Python int in binary (int2, declared in the Parse): the reviewer sees its value.
         assert (request["status"], request["agent"], request["parameters"], request["hold_mode"]) == (
-            "pending", "agent", ["\\x003d"], "retry")
+            "pending", "agent", ["61"], "retry")
 
         # Asking again before a decision: the same request, still pending; no second request.
         again = refused(conn, sql, (61,))
         assert isinstance(again, psycopg.errors.ObjectNotInPrerequisiteState)
         assert (again.diag.message_primary or "").startswith("approval still pending (rule personal-data): ")
         assert request_id(again) == approval_id
-        same = [r["id"] for r in requests_for(retrying, "WHERE id = $1") if r["parameters"] == ["\\x003d"]]
+        same = [r["id"] for r in requests_for(retrying, "WHERE id = $1") if r["parameters"] == ["61"]]
         assert same == [approval_id]
 
         assert decide(retrying, request, reason="ticket 61")[0] == 200
@@ -103,7 +97,7 @@ def test_psycopg_retry_after_approval_runs_once(retrying: ProxyThread, pg: Postg
         # Another literal is another statement: a request of its own.
         other = refused(conn, sql, (62,))
         assert request_id(other) not in (approval_id, request_id(used))
-        assert get_request(retrying, request_id(other))["parameters"] == ["\\x003e"]
+        assert get_request(retrying, request_id(other))["parameters"] == ["62"]
         assert conn.execute("SELECT count(*) FROM orders WHERE id < 3").fetchone() == (2,)  # the session carries on
 
 
@@ -185,6 +179,10 @@ async def test_concurrent_retries_run_it_exactly_once(retrying: ProxyThread, pg:
     try:
         with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as info:
             await sessions[0].fetchval(sql, 67)
+        # What asyncpg shows: the exception's class and sqlstate, and pgproxy's message with the link.
+        assert info.value.sqlstate == "55000"
+        assert str(info.value).startswith(
+            f"approval required (rule personal-data): {retrying.server.approvals_url}/approvals/")
         approval_id = REQUEST_ID.search(str(info.value))
         assert approval_id is not None
         status, _ = await asyncio.to_thread(decide, retrying, await asyncio.to_thread(
