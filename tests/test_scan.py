@@ -143,3 +143,20 @@ def test_sampling_is_bounded() -> None:
     assert "TABLESAMPLE SYSTEM (0.015000) REPEATABLE (0) LIMIT 500" in large
     medium = sample_sql(Table("public", "t", 100_000, 1000, ("a",)), 500, 10)
     assert "TABLESAMPLE BERNOULLI (1.500000) REPEATABLE (0) LIMIT 500" in medium
+
+
+def test_a_table_that_cannot_be_sampled_fails_the_scan(config: Path, capsys: pytest.CaptureFixture[str],
+                                                        direct_dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(direct_dsn) as locker:
+        locker.execute("LOCK TABLE scan_decoys.accounts IN ACCESS EXCLUSIVE MODE")  # until the block ends
+        code, out, err = scan(capsys, config, "--timeout", "1", "--json")
+    assert code == 1
+    report = json.loads(out)
+    [error] = report["errors"]
+    assert error["table"] == "scan_decoys.accounts"
+    assert error["message"] in ("canceling statement due to lock timeout",
+                                "canceling statement due to statement timeout")  # both are 1 s
+    assert {c["table"] for c in report["columns"]} == {"public.customers", "public.orders", "public.support_tickets"}
+    assert f"scan_decoys.accounts was not sampled: {error['message']}" in err
