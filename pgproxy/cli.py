@@ -1,4 +1,4 @@
-"""Command line: ``pgproxy run | demo | check | audit | scram-secret``."""
+"""Command line: ``pgproxy run | demo | check | scan | audit | scram-secret``."""
 
 from __future__ import annotations
 
@@ -134,6 +134,12 @@ def run_with_config(main: Coroutine[Any, Any, int]) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     return run_with_config(_check(args))
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from pgproxy.scan import command
+
+    return run_with_config(command(args))
 
 
 def parse_when(text: str, now: float | None = None) -> float:
@@ -281,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON object per statement")
     check.add_argument("sql", help="the statement(s) to explain")
     check.set_defaults(func=cmd_check)
+
+    scan = sub.add_parser("scan", help="sample text columns, find PII and propose catalog tags "
+                                       "(never prints a sampled value)")
+    scan.add_argument("--config", type=Path, required=True, help="YAML config file")
+    scan.add_argument("--route", default=None, help="route (database) to scan (default: the first route)")
+    scan.add_argument("--sample", type=int, default=500, help="rows sampled per table (default 500)")
+    scan.add_argument("--timeout", type=float, default=10.0, help="seconds each table's sample may take (default 10)")
+    scan.add_argument("--json", action="store_true", help="one JSON object: {\"columns\": [...]}")
+    scan.add_argument("--write", action="store_true", help="add the suggested tags to the catalog file "
+                                                           "(comments and order are kept)")
+    scan.add_argument("--check", action="store_true", help="exit 1 when a column looks like PII and lacks tags")
+    scan.set_defaults(func=cmd_scan)
 
     audit = sub.add_parser("audit", help="verify, export, follow or summarize the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

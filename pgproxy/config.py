@@ -192,6 +192,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     catalog: Path | None = None  # the tags file (enforce mode)
+    recognizers: Path | None = None  # custom PII recognizers (classifiers.custom) for `pgproxy scan`
     analysis: AnalysisConfig = AnalysisConfig()
     policy: Policy = field(default_factory=Policy)
     approvals: ApprovalsConfig | None = None  # None: statements that need review are refused
@@ -457,7 +458,7 @@ class _Loader:
     def config(self, at: _At) -> Config:
         found = self.mapping(
             at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy",
-                 "approvals", "audit"),
+                 "approvals", "audit", "recognizers"),
             required=("routes",),
         )
         if "auth" not in found:
@@ -486,6 +487,7 @@ class _Loader:
             routes=self.routes(found["routes"]),
             logging=_opt(found, "logging", self.logging, LoggingConfig()),
             catalog=_opt(found, "catalog", self.file, None),
+            recognizers=_opt(found, "recognizers", self.file, None),
             analysis=_opt(found, "analysis", self.analysis, AnalysisConfig()),
             policy=policy,
             approvals=approvals,

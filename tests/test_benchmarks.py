@@ -167,3 +167,11 @@ def test_retry_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
     assert all(len(report[key]) == 3 and all(ms > 0 for ms in report[key])
                for key in ("decision_post_ms", "retry_ms", "decision_to_rows_ms"))
     assert "| decision sent -> retried statement's row |" in stdout
+
+
+def test_scan_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    report, stdout = run_smoke("benchmarks.scan", repo_root, tmp_path / "scan.json")
+    assert {"load_s", "emails_values_per_s", "no_pii_values_per_s", "free_text_values_per_s", "demo_scan_s",
+            "demo_scan_values", "demo_scan_values_per_s"} <= set(report)
+    assert report["demo_scan_values"] > 0
+    assert "values/s" in stdout

@@ -1,4 +1,4 @@
--- pgproxy demo data: the customers/orders schema that DESIGN.md describes, shared by
+-- pgproxy demo data: the customers/orders/support_tickets schema that DESIGN.md describes, shared by
 -- `pgproxy demo`, the tests, the examples and the benchmarks.
 --
 -- Every value is synthetic and derived from generate_series (no random()), so each load
@@ -10,6 +10,7 @@ SET client_min_messages = warning;
 
 BEGIN;
 
+DROP TABLE IF EXISTS support_tickets;
 DROP TABLE IF EXISTS orders;
 DROP TABLE IF EXISTS customers;
 
@@ -30,6 +31,15 @@ CREATE TABLE orders (
     total numeric(10,2),
     status text,
     created_at timestamptz
+);
+
+-- Free-text support tickets. Nobody tagged them, yet some quote an email address or a phone
+-- number (DESIGN.md: the PII `pgproxy scan` has to find).
+CREATE TABLE support_tickets (
+    id serial PRIMARY KEY,
+    customer_id int REFERENCES customers,
+    body text,
+    status text
 );
 
 -- 1,000 customers from 24 first and 20 last names (480 distinct pairs, so some share a
@@ -82,11 +92,31 @@ FROM generate_series(1, 5000) AS o,
 LATERAL (SELECT o * 7919 % 1000 + 1 AS cid) AS c
 ORDER BY o;
 
+-- 300 tickets: every 7th quotes an email address, every 11th a phone number (both
+-- synthetic: example.net and the fictional 555-01xx range), the rest neither.
+INSERT INTO support_tickets (id, customer_id, body, status)
+SELECT
+    t,
+    t * 433 % 1000 + 1,
+    (ARRAY['My order arrived damaged', 'I was charged twice for order ' || (t * 31 % 5000 + 1),
+           'How do I change my plan?', 'The export button does nothing',
+           'Please cancel my subscription', 'Invoice ' || (20230000 + t) || ' has the wrong address'])[t % 6 + 1]
+        || CASE
+               WHEN t % 7 = 0 THEN '. You can reach me at user' || t || '@example.net.'
+               WHEN t % 11 = 0 THEN '. Call me back on (415) 555-01' || lpad((t % 100)::text, 2, '0') || ', please.'
+               ELSE '.'
+           END,
+    (ARRAY['open', 'open', 'pending', 'closed'])[t % 4 + 1]
+FROM generate_series(1, 300) AS t
+ORDER BY t;
+
 -- The ids were given explicitly: new rows continue after them.
 ALTER SEQUENCE customers_id_seq RESTART WITH 1001;
 ALTER SEQUENCE orders_id_seq RESTART WITH 5001;
+ALTER SEQUENCE support_tickets_id_seq RESTART WITH 301;
 
 COMMIT;
 
 ANALYZE customers;
 ANALYZE orders;
+ANALYZE support_tickets;
