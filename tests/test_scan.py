@@ -11,10 +11,13 @@ import pytest
 
 from pgproxy.catalog import load_catalog
 from pgproxy.cli import main
-from pgproxy.demo.run import demo_file
+from pgproxy.demo.run import demo_file, demo_sql
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.scan import Table, sample_sql
-from tests.harness import DATABASE, write_enforce_config
+from tests.harness import UPSTREAM_USERS, write_enforce_config
+
+# A database of its own, with only the demo data: the suite's `app` gains tables other tests make.
+SCANNED = "scan_app"
 
 DECOYS = """
 CREATE SCHEMA scan_decoys;
@@ -42,18 +45,32 @@ ANALYZE scan_decoys.accounts;
 """
 
 
+@pytest.fixture(scope="module")
+def scanned(pg: PostgresCluster) -> Iterator[str]:
+    pg.psql(f"DROP DATABASE IF EXISTS {SCANNED}")
+    pg.create_database(SCANNED, owner="app_scram")
+    pg.psql(demo_sql(), dbname=SCANNED, user="app_scram")
+    yield SCANNED
+    pg.psql(f"DROP DATABASE IF EXISTS {SCANNED}")
+
+
 @pytest.fixture
-def decoys(pg: PostgresCluster) -> Iterator[None]:
-    pg.psql(DECOYS, dbname=DATABASE, user="app_scram")
+def decoys(pg: PostgresCluster, scanned: str) -> Iterator[None]:
+    pg.psql(DECOYS, dbname=scanned, user="app_scram")
     try:
         yield
     finally:
-        pg.psql("DROP SCHEMA scan_decoys CASCADE", dbname=DATABASE, user="app_scram")
+        pg.psql("DROP SCHEMA scan_decoys CASCADE", dbname=scanned, user="app_scram")
 
 
 @pytest.fixture
-def config(pg: PostgresCluster, tmp_path: Path, decoys: None) -> Path:
-    return write_enforce_config(pg, tmp_path, catalog=demo_file("catalog.yaml"))
+def config(pg: PostgresCluster, tmp_path: Path, decoys: None, scanned: str) -> Path:
+    path = write_enforce_config(pg, tmp_path, catalog=demo_file("catalog.yaml"))
+    text = path.read_text()
+    route = "user: app_scram, password_file: upstream-password"
+    assert route in text
+    path.write_text(text.replace(route, f"dbname: {scanned}, {route}", 1))  # the route `app`, on that database
+    return path
 
 
 def scan(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> tuple[int, str, str]:
@@ -90,7 +107,7 @@ def test_scan_finds_the_untagged_pii_and_agrees_with_the_tags(
     assert columns[("scan_decoys.accounts", "order_number")]["entities"]["PHONE_NUMBER"] > 0.9
     assert columns[("scan_decoys.accounts", "sku")]["entities"]["US_SSN"] > 0.9
     # No sampled value is printed.
-    sampled = pg.psql("SELECT email, phone, ssn, name FROM customers ORDER BY id LIMIT 20", dbname=DATABASE)
+    sampled = pg.psql("SELECT email, phone, ssn, name FROM customers ORDER BY id LIMIT 20", dbname=SCANNED)
     for word in sampled.split():
         if len(word) > 5:
             assert word not in out and word not in err
@@ -146,10 +163,11 @@ def test_sampling_is_bounded() -> None:
 
 
 def test_a_table_that_cannot_be_sampled_fails_the_scan(config: Path, capsys: pytest.CaptureFixture[str],
-                                                        direct_dsn: str) -> None:
+                                                        pg: PostgresCluster) -> None:
     import psycopg
 
-    with psycopg.connect(direct_dsn) as locker:
+    dsn = pg.dsn(user="app_scram", password=UPSTREAM_USERS["app_scram"][0], dbname=SCANNED)
+    with psycopg.connect(dsn) as locker:
         locker.execute("LOCK TABLE scan_decoys.accounts IN ACCESS EXCLUSIVE MODE")  # until the block ends
         code, out, err = scan(capsys, config, "--timeout", "1", "--json")
     assert code == 1
