@@ -39,6 +39,7 @@ from pgproxy.decision import (
     Verdict,
 )
 from pgproxy.errors import SqlState
+from pgproxy.masking import CopySpec, MaskSpec
 from pgproxy.policy import Action, Decision, HoldMode, decide, rule_named, strictest
 from pgproxy.protocol.objects import OpKind
 from pgproxy.store import ApprovalRequest, Status, StoreError
@@ -122,6 +123,7 @@ class PolicyGate(StatementGate):
         # statement touching one (or naming what the old schema does not know) waits for it.
         self._barriers: dict[str, list[tuple[frozenset[str], asyncio.Future[None]]]] = {}
         self._tagged: tuple[str, dict[tuple[int, int], str]] = ("", {})
+        self._masks: tuple[str, MaskSpec | None] = ("", None)
         # EXPLAIN previews of held statements, run in the background (see pgproxy.approvals.preview).
         self.previews = Previews(config.approvals.explain_timeout_seconds if config.approvals is not None else 0)
 
@@ -308,9 +310,52 @@ class PolicyGate(StatementGate):
                 decision = decide(self.policy, stored, identity.agent_id, identity.groups)
                 inner = Verdicts(decision, (stored,))
                 inner.parts = (Part(None, _tagged_reads(schema, stored), stored.lexing),)
-                op = replace(op, facts=self._verdict(decision, inner, "extended"))
-            parts.append(Part(op, _tagged_reads(schema, analysis), analysis.lexing))
+                op = replace(op, facts=self._verdict(decision, inner, "extended", session.database))
+            parts.append(Part(op, _tagged_reads(schema, analysis), analysis.lexing, self._copy_spec(schema, analysis)))
         return tuple(parts)
+
+    # -- masking ---------------------------------------------------------------------------
+
+    def mask_spec(self, schema: Schema) -> MaskSpec:
+        """The masks of the tagged columns of base tables (what a RowDescription can name)."""
+        spec = self._masks[1]
+        if self._masks[0] != schema.version or spec is None:
+            tagged = {(r.oid, r.attnums[r.columns.index(c)]): tags for r in schema.relations.values()
+                      if r.kind in ("r", "p", "f") for c, tags in r.tags.items() if c in r.columns}
+            spec = MaskSpec(self.config.masking, tagged)
+            self._masks = (schema.version, spec)
+        return spec
+
+    def _copy_spec(self, schema: Schema, analysis: Analysis) -> CopySpec | None:
+        output = analysis.copy_output
+        if output is None:
+            return None
+        kinds = []
+        text = set()
+        for position, key in enumerate(output.columns):
+            relation = schema.relations.get((key.schema, key.table)) if key is not None else None
+            tags = relation.tags.get(key.column) if relation is not None and key is not None else None
+            kinds.append(self.config.masking.kind_for(tags) if tags else None)
+            if relation is not None and key is not None and key.column in relation.text_columns:
+                text.add(position)
+        return CopySpec(output.format, tuple(kinds), frozenset(text))
+
+    def _unmaskable(self, verdicts: Verdicts | None) -> str | None:
+        """Why a statement's results cannot be masked (None: they can). A statement that reads and
+        writes no tagged column has nothing to mask; one pgproxy cannot read never can."""
+        if verdicts is None:
+            return "pgproxy could not analyse it"
+        for analysis in verdicts.analyses:
+            if analysis.kind is Kind.UNKNOWN:
+                return analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what it does"
+            if analysis.tags_written:
+                return "it writes tagged columns, which masking its result does not undo"
+            if analysis.tags_read and analysis.unmaskable is not None:
+                return analysis.unmaskable
+            stored = analysis.stored
+            if stored is not None and stored.tags_read and stored.unmaskable is not None:
+                return stored.unmaskable
+        return None
 
     # -- the hold point ---------------------------------------------------------------------
 
@@ -545,6 +590,14 @@ class PolicyGate(StatementGate):
                     p.op or p.permitted or p.lexing for p in verdicts.parts):
                 return ALLOW
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=statement.protocol, parts=verdicts.parts)
+        if decision.action is Action.MASK and not decision.observed:
+            judged = self._verdict(decision, verdicts, statement.protocol, session.database)
+            if judged.mask is not None:
+                assert verdicts is not None
+                self._remember(session, replace(verdicts, decision=replace(decision, action=Action.ALLOW)))
+                if self.audit is not None:
+                    self._audit(session, statement.sql, statement.protocol, verdicts, decision, "masked", None)
+                return judged
         summary = {"action": decision.action.value, "rule": decision.rule,
                    "kinds": sorted({a.kind.value for a in analyses}),
                    "tables": sorted({t for a in analyses for t in a.tables})}
@@ -557,14 +610,15 @@ class PolicyGate(StatementGate):
         if self.audit is not None and self.approvals is None and not decision.observed:
             self._audit(session, statement.sql, statement.protocol, verdicts, decision, "refused", None)
         # Held and observed statements are audited at the hold point (`hold`), with its outcome.
-        return self._verdict(decision, verdicts, statement.protocol)
+        return self._verdict(decision, verdicts, statement.protocol, session.database)
 
     def _builtin(self, action: Action, rule: str, reason: str) -> Decision:
         """A decision pgproxy makes before the policy's rules (nothing to analyse, or nothing it
         could trust): in observe mode it is observed like the rules' decisions."""
         return Decision(action, rule, reason, observed=self.policy.observe and action is not Action.ALLOW)
 
-    def _verdict(self, decision: Decision, verdicts: Verdicts | None, protocol: str) -> Judgement:
+    def _verdict(self, decision: Decision, verdicts: Verdicts | None, protocol: str,
+                 database: str | None = None) -> Judgement:
         """The judgement a decision makes (no audit, no log: see _judgement)."""
         analyses = verdicts.analyses if verdicts is not None else ()
         parts = verdicts.parts if verdicts is not None else None
@@ -572,6 +626,15 @@ class PolicyGate(StatementGate):
         plans_code = verdicts is None or any(planning_runs_code(a) for a in analyses)
         if decision.action is Action.ALLOW:
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
+        reason = decision.reason
+        if decision.action is Action.MASK and not decision.observed:
+            problem = self._unmaskable(verdicts)
+            schema = self.catalog.schema(database) if database is not None else None
+            if problem is None and schema is not None:
+                return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts,
+                                 mask=self.mask_spec(schema))
+            # What cannot be masked is reviewed, never allowed.
+            reason = f"{reason}; pgproxy cannot mask its result: {problem or 'the schema is not read'}"
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
             # Observed: a REVIEW the hold point records and lets run (nothing to ask the server first).
@@ -582,7 +645,7 @@ class PolicyGate(StatementGate):
         # Holding only for what is observed: with nobody to ask, other reviews are refused like a deny.
         refused = self.holds and self.approvals is None and not decision.observed
         return Judgement(Verdict.DENY if refused else Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
-                         f"approval required (rule {decision.rule}): {decision.reason}",
+                         f"approval required (rule {decision.rule}): {reason}",
                          detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
                          ask=protocol == "simple" and _server_can_check(analyses),
                          stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons), observed=decision.observed,

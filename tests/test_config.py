@@ -458,7 +458,8 @@ ERRORS = [
         <auth>
         colour: blue
         """, "{file}:4: colour: unknown key 'colour'"
-        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals, audit)",
+        " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals, audit,"
+        " masking)",
         id="unknown-key-without-suggestion"),
     pytest.param("""
         mode: passthrough

@@ -96,6 +96,7 @@ class Portal:
     holdable: bool = False
     columns: list[tuple[int, int]] | None = None
     approved: bool = False
+    approved_mask: Any = None  # approved with masking: the gate's mask (pgproxy.masking.MaskSpec)
 
     @property
     def result_columns(self) -> list[tuple[int, int]] | None:

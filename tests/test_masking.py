@@ -1,0 +1,233 @@
+"""Masking end to end: the policy action `mask` through psql, psycopg (text and binary results),
+asyncpg (binary), cursors and portals run in parts, and COPY TO (text and CSV), checked against
+the values read directly; what cannot be masked falls back to review; the mask rules' config."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.config import ConfigError, load_config
+from pgproxy.demo.run import demo_file
+from pgproxy.masking import CopyFormat, CopyMask, MaskKind, MaskRules
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.harness import ProxyThread, running_proxy, write_enforce_config
+
+MASK_POLICY = """\
+default: allow
+rules:
+  - {name: cannot-tell, kinds: [unknown], action: review, reason: pgproxy cannot tell what this statement does}
+  - {name: personal-data, tags: [pii], action: mask, reason: personal data is shown masked}
+"""
+COLUMNS = "id, name, email, phone, ssn, country"
+ROWS = f"SELECT {COLUMNS} FROM customers WHERE id <= 5 ORDER BY id"
+
+
+def masked_email(value: str) -> str:
+    local, _, domain = value.rpartition("@")
+    return f"{local[0]}***@{domain}"
+
+
+def masked_digits(value: str) -> str:
+    digits = [i for i, c in enumerate(value) if c.isdigit()]
+    return "".join(c if i in digits[-4:] or not c.isalnum() else "*" for i, c in enumerate(value))
+
+
+def expected(row: tuple[object, ...]) -> tuple[object, ...]:
+    """A customers row (COLUMNS) as the default mask rules show it."""
+    id_, _name, email, phone, ssn, country = row
+    assert isinstance(email, str) and isinstance(phone, str) and isinstance(ssn, str)
+    return id_, "***", masked_email(email), masked_digits(phone), masked_digits(ssn), country
+
+
+@pytest.fixture(scope="module")
+def masking(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    """A proxy that masks personal data; without approvals, what it cannot mask is refused at once
+    (the review it falls back to has nobody to ask)."""
+    path = write_enforce_config(pg, tmp_path_factory.mktemp("masking"), catalog=demo_file("catalog.yaml"),
+                                policy=MASK_POLICY)
+    pg.psql("CREATE OR REPLACE VIEW masking_view AS SELECT id, lower(email) AS email FROM customers",
+            dbname="app", user="app_scram")
+    try:
+        with running_proxy(load_config(path)) as proxy:
+            yield proxy
+    finally:
+        pg.psql("DROP VIEW IF EXISTS masking_view", dbname="app", user="app_scram")
+
+
+@pytest.fixture(scope="module")
+def direct_rows(direct_dsn_module: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(direct_dsn_module) as conn:
+        return list(conn.execute(ROWS).fetchall())
+
+
+@pytest.fixture(scope="module")
+def direct_dsn_module(pg: PostgresCluster) -> str:
+    from tests.harness import DATABASE, UPSTREAM_USERS
+    return pg.dsn(user="app_scram", password=UPSTREAM_USERS["app_scram"][0], dbname=DATABASE)
+
+
+def test_psql_text_results_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", "-F", "|", masking.dsn(), "-c", ROWS],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    shown = [tuple(line.split("|")) for line in out.splitlines()]
+    assert shown == [tuple(str(v) for v in expected(row)) for row in direct_rows]
+    assert all("@" in row[2] and row[2] != direct[2] for row, direct in zip(shown, direct_rows, strict=True))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_psycopg_text_and_binary_results_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]],
+                                                    binary: bool) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        rows = conn.cursor(binary=binary).execute(
+            f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id", (5,)).fetchall()
+    assert rows == [expected(row) for row in direct_rows]
+
+
+def test_asyncpg_binary_results_and_a_portal_run_in_parts_are_masked(
+        masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    async def run() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        conn = await asyncpg.connect(masking.dsn())
+        try:
+            fetched = [tuple(r) for r in await conn.fetch(f"SELECT {COLUMNS} FROM customers WHERE id <= $1 ORDER BY id",
+                                                          5)]
+            async with conn.transaction():  # a cursor: one portal, executed 2 rows at a time
+                parts = [tuple(r) async for r in conn.cursor(ROWS, prefetch=2)]
+            return fetched, parts
+        finally:
+            await conn.close()
+
+    fetched, parts = asyncio.run(run())
+    assert fetched == [expected(row) for row in direct_rows]
+    assert parts == fetched
+
+
+def test_sql_cursor_fetches_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        conn.execute(f"DECLARE c CURSOR FOR {ROWS}")
+        first = conn.execute("FETCH 2 FROM c").fetchall()
+        rest = conn.execute("FETCH ALL FROM c").fetchall()
+        with conn.cursor(name="server_side") as named:  # psycopg's server-side cursor: DECLARE + FETCH
+            named.execute(ROWS)
+            server_side = named.fetchall()
+    assert first + rest == [expected(row) for row in direct_rows]
+    assert server_side == first + rest
+
+
+def test_masks_follow_the_column_not_its_name(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        rows = conn.execute("SELECT c.email AS id, c.id AS email, t.* FROM customers c JOIN customers t USING (id) "
+                            "WHERE c.id <= 5 ORDER BY c.id").fetchall()
+    for row, direct in zip(rows, direct_rows, strict=True):
+        assert row[:2] == (masked_email(str(direct[2])), direct[0])
+        assert row[2] == direct[0] and row[3] == "***" and row[4] == masked_email(str(direct[2]))
+
+
+def test_copy_to_text_and_csv_is_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    psql = [str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c"]
+    text = subprocess.run([*psql, "COPY (SELECT id, email, ssn FROM customers WHERE id <= 5 ORDER BY id) TO STDOUT"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    assert text.splitlines() == [f"{r[0]}\t{masked_email(str(r[2]))}\t{masked_digits(str(r[4]))}" for r in direct_rows]
+    csv = subprocess.run([*psql, "COPY customers (id, email, country) TO STDOUT WITH (FORMAT csv, HEADER)"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+    assert csv[0] == "id,email,country"
+    by_id = {line.split(",")[0]: line for line in csv[1:]}
+    for row in direct_rows:
+        assert by_id[str(row[0])] == f'{row[0]},"{masked_email(str(row[2]))}",{row[5]}'
+
+
+# What masking cannot reach is reviewed (here: refused, there being no approvals), never allowed.
+CANNOT_MASK = [
+    ("SELECT id FROM customers WHERE email LIKE 'a%'", "other than as a plain output column"),
+    ("SELECT upper(email) FROM customers", "other than as a plain output column"),
+    ("SELECT left(email, 3) FROM customers", "other than as a plain output column"),
+    ("SELECT email::bytea FROM customers", "other than as a plain output column"),
+    ("SELECT row(email) FROM customers", "other than as a plain output column"),
+    ("SELECT c FROM customers c", "other than as a plain output column"),
+    ("SELECT json_agg(email) FROM customers", "other than as a plain output column"),
+    ("SELECT email FROM customers ORDER BY 1", "other than as a plain output column"),
+    ("SELECT id, email AS e FROM customers ORDER BY e", "other than as a plain output column"),
+    ("SELECT DISTINCT email FROM customers", "other than as a plain output column"),
+    ("SELECT count(*) FROM customers GROUP BY email", "other than as a plain output column"),
+    ("SELECT x FROM (SELECT email AS x FROM customers) s", "other than as a plain output column"),
+    ("SELECT email FROM customers UNION SELECT name FROM customers", "set operation"),
+    ("COPY (SELECT upper(email) FROM customers) TO STDOUT", "other than as a plain output column"),
+    ("COPY customers TO STDOUT (FORMAT binary)", "binary COPY"),
+    ("UPDATE customers SET email = email WHERE id = 1 RETURNING email", "writes tagged columns"),
+]
+
+
+@pytest.mark.parametrize(("sql", "why"), CANNOT_MASK)
+def test_what_cannot_be_masked_is_reviewed(masking: ProxyThread, sql: str, why: str) -> None:
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn, pytest.raises(psycopg.Error) as raised:
+        conn.execute(sql)
+    assert raised.value.sqlstate == "42501"
+    message = str(raised.value)
+    assert "approval required (rule personal-data)" in message and "cannot mask its result" in message
+    assert why in message
+
+
+def test_a_view_of_tagged_columns_is_reviewed_not_masked(masking: ProxyThread) -> None:
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn, \
+            pytest.raises(psycopg.Error, match="tagged column of a view, whose values may be computed"):
+        conn.execute("SELECT email FROM masking_view")  # lower(email): its column names no base table
+
+
+def test_statements_without_tagged_columns_run_unmasked(masking: ProxyThread) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 1").fetchone() is not None
+        assert conn.execute("SELECT country FROM customers WHERE id = 1").fetchone() is not None
+
+
+# -- the rules, without a server ---------------------------------------------------------------------
+
+
+def test_mask_rules() -> None:
+    rules = MaskRules()
+    assert rules.text(MaskKind.EMAIL, "alice@example.com") == "a***@example.com"
+    assert rules.text(MaskKind.EMAIL, "not an address") == "***"
+    assert rules.text(MaskKind.LAST4, "+1 (555) 123-4567") == "+* (***) ***-4567"
+    assert rules.text(MaskKind.LAST4, "123-45-6789") == "***-**-6789"
+    assert rules.text(MaskKind.LAST4, "1234") == "****"  # four digits or fewer: nothing kept
+    assert rules.text(MaskKind.NULL, "x") is None
+    assert rules.kind_for(frozenset({"pii", "pii.ssn", "sensitive"})) is MaskKind.LAST4
+    assert MaskRules(tags={"sensitive": MaskKind.NULL, "pii.ssn": MaskKind.LAST4}).kind_for(
+        frozenset({"pii.ssn", "sensitive"})) is MaskKind.NULL  # the one that reveals least
+    assert rules.kind_for(frozenset({"pii", "pii.name"})) is MaskKind.PLACEHOLDER
+
+
+def test_copy_rows_with_escapes_and_quotes() -> None:
+    text = CopyMask(CopyFormat(), (None, MaskKind.EMAIL), MaskRules(), text_columns=frozenset({1}))
+    assert text.copy_data(b"1\\tx\ta\\\\b@c.d\n") == b"1\\tx\ta***@c.d\n"
+    assert text.copy_data(b"2\t\\N\n") == b"2\t\\N\n"
+    csv = CopyMask(CopyFormat(csv=True, delimiter=",", null="", header=True), (MaskKind.PLACEHOLDER, None),
+                   MaskRules(), text_columns=frozenset({0}))
+    assert csv.copy_data(b"name,id\n") == b"name,id\n"
+    assert csv.copy_data(b'"a,""b""\nc",1\n') == b'"***",1\n'
+    assert csv.copy_data(b",2\n") == b",2\n"  # NULL stays NULL
+
+
+def test_mask_config_is_validated(tmp_path: Path, pg: PostgresCluster) -> None:
+    good = write_enforce_config(pg, tmp_path, catalog="{}", policy=MASK_POLICY, extra="""\
+masking:
+  placeholder: "[hidden]"
+  default: "null"
+  tags: {sensitive: "null", pii.name: placeholder}
+""")
+    rules = load_config(good).masking
+    assert rules.placeholder == "[hidden]" and rules.default is MaskKind.NULL
+    assert rules.tags["pii.email"] is MaskKind.EMAIL and rules.tags["sensitive"] is MaskKind.NULL
+    for extra, problem in [("masking:\n  tags: {pii.email: redact}\n", "masking.tags.pii.email: expected one of"),
+                           ("masking:\n  tags: {PII: email}\n", "masking.tags.PII: expected a tag"),
+                           ("masking:\n  default: email\n", "masking.default: expected one of placeholder, null"),
+                           ("masking:\n  placeholder: '" + "x" * 65 + "'\n", "masking.placeholder: expected 1 to 64"),
+                           ("masking:\n  colour: red\n", "masking.colour: unknown key 'colour'")]:
+        bad = write_enforce_config(pg, tmp_path, catalog="{}", policy=MASK_POLICY, extra=extra)
+        with pytest.raises(ConfigError, match=r"pgproxy\.yaml:\d+: " + problem.replace(".", r"\.")):
+            load_config(bad)
