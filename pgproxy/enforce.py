@@ -408,10 +408,14 @@ class PolicyGate(StatementGate):
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         mode = rule.hold_mode if rule is not None and rule.hold_mode is not None else approvals.hold_mode
         now = time.time()
+        # Whether a reviewer may approve it with masking, and if not, why (shown on the page).
+        problem = self._unmaskable(verdicts) if not judgement.composed else "it runs another object (EXECUTE, FETCH)"
+        masking = {"possible": problem is None, "reason": problem}
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
             database=session.database, statement=sql, parameters=parameters, statement_sha256=sha,
-            analysis={"statements": _request_analyses(sql, verdicts.analyses)} if verdicts is not None else {},
+            analysis={"statements": _request_analyses(sql, verdicts.analyses), "masking": masking}
+            if verdicts is not None else {},
             rule=decision.rule if decision is not None else "review",
             reason=decision.reason if decision is not None else judgement.message,
             client_address=session.client_address,
@@ -453,7 +457,8 @@ class PolicyGate(StatementGate):
         if outcome.status is Status.APPROVED:
             session.log.info("held statement approved", extra={"approval": request.id,
                                                                 "reviewer": outcome.reviewer})
-            return audited("approved", self._allow_approved(session, verdicts), **held)
+            return audited("approved", self._allow_approved(session, verdicts, masked=outcome.masked),
+                           **held, masked=outcome.masked)
         if outcome.status is Status.DENIED:
             return audited("rejected", Judgement(
                 Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
@@ -484,8 +489,9 @@ class PolicyGate(StatementGate):
         held: dict[str, object] = {"approval_id": found.id, "hold_mode": "retry"}
         if answer.outcome == "used":
             session.log.info("approved statement run again", extra={"approval": found.id})
-            return audited("approved", self._allow_approved(session, verdicts), **held,
-                           reviewers=list(found.approved_by), decision_reason=found.decision_reason)
+            return audited("approved", self._allow_approved(session, verdicts, masked=found.masked), **held,
+                           reviewers=list(found.approved_by), decision_reason=found.decision_reason,
+                           masked=found.masked)
         ended = found.decided_at if found.decided_at is not None else found.expires_at
         until = _utc(ended + approvals.retry_window_seconds)
         again = f"Running the same statement again gets this answer until {until}."
@@ -514,8 +520,18 @@ class PolicyGate(StatementGate):
             f"{first} (rule {found.rule}): {link}; the request id is {found.id}; run the same statement again "
             f"after a reviewer approves it (before {_utc(found.expires_at)})", detail=detail), **held)
 
-    def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
-        """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
+    def _allow_approved(self, session: Session, verdicts: Verdicts | None, *, masked: bool = False) -> Judgement:
+        """A held statement may run (approved, or covered by a grant): the session remembers it as allowed.
+        Approved with masking (`masked`): it runs with the tagged columns of its results masked, which
+        only a statement pgproxy can mask does; any other is refused (fail closed)."""
+        if masked:
+            schema = self.catalog.schema(session.database)
+            problem = self._unmaskable(verdicts)
+            if problem is not None or schema is None or verdicts is None:
+                return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                                 f"approved with masking, but pgproxy cannot mask its result: {problem}")
+            self._remember(session, replace(verdicts, decision=replace(verdicts.decision, action=Action.ALLOW)))
+            return Judgement(Verdict.ALLOW, context=verdicts, parts=verdicts.parts, mask=self.mask_spec(schema))
         if verdicts is not None:
             self._remember(session, replace(verdicts, decision=replace(verdicts.decision, action=Action.ALLOW)))
         return ALLOW

@@ -17,6 +17,7 @@ from pgproxy.config import ConfigError, load_config
 from pgproxy.demo.run import demo_file
 from pgproxy.masking import CopyFormat, CopyMask, MaskKind, MaskRules
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.approvals_support import decide, direct_value, held_psql, wait_pending
 from tests.harness import ProxyThread, running_proxy, write_enforce_config
 
 MASK_POLICY = """\
@@ -231,3 +232,78 @@ masking:
         bad = write_enforce_config(pg, tmp_path, catalog="{}", policy=MASK_POLICY, extra=extra)
         with pytest.raises(ConfigError, match=r"pgproxy\.yaml:\d+: " + problem.replace(".", r"\.")):
             load_config(bad)
+
+
+# -- approve with masking (the API; the page is in tests/test_page.py) ----------------------------------
+
+
+def test_api_approve_with_masking_runs_the_held_statement_masked(approving: ProxyThread,
+                                                                 pg: PostgresCluster) -> None:
+    """asyncpg (extended protocol, binary results): held at Execute, approved with masking."""
+    async def run() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(approving.dsn())
+        try:
+            return [tuple(r) for r in await conn.fetch("SELECT id, email, phone, country FROM customers "
+                                                       "WHERE id = $1 AND country IS NOT NULL", 71)]
+        finally:
+            await conn.close()
+
+    async def decide_when_held() -> tuple[int, dict[str, object]]:
+        request = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1 AND country")
+        assert request["analysis"]["masking"] == {"possible": True, "reason": None}
+        return await asyncio.to_thread(decide, approving, request, "approve_masked", reason="masked only")
+
+    async def both() -> tuple[list[tuple[object, ...]], tuple[int, dict[str, object]]]:
+        rows, decided = await asyncio.gather(run(), decide_when_held())
+        return rows, decided
+
+    rows, (status, body) = asyncio.run(both())
+    assert status == 200 and body["status"] == "approved" and body["masked"] is True
+    id_, email, phone, country = direct_value(pg, "SELECT id, email, phone, country FROM customers "
+                                                  "WHERE id = 71").split("|")
+    assert rows == [(int(id_), masked_email(email), masked_digits(phone), country)]
+
+
+def test_api_refuses_masking_what_cannot_be_masked(approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT id FROM customers WHERE ssn LIKE '9%' AND id = 72")
+    try:
+        request = wait_pending(approving, "AND id = 72")
+        assert request["analysis"]["masking"]["possible"] is False
+        status, body = decide(approving, request, "approve_masked")
+        assert status == 409 and "cannot be masked: it uses public.customers.ssn other than as a plain output " \
+                                 "column" in str(body["error"])
+        assert decide(approving, request, "deny", reason="no")[0] == 200
+        _, err = client.communicate(timeout=15)
+        assert "denied by reviewer alice: no" in err
+    finally:
+        client.kill()
+
+
+def test_api_approval_with_masking_gives_no_grant(approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT email FROM customers WHERE id = 73")
+    try:
+        request = wait_pending(approving, "WHERE id = 73")
+        status, body = decide(approving, request, "approve_masked", grant_minutes=5)
+        assert status == 403 and "gives no grant" in str(body["error"])
+        status, body = decide(approving, request, "maybe")
+        assert status == 400 and "approve_masked" in str(body["error"])
+        assert decide(approving, request, "deny")[0] == 200
+    finally:
+        client.kill()
+
+
+def test_slack_offers_approve_with_masking_only_when_possible() -> None:
+    from pgproxy.approvals.notify import slack_message, summary
+    from pgproxy.store import ApprovalRequest
+
+    def buttons(masking: dict[str, object]) -> list[str]:
+        request = ApprovalRequest(id="a1", agent="agent", groups=(), database="app", statement="SELECT email FROM t",
+                                  parameters=(), statement_sha256="0" * 64, analysis={"statements": [],
+                                                                                       "masking": masking},
+                                  rule="personal-data", reason="r", client_address="127.0.0.1", application_name="",
+                                  created_at=0, expires_at=60)
+        blocks = slack_message(summary(request, "http://x/approvals/a1"))["blocks"]
+        return [e["action_id"] for b in blocks if b["type"] == "actions" for e in b["elements"]]
+
+    assert buttons({"possible": True, "reason": None}) == ["open", "approve", "approve_masked", "deny"]
+    assert buttons({"possible": False, "reason": "set operation"}) == ["open", "approve", "deny"]
