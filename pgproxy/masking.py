@@ -21,8 +21,9 @@ is the analysis's question (pgproxy.analysis.masking); this module only rewrites
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -95,12 +96,53 @@ class MaskRules:
         masked = self.text(kind, text)
         return None if masked is None else masked.encode(codec, "replace")
 
+    def masker(self, kind: MaskKind | None, codec: str) -> Callable[[bytes], bytes | None]:
+        """`value` for one mask and encoding, with a fast path for ASCII values: the encodings
+        pgproxy reads are ASCII-safe (an ASCII byte is always that character), so an ASCII value's
+        bytes are its characters."""
+        if kind is None or kind is MaskKind.NULL:
+            return _null
+        placeholder = self.placeholder.encode(codec, "replace")
+        slow = functools.partial(self.value, kind, codec=codec)
+        if kind is MaskKind.PLACEHOLDER:
+            return lambda raw: placeholder
+        if kind is MaskKind.EMAIL:
+            def email(raw: bytes) -> bytes | None:
+                if not raw.isascii():
+                    return slow(raw)
+                local, at, domain = raw.rpartition(b"@")
+                return local[:1] + b"***@" + domain if at and local and domain else placeholder
+            return email
 
+        def last4(raw: bytes) -> bytes | None:
+            if not raw.isascii():
+                return slow(raw)
+            masked = raw.translate(_ALNUM_STARS)
+            if len(raw) - len(raw.translate(None, _DIGITS)) <= 4:
+                return masked
+            kept = bytearray(masked)
+            found = 0
+            for i in range(len(raw) - 1, -1, -1):
+                if 48 <= raw[i] <= 57:
+                    kept[i] = raw[i]
+                    found += 1
+                    if found == 4:
+                        break
+            return bytes(kept)
+        return last4
+
+
+def _null(raw: bytes) -> None:
+    return None
+
+
+_DIGITS = b"0123456789"
+_ALNUM_STARS = bytes.maketrans(_DIGITS + bytes(range(65, 91)) + bytes(range(97, 123)), b"*" * 62)
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowMask:
     """The masks of one result's DataRows: (field index, mask; None: NULL, the column is not
     text-like), in field order."""
@@ -108,31 +150,40 @@ class RowMask:
     columns: tuple[tuple[int, MaskKind | None], ...]
     rules: MaskRules
     codec: str = "utf-8"
+    _maskers: dict[int, Callable[[bytes], bytes | None]] = field(default_factory=dict)
+    _last: int = -1
+
+    def __post_init__(self) -> None:
+        self._maskers = {index: self.rules.masker(kind, self.codec) for index, kind in self.columns}
+        self._last = max(self._maskers, default=-1)
 
     def data_row(self, body: bytes) -> bytes:
         """A DataRow's body with the masked fields replaced (a malformed row raises ValueError)."""
-        (count,) = _I16.unpack_from(body, 0)
+        count = _I16.unpack_from(body, 0)[0]
+        if count <= self._last:
+            raise ValueError("DataRow has fewer fields than its RowDescription")
+        unpack = _I32.unpack_from
+        maskers = self._maskers
+        size = len(body)
         pos = 2
         out: list[bytes] = []
         done = 0  # body[:done] is in `out`
-        masks = iter(self.columns)
-        index, kind = next(masks, (-1, None))
-        for current in range(count):
-            (length,) = _I32.unpack_from(body, pos)
-            end = pos + 4 + max(length, 0)
-            if end > len(body):
+        for current in range(self._last + 1):  # the fields after the last masked one pass as they are
+            length = unpack(body, pos)[0]
+            end = pos + 4 + (length if length > 0 else 0)
+            if end > size:
                 raise ValueError("DataRow field runs past the message")
-            if current == index:
-                raw = body[pos + 4:end] if length >= 0 else None
-                masked = None if raw is None or kind is None else self.rules.value(kind, raw, self.codec)
-                out += (body[done:pos], _I32.pack(-1) if masked is None else _I32.pack(len(masked)) + masked)
+            masker = maskers.get(current)
+            if masker is not None and length >= 0:
+                masked = masker(body[pos + 4:end])
+                out += (body[done:pos], _NULL if masked is None else _I32.pack(len(masked)) + masked)
                 done = end
-                index, kind = next(masks, (-1, None))
             pos = end
-        if pos != len(body):
-            raise ValueError("DataRow has bytes after its fields")
         out.append(body[done:])
         return b"".join(out)
+
+
+_NULL = _I32.pack(-1)
 
 
 def row_mask(fields: list[tuple[int, int, int]], tagged: Mapping[tuple[int, int], frozenset[str]],
@@ -208,15 +259,50 @@ class CopyMask:
     codec: str = "utf-8"
     text_columns: frozenset[int] = frozenset()  # positions whose type is text-like
     _header_pending: bool = False
+    _maskers: tuple[Callable[[bytes], bytes | None] | None, ...] = ()
+    _marks: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # delimiter, NULL string, quote (ASCII)
+    _quick_ok: bool = False
 
     def __post_init__(self) -> None:
         self._header_pending = self.format.header
+        self._maskers = tuple(None if kind is None else self.rules.masker(kind if i in self.text_columns else None,
+                                                                           self.codec)
+                              for i, kind in enumerate(self.columns))
+        fmt = self.format
+        self._marks = (fmt.delimiter.encode(), fmt.null.encode(self.codec, "replace"), fmt.quote.encode())
+        # The masks of a field without escapes, quotes or delimiters add none, unless the placeholder does.
+        placeholder = self.rules.placeholder
+        self._quick_ok = not any(c in placeholder for c in ("\\", fmt.delimiter, fmt.quote, "\n", "\r"))
 
     def copy_data(self, body: bytes) -> bytes:
         """One CopyData's body (a row) with the masked fields replaced (ValueError if malformed)."""
         if self._header_pending:
             self._header_pending = False
             return body
+        quick = self._quick(body)
+        return quick if quick is not None else self._row(body)
+
+    def _quick(self, body: bytes) -> bytes | None:
+        """An ASCII row without escapes or quotes: its fields are what splitting on the delimiter
+        gives (None: take the general path)."""
+        delimiter, null, quote = self._marks
+        if not self._quick_ok or not body.isascii() or not body.endswith(b"\n") \
+                or (quote if self.format.csv else b"\\") in body:
+            return None
+        fields = body[:-1].split(delimiter)
+        if len(fields) != len(self._maskers):
+            raise ValueError(f"COPY row has {len(fields)} fields where pgproxy expected {len(self._maskers)}")
+        for index, masker in enumerate(self._maskers):
+            if masker is None or fields[index] == null:
+                continue
+            masked = masker(fields[index])
+            if masked is None:
+                fields[index] = null
+            else:
+                fields[index] = quote + masked + quote if self.format.csv else masked
+        return delimiter.join(fields) + b"\n"
+
+    def _row(self, body: bytes) -> bytes:
         text = body.decode(self.codec)
         fields = _csv_fields(text, self.format) if self.format.csv else _text_fields(text, self.format)
         if len(fields) != len(self.columns):
