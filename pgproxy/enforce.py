@@ -22,7 +22,7 @@ from pgproxy.analysis.gate import analyze, planning_runs_code
 from pgproxy.analysis.justification import FORM as JUSTIFICATION_FORM
 from pgproxy.analysis.justification import MalformedJustification
 from pgproxy.analysis.justification import justification as read_justification
-from pgproxy.analysis.model import Analysis, Kind
+from pgproxy.analysis.model import Analysis, Flag, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
 from pgproxy.approvals.preview import Previews
@@ -350,6 +350,8 @@ class PolicyGate(StatementGate):
                 return analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what it does"
             if analysis.tags_written:
                 return "it writes tagged columns, which masking its result does not undo"
+            if Flag.EXECUTES in analysis.flags and analysis.tags_read:
+                return "EXPLAIN ANALYZE returns a plan, not rows pgproxy can mask"
             if analysis.tags_read and analysis.unmaskable is not None:
                 return analysis.unmaskable
             stored = analysis.stored

@@ -51,8 +51,8 @@ def expected(row: tuple[object, ...]) -> tuple[object, ...]:
 def masking(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
     """A proxy that masks personal data; without approvals, what it cannot mask is refused at once
     (the review it falls back to has nobody to ask)."""
-    path = write_enforce_config(pg, tmp_path_factory.mktemp("masking"), catalog=demo_file("catalog.yaml"),
-                                policy=MASK_POLICY)
+    catalog = demo_file("catalog.yaml") + "      created_at: [pii.date]\n"  # a tagged column that is not text
+    path = write_enforce_config(pg, tmp_path_factory.mktemp("masking"), catalog=catalog, policy=MASK_POLICY)
     pg.psql("CREATE OR REPLACE VIEW masking_view AS SELECT id, lower(email) AS email FROM customers",
             dbname="app", user="app_scram")
     try:
@@ -143,6 +143,36 @@ def test_copy_to_text_and_csv_is_masked(masking: ProxyThread, direct_rows: list[
         assert by_id[str(row[0])] == f'{row[0]},"{masked_email(str(row[2]))}",{row[5]}'
 
 
+def test_a_tagged_column_that_is_not_text_is_null(masking: ProxyThread) -> None:
+    """A text mask is not a valid timestamptz: the tagged created_at is NULL, in both formats and in COPY."""
+    for binary in (False, True):
+        with psycopg.connect(masking.dsn()) as conn:
+            rows = conn.cursor(binary=binary).execute(
+                "SELECT id, created_at FROM customers WHERE id <= 3 ORDER BY id").fetchall()
+        assert rows == [(1, None), (2, None), (3, None)]
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c",
+                          "COPY (SELECT id, created_at FROM customers WHERE id <= 2 ORDER BY id) TO STDOUT"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.splitlines() == ["1\t\\N", "2\t\\N"]
+
+
+def test_result_formats_chosen_per_column(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    """Extended protocol by hand: the client asks for email in binary and the rest in text."""
+    from pgproxy.wire import messages as m
+    from tests.harness import raw_session
+
+    with raw_session(masking) as client:
+        client.send(m.Parse("", "SELECT id, email, phone FROM customers WHERE id = 1", ()).encode()
+                    + m.Bind("", "", (), (), (0, 1, 0)).encode() + m.Execute("", 0).encode() + m.Sync().encode())
+        replies = client.until_ready()
+    rows = [body for type_byte, body in replies if type_byte == m.DATA_ROW]
+    assert len(rows) == 1
+    email, phone = str(direct_rows[0][2]), str(direct_rows[0][3])
+    values = [b"1", masked_email(email).encode(), masked_digits(phone).encode()]
+    assert rows[0] == b"\x00\x03" + b"".join(len(v).to_bytes(4, "big") + v for v in values)
+    assert not any(type_byte == m.ROW_DESCRIPTION for type_byte, _ in replies)  # pgproxy's own Describe: dropped
+
+
 # What masking cannot reach is reviewed (here: refused, there being no approvals), never allowed.
 CANNOT_MASK = [
     ("SELECT id FROM customers WHERE email LIKE 'a%'", "other than as a plain output column"),
@@ -161,6 +191,7 @@ CANNOT_MASK = [
     ("COPY (SELECT upper(email) FROM customers) TO STDOUT", "other than as a plain output column"),
     ("COPY customers TO STDOUT (FORMAT binary)", "binary COPY"),
     ("UPDATE customers SET email = email WHERE id = 1 RETURNING email", "writes tagged columns"),
+    ("EXPLAIN ANALYZE SELECT email FROM customers", "EXPLAIN ANALYZE"),
 ]
 
 
@@ -307,3 +338,65 @@ def test_slack_offers_approve_with_masking_only_when_possible() -> None:
 
     assert buttons({"possible": True, "reason": None}) == ["open", "approve", "approve_masked", "deny"]
     assert buttons({"possible": False, "reason": "set operation"}) == ["open", "approve", "deny"]
+
+
+# -- the protocol model (sans-IO): rows masked, or the result refused before any row -------------------
+
+
+def _row_description(*fields: tuple[str, int, int, int]) -> bytes:
+    """A RowDescription body: (name, table oid, attnum, type oid) per field, text format."""
+    out = len(fields).to_bytes(2, "big")
+    for name, oid, attnum, type_oid in fields:
+        out += name.encode() + b"\0" + oid.to_bytes(4, "big") + attnum.to_bytes(2, "big") + type_oid.to_bytes(4, "big")
+        out += b"\xff\xff" + b"\xff\xff\xff\xff" + b"\0\0"  # type size and modifier -1, text format
+    return out
+
+
+def _data_row(*values: bytes | None) -> bytes:
+    return len(values).to_bytes(2, "big") + b"".join(
+        (-1).to_bytes(4, "big", signed=True) if v is None else len(v).to_bytes(4, "big") + v for v in values)
+
+
+EMAIL = (100, 3)  # (table oid, attnum) of a tagged column in these model tests
+
+
+def _masked_query(permitted: frozenset[tuple[int, int]] = frozenset({EMAIL})) -> object:
+    from pgproxy.masking import MaskSpec
+    from pgproxy.protocol.model import ProtocolModel, QueryPart
+
+    model = ProtocolModel(strict=False, guard=lambda columns, permitted: [])
+    model.query([QueryPart(None, permitted, None, MaskSpec(MaskRules(), {EMAIL: frozenset({"pii.email"})}))])
+    return model
+
+
+def test_model_masks_the_rows_of_the_tagged_column_the_row_description_names() -> None:
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.wire import messages as m
+
+    model = _masked_query()
+    assert isinstance(model, ProtocolModel)
+    assert model.answer(m.ROW_DESCRIPTION, _row_description(("id", 100, 1, 23), ("login", 100, 3, 25))) is None
+    assert not model.rows_ok and model.row_mask is not None  # every row goes through `masked`
+    assert model.masked(m.DATA_ROW, _data_row(b"7", b"bob@example.org")) == \
+        m.frame(m.DATA_ROW, _data_row(b"7", b"b***@example.org"))
+    assert model.masked(m.DATA_ROW, _data_row(b"8", None)) == m.frame(m.DATA_ROW, _data_row(b"8", None))
+    model.answer(m.COMMAND_COMPLETE, b"SELECT 2\0")
+    assert model.row_mask is None and not model.refusals
+
+
+@pytest.mark.parametrize("fields", [
+    (("login", 0, 0, 25),),  # an expression: the value names no column
+    (("login", 200, 3, 25),),  # another relation's column (a view's, say)
+    (),  # no columns at all
+], ids=["expression", "other-relation", "none"])
+def test_model_refuses_a_masked_result_that_does_not_show_the_tagged_column_plainly(
+        fields: tuple[tuple[str, int, int, int], ...]) -> None:
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.wire import messages as m
+
+    model = _masked_query()
+    assert isinstance(model, ProtocolModel)
+    model.answer(m.ROW_DESCRIPTION, _row_description(*fields))
+    assert model.refusals and model.refusals[0].message is not None
+    assert "cannot be masked" in model.refusals[0].message
+    assert model.guarding and not model.rows_ok and model.row_mask is None  # its rows are dropped
