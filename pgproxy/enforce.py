@@ -22,7 +22,8 @@ from pgproxy.analysis.gate import analyze, planning_runs_code
 from pgproxy.analysis.justification import FORM as JUSTIFICATION_FORM
 from pgproxy.analysis.justification import MalformedJustification
 from pgproxy.analysis.justification import justification as read_justification
-from pgproxy.analysis.model import Analysis, Flag, Kind
+from pgproxy.analysis.masking import unmaskable
+from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
 from pgproxy.approvals.preview import Previews
@@ -340,24 +341,10 @@ class PolicyGate(StatementGate):
                 text.add(position)
         return CopySpec(output.format, tuple(kinds), frozenset(text))
 
-    def _unmaskable(self, verdicts: Verdicts | None) -> str | None:
-        """Why a statement's results cannot be masked (None: they can). A statement that reads and
-        writes no tagged column has nothing to mask; one pgproxy cannot read never can."""
-        if verdicts is None:
-            return "pgproxy could not analyse it"
-        for analysis in verdicts.analyses:
-            if analysis.kind is Kind.UNKNOWN:
-                return analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what it does"
-            if analysis.tags_written:
-                return "it writes tagged columns, which masking its result does not undo"
-            if Flag.EXECUTES in analysis.flags and analysis.tags_read:
-                return "EXPLAIN ANALYZE returns a plan, not rows pgproxy can mask"
-            if analysis.tags_read and analysis.unmaskable is not None:
-                return analysis.unmaskable
-            stored = analysis.stored
-            if stored is not None and stored.tags_read and stored.unmaskable is not None:
-                return stored.unmaskable
-        return None
+    @staticmethod
+    def _unmaskable(verdicts: Verdicts | None) -> str | None:
+        """Why a statement's results cannot be masked (None: they can)."""
+        return "pgproxy could not analyse it" if verdicts is None else unmaskable(verdicts.analyses)
 
     # -- the hold point ---------------------------------------------------------------------
 

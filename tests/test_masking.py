@@ -400,3 +400,19 @@ def test_model_refuses_a_masked_result_that_does_not_show_the_tagged_column_plai
     assert model.refusals and model.refusals[0].message is not None
     assert "cannot be masked" in model.refusals[0].message
     assert model.guarding and not model.rows_ok and model.row_mask is None  # its rows are dropped
+
+
+def test_check_explains_mask_and_its_fallback_to_review(masking: ProxyThread) -> None:
+    from pgproxy.check import explain
+    from pgproxy.enforce import PolicyGate
+
+    gate = masking.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    [masked] = explain("SELECT email FROM customers", schema, gate.config, agent="agent", groups=frozenset())
+    assert (masked.decision.action.value, masked.decision.rule) == ("mask", "personal-data")
+    [held] = explain("SELECT id FROM customers WHERE email LIKE 'a%'", schema, gate.config, agent="agent",
+                     groups=frozenset())
+    assert held.decision.action.value == "review"
+    assert "pgproxy cannot mask its result: it uses public.customers.email other than" in held.decision.reason

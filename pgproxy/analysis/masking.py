@@ -19,16 +19,35 @@ or such a SELECT) cannot be masked at all.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from pglast import ast
 
-from pgproxy.analysis.model import Analysis, ColumnKey, CopyOutput
+from pgproxy.analysis.model import Analysis, ColumnKey, CopyOutput, Flag, Kind
 from pgproxy.analysis.references import References, Scope, Unresolved
 from pgproxy.analysis.schema import Relation, Schema
 from pgproxy.masking import CopyFormat
 
 _BASE_TABLES = frozenset({"r", "p", "f"})  # relkinds whose columns hold stored values, not computed ones
+
+
+def unmaskable(analyses: Sequence[Analysis]) -> str | None:
+    """Why the results of a query string's statements cannot be masked (None: they can). A statement
+    that reads and writes no tagged column has nothing to mask; one pgproxy cannot read never can."""
+    for analysis in analyses:
+        if analysis.kind is Kind.UNKNOWN:
+            return analysis.reasons[0] if analysis.reasons else "pgproxy cannot tell what it does"
+        if analysis.tags_written:
+            return "it writes tagged columns, which masking its result does not undo"
+        if Flag.EXECUTES in analysis.flags and analysis.tags_read:
+            return "EXPLAIN ANALYZE returns a plan, not rows pgproxy can mask"
+        if analysis.tags_read and analysis.unmaskable is not None:
+            return analysis.unmaskable
+        stored = analysis.stored
+        if stored is not None and stored.tags_read and stored.unmaskable is not None:
+            return stored.unmaskable
+    return None
 
 
 def select_unmaskable(query: ast.SelectStmt, analysis: Analysis, schema: Schema, path: tuple[str, ...],
