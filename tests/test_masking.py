@@ -416,3 +416,16 @@ def test_check_explains_mask_and_its_fallback_to_review(masking: ProxyThread) ->
                      groups=frozenset())
     assert held.decision.action.value == "review"
     assert "pgproxy cannot mask its result: it uses public.customers.email other than" in held.decision.reason
+
+
+def test_psycopg_pipeline_of_masked_and_unmasked_statements(masking: ProxyThread,
+                                                            direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        with conn.pipeline():
+            first = conn.execute(f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id", (5,))
+            plain = conn.execute("SELECT id, country FROM customers WHERE id <= %s ORDER BY id", (5,))
+            binary = conn.cursor(binary=True).execute(f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id",
+                                                      (5,))
+        assert first.fetchall() == [expected(row) for row in direct_rows]
+        assert plain.fetchall() == [(row[0], row[5]) for row in direct_rows]
+        assert binary.fetchall() == [expected(row) for row in direct_rows]
