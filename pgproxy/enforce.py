@@ -400,13 +400,16 @@ class PolicyGate(StatementGate):
         # Whether a reviewer may approve it with masking, and if not, why (shown on the page).
         problem = self._unmaskable(verdicts) if not judgement.composed else "it runs another object (EXECUTE, FETCH)"
         masking = {"possible": problem is None, "reason": problem}
+        reason = decision.reason if decision is not None else judgement.message
+        if decision is not None and decision.action is Action.MASK and problem is not None:
+            reason = f"{reason}; pgproxy cannot mask its result: {problem}"  # the rule masks; this it cannot
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
             database=session.database, statement=sql, parameters=parameters, statement_sha256=sha,
             analysis={"statements": _request_analyses(sql, verdicts.analyses), "masking": masking}
             if verdicts is not None else {},
             rule=decision.rule if decision is not None else "review",
-            reason=decision.reason if decision is not None else judgement.message,
+            reason=reason,
             client_address=session.client_address,
             application_name=_application_name(session), created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,

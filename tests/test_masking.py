@@ -429,3 +429,25 @@ def test_psycopg_pipeline_of_masked_and_unmasked_statements(masking: ProxyThread
         assert first.fetchall() == [expected(row) for row in direct_rows]
         assert plain.fetchall() == [(row[0], row[5]) for row in direct_rows]
         assert binary.fetchall() == [expected(row) for row in direct_rows]
+
+
+def test_with_approvals_what_cannot_be_masked_is_held_for_a_reviewer(pg: PostgresCluster, tmp_path: Path,
+                                                                      direct_rows: list[tuple[object, ...]]) -> None:
+    from tests.approvals_support import start_proxy
+
+    with start_proxy(pg, tmp_path, catalog=demo_file("catalog.yaml"), policy=MASK_POLICY) as proxy:
+        with psycopg.connect(proxy.dsn()) as conn:  # maskable: runs at once, masked, nothing held
+            assert conn.execute(f"SELECT {COLUMNS} FROM customers WHERE id <= 5 ORDER BY id").fetchall() == \
+                [expected(row) for row in direct_rows]
+        client = held_psql(proxy, "SELECT id FROM customers WHERE email LIKE 'a%' AND id = 81")
+        try:
+            request = wait_pending(proxy, "AND id = 81")
+            assert request["rule"] == "personal-data"
+            assert "pgproxy cannot mask its result: it uses public.customers.email" in request["reason"]
+            assert request["analysis"]["masking"]["possible"] is False
+            assert decide(proxy, request, "approve", reason="fine")[0] == 200
+            out, _ = client.communicate(timeout=15)
+            assert out.strip() in ("", "81")  # it ran, unmasked (its result shows no tagged column)
+            assert client.returncode == 0
+        finally:
+            client.kill()
