@@ -121,6 +121,18 @@ def test_sql_cursor_fetches_are_masked(masking: ProxyThread, direct_rows: list[t
     assert server_side == first + rest
 
 
+def test_sql_prepare_and_execute_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    prepare = f"PREPARE masked_rows (int) AS SELECT {COLUMNS} FROM customers WHERE id <= $1 ORDER BY id"
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn:  # extended protocol
+        conn.execute(prepare)
+        extended = conn.execute("EXECUTE masked_rows (5)").fetchall()
+    assert extended == [expected(row) for row in direct_rows]
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", "-F", "|", masking.dsn(), "-c", prepare, "-c",
+                          "EXECUTE masked_rows (5)"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert [tuple(line.split("|")) for line in out.splitlines() if "|" in line] == \
+        [tuple(str(v) for v in expected(row)) for row in direct_rows]
+
+
 def test_masks_follow_the_column_not_its_name(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
     with psycopg.connect(masking.dsn()) as conn:
         rows = conn.execute("SELECT c.email AS id, c.id AS email, t.* FROM customers c JOIN customers t USING (id) "
@@ -232,6 +244,17 @@ def test_mask_rules() -> None:
     assert MaskRules(tags={"sensitive": MaskKind.NULL, "pii.ssn": MaskKind.LAST4}).kind_for(
         frozenset({"pii.ssn", "sensitive"})) is MaskKind.NULL  # the one that reveals least
     assert rules.kind_for(frozenset({"pii", "pii.name"})) is MaskKind.PLACEHOLDER
+
+
+def test_masks_read_values_in_the_client_encoding() -> None:
+    """A first character that is not ASCII is one character, in whatever encoding the client reads."""
+    rules = MaskRules()
+    for codec in ("utf-8", "latin-1"):
+        masker = rules.masker(MaskKind.EMAIL, codec)
+        assert masker("éva@exämple.fr".encode(codec)) == "é***@exämple.fr".encode(codec)
+        assert rules.masker(MaskKind.LAST4, codec)("Tél 01 23 45 67 89".encode(codec)) == \
+            "*** ** ** ** 67 89".encode(codec)
+    assert rules.masker(MaskKind.EMAIL, "utf-8")(b"\xff@x") == b"***"  # not UTF-8: the placeholder, nothing of it
 
 
 def test_copy_rows_with_escapes_and_quotes() -> None:
