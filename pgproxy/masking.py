@@ -150,35 +150,32 @@ class RowMask:
     columns: tuple[tuple[int, MaskKind | None], ...]
     rules: MaskRules
     codec: str = "utf-8"
-    _maskers: dict[int, Callable[[bytes], bytes | None]] = field(default_factory=dict)
-    _last: int = -1
+    # Per field up to the last masked one: its masker, or None (fields after it pass as they are).
+    _maskers: list[Callable[[bytes], bytes | None] | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._maskers = {index: self.rules.masker(kind, self.codec) for index, kind in self.columns}
-        self._last = max(self._maskers, default=-1)
+        by_index = {index: self.rules.masker(kind, self.codec) for index, kind in self.columns}
+        self._maskers = [by_index.get(i) for i in range(max(by_index, default=-1) + 1)]
 
     def data_row(self, body: bytes) -> bytes:
         """A DataRow's body with the masked fields replaced (a malformed row raises ValueError)."""
-        count = _I16.unpack_from(body, 0)[0]
-        if count <= self._last:
+        if _I16.unpack_from(body, 0)[0] < len(self._maskers):
             raise ValueError("DataRow has fewer fields than its RowDescription")
         unpack = _I32.unpack_from
-        maskers = self._maskers
-        size = len(body)
         pos = 2
         out: list[bytes] = []
         done = 0  # body[:done] is in `out`
-        for current in range(self._last + 1):  # the fields after the last masked one pass as they are
+        for masker in self._maskers:
             length = unpack(body, pos)[0]
             end = pos + 4 + (length if length > 0 else 0)
-            if end > size:
-                raise ValueError("DataRow field runs past the message")
-            masker = maskers.get(current)
             if masker is not None and length >= 0:
                 masked = masker(body[pos + 4:end])
-                out += (body[done:pos], _NULL if masked is None else _I32.pack(len(masked)) + masked)
+                out.append(body[done:pos])
+                out.append(_NULL if masked is None else _I32.pack(len(masked)) + masked)
                 done = end
             pos = end
+        if pos > len(body):  # checked once: positions only grow (nothing is sent before this returns)
+            raise ValueError("DataRow field runs past the message")
         out.append(body[done:])
         return b"".join(out)
 
