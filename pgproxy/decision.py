@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pgproxy.errors import ClientProtocolError, SqlState
+from pgproxy.errors import ClientProtocolError, ProxyError, SqlState
 from pgproxy.masking import CopySpec, MaskSpec
 from pgproxy.protocol import RESERVED_PREFIX, Portal, PreparedStatement, ProtocolModel, QueryPart, SessionOp
 from pgproxy.protocol.lexing import UnreadableText
@@ -183,7 +183,7 @@ def facts(statement: PreparedStatement) -> Judgement:
 def _portal_judgement(portal: Portal) -> Judgement:
     judged = facts(portal.statement)
     if portal.approved and judged.verdict is not Verdict.DENY:
-        return approved(judged, portal.approved_mask if isinstance(portal.approved_mask, MaskSpec) else None)
+        return approved(judged, portal.approved_mask)
     return judged
 
 
@@ -595,6 +595,9 @@ class DecisionPoint:
         FETCH in it runs (objects its earlier statements create count), and the judgement of
         the whole; None when a name it runs is not yet certain."""
         if judged.parts is None:
+            if judged.mask is not None or approved_mask is not None:
+                # Masking needs the statements (each result's masks): never run one unmasked instead.
+                raise ProxyError(SqlState.INTERNAL_ERROR, "pgproxy cannot mask this statement's result")
             return None, judged, sql, None, []
         model = self.model
         objects = model.predicted.copy()
@@ -620,8 +623,7 @@ class DecisionPoint:
                 if isinstance(target, Portal):
                     referenced = facts(target.statement)
                     if target.approved and referenced.verdict is not Verdict.DENY:
-                        referenced = approved(referenced, target.approved_mask
-                                              if isinstance(target.approved_mask, MaskSpec) else None)
+                        referenced = approved(referenced, target.approved_mask)
                     runs = target.statement
                     bind = target.bind or bind
                     covered.append(target)
