@@ -52,14 +52,19 @@ def masking(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> It
     """A proxy that masks personal data; without approvals, what it cannot mask is refused at once
     (the review it falls back to has nobody to ask)."""
     catalog = demo_file("catalog.yaml") + "      created_at: [pii.date]\n"  # a tagged column that is not text
+    catalog += "    masking_generated:\n      email: [pii, pii.email]\n"
     path = write_enforce_config(pg, tmp_path_factory.mktemp("masking"), catalog=catalog, policy=MASK_POLICY)
-    pg.psql("CREATE OR REPLACE VIEW masking_view AS SELECT id, lower(email) AS email FROM customers",
+    pg.psql("CREATE OR REPLACE VIEW masking_view AS SELECT id, lower(email) AS email FROM customers;"
+            "DROP TABLE IF EXISTS masking_generated;"
+            "CREATE TABLE masking_generated (id int, email text, domain text GENERATED ALWAYS AS "
+            "(split_part(email, '@', 2)) STORED); INSERT INTO masking_generated VALUES (1, 'ann@example.com')",
             dbname="app", user="app_scram")
     try:
         with running_proxy(load_config(path)) as proxy:
             yield proxy
     finally:
-        pg.psql("DROP VIEW IF EXISTS masking_view", dbname="app", user="app_scram")
+        pg.psql("DROP VIEW IF EXISTS masking_view; DROP TABLE IF EXISTS masking_generated", dbname="app",
+                user="app_scram")
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +188,17 @@ def test_result_formats_chosen_per_column(masking: ProxyThread, direct_rows: lis
     values = [b"1", masked_email(email).encode(), masked_digits(phone).encode()]
     assert rows[0] == b"\x00\x03" + b"".join(len(v).to_bytes(4, "big") + v for v in values)
     assert not any(type_byte == m.ROW_DESCRIPTION for type_byte, _ in replies)  # pgproxy's own Describe: dropped
+
+
+def test_a_copy_whose_columns_are_not_the_ones_resolved_is_refused(masking: ProxyThread) -> None:
+    """COPY of a table leaves its generated columns out: pgproxy resolved three columns, the server
+    sends two, so the masks would land on the wrong columns. The COPY is refused before any row."""
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c",
+                          "COPY masking_generated TO STDOUT"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and out.stdout == ""
+    assert "pgproxy refused a masked COPY" in out.stderr and "ann@" not in out.stderr
+    with psycopg.connect(masking.dsn()) as conn:  # its columns named: masked
+        assert conn.execute("SELECT id, email FROM masking_generated").fetchall() == [(1, "a***@example.com")]
 
 
 # What masking cannot reach is reviewed (here: refused, there being no approvals), never allowed.
