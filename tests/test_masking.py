@@ -490,3 +490,42 @@ def test_with_approvals_what_cannot_be_masked_is_held_for_a_reviewer(pg: Postgre
             assert client.returncode == 0
         finally:
             client.kill()
+
+
+# -- tests that search: a tagged value in any expression slot is never masked ------------------------
+
+MASKABLE_SEEDS = [
+    "SELECT id, email FROM customers WHERE country = 'DE' ORDER BY id LIMIT 5 OFFSET 1",
+    "SELECT c.id, c.name, o.total FROM customers c JOIN orders o ON o.customer_id = c.id "
+    "WHERE o.status = 'paid' AND o.total > 10",
+    "WITH recent AS (SELECT customer_id FROM orders WHERE total > 10) "
+    "SELECT c.email, c.phone FROM customers c WHERE c.id IN (SELECT customer_id FROM recent)",
+    "SELECT * FROM customers c WHERE c.plan = 'pro' ORDER BY c.id DESC FOR SHARE",
+    "COPY (SELECT id, email, ssn FROM customers WHERE id < 10) TO STDOUT WITH (FORMAT csv)",
+]
+
+
+def test_a_tagged_value_in_any_expression_slot_is_never_masked(masking: ProxyThread) -> None:
+    """Expression-slot injection (tests/injection.py): a subquery reading customers.ssn placed in
+    every slot of maskable statements, one at a time. No mutant may be masked: wherever the
+    value goes (a filter, a sort, a function argument, the select list, LIMIT…), masking the
+    result's plain columns would not hide it."""
+    from pgproxy.analysis.gate import analyze
+    from pgproxy.analysis.masking import unmaskable
+    from pgproxy.analysis.model import ColumnKey
+    from pgproxy.enforce import PolicyGate
+    from tests import corpus, injection
+
+    gate = masking.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    ssn = ColumnKey("public", "customers", "ssn")
+    probe = injection.Probe(ssn, schema.relations[("public", "customers")].tags["ssn"], "public.customers", "ssn")
+    mutants = 0
+    for line, sql in enumerate(MASKABLE_SEEDS, 1):
+        assert unmaskable(analyze(sql, schema)) is None, sql  # the seed itself is masked
+        for mutant in injection.mutate(corpus.Case("masking", line, "mask", "seed", sql), probe):
+            mutants += 1
+            assert unmaskable(analyze(mutant.sql, schema)) is not None, (mutant.path, mutant.sql)
+    assert mutants > 50  # the walk found the slots (87 when written)
