@@ -211,6 +211,11 @@ SELECT DISTINCT 'runs', CASE WHEN d.classid = 'pg_policy'::regclass THEN 'rw' EL
    AND coalesce(ad.adrelid, co.conrelid, ix.indrelid, po.polrelid) IS NOT NULL;
 SELECT DISTINCT 'hook', r.ev_class::text FROM pg_rewrite r WHERE r.rulename <> '_RETURN';
 SELECT DISTINCT 'hook', t.tgrelid::text FROM pg_trigger t WHERE NOT t.tgisinternal;
+SELECT 'text', a.attrelid::text, a.attnum::text
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid
+ WHERE c.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+   AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END) IN (25, 1043, 1042, 19);
 SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
   FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0;
@@ -287,8 +292,13 @@ def _build(rows: list[Row]) -> Introspection:
         if attnum is not None and attname is not None:
             entry[3].append(attname)
             entry[4].append(int(attnum))
+    texts: dict[int, set[int]] = {}  # text-like columns, which masks may replace with text
+    for _, oid, attnum in by_kind.get("text", []):
+        texts.setdefault(int(_text(oid)), set()).add(int(_text(attnum)))
     relations = {
-        (schema, name): Relation(oid, schema, name, kind, tuple(cols), tuple(nums))
+        (schema, name): Relation(oid, schema, name, kind, tuple(cols), tuple(nums),
+                                 text_columns=frozenset(c for c, n in zip(cols, nums, strict=True)
+                                                        if n in texts.get(oid, ())))
         for oid, (schema, name, kind, cols, nums) in columns.items()
     }
     functions: dict[str, set[str]] = {}

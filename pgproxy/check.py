@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from pgproxy.analysis.gate import analyze, unknown
+from pgproxy.analysis.masking import unmaskable
 from pgproxy.analysis.model import Analysis, ColumnKey
 from pgproxy.analysis.schema import Schema
 from pgproxy.config import Config
-from pgproxy.policy import Decision, Policy, decide, strictest
+from pgproxy.policy import Action, Decision, Policy, decide, strictest
 from pgproxy.protocol.objects import REFERENCES, OpKind
 
 
@@ -53,6 +54,11 @@ def explain(sql: str, schema: Schema, config: Config, *, agent: str,
                         if op.kind is not OpKind.DISCARD_ALL and key[0] != (op.kind is OpKind.DEALLOCATE)}
             else:
                 kept.pop((op.kind is OpKind.DEALLOCATE, op.name), None)
+        if decision.action is Action.MASK and not decision.observed:
+            why = unmaskable([analysis])
+            if why is not None:  # what cannot be masked is reviewed, as enforce mode does
+                decision = replace(decision, action=Action.REVIEW,
+                                   reason=f"{decision.reason}; pgproxy cannot mask its result: {why}")
         explained.append(Explanation(analysis, decision))
     return explained
 

@@ -22,6 +22,7 @@ import yaml
 from pgproxy.analysis.model import Flag, Kind
 from pgproxy.approvals.http import HttpLimits
 from pgproxy.approvals.notify import SLACK_API, NotifierConfig
+from pgproxy.masking import DEFAULT_TAG_MASKS, MaskKind, MaskRules
 from pgproxy.names import canonical, invisible
 from pgproxy.policy import Action, HoldMode, Policy, Rule
 from pgproxy.wire.scram import parse_scram_secret
@@ -197,6 +198,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     approvals: ApprovalsConfig | None = None  # None: statements that need review are refused
     audit: AuditConfig | None = None  # None: no audit log (without approvals, unless configured)
+    masking: MaskRules = field(default_factory=MaskRules)  # the masks of tagged columns (action mask)
 
 
 def read_yaml(path: Path, what: str, expected: str) -> yaml.Node:
@@ -458,7 +460,7 @@ class _Loader:
     def config(self, at: _At) -> Config:
         found = self.mapping(
             at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy",
-                 "approvals", "audit", "recognizers"),
+                 "approvals", "audit", "recognizers", "masking"),
             required=("routes",),
         )
         if "auth" not in found:
@@ -492,6 +494,7 @@ class _Loader:
             policy=policy,
             approvals=approvals,
             audit=audit,
+            masking=_opt(found, "masking", self.masking, MaskRules()),
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -919,8 +922,9 @@ class _Loader:
 
         action = Action(self.choice(found["action"], [a.value for a in Action]))
         observe = _opt(found, "observe", self.boolean, False)
-        if observe and action is Action.ALLOW:
-            self.fail(found["observe"], f"rule {name!r} allows, so there is nothing to observe; observe is for "
+        if observe and action in (Action.ALLOW, Action.MASK):
+            verb = "allows" if action is Action.ALLOW else "masks"
+            self.fail(found["observe"], f"rule {name!r} {verb}, so there is nothing to observe; observe is for "
                                         "review and deny rules (it records what they would do and lets the "
                                         "statement run)")
         if observe and not audited:
@@ -947,6 +951,22 @@ class _Loader:
             require_justification=require_justification,
         )
 
+    def masking(self, at: _At) -> MaskRules:
+        """Masks per tag, merged over the defaults (pgproxy.masking)."""
+        found = self.mapping(at, ("tags", "default", "placeholder"))
+        kinds = [k.value for k in MaskKind]
+        tags = dict(DEFAULT_TAG_MASKS)
+        for tag, entry in (self.entries(found["tags"]) if "tags" in found else {}).items():
+            if not _TAG.fullmatch(tag):
+                self.fail(entry, "expected a tag: lower-case words joined by dots (e.g. pii.email)")
+            tags[tag] = MaskKind(self.choice(entry, kinds))
+        placeholder = _opt(found, "placeholder", self.string, MaskRules().placeholder)
+        if not 1 <= len(placeholder) <= 64 or not placeholder.isprintable():
+            self.fail(found["placeholder"], "expected 1 to 64 printable characters")
+        return MaskRules(tags=tags, placeholder=placeholder,
+                         default=MaskKind(_opt(found, "default", lambda a: self.choice(a, ["placeholder", "null"]),
+                                               "placeholder")))
+
     def hold_mode(self, at: _At) -> HoldMode:
         return HoldMode(self.choice(at, [m.value for m in HoldMode]))
 
@@ -957,6 +977,7 @@ class _Loader:
 
 
 _T = TypeVar("_T")
+_TAG = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")  # as in the catalog file
 
 
 def _opt(found: dict[str, _At], name: str, read: Callable[[_At], _T], default: _T) -> _T:

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pgproxy.errors import ClientProtocolError, SqlState
+from pgproxy.errors import ClientProtocolError, ProxyError, SqlState
+from pgproxy.masking import CopySpec, MaskSpec
 from pgproxy.protocol import RESERVED_PREFIX, Portal, PreparedStatement, ProtocolModel, QueryPart, SessionOp
 from pgproxy.protocol.lexing import UnreadableText
 from pgproxy.protocol.objects import REFERENCES, OpKind
@@ -48,6 +49,7 @@ class Part:
     op: SessionOp | None = None
     permitted: Columns = frozenset()
     lexing: bool = False  # running it may change how the server reads the text after it
+    copy: CopySpec | None = None  # COPY … TO STDOUT: how to mask its rows when it is masked
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,9 @@ class Judgement:
     # the hold point records it and lets the execution run without asking anyone.
     observed: bool = False
     justify: str | None = None  # REVIEW: the rule behind it that requires the agent's justification to hold it
+    # ALLOW: the tagged columns in its results are masked (policy action mask, or a reviewer's
+    # approval with masking); None: they pass as they are.
+    mask: MaskSpec | None = None
 
     @property
     def changes_lexing(self) -> bool:
@@ -103,16 +108,19 @@ def strictest(first: Judgement, second: Judgement) -> Judgement:
     if _STRICTNESS[second.verdict] != _STRICTNESS[first.verdict]:
         found = second if _STRICTNESS[second.verdict] > _STRICTNESS[first.verdict] else first
     else:
-        found = second if first.observed and not second.observed else first
+        found = second if (first.observed and not second.observed) or (first.mask is None and second.mask) else first
+    if found.verdict is Verdict.ALLOW and found.mask is None and (first.mask or second.mask):
+        found = replace(found, mask=first.mask or second.mask)
     if found.justify is None and found.verdict is Verdict.REVIEW and (first.justify or second.justify):
         return replace(found, justify=first.justify or second.justify)
     return found
 
 
-def approved(judgement: Judgement) -> Judgement:
+def approved(judgement: Judgement, mask: MaskSpec | None = None) -> Judgement:
     """What a judgement becomes once a reviewer approved it: the execution may run and its
-    results may show the columns the statement reads."""
-    return replace(judgement, verdict=Verdict.ALLOW)
+    results may show the columns the statement reads (masked, when the reviewer approved with
+    masking: `mask`)."""
+    return replace(judgement, verdict=Verdict.ALLOW, mask=mask or judgement.mask)
 
 
 def shown_parameters(bind: bytes | None, codec: str | None = None,
@@ -174,7 +182,9 @@ def facts(statement: PreparedStatement) -> Judgement:
 
 def _portal_judgement(portal: Portal) -> Judgement:
     judged = facts(portal.statement)
-    return approved(judged) if portal.approved and judged.verdict is not Verdict.DENY else judged
+    if portal.approved and judged.verdict is not Verdict.DENY:
+        return approved(judged, portal.approved_mask)
+    return judged
 
 
 def _referenced(target: PreparedStatement | Portal | None) -> tuple[Judgement, str, bytes | None, list[Portal]]:
@@ -198,7 +208,8 @@ def execution(model: ProtocolModel, portal: Portal) -> Execution | None:
     judged, sql, bind, covered = _referenced(target)
     combined = strictest(own, judged)
     combined = replace(combined, composed=True, parts=(
-        Part(None, own.permitted | judged.permitted, own.changes_lexing or judged.changes_lexing),))
+        Part(None, own.permitted | judged.permitted, own.changes_lexing or judged.changes_lexing),),
+        mask=own.mask or judged.mask if combined.verdict is Verdict.ALLOW else None)
     shown = f"{statement.sql}\n-- {statement.op.name if statement.op else ''} is: {sql}" if sql else statement.sql
     runs = target.statement if isinstance(target, Portal) else target
     types = target.statement.param_types if isinstance(target, Portal) and bind else statement.param_types
@@ -255,6 +266,7 @@ class Resume:
     judgement: Judgement | None = None
     approved: bool = False
     asked: bool = False  # the server parsed the statement already
+    mask: MaskSpec | None = None  # approved with masking
 
 
 @dataclass(slots=True)
@@ -335,7 +347,7 @@ class DecisionPoint:
             return False
         judged = statement.facts
         if judged is not None and (not isinstance(judged, Judgement) or judged.verdict is not Verdict.ALLOW
-                                   or judged.changes_lexing):
+                                   or judged.changes_lexing or judged.mask is not None):
             return False
         described = data[end] == m.DESCRIBE
         if described:
@@ -456,6 +468,7 @@ class DecisionPoint:
             created = model.bind(portal, statement, body)
             if created is not None:
                 created.approved = True  # the approval covers the portal this Bind makes
+                created.approved_mask = resume.mask
             return None
         model.bind(portal, statement, body)
         return None
@@ -474,7 +487,15 @@ class DecisionPoint:
             return Wait()
         judged = found.judgement
         if resume is not None and resume.approved:
-            judged = approved(judged)
+            judged = approved(judged, resume.mask)
+        if judged.verdict is Verdict.ALLOW and judged.mask is not None:
+            # Masked: the proxy describes the portal itself, so that the RowDescription naming its
+            # columns (table, attnum, type) comes right before its rows, whatever the client did.
+            parts = judged.parts
+            copy = parts[0].copy if parts is not None and len(parts) == 1 else None
+            masked = model.execute_masked(name, portal, judged.permitted, judged.mask, copy, found.runs)
+            self._lexing_may_change(judged.changes_lexing, (portal.statement.op,))
+            return masked
         if judged.verdict is Verdict.ALLOW:
             before = None
             if self.gate is not None and model.needs_describe(portal):
@@ -530,7 +551,7 @@ class DecisionPoint:
         for part in judged.parts or ():
             if part.op is not None and model.is_reserved(part.op.name):
                 return self._reserved(part.op.name, type_byte)  # PREPARE, DECLARE, ... of pgproxy's names
-        resolved = self._resolve_query(judged, is_approved, sql)
+        resolved = self._resolve_query(judged, is_approved, sql, resume.mask if resume is not None else None)
         if resolved is None:
             return Wait()
         parts, combined, shown, bind, covered = resolved
@@ -568,12 +589,15 @@ class DecisionPoint:
         return (model.idle and model.confirmed.failed
                 and (first is None or first.kind not in _ENDS_BLOCK))
 
-    def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str) -> tuple[
-            list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
+    def _resolve_query(self, judged: Judgement, is_approved: bool, sql: str, approved_mask: MaskSpec | None = None,
+                       ) -> tuple[list[QueryPart] | None, Judgement, str, bytes | None, list[Portal]] | None:
         """A simple Query's statements as the model records them, with what each EXECUTE or
         FETCH in it runs (objects its earlier statements create count), and the judgement of
         the whole; None when a name it runs is not yet certain."""
         if judged.parts is None:
+            if judged.mask is not None or approved_mask is not None:
+                # Masking needs the statements (each result's masks): never run one unmasked instead.
+                raise ProxyError(SqlState.INTERNAL_ERROR, "pgproxy cannot mask this statement's result")
             return None, judged, sql, None, []
         model = self.model
         objects = model.predicted.copy()
@@ -587,6 +611,7 @@ class DecisionPoint:
             op = part.op
             runs: PreparedStatement | None = None
             permitted = part.permitted
+            mask = approved_mask or judged.mask if is_approved or judged.verdict is Verdict.ALLOW else None
             if op is not None and op.kind in REFERENCES:
                 table = objects.statements if op.kind is OpKind.EXECUTE else objects.portals
                 touched = (objects.statement_touched if op.kind is OpKind.EXECUTE else objects.portal_touched)
@@ -598,7 +623,7 @@ class DecisionPoint:
                 if isinstance(target, Portal):
                     referenced = facts(target.statement)
                     if target.approved and referenced.verdict is not Verdict.DENY:
-                        referenced = approved(referenced)
+                        referenced = approved(referenced, target.approved_mask)
                     runs = target.statement
                     bind = target.bind or bind
                     covered.append(target)
@@ -611,11 +636,12 @@ class DecisionPoint:
                     notes.append(f"-- {op.name} is: {runs.sql}")
                     combined = replace(strictest(combined, referenced), composed=True)
                     permitted = permitted | referenced.permitted
+                    mask = mask or (referenced.mask if referenced.verdict is Verdict.ALLOW else None)
             if op is not None and is_approved and op.kind is OpKind.DECLARE and isinstance(op.facts, Judgement):
-                op = replace(op, facts=approved(op.facts))  # the approval covers the cursor it declares
+                op = replace(op, facts=approved(op.facts, approved_mask))  # the approval covers the cursor
             if op is not None and objects.touches(op):
                 objects.apply(op, segment)
-            parts.append(QueryPart(op, permitted, runs))
+            parts.append(QueryPart(op, permitted, runs, mask, part.copy if mask is not None else None))
         shown = "\n".join([sql, *notes]) if notes else sql
         return parts, combined, shown, bind, covered
 

@@ -22,6 +22,7 @@ from pgproxy.analysis.gate import analyze, planning_runs_code
 from pgproxy.analysis.justification import FORM as JUSTIFICATION_FORM
 from pgproxy.analysis.justification import MalformedJustification
 from pgproxy.analysis.justification import justification as read_justification
+from pgproxy.analysis.masking import unmaskable
 from pgproxy.analysis.model import Analysis, Kind
 from pgproxy.analysis.schema import Schema
 from pgproxy.approvals.display import statement_view
@@ -39,6 +40,7 @@ from pgproxy.decision import (
     Verdict,
 )
 from pgproxy.errors import SqlState
+from pgproxy.masking import CopySpec, MaskSpec
 from pgproxy.policy import Action, Decision, HoldMode, decide, rule_named, strictest
 from pgproxy.protocol.objects import OpKind
 from pgproxy.store import ApprovalRequest, Status, StoreError
@@ -122,6 +124,7 @@ class PolicyGate(StatementGate):
         # statement touching one (or naming what the old schema does not know) waits for it.
         self._barriers: dict[str, list[tuple[frozenset[str], asyncio.Future[None]]]] = {}
         self._tagged: tuple[str, dict[tuple[int, int], str]] = ("", {})
+        self._masks: tuple[str, MaskSpec | None] = ("", None)
         # EXPLAIN previews of held statements, run in the background (see pgproxy.approvals.preview).
         self.previews = Previews(config.approvals.explain_timeout_seconds if config.approvals is not None else 0)
 
@@ -308,9 +311,40 @@ class PolicyGate(StatementGate):
                 decision = decide(self.policy, stored, identity.agent_id, identity.groups)
                 inner = Verdicts(decision, (stored,))
                 inner.parts = (Part(None, _tagged_reads(schema, stored), stored.lexing),)
-                op = replace(op, facts=self._verdict(decision, inner, "extended"))
-            parts.append(Part(op, _tagged_reads(schema, analysis), analysis.lexing))
+                op = replace(op, facts=self._verdict(decision, inner, "extended", session.database))
+            parts.append(Part(op, _tagged_reads(schema, analysis), analysis.lexing, self._copy_spec(schema, analysis)))
         return tuple(parts)
+
+    # -- masking ---------------------------------------------------------------------------
+
+    def mask_spec(self, schema: Schema) -> MaskSpec:
+        """The masks of the tagged columns of base tables (what a RowDescription can name)."""
+        spec = self._masks[1]
+        if self._masks[0] != schema.version or spec is None:
+            tagged = {(r.oid, r.attnums[r.columns.index(c)]): tags for r in schema.relations.values()
+                      if r.kind in ("r", "p", "f") for c, tags in r.tags.items() if c in r.columns}
+            spec = MaskSpec(self.config.masking, tagged)
+            self._masks = (schema.version, spec)
+        return spec
+
+    def _copy_spec(self, schema: Schema, analysis: Analysis) -> CopySpec | None:
+        output = analysis.copy_output
+        if output is None:
+            return None
+        kinds = []
+        text = set()
+        for position, key in enumerate(output.columns):
+            relation = schema.relations.get((key.schema, key.table)) if key is not None else None
+            tags = relation.tags.get(key.column) if relation is not None and key is not None else None
+            kinds.append(self.config.masking.kind_for(tags) if tags else None)
+            if relation is not None and key is not None and key.column in relation.text_columns:
+                text.add(position)
+        return CopySpec(output.format, tuple(kinds), frozenset(text))
+
+    @staticmethod
+    def _unmaskable(verdicts: Verdicts | None) -> str | None:
+        """Why a statement's results cannot be masked (None: they can)."""
+        return "pgproxy could not analyse it" if verdicts is None else unmaskable(verdicts.analyses)
 
     # -- the hold point ---------------------------------------------------------------------
 
@@ -363,12 +397,19 @@ class PolicyGate(StatementGate):
         timeout = rule.timeout_seconds if rule is not None and rule.timeout_seconds else approvals.timeout_seconds
         mode = rule.hold_mode if rule is not None and rule.hold_mode is not None else approvals.hold_mode
         now = time.time()
+        # Whether a reviewer may approve it with masking, and if not, why (shown on the page).
+        problem = self._unmaskable(verdicts) if not judgement.composed else "it runs another object (EXECUTE, FETCH)"
+        masking = {"possible": problem is None, "reason": problem}
+        reason = decision.reason if decision is not None else judgement.message
+        if decision is not None and decision.action is Action.MASK and problem is not None:
+            reason = f"{reason}; pgproxy cannot mask its result: {problem}"  # the rule masks; this it cannot
         request = ApprovalRequest(
             id=approvals.new_id(), agent=identity.agent_id, groups=tuple(sorted(identity.groups)),
             database=session.database, statement=sql, parameters=parameters, statement_sha256=sha,
-            analysis={"statements": _request_analyses(sql, verdicts.analyses)} if verdicts is not None else {},
+            analysis={"statements": _request_analyses(sql, verdicts.analyses), "masking": masking}
+            if verdicts is not None else {},
             rule=decision.rule if decision is not None else "review",
-            reason=decision.reason if decision is not None else judgement.message,
+            reason=reason,
             client_address=session.client_address,
             application_name=_application_name(session), created_at=now, expires_at=now + timeout,
             required_approvals=rule.approvals_required if rule is not None else 1,
@@ -408,7 +449,8 @@ class PolicyGate(StatementGate):
         if outcome.status is Status.APPROVED:
             session.log.info("held statement approved", extra={"approval": request.id,
                                                                 "reviewer": outcome.reviewer})
-            return audited("approved", self._allow_approved(session, verdicts), **held)
+            return audited("approved", self._allow_approved(session, verdicts, masked=outcome.masked),
+                           **held, masked=outcome.masked)
         if outcome.status is Status.DENIED:
             return audited("rejected", Judgement(
                 Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
@@ -439,8 +481,9 @@ class PolicyGate(StatementGate):
         held: dict[str, object] = {"approval_id": found.id, "hold_mode": "retry"}
         if answer.outcome == "used":
             session.log.info("approved statement run again", extra={"approval": found.id})
-            return audited("approved", self._allow_approved(session, verdicts), **held,
-                           reviewers=list(found.approved_by), decision_reason=found.decision_reason)
+            return audited("approved", self._allow_approved(session, verdicts, masked=found.masked), **held,
+                           reviewers=list(found.approved_by), decision_reason=found.decision_reason,
+                           masked=found.masked)
         ended = found.decided_at if found.decided_at is not None else found.expires_at
         until = _utc(ended + approvals.retry_window_seconds)
         again = f"Running the same statement again gets this answer until {until}."
@@ -469,8 +512,18 @@ class PolicyGate(StatementGate):
             f"{first} (rule {found.rule}): {link}; the request id is {found.id}; run the same statement again "
             f"after a reviewer approves it (before {_utc(found.expires_at)})", detail=detail), **held)
 
-    def _allow_approved(self, session: Session, verdicts: Verdicts | None) -> Judgement:
-        """A held statement may run (approved, or covered by a grant): the session remembers it as allowed."""
+    def _allow_approved(self, session: Session, verdicts: Verdicts | None, *, masked: bool = False) -> Judgement:
+        """A held statement may run (approved, or covered by a grant): the session remembers it as allowed.
+        Approved with masking (`masked`): it runs with the tagged columns of its results masked, which
+        only a statement pgproxy can mask does; any other is refused (fail closed)."""
+        if masked:
+            schema = self.catalog.schema(session.database)
+            problem = self._unmaskable(verdicts)
+            if problem is not None or schema is None or verdicts is None:
+                return Judgement(Verdict.DENY, SqlState.INSUFFICIENT_PRIVILEGE,
+                                 f"approved with masking, but pgproxy cannot mask its result: {problem}")
+            self._remember(session, replace(verdicts, decision=replace(verdicts.decision, action=Action.ALLOW)))
+            return Judgement(Verdict.ALLOW, context=verdicts, parts=verdicts.parts, mask=self.mask_spec(schema))
         if verdicts is not None:
             self._remember(session, replace(verdicts, decision=replace(verdicts.decision, action=Action.ALLOW)))
         return ALLOW
@@ -545,6 +598,14 @@ class PolicyGate(StatementGate):
                     p.op or p.permitted or p.lexing for p in verdicts.parts):
                 return ALLOW
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=statement.protocol, parts=verdicts.parts)
+        if decision.action is Action.MASK and not decision.observed:
+            judged = self._verdict(decision, verdicts, statement.protocol, session.database)
+            if judged.mask is not None:
+                assert verdicts is not None
+                self._remember(session, replace(verdicts, decision=replace(decision, action=Action.ALLOW)))
+                if self.audit is not None:
+                    self._audit(session, statement.sql, statement.protocol, verdicts, decision, "masked", None)
+                return judged
         summary = {"action": decision.action.value, "rule": decision.rule,
                    "kinds": sorted({a.kind.value for a in analyses}),
                    "tables": sorted({t for a in analyses for t in a.tables})}
@@ -557,14 +618,15 @@ class PolicyGate(StatementGate):
         if self.audit is not None and self.approvals is None and not decision.observed:
             self._audit(session, statement.sql, statement.protocol, verdicts, decision, "refused", None)
         # Held and observed statements are audited at the hold point (`hold`), with its outcome.
-        return self._verdict(decision, verdicts, statement.protocol)
+        return self._verdict(decision, verdicts, statement.protocol, session.database)
 
     def _builtin(self, action: Action, rule: str, reason: str) -> Decision:
         """A decision pgproxy makes before the policy's rules (nothing to analyse, or nothing it
         could trust): in observe mode it is observed like the rules' decisions."""
         return Decision(action, rule, reason, observed=self.policy.observe and action is not Action.ALLOW)
 
-    def _verdict(self, decision: Decision, verdicts: Verdicts | None, protocol: str) -> Judgement:
+    def _verdict(self, decision: Decision, verdicts: Verdicts | None, protocol: str,
+                 database: str | None = None) -> Judgement:
         """The judgement a decision makes (no audit, no log: see _judgement)."""
         analyses = verdicts.analyses if verdicts is not None else ()
         parts = verdicts.parts if verdicts is not None else None
@@ -572,6 +634,15 @@ class PolicyGate(StatementGate):
         plans_code = verdicts is None or any(planning_runs_code(a) for a in analyses)
         if decision.action is Action.ALLOW:
             return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts)
+        reason = decision.reason
+        if decision.action is Action.MASK and not decision.observed:
+            problem = self._unmaskable(verdicts)
+            schema = self.catalog.schema(database) if database is not None else None
+            if problem is None and schema is not None:
+                return Judgement(Verdict.ALLOW, context=verdicts, protocol=protocol, parts=parts,
+                                 mask=self.mask_spec(schema))
+            # What cannot be masked is reviewed, never allowed.
+            reason = f"{reason}; pgproxy cannot mask its result: {problem or 'the schema is not read'}"
         detail = "; ".join(dict.fromkeys(r for a in analyses for r in a.reasons)) or None
         if decision.action is Action.DENY:
             # Observed: a REVIEW the hold point records and lets run (nothing to ask the server first).
@@ -582,7 +653,7 @@ class PolicyGate(StatementGate):
         # Holding only for what is observed: with nobody to ask, other reviews are refused like a deny.
         refused = self.holds and self.approvals is None and not decision.observed
         return Judgement(Verdict.DENY if refused else Verdict.REVIEW, SqlState.INSUFFICIENT_PRIVILEGE,
-                         f"approval required (rule {decision.rule}): {decision.reason}",
+                         f"approval required (rule {decision.rule}): {reason}",
                          detail=detail, context=verdicts, protocol=protocol, parts=parts, plans_code=plans_code,
                          ask=protocol == "simple" and _server_can_check(analyses),
                          stale=any(_NOT_KNOWN in r for a in analyses for r in a.reasons), observed=decision.observed,

@@ -1,4 +1,4 @@
-"""The policy: ordered rules over an analysis and the agent's identity -> allow, review or deny.
+"""The policy: ordered rules over an analysis and the agent's identity -> allow, mask, review or deny.
 
 First match wins; the default action closes the list. A rule matches when every
 condition it names holds; a condition listing several values holds when any does.
@@ -26,6 +26,9 @@ from pgproxy.names import in_any
 
 class Action(StrEnum):
     ALLOW = "allow"
+    # The statement runs and the tagged columns in its results are masked (pgproxy.masking);
+    # one pgproxy cannot mask (tagged data not only as plain output columns) is reviewed instead.
+    MASK = "mask"
     REVIEW = "review"
     DENY = "deny"
 
@@ -34,7 +37,7 @@ class Action(StrEnum):
         return _SEVERITY[self]
 
 
-_SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.DENY: 2}
+_SEVERITY = {Action.ALLOW: 0, Action.MASK: 1, Action.REVIEW: 2, Action.DENY: 3}
 
 
 class HoldMode(StrEnum):

@@ -493,7 +493,8 @@ class Session:
                 if decided.verdict is Verdict.ALLOW:
                     for portal in wait.approve:
                         portal.approved = True
-                    resume = Resume(wait.judged, approved=True)
+                        portal.approved_mask = decided.mask
+                    resume = Resume(wait.judged, approved=True, mask=decided.mask)
                 else:
                     self._send_refusal(type_byte, decided)
                     first, run_start = wait.index + 1, end
@@ -698,6 +699,15 @@ class Session:
                     out = []
                 out += (buf[pos:start], self._guard_refused(model.refusals.pop()))
                 pos = start
+            if (type_byte == m.DATA_ROW or type_byte == m.COPY_DATA) and (
+                    model.row_mask is not None or model.copy_mask is not None):
+                masked = model.masked(type_byte, buf[start + 5:end])
+                if masked is not None:
+                    if out is None:
+                        out = []
+                    out += (buf[pos:start], masked)
+                    pos = end
+                    continue
             if type_byte == m.DATA_ROW and not model.rows_ok:
                 if not model.guarding:
                     raise Desync("the server sent rows pgproxy did not expect")
@@ -740,7 +750,8 @@ class Session:
             self._audit_session_event("result.refused", columns=refusal.columns)
         return m.ErrorResponse.make(
             "ERROR", SqlState.INSUFFICIENT_PRIVILEGE,
-            "pgproxy refused a result that contains a tagged column the statement was not cleared to read",
+            refusal.message or "pgproxy refused a result that contains a tagged column the statement was not cleared "
+                               "to read",
             detail=f"columns: {', '.join(refusal.columns)}").encode()
 
     def _desynced(self, reason: str) -> None:

@@ -24,7 +24,8 @@ WOULD = {"review": "held", "deny": "denied", "allow": "allowed"}
 # Outcomes in which the statement ran only because its decision was observed.
 OBSERVED = "observed"
 # Outcomes in which the policy's review or deny was carried out (held, refused, denied).
-ENFORCED = frozenset({"denied", "refused", "approved", "rejected", "expired", "withdrawn", "granted", "error"})
+ENFORCED = frozenset({"denied", "refused", "approved", "rejected", "expired", "withdrawn", "granted", "error",
+                      "masked"})
 EXAMPLE_CHARS = 200
 
 

@@ -175,3 +175,15 @@ def test_scan_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
             "demo_scan_values", "demo_scan_values_per_s"} <= set(report)
     assert report["demo_scan_values"] > 0
     assert "values/s" in stdout
+
+
+def test_masking_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    """Masked and unmasked reads of the same 10,000 rows through one proxy, and directly (the
+    benchmark itself checks that the tagged table's rows come back masked)."""
+    report, stdout = run_smoke("benchmarks.masking", repo_root, tmp_path / "masking.json")
+    assert report["rows"] == 10_000 and report["rounds"] == 2
+    for case in ("text", "binary", "copy"):
+        assert {label: len(ms) for label, ms in report["ms"][case].items()} == \
+            {"masked": 2, "unmasked": 2, "direct": 2}
+        assert report["ratios"][f"{case}_masked_vs_unmasked"] > 0
+    assert "| SELECT, binary results |" in stdout

@@ -517,3 +517,40 @@ def test_the_agents_reason_is_shown_as_its_claim(browser: Browser, approving: Pr
     finally:
         client.kill()
         plain.kill()
+
+
+def test_reviewer_approves_with_masking_in_the_browser(browser: Browser, approving: ProxyThread,
+                                                       pg: PostgresCluster) -> None:
+    """"Approve with masking" runs the statement with its tagged columns masked; a statement pgproxy
+    cannot mask is not offered it, and the page says why."""
+    sql = "SELECT id, name, email FROM customers WHERE id = 61"
+    client = held_psql(approving, sql)
+    other = held_psql(approving, "SELECT id FROM customers WHERE email LIKE 'zz%' AND id = 62")
+    try:
+        request = wait_pending(approving, "WHERE id = 61")
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        sign_in(page, request["url"])
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#masked-means")).to_contain_text("tagged columns masked")
+        page.fill("#reason", "masked is enough")
+        page.click("#approve-masked")
+        expect(page.locator("#status")).to_have_text("approved")
+        expect(page.locator("#summary")).to_contain_text("Approved with masking")
+        out, _ = client.communicate(timeout=15)
+        id_, name, email = direct_value(pg, sql).split("|")
+        local, _, domain = email.rpartition("@")
+        assert out.strip() == f"{id_}|***|{local[0]}***@{domain}" and name != "***"
+        assert not errors, errors
+
+        cannot = wait_pending(approving, "AND id = 62")
+        page.goto(cannot["url"])  # signed in already (the token is kept for the tab)
+        expect(page.locator("#status")).to_have_text("pending")
+        expect(page.locator("#approve-masked")).to_be_hidden()
+        expect(page.locator("#masked-not")).to_contain_text(
+            "Approving with masking is not possible: it uses public.customers.email other than as a plain output")
+        page.close()
+    finally:
+        client.kill()
+        other.kill()

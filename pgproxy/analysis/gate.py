@@ -23,6 +23,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from pgproxy.analysis.crosscheck import CANNOT_READ, crosscheck_tables
+from pgproxy.analysis.masking import copy_output, select_unmaskable
 from pgproxy.analysis.model import Analysis, ColumnKey, Flag, Kind
 from pgproxy.analysis.references import RangeItem, References, Scope, Unresolved, descendants, node_fields
 from pgproxy.analysis.routines import Opaque, statement_body
@@ -195,7 +196,11 @@ def _analyze(node: Any, text: str, command: str, context: Context) -> Analysis:
     if isinstance(node, ast.SelectStmt):
         if node.intoClause is not None:
             return _walk(text, "SELECT INTO", Kind.DDL, context, node)
-        return _walk(text, command, Kind.READ, context, node)
+        found = _walk(text, command, Kind.READ, context, node)
+        if found.kind is not Kind.READ:
+            return found
+        return replace(found, unmaskable=select_unmaskable(node, found, context.schema, context.path,
+                                                           context.allowed_functions))
     if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
         return _walk(text, command, Kind.WRITE, context, node)
     if isinstance(node, ast.CopyStmt):
@@ -469,8 +474,12 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
     kind = Kind.COPY_FROM if node.is_from else Kind.COPY_TO
     if node.query is not None:
         inner = _walk(text, "COPY", kind, replace(context, nested=True), node.query)
-        return replace(inner, kind=kind if inner.kind is not Kind.UNKNOWN else Kind.UNKNOWN,
-                       flags=inner.flags | flags, literal_sensitive=True)
+        found = replace(inner, kind=kind if inner.kind is not Kind.UNKNOWN else Kind.UNKNOWN,
+                        flags=inner.flags | flags, literal_sensitive=True)
+        if kind is Kind.COPY_TO and inner.kind is not Kind.UNKNOWN and isinstance(node.query, ast.SelectStmt):
+            return _copy_maskable(node, found, select_unmaskable(node.query, inner, context.schema, context.path,
+                                                                 context.allowed_functions), context)
+        return found
     refs = References(context.schema, context.path, context.allowed_functions)
     try:
         if node.relation is None:
@@ -488,9 +497,24 @@ def _copy(node: ast.CopyStmt, text: str, context: Context) -> Analysis:
             refs.expression(node.whereClause, Scope([item], None))
     except Unresolved as exc:
         return unknown(text, "COPY", str(exc))
-    return Analysis(sql=text, command="COPY", kind=kind, tables=frozenset(refs.tables | refs.indirect),
-                    reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
-                    flags=frozenset(refs.flags) | flags, literal_sensitive=True)
+    found = Analysis(sql=text, command="COPY", kind=kind, tables=frozenset(refs.tables | refs.indirect),
+                     reads=refs.reads, writes=refs.writes, functions=frozenset(refs.functions),
+                     flags=frozenset(refs.flags) | flags, literal_sensitive=True)
+    return _copy_maskable(node, found, None, context) if kind is Kind.COPY_TO else found
+
+
+def _copy_maskable(node: ast.CopyStmt, found: Analysis, problem: str | None, context: Context) -> Analysis:
+    """A COPY TO STDOUT whose query can be masked, with the format and columns its rows have."""
+    if not found.tags_read:
+        return replace(found, unmaskable=None)
+    if node.filename is not None or node.is_program:
+        return replace(found, unmaskable="pgproxy masks only COPY … TO STDOUT (rows it relays)")
+    if problem is not None:
+        return replace(found, unmaskable=problem)
+    output = copy_output(node, context.schema, context.path)
+    if isinstance(output, str):
+        return replace(found, unmaskable=output)
+    return replace(found, unmaskable=None, copy_output=output)
 
 
 def _explain(node: ast.ExplainStmt, text: str, context: Context) -> Analysis:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pgproxy.masking import CopyFormat
 from pgproxy.protocol.objects import SessionOp
+
+NOT_MASKABLE = "pgproxy masks only the results of SELECT and of COPY … TO STDOUT"
 
 
 class Kind(StrEnum):
@@ -50,6 +53,14 @@ class ColumnKey:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyOutput:
+    """A COPY … TO STDOUT's format and output columns in order (None: not a table column)."""
+
+    format: CopyFormat
+    columns: tuple[ColumnKey | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Analysis:
     """One statement's analysis. `kind` UNKNOWN always carries `reasons`."""
 
@@ -76,6 +87,10 @@ class Analysis:
     # It calls a user function that is not allow-listed or that reads tagged columns: the planner
     # may run it (folding an immutable function) before the statement executes.
     calls_code: bool = False
+    # Why its results cannot be masked (pgproxy.analysis.masking), or None when they can: its tagged
+    # columns reach the result only as plain output columns of base tables.
+    unmaskable: str | None = NOT_MASKABLE
+    copy_output: CopyOutput | None = None  # COPY … TO STDOUT that can be masked: how to read its rows
 
     @property
     def tags_read(self) -> frozenset[str]:

@@ -32,6 +32,9 @@ class Relation:
     # The catalog file tags a column of it that does not exist (renamed or dropped while pgproxy
     # was not watching): where that data went is unknown, so using the relation is too.
     stale: str | None = None
+    # Columns of a text-like type (text, varchar, char, name, or a domain over one): a mask that is
+    # text is valid for them only (see pgproxy.masking).
+    text_columns: frozenset[str] = frozenset()
 
     @property
     def qualified(self) -> str:

@@ -54,8 +54,8 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[object], str]:
 
 
 def _decision(value: object) -> str:
-    if value not in ("approve", "deny"):
-        raise ValueError('"approve" or "deny"')
+    if value not in ("approve", "approve_masked", "deny"):
+        raise ValueError('"approve", "approve_masked" or "deny"')
     return str(value)
 
 
@@ -201,7 +201,7 @@ def slack_press(body: bytes) -> SlackPress:
               "actions[0].value": actions[0].get("value")}
     read = {name: _read(SLACK_FIELDS, fields, name, "Slack field") for name in SLACK_FIELDS}
     action = read["actions[0].action_id"]
-    if action in ("approve", "deny") and read["actions[0].value"] is None:
+    if action in ("approve", "approve_masked", "deny") and read["actions[0].value"] is None:
         raise Malformed('Slack field "actions[0].value" is missing')
     approval_id, _, sha = (read["actions[0].value"] or "").partition(":")
     return SlackPress(user=read["user.id"], action=action, approval_id=approval_id or None,

@@ -99,8 +99,14 @@ def summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
         "parameters": len(request.parameters), "statement_sha256": request.statement_sha256,
         "tagged_columns": tagged_columns(request), "application_name": request.application_name,
         "required_approvals": request.required_approvals, "expires_at": request.expires_at,
-        "justification": request.justification,
+        "justification": request.justification, "maskable": maskable(request),
     }
+
+
+def maskable(request: ApprovalRequest) -> bool:
+    """Whether a reviewer may approve the request with masking (pgproxy can mask its result)."""
+    masking = request.analysis.get("masking") if isinstance(request.analysis, dict) else None
+    return isinstance(masking, dict) and masking.get("possible") is True
 
 
 def outcome_summary(request: ApprovalRequest, link: str) -> dict[str, Any]:
@@ -224,6 +230,8 @@ def slack_message(info: dict[str, Any]) -> dict[str, Any]:
                  "action_id": "open"},
                 {"type": "button", "text": {"type": "plain_text", "text": "Approve"}, "style": "primary",
                  "action_id": "approve", "value": decision_value},
+                *([{"type": "button", "text": {"type": "plain_text", "text": "Approve with masking"},
+                    "action_id": "approve_masked", "value": decision_value}] if info.get("maskable") else []),
                 {"type": "button", "text": {"type": "plain_text", "text": "Deny"}, "style": "danger",
                  "action_id": "deny", "value": decision_value},
             ]},

@@ -58,6 +58,7 @@ class Outcome:
     reviewer: str | None = None
     reason: str | None = None
     reviewers: tuple[str, ...] = ()  # everyone who voted on it
+    masked: bool = False  # approved with masking: the statement runs with its tagged columns masked
 
 
 def statement_sha256(statement: str, parameters: tuple[str | None, ...]) -> str:
@@ -198,16 +199,19 @@ class Approvals:
         found = await self.store.get(approval_id)
         if found is None:
             return Outcome(status)
-        return Outcome(found.status, found.decided_by, found.decision_reason, _voters(found, found.decided_by))
+        return Outcome(found.status, found.decided_by, found.decision_reason, _voters(found, found.decided_by),
+                       masked=found.masked)
 
     async def covered(self, agent: str, database: str, shape: str) -> Grant | None:
         """A grant that lets `agent` run statements of this shape unreviewed now, if any."""
         return await self.store.find_grant(agent, database, shape, time.time())
 
     async def decide(self, approval_id: str, reviewer: Identity, *, approve: bool, reason: str,
-                     statement_hash: str, grant_minutes: int = 0, token_id: str | None = None) -> ApprovalRequest:
+                     statement_hash: str, grant_minutes: int = 0, token_id: str | None = None,
+                     masked: bool = False) -> ApprovalRequest:
         """Record `reviewer`'s decision, or raise DecisionRefused. `token_id`: the jti of the decision
-        token it came in, recorded as used with the vote (and only if the vote is recorded)."""
+        token it came in, recorded as used with the vote (and only if the vote is recorded).
+        `masked`: approve with masking, which only a request whose result pgproxy can mask takes."""
         request = await self.store.get(approval_id)
         if request is None:
             raise DecisionRefused(404, f"no approval request {approval_id}")
@@ -226,6 +230,16 @@ class Approvals:
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending ({state})")
         if statement_hash != request.statement_sha256:
             raise DecisionRefused(409, "statement_sha256 does not match the statement of this request")
+        if masked:
+            masking = request.analysis.get("masking") if isinstance(request.analysis, dict) else None
+            if not approve:
+                raise DecisionRefused(400, "masking comes only with an approval")
+            if not isinstance(masking, dict) or masking.get("possible") is not True:
+                why = masking.get("reason") if isinstance(masking, dict) else None
+                raise DecisionRefused(409, "this statement's result cannot be masked"
+                                           f"{': ' + why if why else ''}; approve it or deny it")
+            if grant_minutes:
+                raise DecisionRefused(403, "an approval with masking covers this statement once; it gives no grant")
         if grant_minutes and (not approve or grant_minutes > request.max_grant_minutes):
             limit = request.max_grant_minutes
             raise DecisionRefused(403, "a grant comes only with an approval" if not approve else
@@ -233,12 +247,12 @@ class Approvals:
                                   "the rule does not allow grants")
         token = jwt.encode({
             "iss": "pgproxy", "approval_id": approval_id, "statement_sha256": request.statement_sha256,
-            "decision": "approve" if approve else "deny", "reviewer": reviewer.agent_id, "reason": reason,
-            "grant_minutes": grant_minutes, "iat": int(now),
+            "decision": "approve_masked" if masked else "approve" if approve else "deny",
+            "reviewer": reviewer.agent_id, "reason": reason, "grant_minutes": grant_minutes, "iat": int(now),
         }, self.signing_key, algorithm="HS256")
         decided, outcome = await self.store.vote(approval_id, reviewer.agent_id, approve=approve, reason=reason,
                                                  token=token, now=now, grant_minutes=grant_minutes,
-                                                 token_id=token_id)
+                                                 token_id=token_id, masked=masked)
         if decided is None or outcome == "closed":
             raise DecisionRefused(409, f"approval request {approval_id} is no longer pending")
         if outcome == "replayed":
@@ -253,7 +267,8 @@ class Approvals:
         if self.audit is not None:
             self.audit.record("approval.decision", {
                 "approval_id": approval_id, "reviewer": reviewer.agent_id, "via": reviewer.method,
-                "decision": "approve" if approve else "deny", "reason": reason, "outcome": outcome,
+                "decision": "approve_masked" if masked else "approve" if approve else "deny", "reason": reason,
+                "outcome": outcome,
                 "grant_minutes": grant_minutes, "statement_sha256": request.statement_sha256,
                 "justification": request.justification})
         if outcome == "approved" and grant_minutes:
@@ -269,7 +284,7 @@ class Approvals:
             waiter = self._waiters.get(approval_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(Outcome(decided.status, reviewer.agent_id, reason,
-                                          _voters(decided, reviewer.agent_id)))
+                                          _voters(decided, reviewer.agent_id), masked=decided.masked))
         return decided
 
     def refused(self, approval_id: str, status: int, message: str, *, reviewer: str | None, via: str,

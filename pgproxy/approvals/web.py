@@ -304,8 +304,8 @@ async def post_decision(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     decision = body.get("decision")
-    if decision not in ("approve", "deny"):
-        return _error(400, 'decision must be "approve" or "deny"')
+    if decision not in ("approve", "approve_masked", "deny"):
+        return _error(400, 'decision must be "approve", "approve_masked" (approve with masking) or "deny"')
     statement_hash = body.get("statement_sha256")
     if not isinstance(statement_hash, str) or not statement_hash:
         return _error(400, "statement_sha256 is required: the hash of the statement you reviewed")
@@ -317,7 +317,8 @@ async def post_decision(request: web.Request) -> web.Response:
         return _error(400, "grant_minutes must be a whole number of minutes (0: approve once)")
     try:
         decided = await request.app[APPROVALS].decide(
-            request.match_info["id"], reviewer, approve=decision == "approve", reason=reason,
+            request.match_info["id"], reviewer, approve=decision != "deny", masked=decision == "approve_masked",
+            reason=reason,
             statement_hash=statement_hash, grant_minutes=grant_minutes)
     except DecisionRefused as exc:
         return _error(exc.status, exc.message)
@@ -359,7 +360,8 @@ async def _decision_token(request: web.Request, checker: JwtConfig, token: str) 
     reviewer = Identity(claims.sub, claims.groups, "decision-token")
     request[DECIDER] = (reviewer.agent_id, reviewer.method)
     try:  # its jti is recorded with the vote, only when the decision is accepted
-        decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims.decision == "approve",
+        decided = await approvals.decide(request.match_info["id"], reviewer, approve=claims.decision != "deny",
+                                         masked=claims.decision == "approve_masked",
                                          reason=claims.reason, statement_hash=claims.statement_sha256,
                                          token_id=claims.jti)
     except DecisionRefused as exc:
@@ -369,7 +371,7 @@ async def _decision_token(request: web.Request, checker: JwtConfig, token: str) 
 
 def _decided(decided: ApprovalRequest) -> web.Response:
     return web.json_response({"id": decided.id, "status": decided.status.value, "decided_by": decided.decided_by,
-                              "approved_by": list(decided.approved_by),
+                              "approved_by": list(decided.approved_by), "masked": decided.masked,
                               "required_approvals": decided.required_approvals,
                               "decision_token": decided.decision_token})
 
@@ -399,7 +401,8 @@ async def slack_interactivity(request: web.Request) -> web.Response:
         return _error(400, exc.message)
     slack_user = pressed.user
     request[DECIDER] = (None, f"slack:{slack_user}")
-    if pressed.action not in ("approve", "deny") or pressed.approval_id is None or pressed.statement_sha256 is None:
+    if pressed.action not in ("approve", "approve_masked", "deny") or pressed.approval_id is None \
+            or pressed.statement_sha256 is None:
         return web.json_response({"text": "ok"})
     approval_id, statement_hash = pressed.approval_id, pressed.statement_sha256
     request[APPROVAL_ID] = approval_id
@@ -413,12 +416,14 @@ async def slack_interactivity(request: web.Request) -> web.Response:
     reviewer = Identity(reviewer_name, mapped.groups, "slack")  # only the groups the config gives this user
     request[DECIDER] = (reviewer_name, "slack")
     try:
-        decided = await approvals.decide(approval_id, reviewer, approve=pressed.action == "approve",
+        decided = await approvals.decide(approval_id, reviewer, approve=pressed.action != "deny",
+                                         masked=pressed.action == "approve_masked",
                                          reason=f"decided in Slack by {reviewer_name}", statement_hash=statement_hash)
     except DecisionRefused as exc:
         return web.json_response({"response_type": "ephemeral", "text": exc.message}, status=exc.status)
     return web.json_response({"response_type": "in_channel", "replace_original": False,
-                              "text": f"{decided.status.value} by {reviewer_name}"})
+                              "text": f"{decided.status.value}{' with masking' if decided.masked else ''} by "
+                                      f"{reviewer_name}"})
 
 
 @web.middleware

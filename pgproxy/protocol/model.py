@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from pgproxy.masking import CopyMask, CopySpec, MaskSpec, RowMask
 from pgproxy.protocol.lexing import Lexing
 from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, PreparedStatement, SessionOp
 from pgproxy.wire import messages as m
@@ -82,6 +83,8 @@ class QueryPart:
     op: SessionOp | None = None
     permitted: frozenset[tuple[int, int]] = frozenset()
     runs: PreparedStatement | None = None
+    mask: MaskSpec | None = None  # its results are masked (see pgproxy.masking)
+    copy: CopySpec | None = None  # masked COPY … TO STDOUT: how its rows read
 
 
 class Expect:
@@ -107,6 +110,10 @@ class Expect:
     error = b""  # PROBE: the proxy's ErrorResponse to send instead
     described = False  # CYCLE: the client described the portal (a RowDescription comes first)
     asked = False  # PARSE (own): the server checks a held Query's text (see ProtocolModel.ask)
+    mask: MaskSpec | None = None  # EXECUTE / QUERY (the statement answered): its results are masked
+    copy: CopySpec | None = None  # EXECUTE: a masked COPY TO STDOUT's format and columns
+    fields: list[tuple[int, int, int]] | None = None  # masked EXECUTE: its result's (table, attnum, type)
+    feeds: Expect | None = None  # DESCRIBE (own): the masked Execute its RowDescription is for
 
     def __init__(self, kind: K, segment: int, name: str = "") -> None:
         self.kind = kind
@@ -162,6 +169,7 @@ Guard = Callable[[list[tuple[int, int]], frozenset[tuple[int, int]]], list[str]]
 @dataclass(slots=True)
 class GuardRefusal:
     columns: list[str]
+    message: str | None = None  # why, when it is not a tagged column the execution may not show
 
 
 class ProtocolModel:
@@ -187,6 +195,9 @@ class ProtocolModel:
         self.rows_ok = False  # DataRows may come now (and pass the guard)
         self.guarding = False  # the guard refused a result: drop answers until ReadyForQuery
         self.refusals: list[GuardRefusal] = []  # guard refusals not yet reported by the relay
+        # The masks of the result being relayed (its rows then take the relay's slower path).
+        self.row_mask: RowMask | None = None
+        self.copy_mask: CopyMask | None = None
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
         self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
         self.application_name: str | None = None  # as the server last reported it (ParameterStatus)
@@ -301,6 +312,37 @@ class ProtocolModel:
             self.predicted_runs.append((runs or portal.statement).sql)
         self._predict(expect, self.predicted)
         self._push(expect)
+
+    def execute_masked(self, name: str, portal: Portal, permitted: frozenset[tuple[int, int]], mask: MaskSpec,
+                       copy: CopySpec | None, runs: PreparedStatement | None = None) -> bytes:
+        """Record an Execute whose results are masked, preceded by the proxy's own Describe of
+        the portal: its RowDescription (dropped) names each column's table, attnum and type right
+        before the rows. Returns the Describe to send before the Execute."""
+        if self.doomed:
+            return b""
+        describe = Expect(K.DESCRIBE, self.segment, name)
+        describe.describe_kind = "P"
+        describe.own = True
+        describe.portal = portal
+        self._push(describe)
+        self.execute(name, portal, permitted, runs)
+        execute = self.queue[-1]
+        execute.mask = mask
+        execute.copy = copy
+        describe.feeds = execute
+        return m.Describe("P", name).encode()
+
+    def masked(self, type_byte: int, body: bytes) -> bytes | None:
+        """A DataRow or CopyData of a masked result, masked (the whole message); None when the
+        result being relayed is not masked. A row that cannot be read ends the session."""
+        try:
+            if type_byte == _DATA_ROW and self.row_mask is not None:
+                return m.frame(_DATA_ROW, self.row_mask.data_row(body))
+            if type_byte == m.COPY_DATA and self.copy_mask is not None:
+                return m.frame(m.COPY_DATA, self.copy_mask.copy_data(body))
+        except (ValueError, struct.error) as exc:
+            raise Desync(f"pgproxy could not mask a row: {exc}") from None
+        return None
 
     def needs_describe(self, portal: Portal) -> bool:
         """Whether the result guard needs the proxy to Describe `portal` before it runs: its
@@ -498,6 +540,7 @@ class ProtocolModel:
             self.queue.popleft()
         head = self.queue[0] if self.queue else None
         self.rows_ok = False
+        self.row_mask = self.copy_mask = None
         if head is None or head.kind is not K.EXECUTE:
             return
         if not head.expect_ok:
@@ -521,6 +564,50 @@ class ProtocolModel:
         else:
             expect.phase = _P_ROWS
             self.rows_ok = not self.guarding
+            if expect.mask is not None:
+                self._mask_rows(expect, expect.mask, permitted)
+
+    def _mask_rows(self, expect: Expect, mask: MaskSpec, permitted: frozenset[tuple[int, int]]) -> None:
+        """Masked rows: every tagged column the execution reads must be a plain column of its
+        result (table oid, attnum in the RowDescription) of a base table, or the result is
+        refused; those columns' values are masked in every row."""
+        fields = expect.fields
+        shown = {(oid, attnum) for oid, attnum, _ in fields or ()}
+        hidden = sorted(c for c in permitted if c not in shown or c not in mask.tagged)
+        if fields is None or hidden:
+            self._refuse_masked(expect, [f"{oid}.{attnum}" for oid, attnum in hidden] or ["(columns unknown)"],
+                                "pgproxy refused a masked result: a tagged column the statement reads is not a plain "
+                                "column of a table in its result, so it cannot be masked")
+            return
+        self.row_mask = mask.rows(fields, self.lexing.codec)
+        self.rows_ok = False  # each row goes through `masked`
+
+    def _mask_copy(self, expect: Expect, permitted: frozenset[tuple[int, int]], body: bytes) -> None:
+        """A masked COPY TO STDOUT began: its rows are masked as the analysis read its columns,
+        when the server's CopyOutResponse agrees (text format, that many columns); else refused."""
+        mask, spec = expect.mask, expect.copy
+        assert mask is not None
+        if spec is None:
+            if permitted:
+                self._refuse_masked(expect, ["(COPY columns unknown)"],
+                                    "pgproxy refused a masked COPY whose columns it cannot map")
+            return
+        response = m.decode_copy_response(body)
+        if response.overall_format != 0 or len(response.column_formats) != len(spec.columns):
+            self._refuse_masked(expect, [f"{len(response.column_formats)} columns"],
+                                "pgproxy refused a masked COPY: the server's columns are not the ones pgproxy "
+                                f"resolved ({len(spec.columns)} text columns)")
+            return
+        self.copy_mask = mask.copy(spec, self.lexing.codec)
+        self.rows_ok = False
+
+    def _refuse_masked(self, expect: Expect, columns: list[str], message: str) -> None:
+        self.refusals.append(GuardRefusal(columns, message))
+        self.guarding = True
+        self.rows_ok = False
+        self.row_mask = self.copy_mask = None
+        if expect.phase == _P_ROWS:
+            expect.phase = _P_REFUSED
 
     def _pop(self) -> Expect:
         expect = self.queue.popleft()
@@ -631,6 +718,8 @@ class ProtocolModel:
             head.statement.columns = columns
         if head.portal is not None:
             head.portal.columns = columns
+        if head.feeds is not None:
+            head.feeds.fields = m.row_description_fields(body) if type_byte == m.ROW_DESCRIPTION else []
         self._pop()
         return b"" if head.own else out
 
@@ -757,14 +846,24 @@ class ProtocolModel:
             self._copy_started()
         elif type_byte == m.COPY_OUT_RESPONSE and phase in (_P_START, _P_ROWS):
             head.phase = _P_COPY_OUT
-            self.rows_ok = True  # CopyData passes as rows do (the relay does not look at them)
+            self.row_mask = None
+            self.rows_ok = not self.guarding  # CopyData passes as rows do (the relay does not look at them)
+            if head.mask is not None:
+                self._mask_copy(head, head.permitted, body)
         elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
-            self.rows_ok = type_byte == m.COPY_DATA
+            self._copy_rows(type_byte)
         elif type_byte == m.COMMAND_COMPLETE:  # after COPY IN
             self._copy_done()
             self._pop()
         else:
             raise self._desync(type_byte, "the rows and completion of an Execute")
+
+    def _copy_rows(self, type_byte: int) -> None:
+        """CopyData pass as rows do (the relay does not look at them), unless they are masked
+        or refused; after CopyDone none may come."""
+        if type_byte == m.COPY_DONE:
+            self.copy_mask = None
+        self.rows_ok = type_byte == m.COPY_DATA and not self.guarding and self.copy_mask is None
 
     def _copy_started(self) -> None:
         """COPY FROM STDIN began: Syncs the client sent before its CopyDone are read by the
@@ -808,6 +907,9 @@ class ProtocolModel:
         head.ran = True
         if type_byte == m.ROW_DESCRIPTION and phase == _P_START:
             columns = table_columns(body)
+            head.mask = part.mask if part is not None else None
+            if head.mask is not None:
+                head.fields = m.row_description_fields(body)
             self._guard(head, columns, part.permitted if part is not None else frozenset())
         elif type_byte == m.COMMAND_COMPLETE:
             if phase == _P_COPY_IN:
@@ -817,6 +919,7 @@ class ProtocolModel:
             head.index += 1
             head.phase = _P_START
             self.rows_ok = False
+            self.row_mask = self.copy_mask = None
             if parts is not None and head.index >= len(parts):
                 head.phase = _P_WAIT_READY
         elif type_byte == m.EMPTY_QUERY_RESPONSE and phase == _P_START:
@@ -826,9 +929,13 @@ class ProtocolModel:
             self._copy_started()
         elif type_byte == m.COPY_OUT_RESPONSE and phase == _P_START:
             head.phase = _P_COPY_OUT
-            self.rows_ok = True  # CopyData passes as rows do (the relay does not look at them)
+            self.rows_ok = not self.guarding  # CopyData passes as rows do (the relay does not look at them)
+            head.mask = part.mask if part is not None else None
+            head.copy = part.copy if part is not None else None
+            if head.mask is not None:
+                self._mask_copy(head, part.permitted if part is not None else frozenset(), body)
         elif (type_byte == m.COPY_DATA or type_byte == m.COPY_DONE) and phase == _P_COPY_OUT:
-            self.rows_ok = type_byte == m.COPY_DATA
+            self._copy_rows(type_byte)
         else:
             raise self._desync(type_byte, "a statement's result")
 
@@ -945,6 +1052,7 @@ class ProtocolModel:
             head.ran = head.ran or kind is not K.QUERY
         else:  # K.COPY_END cannot be the head here
             raise Desync("the server sent an error pgproxy cannot place")
+        self.row_mask = self.copy_mask = None
         self._rebuild()
         self._activate()
         return out

@@ -31,6 +31,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgproxy.masking import MaskSpec
+
 
 class OpKind(enum.Enum):
     """What running a statement does to the session's objects (beyond its own result)."""
@@ -96,6 +98,7 @@ class Portal:
     holdable: bool = False
     columns: list[tuple[int, int]] | None = None
     approved: bool = False
+    approved_mask: MaskSpec | None = None  # approved with masking: how its results are masked
 
     @property
     def result_columns(self) -> list[tuple[int, int]] | None:

@@ -56,6 +56,7 @@ class ApprovalRequest:
     hold_mode: str = "wait"  # "retry": nobody waits; the agent runs the statement again (see Store.retry)
     used_at: float | None = None  # retry mode: when the approved statement ran (it runs once)
     justification: str | None = None  # the agent's reason (its claim), from the statement's leading comment
+    masked: bool = False  # approved with masking (an approver chose it): its results are masked
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class ApprovalRequest:
             "decision_token": self.decision_token, "required_approvals": self.required_approvals,
             "approved_by": list(self.approved_by), "max_grant_minutes": self.max_grant_minutes,
             "hold_mode": self.hold_mode, "used_at": self.used_at, "justification": self.justification,
+            "masked": self.masked,
         }
 
 
@@ -121,10 +123,11 @@ class Store(Protocol):
         ...
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float, grant_minutes: int = 0,
-                   token_id: str | None = None) -> tuple[ApprovalRequest | None, str]:
+                   now: float, grant_minutes: int = 0, token_id: str | None = None,
+                   masked: bool = False) -> tuple[ApprovalRequest | None, str]:
         """Record one reviewer's decision, the grant (minutes) an approval agrees to, and the id of the
-        decision token it came in (`token_id`), in one transaction. Returns the
+        decision token it came in (`token_id`), in one transaction; an approval with `masked` makes
+        the request's results masked (one such approval among several is enough). Returns the
         request and what happened: "approved" or "denied" (final), "recorded" (more approvals
         needed), "voted" (this reviewer already did, by any spelling of their name), "widens" (an
         approval with a longer grant than an earlier approval of the same request agreed to: not

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     approved_by TEXT NOT NULL DEFAULT '[]',
     hold_mode TEXT NOT NULL DEFAULT 'wait',
     used_at REAL,
-    justification TEXT
+    justification TEXT,
+    masked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS approval_requests_status ON approval_requests (status, created_at);
 CREATE INDEX IF NOT EXISTS approval_requests_statement
@@ -92,11 +93,12 @@ BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's write 
 _COLUMNS = ("id", "agent", "groups", "database", "statement", "parameters", "statement_sha256", "analysis",
             "rule", "reason", "client_address", "application_name", "created_at", "expires_at", "status",
             "decided_by", "decision_reason", "decided_at", "decision_token", "required_approvals",
-            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "hold_mode", "used_at", "justification")
+            "reviewer_groups", "max_grant_minutes", "shape", "approved_by", "hold_mode", "used_at", "justification",
+            "masked")
 # Columns added since the first stores were made: (name, definition), added to older stores.
 _ADDED_COLUMNS = {
     "approval_requests": (("hold_mode", "TEXT NOT NULL DEFAULT 'wait'"), ("used_at", "REAL"),
-                          ("justification", "TEXT")),
+                          ("justification", "TEXT"), ("masked", "INTEGER NOT NULL DEFAULT 0")),
     "approval_votes": (("grant_minutes", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
@@ -195,19 +197,21 @@ class SqliteStore:
         return result
 
     async def vote(self, approval_id: str, reviewer: str, *, approve: bool, reason: str, token: str,
-                   now: float, grant_minutes: int = 0,
-                   token_id: str | None = None) -> tuple[ApprovalRequest | None, str]:
+                   now: float, grant_minutes: int = 0, token_id: str | None = None,
+                   masked: bool = False) -> tuple[ApprovalRequest | None, str]:
         def record() -> tuple[ApprovalRequest | None, str]:
             db = self._connection()
             with _transaction(db):
-                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes, token_id)
+                return self._vote(db, approval_id, reviewer, approve, reason, token, now, grant_minutes, token_id,
+                                  masked and approve)
 
         result: tuple[ApprovalRequest | None, str] = await self._run(record)
         return result
 
     @staticmethod
     def _vote(db: sqlite3.Connection, approval_id: str, reviewer: str, approve: bool, reason: str, token: str,
-              now: float, grant_minutes: int, token_id: str | None) -> tuple[ApprovalRequest | None, str]:
+              now: float, grant_minutes: int, token_id: str | None,
+              masked: bool = False) -> tuple[ApprovalRequest | None, str]:
         select = f"SELECT {', '.join(_COLUMNS)} FROM approval_requests WHERE id = ?"
         row = db.execute(select, (approval_id,)).fetchone()
         if row is None:
@@ -220,7 +224,7 @@ class SqliteStore:
         if approve and grant_minutes:
             # A grant is what every approver agreed to: no approval may widen an earlier one's.
             agreed = db.execute("SELECT min(grant_minutes) FROM approval_votes WHERE approval_id = ? AND "
-                                "decision = 'approve'", (approval_id,)).fetchone()[0]
+                                "decision IN ('approve', 'approve_masked')", (approval_id,)).fetchone()[0]
             if agreed is not None and grant_minutes > agreed:
                 return request, "widens"
         if token_id is not None:
@@ -229,8 +233,8 @@ class SqliteStore:
             db.execute("INSERT INTO used_token_ids VALUES (?, ?)", (token_id, now))
         db.execute("INSERT INTO approval_votes (approval_id, reviewer, decision, reason, token, voted_at, "
                    "grant_minutes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (approval_id, reviewer, "approve" if approve else "deny", reason, token, now,
-                    grant_minutes if approve else 0))
+                   (approval_id, reviewer, "approve_masked" if masked else "approve" if approve else "deny", reason,
+                    token, now, grant_minutes if approve else 0))
         approved_by = (*request.approved_by, reviewer) if approve else request.approved_by
         if not approve:
             status, outcome = Status.DENIED, "denied"
@@ -241,9 +245,10 @@ class SqliteStore:
         finished = status is not Status.PENDING
         db.execute(
             "UPDATE approval_requests SET status = ?, approved_by = ?, decided_by = ?, decision_reason = ?, "
-            "decided_at = ?, decision_token = ? WHERE id = ?",
+            "decided_at = ?, decision_token = ?, masked = max(masked, ?) WHERE id = ?",
             (status.value, json.dumps(list(approved_by)), reviewer if finished else None,
-             reason if finished else None, now if finished else None, token if finished else None, approval_id))
+             reason if finished else None, now if finished else None, token if finished else None, int(masked),
+             approval_id))
         return _request(db.execute(select, (approval_id,)).fetchone()), outcome
 
     async def retry(self, request: ApprovalRequest, *, now: float,
@@ -475,7 +480,7 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
         required_approvals=values["required_approvals"], reviewer_groups=tuple(json.loads(values["reviewer_groups"])),
         max_grant_minutes=values["max_grant_minutes"], shape=values["shape"],
         approved_by=tuple(json.loads(values["approved_by"])), hold_mode=values["hold_mode"],
-        used_at=values["used_at"], justification=values["justification"],
+        used_at=values["used_at"], justification=values["justification"], masked=bool(values["masked"]),
     )
 
 
@@ -485,6 +490,6 @@ def _insert(db: sqlite3.Connection, request: ApprovalRequest) -> None:
            request.rule, request.reason, request.client_address, request.application_name,
            request.created_at, request.expires_at, request.status.value, None, None, None, None,
            request.required_approvals, json.dumps(list(request.reviewer_groups)), request.max_grant_minutes,
-           request.shape, "[]", request.hold_mode, None, request.justification)
+           request.shape, "[]", request.hold_mode, None, request.justification, 0)
     db.execute(f"INSERT INTO approval_requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                row)

@@ -584,6 +584,21 @@ def decode_copy_response(body: bytes) -> CopyResponse:
     return CopyResponse(overall, formats)
 
 
+def row_description_fields(body: bytes) -> list[tuple[int, int, int]]:
+    """The (table OID, column attribute number, type OID) of each field of a RowDescription body."""
+    cur = _Cursor(body)
+    fields: list[tuple[int, int, int]] = []
+    for _ in range(_count(cur)):
+        cur.cstring()  # field name
+        table_oid = cur.int32() & 0xFFFFFFFF
+        attnum = cur.int16()
+        type_oid = cur.int32() & 0xFFFFFFFF
+        cur.raw(8)  # type size, type modifier, format code
+        fields.append((table_oid, attnum, type_oid))
+    cur.done()
+    return fields
+
+
 def row_description_sources(body: bytes) -> list[tuple[int, int]]:
     """The (table OID, column attribute number) of each field of a RowDescription body.
 

@@ -105,6 +105,7 @@ function when(seconds) {
 const SUMMARY = {
   pending: "An AI agent's statement is waiting for a reviewer. Nothing of it has run.",
   approved: "Approved: the statement was released to run once for the agent's session; its rows (or its effect) went to the agent.",
+  approved_masked: "Approved with masking: the statement was released to run once for the agent's session; its rows went to the agent with their tagged columns masked.",
   denied: "Denied: the statement did not run. The agent received an error with the reason.",
   expired: "Expired: nobody decided in time. The statement did not run; the agent received an error.",
   withdrawn: "Withdrawn: the agent cancelled or disconnected before a decision. The statement did not run.",
@@ -130,7 +131,8 @@ function render(request) {
   $("signin").hidden = true;
   $("request").hidden = false;
   text("status", request.status);
-  $("summary").textContent = SUMMARY[request.status] || `This request is ${request.status}.`;
+  $("summary").textContent = SUMMARY[request.status === "approved" && request.masked ? "approved_masked" : request.status] ||
+    `This request is ${request.status}.`;
   const detail = request.status === "pending"
     ? (request.required_approvals > 1 ? `${request.approved_by.length} of ${request.required_approvals} approvals` : "")
     : (request.decided_by ? `by ${request.decided_by}: ${request.decision_reason || ""}` +
@@ -190,6 +192,11 @@ function render(request) {
   showWarnings();
   $("decide").hidden = request.status !== "pending";
   $("grant-label").hidden = !request.max_grant_minutes;
+  // Approving with masking is offered only when pgproxy can mask the result; otherwise the page says why.
+  const masking = request.analysis.masking || {};
+  $("approve-masked").hidden = $("masked-means").hidden = masking.possible !== true;
+  $("masked-not").hidden = masking.possible === true || !masking.reason;
+  text("masked-not", masking.reason ? `Approving with masking is not possible: ${masking.reason}.` : "");
   $("grant-means").hidden = !request.max_grant_minutes;
   $("grant").max = request.max_grant_minutes;
 }
@@ -266,6 +273,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("confirm-approve").addEventListener("click", () => { $("confirm").close(); decide("approve"); });
   $("confirm-cancel").addEventListener("click", () => $("confirm").close());
+  $("approve-masked").addEventListener("click", () => decide("approve_masked"));  // only reads can be masked
   $("deny").addEventListener("click", () => decide("deny"));
   const demo = await fetch("/api/demo-login").then((r) => r.json()).catch(() => ({enabled: false}));
   if (demo.enabled) {

@@ -1,0 +1,531 @@
+"""Masking end to end: the policy action `mask` through psql, psycopg (text and binary results),
+asyncpg (binary), cursors and portals run in parts, and COPY TO (text and CSV), checked against
+the values read directly; what cannot be masked falls back to review; the mask rules' config."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.config import ConfigError, load_config
+from pgproxy.demo.run import demo_file
+from pgproxy.masking import CopyFormat, CopyMask, MaskKind, MaskRules
+from pgproxy.pgcluster import PostgresCluster, find_pg_bin
+from tests.approvals_support import decide, direct_value, held_psql, wait_pending
+from tests.harness import ProxyThread, running_proxy, write_enforce_config
+
+MASK_POLICY = """\
+default: allow
+rules:
+  - {name: cannot-tell, kinds: [unknown], action: review, reason: pgproxy cannot tell what this statement does}
+  - {name: personal-data, tags: [pii], action: mask, reason: personal data is shown masked}
+"""
+COLUMNS = "id, name, email, phone, ssn, country"
+ROWS = f"SELECT {COLUMNS} FROM customers WHERE id <= 5 ORDER BY id"
+
+
+def masked_email(value: str) -> str:
+    local, _, domain = value.rpartition("@")
+    return f"{local[0]}***@{domain}"
+
+
+def masked_digits(value: str) -> str:
+    digits = [i for i, c in enumerate(value) if c.isdigit()]
+    return "".join(c if i in digits[-4:] or not c.isalnum() else "*" for i, c in enumerate(value))
+
+
+def expected(row: tuple[object, ...]) -> tuple[object, ...]:
+    """A customers row (COLUMNS) as the default mask rules show it."""
+    id_, _name, email, phone, ssn, country = row
+    assert isinstance(email, str) and isinstance(phone, str) and isinstance(ssn, str)
+    return id_, "***", masked_email(email), masked_digits(phone), masked_digits(ssn), country
+
+
+@pytest.fixture(scope="module")
+def masking(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
+    """A proxy that masks personal data; without approvals, what it cannot mask is refused at once
+    (the review it falls back to has nobody to ask)."""
+    catalog = demo_file("catalog.yaml") + "      created_at: [pii.date]\n"  # a tagged column that is not text
+    catalog += "    masking_generated:\n      email: [pii, pii.email]\n"
+    path = write_enforce_config(pg, tmp_path_factory.mktemp("masking"), catalog=catalog, policy=MASK_POLICY)
+    pg.psql("CREATE OR REPLACE VIEW masking_view AS SELECT id, lower(email) AS email FROM customers;"
+            "DROP TABLE IF EXISTS masking_generated;"
+            "CREATE TABLE masking_generated (id int, email text, domain text GENERATED ALWAYS AS "
+            "(split_part(email, '@', 2)) STORED); INSERT INTO masking_generated VALUES (1, 'ann@example.com')",
+            dbname="app", user="app_scram")
+    try:
+        with running_proxy(load_config(path)) as proxy:
+            yield proxy
+    finally:
+        pg.psql("DROP VIEW IF EXISTS masking_view; DROP TABLE IF EXISTS masking_generated", dbname="app",
+                user="app_scram")
+
+
+@pytest.fixture(scope="module")
+def direct_rows(direct_dsn_module: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(direct_dsn_module) as conn:
+        return list(conn.execute(ROWS).fetchall())
+
+
+@pytest.fixture(scope="module")
+def direct_dsn_module(pg: PostgresCluster) -> str:
+    from tests.harness import DATABASE, UPSTREAM_USERS
+    return pg.dsn(user="app_scram", password=UPSTREAM_USERS["app_scram"][0], dbname=DATABASE)
+
+
+def test_psql_text_results_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", "-F", "|", masking.dsn(), "-c", ROWS],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    shown = [tuple(line.split("|")) for line in out.splitlines()]
+    assert shown == [tuple(str(v) for v in expected(row)) for row in direct_rows]
+    assert all("@" in row[2] and row[2] != direct[2] for row, direct in zip(shown, direct_rows, strict=True))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_psycopg_text_and_binary_results_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]],
+                                                    binary: bool) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        rows = conn.cursor(binary=binary).execute(
+            f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id", (5,)).fetchall()
+    assert rows == [expected(row) for row in direct_rows]
+
+
+def test_asyncpg_binary_results_and_a_portal_run_in_parts_are_masked(
+        masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    async def run() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        conn = await asyncpg.connect(masking.dsn())
+        try:
+            fetched = [tuple(r) for r in await conn.fetch(f"SELECT {COLUMNS} FROM customers WHERE id <= $1 ORDER BY id",
+                                                          5)]
+            async with conn.transaction():  # a cursor: one portal, executed 2 rows at a time
+                parts = [tuple(r) async for r in conn.cursor(ROWS, prefetch=2)]
+            return fetched, parts
+        finally:
+            await conn.close()
+
+    fetched, parts = asyncio.run(run())
+    assert fetched == [expected(row) for row in direct_rows]
+    assert parts == fetched
+
+
+def test_sql_cursor_fetches_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        conn.execute(f"DECLARE c CURSOR FOR {ROWS}")
+        first = conn.execute("FETCH 2 FROM c").fetchall()
+        rest = conn.execute("FETCH ALL FROM c").fetchall()
+        with conn.cursor(name="server_side") as named:  # psycopg's server-side cursor: DECLARE + FETCH
+            named.execute(ROWS)
+            server_side = named.fetchall()
+    assert first + rest == [expected(row) for row in direct_rows]
+    assert server_side == first + rest
+
+
+def test_sql_prepare_and_execute_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    prepare = f"PREPARE masked_rows (int) AS SELECT {COLUMNS} FROM customers WHERE id <= $1 ORDER BY id"
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn:  # extended protocol
+        conn.execute(prepare)
+        extended = conn.execute("EXECUTE masked_rows (5)").fetchall()
+    assert extended == [expected(row) for row in direct_rows]
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", "-F", "|", masking.dsn(), "-c", prepare, "-c",
+                          "EXECUTE masked_rows (5)"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert [tuple(line.split("|")) for line in out.splitlines() if "|" in line] == \
+        [tuple(str(v) for v in expected(row)) for row in direct_rows]
+
+
+def test_masks_follow_the_column_not_its_name(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        rows = conn.execute("SELECT c.email AS id, c.id AS email, t.* FROM customers c JOIN customers t USING (id) "
+                            "WHERE c.id <= 5 ORDER BY c.id").fetchall()
+    for row, direct in zip(rows, direct_rows, strict=True):
+        assert row[:2] == (masked_email(str(direct[2])), direct[0])
+        assert row[2] == direct[0] and row[3] == "***" and row[4] == masked_email(str(direct[2]))
+
+
+def test_copy_to_text_and_csv_is_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    psql = [str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c"]
+    text = subprocess.run([*psql, "COPY (SELECT id, email, ssn FROM customers WHERE id <= 5 ORDER BY id) TO STDOUT"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    assert text.splitlines() == [f"{r[0]}\t{masked_email(str(r[2]))}\t{masked_digits(str(r[4]))}" for r in direct_rows]
+    csv = subprocess.run([*psql, "COPY customers (id, email, country) TO STDOUT WITH (FORMAT csv, HEADER)"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+    assert csv[0] == "id,email,country"
+    by_id = {line.split(",")[0]: line for line in csv[1:]}
+    for row in direct_rows:
+        assert by_id[str(row[0])] == f'{row[0]},"{masked_email(str(row[2]))}",{row[5]}'
+
+
+def test_a_tagged_column_that_is_not_text_is_null(masking: ProxyThread) -> None:
+    """A text mask is not a valid timestamptz: the tagged created_at is NULL, in both formats and in COPY."""
+    for binary in (False, True):
+        with psycopg.connect(masking.dsn()) as conn:
+            rows = conn.cursor(binary=binary).execute(
+                "SELECT id, created_at FROM customers WHERE id <= 3 ORDER BY id").fetchall()
+        assert rows == [(1, None), (2, None), (3, None)]
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c",
+                          "COPY (SELECT id, created_at FROM customers WHERE id <= 2 ORDER BY id) TO STDOUT"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.splitlines() == ["1\t\\N", "2\t\\N"]
+
+
+def test_result_formats_chosen_per_column(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    """Extended protocol by hand: the client asks for email in binary and the rest in text."""
+    from pgproxy.wire import messages as m
+    from tests.harness import raw_session
+
+    with raw_session(masking) as client:
+        client.send(m.Parse("", "SELECT id, email, phone FROM customers WHERE id = 1", ()).encode()
+                    + m.Bind("", "", (), (), (0, 1, 0)).encode() + m.Execute("", 0).encode() + m.Sync().encode())
+        replies = client.until_ready()
+    rows = [body for type_byte, body in replies if type_byte == m.DATA_ROW]
+    assert len(rows) == 1
+    email, phone = str(direct_rows[0][2]), str(direct_rows[0][3])
+    values = [b"1", masked_email(email).encode(), masked_digits(phone).encode()]
+    assert rows[0] == b"\x00\x03" + b"".join(len(v).to_bytes(4, "big") + v for v in values)
+    assert not any(type_byte == m.ROW_DESCRIPTION for type_byte, _ in replies)  # pgproxy's own Describe: dropped
+
+
+def test_a_copy_whose_columns_are_not_the_ones_resolved_is_refused(masking: ProxyThread) -> None:
+    """COPY of a table leaves its generated columns out: pgproxy resolved three columns, the server
+    sends two, so the masks would land on the wrong columns. The COPY is refused before any row."""
+    out = subprocess.run([str(find_pg_bin("psql")), "-X", "-At", masking.dsn(), "-c",
+                          "COPY masking_generated TO STDOUT"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and out.stdout == ""
+    assert "pgproxy refused a masked COPY" in out.stderr and "ann@" not in out.stderr
+    with psycopg.connect(masking.dsn()) as conn:  # its columns named: masked
+        assert conn.execute("SELECT id, email FROM masking_generated").fetchall() == [(1, "a***@example.com")]
+
+
+# What masking cannot reach is reviewed (here: refused, there being no approvals), never allowed.
+CANNOT_MASK = [
+    ("SELECT id FROM customers WHERE email LIKE 'a%'", "other than as a plain output column"),
+    ("SELECT upper(email) FROM customers", "other than as a plain output column"),
+    ("SELECT left(email, 3) FROM customers", "other than as a plain output column"),
+    ("SELECT email::bytea FROM customers", "other than as a plain output column"),
+    ("SELECT row(email) FROM customers", "other than as a plain output column"),
+    ("SELECT c FROM customers c", "other than as a plain output column"),
+    ("SELECT json_agg(email) FROM customers", "other than as a plain output column"),
+    ("SELECT email FROM customers ORDER BY 1", "other than as a plain output column"),
+    ("SELECT id, email AS e FROM customers ORDER BY e", "other than as a plain output column"),
+    ("SELECT DISTINCT email FROM customers", "other than as a plain output column"),
+    ("SELECT count(*) FROM customers GROUP BY email", "other than as a plain output column"),
+    ("SELECT x FROM (SELECT email AS x FROM customers) s", "other than as a plain output column"),
+    ("SELECT email FROM customers UNION SELECT name FROM customers", "set operation"),
+    ("COPY (SELECT upper(email) FROM customers) TO STDOUT", "other than as a plain output column"),
+    ("COPY customers TO STDOUT (FORMAT binary)", "binary COPY"),
+    ("UPDATE customers SET email = email WHERE id = 1 RETURNING email", "writes tagged columns"),
+    ("EXPLAIN ANALYZE SELECT email FROM customers", "EXPLAIN ANALYZE"),
+]
+
+
+@pytest.mark.parametrize(("sql", "why"), CANNOT_MASK)
+def test_what_cannot_be_masked_is_reviewed(masking: ProxyThread, sql: str, why: str) -> None:
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn, pytest.raises(psycopg.Error) as raised:
+        conn.execute(sql)
+    assert raised.value.sqlstate == "42501"
+    message = str(raised.value)
+    assert "approval required (rule personal-data)" in message and "cannot mask its result" in message
+    assert why in message
+
+
+def test_a_view_of_tagged_columns_is_reviewed_not_masked(masking: ProxyThread) -> None:
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn, \
+            pytest.raises(psycopg.Error, match="tagged column of a view, whose values may be computed"):
+        conn.execute("SELECT email FROM masking_view")  # lower(email): its column names no base table
+
+
+def test_statements_without_tagged_columns_run_unmasked(masking: ProxyThread) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 1").fetchone() is not None
+        assert conn.execute("SELECT country FROM customers WHERE id = 1").fetchone() is not None
+
+
+# -- the rules, without a server ---------------------------------------------------------------------
+
+
+def test_mask_rules() -> None:
+    rules = MaskRules()
+    assert rules.text(MaskKind.EMAIL, "alice@example.com") == "a***@example.com"
+    assert rules.text(MaskKind.EMAIL, "not an address") == "***"
+    assert rules.text(MaskKind.LAST4, "+1 (555) 123-4567") == "+* (***) ***-4567"
+    assert rules.text(MaskKind.LAST4, "123-45-6789") == "***-**-6789"
+    assert rules.text(MaskKind.LAST4, "1234") == "****"  # four digits or fewer: nothing kept
+    assert rules.text(MaskKind.NULL, "x") is None
+    assert rules.kind_for(frozenset({"pii", "pii.ssn", "sensitive"})) is MaskKind.LAST4
+    assert MaskRules(tags={"sensitive": MaskKind.NULL, "pii.ssn": MaskKind.LAST4}).kind_for(
+        frozenset({"pii.ssn", "sensitive"})) is MaskKind.NULL  # the one that reveals least
+    assert rules.kind_for(frozenset({"pii", "pii.name"})) is MaskKind.PLACEHOLDER
+
+
+def test_masks_read_values_in_the_client_encoding() -> None:
+    """A first character that is not ASCII is one character, in whatever encoding the client reads."""
+    rules = MaskRules()
+    for codec in ("utf-8", "latin-1"):
+        masker = rules.masker(MaskKind.EMAIL, codec)
+        assert masker("éva@exämple.fr".encode(codec)) == "é***@exämple.fr".encode(codec)
+        assert rules.masker(MaskKind.LAST4, codec)("Tél 01 23 45 67 89".encode(codec)) == \
+            "*** ** ** ** 67 89".encode(codec)
+    assert rules.masker(MaskKind.EMAIL, "utf-8")(b"\xff@x") == b"***"  # not UTF-8: the placeholder, nothing of it
+
+
+def test_copy_rows_with_escapes_and_quotes() -> None:
+    text = CopyMask(CopyFormat(), (None, MaskKind.EMAIL), MaskRules(), text_columns=frozenset({1}))
+    assert text.copy_data(b"1\\tx\ta\\\\b@c.d\n") == b"1\\tx\ta***@c.d\n"
+    assert text.copy_data(b"2\t\\N\n") == b"2\t\\N\n"
+    csv = CopyMask(CopyFormat(csv=True, delimiter=",", null="", header=True), (MaskKind.PLACEHOLDER, None),
+                   MaskRules(), text_columns=frozenset({0}))
+    assert csv.copy_data(b"name,id\n") == b"name,id\n"
+    assert csv.copy_data(b'"a,""b""\nc",1\n') == b'"***",1\n'
+    assert csv.copy_data(b",2\n") == b",2\n"  # NULL stays NULL
+
+
+def test_mask_config_is_validated(tmp_path: Path, pg: PostgresCluster) -> None:
+    good = write_enforce_config(pg, tmp_path, catalog="{}", policy=MASK_POLICY, extra="""\
+masking:
+  placeholder: "[hidden]"
+  default: "null"
+  tags: {sensitive: "null", pii.name: placeholder}
+""")
+    rules = load_config(good).masking
+    assert rules.placeholder == "[hidden]" and rules.default is MaskKind.NULL
+    assert rules.tags["pii.email"] is MaskKind.EMAIL and rules.tags["sensitive"] is MaskKind.NULL
+    for extra, problem in [("masking:\n  tags: {pii.email: redact}\n", "masking.tags.pii.email: expected one of"),
+                           ("masking:\n  tags: {PII: email}\n", "masking.tags.PII: expected a tag"),
+                           ("masking:\n  default: email\n", "masking.default: expected one of placeholder, null"),
+                           ("masking:\n  placeholder: '" + "x" * 65 + "'\n", "masking.placeholder: expected 1 to 64"),
+                           ("masking:\n  colour: red\n", "masking.colour: unknown key 'colour'")]:
+        bad = write_enforce_config(pg, tmp_path, catalog="{}", policy=MASK_POLICY, extra=extra)
+        with pytest.raises(ConfigError, match=r"pgproxy\.yaml:\d+: " + problem.replace(".", r"\.")):
+            load_config(bad)
+
+
+# -- approve with masking (the API; the page is in tests/test_page.py) ----------------------------------
+
+
+def test_api_approve_with_masking_runs_the_held_statement_masked(approving: ProxyThread,
+                                                                 pg: PostgresCluster) -> None:
+    """asyncpg (extended protocol, binary results): held at Execute, approved with masking."""
+    async def run() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(approving.dsn())
+        try:
+            return [tuple(r) for r in await conn.fetch("SELECT id, email, phone, country FROM customers "
+                                                       "WHERE id = $1 AND country IS NOT NULL", 71)]
+        finally:
+            await conn.close()
+
+    async def decide_when_held() -> tuple[int, dict[str, object]]:
+        request = await asyncio.to_thread(wait_pending, approving, "WHERE id = $1 AND country")
+        assert request["analysis"]["masking"] == {"possible": True, "reason": None}
+        return await asyncio.to_thread(decide, approving, request, "approve_masked", reason="masked only")
+
+    async def both() -> tuple[list[tuple[object, ...]], tuple[int, dict[str, object]]]:
+        rows, decided = await asyncio.gather(run(), decide_when_held())
+        return rows, decided
+
+    rows, (status, body) = asyncio.run(both())
+    assert status == 200 and body["status"] == "approved" and body["masked"] is True
+    id_, email, phone, country = direct_value(pg, "SELECT id, email, phone, country FROM customers "
+                                                  "WHERE id = 71").split("|")
+    assert rows == [(int(id_), masked_email(email), masked_digits(phone), country)]
+
+
+def test_api_refuses_masking_what_cannot_be_masked(approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT id FROM customers WHERE ssn LIKE '9%' AND id = 72")
+    try:
+        request = wait_pending(approving, "AND id = 72")
+        assert request["analysis"]["masking"]["possible"] is False
+        status, body = decide(approving, request, "approve_masked")
+        assert status == 409 and "cannot be masked: it uses public.customers.ssn other than as a plain output " \
+                                 "column" in str(body["error"])
+        assert decide(approving, request, "deny", reason="no")[0] == 200
+        _, err = client.communicate(timeout=15)
+        assert "denied by reviewer alice: no" in err
+    finally:
+        client.kill()
+
+
+def test_api_approval_with_masking_gives_no_grant(approving: ProxyThread) -> None:
+    client = held_psql(approving, "SELECT email FROM customers WHERE id = 73")
+    try:
+        request = wait_pending(approving, "WHERE id = 73")
+        status, body = decide(approving, request, "approve_masked", grant_minutes=5)
+        assert status == 403 and "gives no grant" in str(body["error"])
+        status, body = decide(approving, request, "maybe")
+        assert status == 400 and "approve_masked" in str(body["error"])
+        assert decide(approving, request, "deny")[0] == 200
+    finally:
+        client.kill()
+
+
+def test_slack_offers_approve_with_masking_only_when_possible() -> None:
+    from pgproxy.approvals.notify import slack_message, summary
+    from pgproxy.store import ApprovalRequest
+
+    def buttons(masking: dict[str, object]) -> list[str]:
+        request = ApprovalRequest(id="a1", agent="agent", groups=(), database="app", statement="SELECT email FROM t",
+                                  parameters=(), statement_sha256="0" * 64, analysis={"statements": [],
+                                                                                       "masking": masking},
+                                  rule="personal-data", reason="r", client_address="127.0.0.1", application_name="",
+                                  created_at=0, expires_at=60)
+        blocks = slack_message(summary(request, "http://x/approvals/a1"))["blocks"]
+        return [e["action_id"] for b in blocks if b["type"] == "actions" for e in b["elements"]]
+
+    assert buttons({"possible": True, "reason": None}) == ["open", "approve", "approve_masked", "deny"]
+    assert buttons({"possible": False, "reason": "set operation"}) == ["open", "approve", "deny"]
+
+
+# -- the protocol model (sans-IO): rows masked, or the result refused before any row -------------------
+
+
+def _row_description(*fields: tuple[str, int, int, int]) -> bytes:
+    """A RowDescription body: (name, table oid, attnum, type oid) per field, text format."""
+    out = len(fields).to_bytes(2, "big")
+    for name, oid, attnum, type_oid in fields:
+        out += name.encode() + b"\0" + oid.to_bytes(4, "big") + attnum.to_bytes(2, "big") + type_oid.to_bytes(4, "big")
+        out += b"\xff\xff" + b"\xff\xff\xff\xff" + b"\0\0"  # type size and modifier -1, text format
+    return out
+
+
+def _data_row(*values: bytes | None) -> bytes:
+    return len(values).to_bytes(2, "big") + b"".join(
+        (-1).to_bytes(4, "big", signed=True) if v is None else len(v).to_bytes(4, "big") + v for v in values)
+
+
+EMAIL = (100, 3)  # (table oid, attnum) of a tagged column in these model tests
+
+
+def _masked_query(permitted: frozenset[tuple[int, int]] = frozenset({EMAIL})) -> object:
+    from pgproxy.masking import MaskSpec
+    from pgproxy.protocol.model import ProtocolModel, QueryPart
+
+    model = ProtocolModel(strict=False, guard=lambda columns, permitted: [])
+    model.query([QueryPart(None, permitted, None, MaskSpec(MaskRules(), {EMAIL: frozenset({"pii.email"})}))])
+    return model
+
+
+def test_model_masks_the_rows_of_the_tagged_column_the_row_description_names() -> None:
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.wire import messages as m
+
+    model = _masked_query()
+    assert isinstance(model, ProtocolModel)
+    assert model.answer(m.ROW_DESCRIPTION, _row_description(("id", 100, 1, 23), ("login", 100, 3, 25))) is None
+    assert not model.rows_ok and model.row_mask is not None  # every row goes through `masked`
+    assert model.masked(m.DATA_ROW, _data_row(b"7", b"bob@example.org")) == \
+        m.frame(m.DATA_ROW, _data_row(b"7", b"b***@example.org"))
+    assert model.masked(m.DATA_ROW, _data_row(b"8", None)) == m.frame(m.DATA_ROW, _data_row(b"8", None))
+    model.answer(m.COMMAND_COMPLETE, b"SELECT 2\0")
+    assert model.row_mask is None and not model.refusals
+
+
+@pytest.mark.parametrize("fields", [
+    (("login", 0, 0, 25),),  # an expression: the value names no column
+    (("login", 200, 3, 25),),  # another relation's column (a view's, say)
+    (),  # no columns at all
+], ids=["expression", "other-relation", "none"])
+def test_model_refuses_a_masked_result_that_does_not_show_the_tagged_column_plainly(
+        fields: tuple[tuple[str, int, int, int], ...]) -> None:
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.wire import messages as m
+
+    model = _masked_query()
+    assert isinstance(model, ProtocolModel)
+    model.answer(m.ROW_DESCRIPTION, _row_description(*fields))
+    assert model.refusals and model.refusals[0].message is not None
+    assert "cannot be masked" in model.refusals[0].message
+    assert model.guarding and not model.rows_ok and model.row_mask is None  # its rows are dropped
+
+
+def test_check_explains_mask_and_its_fallback_to_review(masking: ProxyThread) -> None:
+    from pgproxy.check import explain
+    from pgproxy.enforce import PolicyGate
+
+    gate = masking.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    [masked] = explain("SELECT email FROM customers", schema, gate.config, agent="agent", groups=frozenset())
+    assert (masked.decision.action.value, masked.decision.rule) == ("mask", "personal-data")
+    [held] = explain("SELECT id FROM customers WHERE email LIKE 'a%'", schema, gate.config, agent="agent",
+                     groups=frozenset())
+    assert held.decision.action.value == "review"
+    assert "pgproxy cannot mask its result: it uses public.customers.email other than" in held.decision.reason
+
+
+def test_psycopg_pipeline_of_masked_and_unmasked_statements(masking: ProxyThread,
+                                                            direct_rows: list[tuple[object, ...]]) -> None:
+    with psycopg.connect(masking.dsn()) as conn:
+        with conn.pipeline():
+            first = conn.execute(f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id", (5,))
+            plain = conn.execute("SELECT id, country FROM customers WHERE id <= %s ORDER BY id", (5,))
+            binary = conn.cursor(binary=True).execute(f"SELECT {COLUMNS} FROM customers WHERE id <= %s ORDER BY id",
+                                                      (5,))
+        assert first.fetchall() == [expected(row) for row in direct_rows]
+        assert plain.fetchall() == [(row[0], row[5]) for row in direct_rows]
+        assert binary.fetchall() == [expected(row) for row in direct_rows]
+
+
+def test_with_approvals_what_cannot_be_masked_is_held_for_a_reviewer(pg: PostgresCluster, tmp_path: Path,
+                                                                      direct_rows: list[tuple[object, ...]]) -> None:
+    from tests.approvals_support import start_proxy
+
+    with start_proxy(pg, tmp_path, catalog=demo_file("catalog.yaml"), policy=MASK_POLICY) as proxy:
+        with psycopg.connect(proxy.dsn()) as conn:  # maskable: runs at once, masked, nothing held
+            assert conn.execute(f"SELECT {COLUMNS} FROM customers WHERE id <= 5 ORDER BY id").fetchall() == \
+                [expected(row) for row in direct_rows]
+        client = held_psql(proxy, "SELECT id FROM customers WHERE email LIKE 'a%' AND id = 81")
+        try:
+            request = wait_pending(proxy, "AND id = 81")
+            assert request["rule"] == "personal-data"
+            assert "pgproxy cannot mask its result: it uses public.customers.email" in request["reason"]
+            assert request["analysis"]["masking"]["possible"] is False
+            assert decide(proxy, request, "approve", reason="fine")[0] == 200
+            out, _ = client.communicate(timeout=15)
+            assert out.strip() in ("", "81")  # it ran, unmasked (its result shows no tagged column)
+            assert client.returncode == 0
+        finally:
+            client.kill()
+
+
+# -- tests that search: a tagged value in any expression slot is never masked ------------------------
+
+MASKABLE_SEEDS = [
+    "SELECT id, email FROM customers WHERE country = 'DE' ORDER BY id LIMIT 5 OFFSET 1",
+    "SELECT c.id, c.name, o.total FROM customers c JOIN orders o ON o.customer_id = c.id "
+    "WHERE o.status = 'paid' AND o.total > 10",
+    "WITH recent AS (SELECT customer_id FROM orders WHERE total > 10) "
+    "SELECT c.email, c.phone FROM customers c WHERE c.id IN (SELECT customer_id FROM recent)",
+    "SELECT * FROM customers c WHERE c.plan = 'pro' ORDER BY c.id DESC FOR SHARE",
+    "COPY (SELECT id, email, ssn FROM customers WHERE id < 10) TO STDOUT WITH (FORMAT csv)",
+]
+
+
+def test_a_tagged_value_in_any_expression_slot_is_never_masked(masking: ProxyThread) -> None:
+    """Expression-slot injection (tests/injection.py): a subquery reading customers.ssn placed in
+    every slot of maskable statements, one at a time. No mutant may be masked: wherever the
+    value goes (a filter, a sort, a function argument, the select list, LIMIT…), masking the
+    result's plain columns would not hide it."""
+    from pgproxy.analysis.gate import analyze
+    from pgproxy.analysis.masking import unmaskable
+    from pgproxy.analysis.model import ColumnKey
+    from pgproxy.enforce import PolicyGate
+    from tests import corpus, injection
+
+    gate = masking.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    ssn = ColumnKey("public", "customers", "ssn")
+    probe = injection.Probe(ssn, schema.relations[("public", "customers")].tags["ssn"], "public.customers", "ssn")
+    mutants = 0
+    for line, sql in enumerate(MASKABLE_SEEDS, 1):
+        assert unmaskable(analyze(sql, schema)) is None, sql  # the seed itself is masked
+        for mutant in injection.mutate(corpus.Case("masking", line, "mask", "seed", sql), probe):
+            mutants += 1
+            assert unmaskable(analyze(mutant.sql, schema)) is not None, (mutant.path, mutant.sql)
+    assert mutants > 50  # the walk found the slots (87 when written)
