@@ -54,7 +54,8 @@ class MaskRules:
     """Which mask each tag gets (`tags`: a tag, and every tag below it: `pii` covers `pii.email`),
     the mask of a tagged column no rule covers (`default`), and the placeholder text."""
 
-    tags: Mapping[str, MaskKind] = field(default_factory=lambda: DEFAULT_TAG_MASKS)
+    # A plain dict of its own (a config travels to worker processes, which pickle it).
+    tags: Mapping[str, MaskKind] = field(default_factory=lambda: dict(DEFAULT_TAG_MASKS))
     default: MaskKind = MaskKind.PLACEHOLDER
     placeholder: str = DEFAULT_PLACEHOLDER
 
