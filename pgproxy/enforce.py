@@ -374,8 +374,11 @@ class PolicyGate(StatementGate):
         try:
             justification = read_justification(sql)
         except MalformedJustification as exc:
-            return audited("malformed-justification", Judgement(Verdict.DENY, SqlState.SYNTAX_ERROR, exc.message))
-        if justification is None and judgement.justify is not None:
+            if not judgement.observed:  # observed: recorded below, and it runs
+                return audited("malformed-justification",
+                               Judgement(Verdict.DENY, SqlState.SYNTAX_ERROR, exc.message))
+            justification = None
+        if justification is None and judgement.justify is not None and not judgement.observed:
             return audited("unjustified", _unjustified(judgement.justify))
         try:
             grant = await approvals.covered(identity.agent_id, session.database, shape) if approvals else None

@@ -291,3 +291,20 @@ def test_a_held_statement_with_a_malformed_justification_is_refused(
     assert error.diag.message_primary.startswith("malformed pgproxy justification: ")
     assert problem in error.diag.message_primary
     assert not _requests(justifying, "id = 84")
+
+
+def test_observe_mode_records_but_does_not_refuse_for_a_missing_justification(
+        pg: PostgresCluster, tmp_path: Path) -> None:
+    """Observe mode holds and refuses nothing the policy decides: a statement its rule would refuse
+    for lack of a justification (or for a malformed one) runs, and the audit says it was observed."""
+    extra = approvals_config(tmp_path, 30) + "audit:\n  flush_interval_seconds: 0.05\n"
+    policy = demo_file("policy.yaml").replace("rules:\n", REQUIRING_RULE, 1)
+    path = write_enforce_config(pg, tmp_path, catalog=corpus.CATALOG, extra=extra, policy=policy)
+    path.write_text(path.read_text().replace("mode: enforce\n", "mode: observe\n", 1))
+    with running_proxy(load_config(path)) as proxy, \
+            psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for sql in ("UPDATE orders SET status = status WHERE id = 83",
+                    '/* pgproxy: reason="" */ UPDATE orders SET status = status WHERE id = 83'):
+            assert conn.execute(sql).rowcount == 1, sql
+        found = [e for e in of(events(proxy), "statement") if "UPDATE orders" in e["statement"]]
+        assert [(e["rule"], e["outcome"]) for e in found] == [("order-changes", "observed")] * 2, found
