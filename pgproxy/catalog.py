@@ -87,6 +87,18 @@ async def simple_query(conn: UpstreamConnection, sql: str, *,
     """
     conn.writer.write(m.Query(sql).encode())
     await conn.writer.drain()
+    rows, error = await read_replies(conn, ignored=_IGNORED_REPLIES, max_message_bytes=max_message_bytes,
+                                     during="an introspection query")
+    if error is not None:
+        raise _query_failed(error)
+    return rows
+
+
+async def read_replies(conn: UpstreamConnection, *, ignored: frozenset[int], max_message_bytes: int,
+                       during: str) -> tuple[list[Row], m.ErrorResponse | None]:
+    """The upstream's replies up to ReadyForQuery to what pgproxy sent on its own connection: the
+    DataRows' values as text, and the first ErrorResponse (the connection stays usable). A reply
+    type not in `ignored`, or the connection closing (`during` says doing what), raises."""
     frames = FrameReader(max_message_bytes=max_message_bytes, allowed_types=m.BACKEND_TYPES)
     rows: list[Row] = []
     error: m.ErrorResponse | None = None
@@ -96,7 +108,7 @@ async def simple_query(conn: UpstreamConnection, sql: str, *,
             data = await conn.reader.read(READ_CHUNK)
             if not data:
                 raise _query_failed(error) if error else UpstreamProtocolError(
-                    "the upstream closed the connection during an introspection query")
+                    f"the upstream closed the connection during {during}")
         try:
             batch = frames.feed(data)
         except FrameError as exc:
@@ -112,16 +124,15 @@ async def simple_query(conn: UpstreamConnection, sql: str, *,
                 if frames.pending_bytes:
                     raise UpstreamProtocolError("upstream sent a partial message after ReadyForQuery")
                 conn.leftover = b"".join(buf[s:e] for _, s, e in batch[index + 1:])
-                if error is not None:
-                    raise _query_failed(error)
-                return rows
-            elif type_byte not in _IGNORED_REPLIES:
-                raise UpstreamProtocolError(
-                    f"upstream sent unexpected message {chr(type_byte)!r} in reply to a simple query")
+                return rows, error
+            elif type_byte not in ignored:
+                raise UpstreamProtocolError(f"upstream sent unexpected message {chr(type_byte)!r} during {during}")
 
 
 _IGNORED_REPLIES = frozenset({m.ROW_DESCRIPTION, m.COMMAND_COMPLETE, m.EMPTY_QUERY_RESPONSE,
                               m.NOTICE_RESPONSE, m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE})
+# ... and to Parse, Bind, Execute, Sync.
+EXTENDED_REPLIES = _IGNORED_REPLIES | {m.PARSE_COMPLETE, m.BIND_COMPLETE, m.NO_DATA}
 
 
 def _query_failed(error: m.ErrorResponse) -> UpstreamProtocolError:

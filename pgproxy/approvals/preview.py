@@ -29,12 +29,11 @@ from dataclasses import dataclass
 
 from pgproxy.analysis.gate import planning_runs_code
 from pgproxy.analysis.model import Analysis, Kind
-from pgproxy.catalog import DEFAULT_MAX_MESSAGE_BYTES, simple_query
+from pgproxy.catalog import DEFAULT_MAX_MESSAGE_BYTES, EXTENDED_REPLIES, read_replies, simple_query
 from pgproxy.config import Route
 from pgproxy.errors import ProxyError, UpstreamProtocolError
 from pgproxy.upstream import UpstreamConnection, connect_upstream
 from pgproxy.wire import messages as m
-from pgproxy.wire.codec import FrameError, FrameReader
 
 log = logging.getLogger("pgproxy.approvals")
 
@@ -43,7 +42,6 @@ MAX_STATEMENT_CHARS = 256 * 1024  # longer statements are not planned for a prev
 MAX_PLAN_LINES = 200  # of the plan shown
 CONCURRENT = 4  # EXPLAINs at once per process (each opens a connection to the upstream)
 ENTRIES = 1024  # previews kept (each at most MAX_PLAN_LINES lines)
-_READ_CHUNK = 64 * 1024
 
 
 class ServerRefused(Exception):
@@ -211,41 +209,10 @@ async def _extended(conn: UpstreamConnection, sql: str, parameters: Sequence[str
     conn.writer.write(m.Parse("", sql).encode() + m.Bind("", "", (), params, ()).encode()
                       + m.Execute("").encode() + m.Sync().encode())
     await conn.writer.drain()
-    frames = FrameReader(max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, allowed_types=m.BACKEND_TYPES)
-    lines: list[str] = []
-    error: m.ErrorResponse | None = None
-    data, conn.leftover = conn.leftover, b""
-    while True:
-        if not data:
-            data = await conn.reader.read(_READ_CHUNK)
-            if not data:
-                raise UpstreamProtocolError("the upstream closed the connection during EXPLAIN")
-        try:
-            batch = frames.feed(data)
-        except FrameError as exc:
-            raise UpstreamProtocolError(f"upstream sent an invalid message: {exc}") from None
-        data = b""
-        buf = frames.buffer
-        for index, (type_byte, start, end) in enumerate(batch):
-            body = buf[start + 5:end]
-            if type_byte == m.DATA_ROW:
-                lines.append(_first_column(body))
-            elif type_byte == m.ERROR_RESPONSE:
-                error = error or m.decode_error_response(body)
-            elif type_byte == m.READY_FOR_QUERY:
-                conn.leftover = b"".join(buf[s:e] for _, s, e in batch[index + 1:])
-                if error is not None:
-                    raise ServerRefused(error.message or "the upstream reported an error")
-                return lines
-
-
-def _first_column(body: bytes) -> str:
-    """A DataRow's first value, as text (EXPLAIN returns one column)."""
-    if len(body) < 6 or int.from_bytes(body[:2], "big") < 1:
+    rows, error = await read_replies(conn, ignored=EXTENDED_REPLIES, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+                                     during="EXPLAIN")
+    if error is not None:
+        raise ServerRefused(error.message or "the upstream reported an error")
+    if not all(rows):
         raise UpstreamProtocolError("upstream sent a malformed DataRow")
-    length = int.from_bytes(body[2:6], "big", signed=True)
-    if length < 0:
-        return ""
-    if 6 + length > len(body):
-        raise UpstreamProtocolError("upstream sent a malformed DataRow")
-    return body[6:6 + length].decode("utf-8", "replace")
+    return [row[0] or "" for row in rows]
