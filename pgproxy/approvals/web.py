@@ -209,7 +209,8 @@ async def statement_text(request: web.Request) -> web.StreamResponse:
 
 
 _ASSETS = resources.files("pgproxy.approvals").joinpath("assets")
-_CONTENT_TYPES = {"approval.js": "text/javascript", "approval.css": "text/css", "inbox.js": "text/javascript"}
+_CONTENT_TYPES = {"approval.js": "text/javascript", "approval.css": "text/css", "inbox.js": "text/javascript",
+                  "reviewer.js": "text/javascript"}
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",

@@ -1,28 +1,10 @@
 // The approval page: everything about the request comes from the API with the reviewer's token,
-// and is written with textContent (never as HTML).
+// and is written with textContent (never as HTML). reviewer.js, loaded before it, has what it
+// shares with the inbox ($, token, api, INVISIBLE, codePoint, when, signIn, wireSignIn).
 "use strict";
 const id = decodeURIComponent(location.pathname.split("/").pop());
-const $ = (name) => document.getElementById(name);
-let token = sessionStorage.getItem("pgproxy-reviewer-token") || "";
 let current = null;
-
-async function api(path, options = {}) {
-  // Without a pasted token, an SSO proxy in front of pgproxy may supply one on every request.
-  const headers = {"Content-Type": "application/json"};
-  if (token) headers["Authorization"] = "Bearer " + token;
-  const response = await fetch(path, {...options, headers});
-  const body = await response.json().catch(() => ({}));
-  return {status: response.status, body};
-}
-
-// Characters that show as nothing, as a space, or reorder what surrounds them (a right-to-left
-// override makes "txt.exe" of "exe.txt"): the same class as pgproxy/approvals/display.py's
-// INVISIBLE_CLASS. Each is shown as a marker, and a banner says where they are.
-const INVISIBLE = new RegExp("[\\p{Cf}\\p{Zl}\\p{Zp}\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F\\xA0\\u1680\\u2000-\\u200A\\u202F\\u205F" +
-                             "\\u3000\\u115F\\u1160\\u3164\\uFFA0\\u034F\\u180B-\\u180F\\uFE00-\\uFE0F\\u2800\\u{E0100}-\\u{E01EF}]", "gu");
 let flagged = new Map();  // where invisible characters were found -> their code points
-
-function codePoint(character) { return "U+" + character.codePointAt(0).toString(16).toUpperCase().padStart(4, "0"); }
 
 function flag(where, points) {
   if (!points.length) return;
@@ -86,19 +68,6 @@ function cutNotice(element, shown, path, name, what) {
     document.createTextNode(`Only the first ${shown.text.length.toLocaleString("en")} characters of this ${what} are shown; ` +
                             `it has ${shown.bytes.toLocaleString("en")} bytes. SHA-256 of the whole ${what}: `),
     hash, document.createElement("br"), button);
-}
-
-// A time as the reviewer's local time, with its UTC offset and the zone's name:
-// "2026-12-02 05:12:00 +01:00 (Europe/Paris)".
-function when(seconds) {
-  if (seconds == null) return "";
-  const date = new Date(seconds * 1000);
-  const pad = (n) => String(n).padStart(2, "0");
-  const minutes = -date.getTimezoneOffset();
-  const offset = `${minutes < 0 ? "-" : "+"}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
-  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
-         `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())} ${offset} (${zone})`;
 }
 
 // What the request's status means for the statement, in a sentence.
@@ -255,15 +224,7 @@ async function decide(decision) {
   await load();
 }
 
-function signIn(value) {
-  token = value.trim();
-  sessionStorage.setItem("pgproxy-reviewer-token", token);
-  text("signin-error", "");
-  load();
-}
-
 document.addEventListener("DOMContentLoaded", async () => {
-  $("signin-button").addEventListener("click", () => signIn($("token").value));
   $("approve").addEventListener("click", () => {
     // A statement that changes something is approved in two steps: the dialog names what it changes.
     const what = current ? changes(current) : [];
@@ -275,19 +236,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("confirm-cancel").addEventListener("click", () => $("confirm").close());
   $("approve-masked").addEventListener("click", () => decide("approve_masked"));  // only reads can be masked
   $("deny").addEventListener("click", () => decide("deny"));
-  const demo = await fetch("/api/demo-login").then((r) => r.json()).catch(() => ({enabled: false}));
-  if (demo.enabled) {
-    // The demo hands its reviewer's token only for the code printed on its terminal: nothing
-    // an agent holds (its token, this link) signs in as the reviewer.
-    $("demo").hidden = false;
-    $("demo-login").addEventListener("click", async () => {
-      const answer = await fetch("/api/demo-login", {
-        method: "POST", headers: {"Content-Type": "application/json"},
-        body: JSON.stringify({code: $("demo-code").value}),
-      }).then((r) => r.json()).catch(() => ({error: "the demo sign-in failed"}));
-      if (answer.token) signIn(answer.token); else text("signin-error", answer.error);
-    });
-  }
+  await wireSignIn();
   await load();
   // Another reviewer may decide meanwhile: keep the page current.
   setInterval(() => { if (current && current.status === "pending") load(); }, 2000);
