@@ -186,15 +186,22 @@ async def _audit(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def _time_range(args: argparse.Namespace, command: str) -> tuple[float | None, float | None] | None:
+    """`--since` and `--until` of `pgproxy audit <command>`; None (after saying why) when malformed."""
+    try:
+        return (parse_when(args.since) if args.since else None, parse_when(args.until) if args.until else None)
+    except ValueError as exc:
+        print(f"pgproxy audit {command}: {exc}", file=sys.stderr)
+        return None
+
+
 async def _export(args: argparse.Namespace, store: Store) -> int:
     from pgproxy import audit
 
-    try:
-        since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until) if args.until else None
-    except ValueError as exc:
-        print(f"pgproxy audit export: {exc}", file=sys.stderr)
+    window = _time_range(args, "export")
+    if window is None:
         return 2
+    since, until = window
     # The loop runs nothing else meanwhile, so a blocking open is harmless here.
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: ASYNC230, SIM115
     try:
@@ -216,12 +223,10 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
 async def _summary(args: argparse.Namespace, store: Store) -> int:
     from pgproxy import summary
 
-    try:
-        since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until) if args.until else None
-    except ValueError as exc:
-        print(f"pgproxy audit summary: {exc}", file=sys.stderr)
+    window = _time_range(args, "summary")
+    if window is None:
         return 2
+    since, until = window
     found = await summary.summarize(store, since=since, until=until)
     if args.json:
         print(json.dumps(found.to_json(args.examples), ensure_ascii=False))
