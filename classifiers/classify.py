@@ -114,6 +114,12 @@ class Classifier:
 
     def classify(self, values: Sequence[str | None], column_name: str) -> Evidence:
         """Evidence for one column from a sample of its values (None and blank values are skipped)."""
+        sampled, counts = self.count(values)
+        return self.evidence(column_name, sampled, counts)
+
+    def count(self, values: Iterable[str | None]) -> tuple[int, dict[str, int]]:
+        """How many values were classified (None and blank ones are skipped), and how many of
+        them hold each entity. A value repeated is classified once."""
         counts: dict[str, int] = {}
         seen: dict[str, frozenset[str]] = {}
         sampled = 0
@@ -126,9 +132,12 @@ class Classifier:
                 found = seen[value] = self.entities_in(value)
             for entity in found:
                 counts[entity] = counts.get(entity, 0) + 1
-        shares = {entity: count / sampled for entity, count in counts.items()}
-        hints = name_hints(column_name, self.hint_phrases)
-        return self.weigh(column_name, sampled, counts, shares, hints)
+        return sampled, counts
+
+    def evidence(self, column_name: str, sampled: int, counts: Mapping[str, int]) -> Evidence:
+        """Evidence from counts (`count`'s, or several samples' added up) and the column's name."""
+        shares = {entity: count / sampled for entity, count in counts.items()} if sampled else {}
+        return self.weigh(column_name, sampled, counts, shares, name_hints(column_name, self.hint_phrases))
 
     def weigh(self, column_name: str, sampled: int, counts: Mapping[str, int], shares: dict[str, float],
               hints: frozenset[str]) -> Evidence:

@@ -127,6 +127,18 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SamplingConfig:
+    """Run-time sampling (pgproxy.sampling): values of untagged text columns in the results of
+    allowed statements, classified off the hot path; PII found is a `pii.detected` audit event."""
+
+    enabled: bool = False  # off: nothing is sampled and no worker process runs
+    results_per_second: float = 1.0  # at most this many results sampled per second, across all sessions
+    rows_per_result: int = 10  # the first rows of a sampled result are copied
+    max_value_bytes: int = 1000  # each value copied is cut to this many bytes
+    queue_samples: int = 256  # samples waiting for the classifier; beyond it new ones are dropped (counted)
+
+
+@dataclass(frozen=True, slots=True)
 class SlackReviewer:
     """Who a Slack user is to pgproxy: a reviewer name and the reviewer groups they are in (only those)."""
 
@@ -199,6 +211,7 @@ class Config:
     approvals: ApprovalsConfig | None = None  # None: statements that need review are refused
     audit: AuditConfig | None = None  # None: no audit log (without approvals, unless configured)
     masking: MaskRules = field(default_factory=MaskRules)  # the masks of tagged columns (action mask)
+    sampling: SamplingConfig = SamplingConfig()  # run-time PII sampling of results (pgproxy.sampling)
 
 
 def read_yaml(path: Path, what: str, expected: str) -> yaml.Node:
@@ -460,7 +473,7 @@ class _Loader:
     def config(self, at: _At) -> Config:
         found = self.mapping(
             at, ("mode", "listen", "limits", "auth", "routes", "logging", "catalog", "analysis", "policy",
-                 "approvals", "audit", "recognizers", "masking"),
+                 "approvals", "audit", "recognizers", "masking", "sampling"),
             required=("routes",),
         )
         if "auth" not in found:
@@ -480,6 +493,13 @@ class _Loader:
         policy = _opt(found, "policy", lambda a: self.policy(a, audited=audit is not None), Policy())
         if mode is Mode.OBSERVE:
             policy = replace(policy, observe=True, version="")  # a new version: cached decisions differ
+        sampling = _opt(found, "sampling", self.sampling, SamplingConfig())
+        if sampling.enabled and mode is Mode.PASSTHROUGH:
+            self.fail(found["sampling"], "sampling needs the schema pgproxy reads in enforce or observe mode (to "
+                                         "know which column a value is from); pass-through mode reads none")
+        if sampling.enabled and audit is None:
+            self.fail(found["sampling"], "sampling reports what it finds as pii.detected events in the audit log, "
+                                         "and there is none: add an audit section (or approvals)")
         return Config(
             source=self._source,
             mode=mode,
@@ -495,6 +515,7 @@ class _Loader:
             approvals=approvals,
             audit=audit,
             masking=_opt(found, "masking", self.masking, MaskRules()),
+            sampling=sampling,
         )
 
     def listen(self, at: _At) -> ListenConfig:
@@ -966,6 +987,19 @@ class _Loader:
         return MaskRules(tags=tags, placeholder=placeholder,
                          default=MaskKind(_opt(found, "default", lambda a: self.choice(a, ["placeholder", "null"]),
                                                "placeholder")))
+
+    def sampling(self, at: _At) -> SamplingConfig:
+        found = self.mapping(at, [f.name for f in fields(SamplingConfig)])
+        default = SamplingConfig()
+        return SamplingConfig(
+            enabled=_opt(found, "enabled", self.boolean, default.enabled),
+            results_per_second=_opt(found, "results_per_second", lambda a: self.number(a, 0, inclusive=False),
+                                    default.results_per_second),
+            rows_per_result=_opt(found, "rows_per_result", lambda a: self.integer(a, 1, 1000), default.rows_per_result),
+            max_value_bytes=_opt(found, "max_value_bytes", lambda a: self.integer(a, 16, 64 * 1024),
+                                 default.max_value_bytes),
+            queue_samples=_opt(found, "queue_samples", lambda a: self.integer(a, 1, 100_000), default.queue_samples),
+        )
 
     def hold_mode(self, at: _At) -> HoldMode:
         return HoldMode(self.choice(at, [m.value for m in HoldMode]))

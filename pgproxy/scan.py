@@ -21,14 +21,16 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from classifiers import Classifier, Evidence
+from pgproxy.audit import iso, rows_in_order
 from pgproxy.catalog import Tags, _terminate, simple_query
 from pgproxy.config import Route
 from pgproxy.errors import ProxyError, UpstreamProtocolError
+from pgproxy.store import Store
 from pgproxy.upstream import connect_upstream
 
 DEFAULT_SAMPLE = 500
@@ -88,17 +90,42 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class Detection:
+    """A column run-time sampling found PII in (pgproxy.sampling's `pii.detected` events, the
+    latest counts, every suggestion), with its catalog tags now."""
+
+    schema: str
+    table: str
+    column: str
+    tagged: frozenset[str]
+    suggested: frozenset[str]
+    entities: dict[str, int]  # entity -> sampled values holding one
+    sampled: int
+    at: float  # when it was last reported
+
+    @property
+    def missing(self) -> frozenset[str]:
+        return self.suggested - self.tagged
+
+    def to_json(self) -> dict[str, object]:
+        return {"table": f"{self.schema}.{self.table}", "column": self.column, "tagged": sorted(self.tagged),
+                "suggested": sorted(self.suggested), "entities": dict(sorted(self.entities.items())),
+                "sampled": self.sampled, "detected_at": iso(self.at)}
+
+
+@dataclass(frozen=True, slots=True)
 class TableError:
     table: str
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScanResult:
     findings: list[Finding]
     errors: list[TableError]
     tables: int
     values: int  # values classified (non-empty)
+    detections: list[Detection] = field(default_factory=list)  # what run-time sampling found
 
 
 def quote_ident(name: str) -> str:
@@ -186,6 +213,32 @@ def _tables(rows: list[tuple[str | None, ...]]) -> list[Table]:
             for (schema, name), (estimate, pages, columns) in grouped.items()]
 
 
+async def detections(store: Store, database: str, result: ScanResult, tags: Tags) -> list[Detection]:
+    """What run-time sampling reported for the route's columns the scan listed (a column since
+    dropped, or no longer readable by the route's role, is left out), with their tags now."""
+    listed = {(f.schema, f.table, f.column) for f in result.findings}
+    found: dict[tuple[str, str, str], Detection] = {}
+    async for row in rows_in_order(store, type="pii.detected"):
+        try:
+            event = json.loads(row.body)
+            schema, _, table = str(event["table"]).partition(".")
+            key = (schema, table, str(event["column"]))
+            if event["database"] != database or key not in listed:
+                continue
+            suggested = frozenset(str(tag) for tag in event["suggested"])
+            entities = {str(entity): int(count) for entity, count in dict(event["entities"]).items()}
+            sampled = int(event["sampled"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # `pgproxy audit verify` names a changed event; the scan uses what it can read
+        before = found.get(key)
+        table_tags = tags.get((schema, table), {})
+        tagged = table_tags.get(key[2], frozenset()) | table_tags.get("*", frozenset())
+        found[key] = Detection(schema, table, key[2], tagged,
+                               suggested | (before.suggested if before is not None else frozenset()),
+                               entities, sampled, row.time)
+    return sorted(found.values(), key=lambda d: (d.schema, d.table, d.column))
+
+
 # --- The command --------------------------------------------------------------------------
 
 
@@ -217,6 +270,14 @@ def format_human(result: ScanResult, database: str, sample: int) -> str:
         else:
             what = "no tags suggested"
         lines.append(f"{mark} {finding.schema}.{finding.table}.{finding.column}: {what} ({detail})\n")
+    for detection in result.detections:
+        if not detection.missing:
+            continue
+        shares = ", ".join(f"{entity} in {count} of {detection.sampled} values sampled"
+                           for entity, count in sorted(detection.entities.items(), key=lambda item: -item[1]))
+        lines.append(f"+ {detection.schema}.{detection.table}.{detection.column}: add "
+                     f"{', '.join(sorted(detection.missing))} (found at run time: {shares}; "
+                     f"last {iso(detection.at)})\n")
     for error in result.errors:
         lines.append(f"! {error.table}: not sampled: {error.message}\n")
     return "".join(lines)
@@ -224,7 +285,12 @@ def format_human(result: ScanResult, database: str, sample: int) -> str:
 
 def additions(result: ScanResult) -> dict[tuple[str, str, str], frozenset[str]]:
     """The tags `--write` adds: each column's missing suggestions, with those it already has."""
-    return {(f.schema, f.table, f.column): f.missing for f in result.findings if f.missing}
+    added = {(f.schema, f.table, f.column): f.missing for f in result.findings if f.missing}
+    for d in result.detections:
+        if d.missing:
+            key = (d.schema, d.table, d.column)
+            added[key] = added.get(key, frozenset()) | d.missing
+    return added
 
 
 class Progress:
@@ -253,6 +319,7 @@ async def command(args: argparse.Namespace) -> int:
     from pgproxy.catalog import load_catalog
     from pgproxy.catalog_edit import CatalogEditError, add_tags
     from pgproxy.config import load_config
+    from pgproxy.store.sqlite import SqliteStore
 
     config = load_config(args.config)
     database = args.route or next(iter(config.routes))
@@ -278,6 +345,12 @@ async def command(args: argparse.Namespace) -> int:
     except ProxyError as exc:
         print(f"pgproxy scan: cannot scan database {database!r}: {exc.message}", file=sys.stderr)
         return 1
+    if config.audit is not None and config.audit.store.exists():
+        store = SqliteStore(config.audit.store)
+        try:
+            result.detections = await detections(store, database, result, tags)
+        finally:
+            await store.close()
     added = additions(result)
     new_text = old_text = ""
     if config.catalog is not None and added:
@@ -289,6 +362,7 @@ async def command(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         print(json.dumps({"columns": [f.to_json() for f in result.findings],
+                          "detected": [d.to_json() for d in result.detections],
                           "errors": [{"table": e.table, "message": e.message} for e in result.errors]}))
     else:
         sys.stdout.write(format_human(result, database, args.sample))

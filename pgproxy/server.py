@@ -22,6 +22,7 @@ from pgproxy.decision import StatementGate
 from pgproxy.enforce import PolicyGate
 from pgproxy.errors import ProxyError, SqlState
 from pgproxy.identity import Authenticator
+from pgproxy.sampling import Sampler
 from pgproxy.session import Session, SessionRegistry
 from pgproxy.startup import READ_CHUNK
 from pgproxy.store.sqlite import SqliteStore
@@ -143,6 +144,7 @@ class ProxyServer:
         self._web: web.AppRunner | None = None
         self.approvals_url: str | None = None
         self.audit: AuditLog | None = None
+        self.sampler: Sampler | None = None
 
     @property
     def port(self) -> int:
@@ -166,6 +168,9 @@ class ProxyServer:
             if self.config.approvals is not None:
                 approvals, self._web, self.approvals_url = await start_approvals(self.config.approvals, self.audit)
             self.gate = await build_policy_gate(self.config, approvals, self.audit)
+        if self.config.sampling.enabled and isinstance(self.gate, PolicyGate):
+            self.sampler = Sampler(self.config.sampling, self.gate.catalog.schema, self.audit, self.config.recognizers)
+            await self.sampler.start()
         listen = self.config.listen
         self._server = await asyncio.start_server(
             self._accept, listen.host, listen.port, limit=READ_CHUNK, backlog=1024,
@@ -195,7 +200,7 @@ class ProxyServer:
                 refusal = ProxyError(SqlState.TOO_MANY_CONNECTIONS, too_many.message)
             session = Session(reader, writer, config=self.config, authenticator=self.authenticator,
                               registry=self.registry, tls_context=self.tls_context, gate=self.gate,
-                              refusal=refusal, audit=self.audit)
+                              refusal=refusal, audit=self.audit, sampler=self.sampler)
             self.sessions.add(session)
             try:
                 await session.run()
@@ -216,13 +221,18 @@ class ProxyServer:
                              return_exceptions=True)
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5.0)
+        stopped: dict[str, object] = {}
+        if self.sampler is not None:
+            await self.sampler.close()
+            stopped["sampling"] = self.sampler.counts()
+            self.sampler = None
         if self.gate is not None:
             await self.gate.close()
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
         if self.audit is not None:
-            await self.audit.close()
+            await self.audit.close(stopped)
             self.audit = None
         await self._server.wait_closed()
         self._server = None

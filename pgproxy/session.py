@@ -60,6 +60,7 @@ from pgproxy.wire.codec import FrameError, FrameReader
 if TYPE_CHECKING:
     from pgproxy.audit import AuditLog
     from pgproxy.config import Config
+    from pgproxy.sampling import Sampler
 
 # Until the agent has logged in, a message may be at most this large (PostgreSQL's own cap
 # on authentication packets), whatever limits.max_message_bytes allows afterwards.
@@ -112,7 +113,8 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  config: Config, authenticator: Authenticator, registry: SessionRegistry,
                  tls_context: ssl.SSLContext | None, gate: StatementGate | None = None,
-                 refusal: ProxyError | None = None, audit: AuditLog | None = None) -> None:
+                 refusal: ProxyError | None = None, audit: AuditLog | None = None,
+                 sampler: Sampler | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.started = time.time()
         self.log = SessionLog(self.id)
@@ -123,6 +125,7 @@ class Session:
         self.tls_context = tls_context
         self.gate = gate
         self.refusal = refusal  # refuse the session once its startup packet is read (e.g. 53300)
+        self.sampler = sampler  # run-time PII sampling of results (pgproxy.sampling), when enabled
         self.audit = audit
         self.audit_members = ""  # who this session is, as JSON members of its audit events (once logged in)
         self.statements = 0  # judged so far
@@ -187,6 +190,8 @@ class Session:
                     await authenticate(self)
                     await judge_parameters(self)
                     await connect(self)
+                    if self.sampler is not None:
+                        self.model.sampler, self.model.sample_database = self.sampler, self.database
             except TimeoutError:
                 raise ProxyError(
                     SqlState.CONNECTION_FAILURE,
@@ -693,6 +698,9 @@ class Session:
         ready = False
         for type_byte, start, end in batch:
             if (type_byte == m.DATA_ROW or type_byte == m.COPY_DATA) and model.rows_ok:
+                continue
+            if type_byte == m.DATA_ROW and model.row_sample is not None:
+                model.sample_row(buf[start + 5:end])  # copied for run-time sampling; it passes unchanged
                 continue
             if model.refusals:
                 if out is None:

@@ -47,6 +47,8 @@ STATEMENTS: dict[str, str] = {
     "b2": "SELECT 'b2' AS m, g FROM generate_series(1, 3) AS g",
     "b3": "SELECT 'b3' AS m, g, g * g AS sq FROM generate_series(1, 5) AS g",
     "b4": "SELECT 'b4' AS m, count(*) AS n FROM orders WHERE total > 0",
+    # Untagged text columns of a table: run-time sampling copies them as they pass (pgproxy.sampling).
+    "b5": "SELECT 'b5' AS m, country, plan FROM customers WHERE id <= 4 ORDER BY id",
     # Failing: when planned (a constant, so at Bind), after a row, at Parse (missing table, syntax).
     "f1": "SELECT 'f1' AS m, 1 / 0 AS boom",
     "f2": "SELECT 'f2' AS m, 10 / (2 - g) AS boom FROM generate_series(1, 3) AS g",

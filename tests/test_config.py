@@ -459,7 +459,7 @@ ERRORS = [
         colour: blue
         """, "{file}:4: colour: unknown key 'colour'"
         " (expected one of mode, listen, limits, auth, routes, logging, catalog, analysis, policy, approvals, audit,"
-        " recognizers, masking)",
+        " recognizers, masking, sampling)",
         id="unknown-key-without-suggestion"),
     pytest.param("""
         mode: passthrough

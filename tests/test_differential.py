@@ -575,8 +575,10 @@ def traced() -> Iterator[bool]:
 
 def difftest_config(pg: PostgresCluster, directory: Path) -> Config:
     """Enforce mode, the demo policy, the corpus catalog, approvals; difftest_gate allow-listed,
-    so that only the tagged columns make a risky statement need review."""
-    extra = approvals_config(directory, APPROVAL_TIMEOUT) + "analysis:\n  allowed_functions: [difftest_gate]\n"
+    so that only the tagged columns make a risky statement need review. Run-time sampling takes the
+    first rows of nearly every result: with it on, clients must still get what the server sends."""
+    extra = approvals_config(directory, APPROVAL_TIMEOUT) + "analysis:\n  allowed_functions: [difftest_gate]\n" \
+        "sampling: {enabled: true, results_per_second: 10000, rows_per_result: 2}\n"
     return load_config(write_enforce_config(pg, directory, catalog=corpus.CATALOG, extra=extra))
 
 

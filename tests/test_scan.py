@@ -84,7 +84,7 @@ def test_scan_finds_the_untagged_pii_and_agrees_with_the_tags(
     code, out, err = scan(capsys, config, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert list(report) == ["columns", "errors"] and report["errors"] == []
+    assert list(report) == ["columns", "detected", "errors"] and report["errors"] == [] and report["detected"] == []
     columns = {(c["table"], c["column"]): c for c in report["columns"]}
     for column in columns.values():
         assert {"table", "column", "tagged", "suggested", "entities", "sampled"} <= set(column)

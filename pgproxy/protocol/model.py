@@ -40,7 +40,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pgproxy.masking import CopyMask, CopySpec, MaskSpec, RowMask
 from pgproxy.protocol.lexing import Lexing
@@ -48,6 +48,9 @@ from pgproxy.protocol.objects import REFERENCES, Objects, OpKind, Portal, Prepar
 from pgproxy.wire import messages as m
 from pgproxy.wire.codec import unpack_length as _unpack_length
 from pgproxy.wire.values import decode_parameter_description
+
+if TYPE_CHECKING:
+    from pgproxy.sampling import RowSample, Sampler
 
 RESERVED_PREFIX = "pgproxy_reserved"  # statement and portal names a client may not use
 
@@ -150,11 +153,12 @@ _columns_memo: dict[bytes, list[tuple[int, int]]] = {}
 
 
 def table_columns(body: bytes) -> list[tuple[int, int]]:
-    """A RowDescription's fields that are columns of a table, as (table oid, attnum). A
-    statement's results repeat the same RowDescription, so it is decoded once."""
+    """A RowDescription's fields as (table oid, attnum), (0, 0) for a field that is not a column
+    of a table (the position of each field is the DataRow's). A statement's results repeat the
+    same RowDescription, so it is decoded once."""
     found = _columns_memo.get(body)
     if found is None:
-        found = [c for c in m.row_description_sources(body) if c[0] != 0]
+        found = m.row_description_sources(body)
         if len(body) <= _COLUMNS_MEMO_BODY:
             if len(_columns_memo) >= _COLUMNS_MEMO:
                 _columns_memo.clear()
@@ -198,6 +202,11 @@ class ProtocolModel:
         # The masks of the result being relayed (its rows then take the relay's slower path).
         self.row_mask: RowMask | None = None
         self.copy_mask: CopyMask | None = None
+        # Run-time sampling (pgproxy.sampling): the proxy's sampler, the session's database, and the
+        # sample of the result being relayed (its rows take the slower path until it is complete).
+        self.sampler: Sampler | None = None
+        self.sample_database = ""
+        self.row_sample: RowSample | None = None
         self.reserved = f"{RESERVED_PREFIX}_{secrets.token_hex(16)}_"
         self.lexing = Lexing()  # how the server reads the client's text (see pgproxy.protocol.lexing)
         self.application_name: str | None = None  # as the server last reported it (ParameterStatus)
@@ -539,6 +548,8 @@ class ProtocolModel:
         while self.queue and self.queue[0].kind is K.COPY_END:
             self.queue.popleft()
         head = self.queue[0] if self.queue else None
+        if self.row_sample is not None:
+            self._end_sample()
         self.rows_ok = False
         self.row_mask = self.copy_mask = None
         if head is None or head.kind is not K.EXECUTE:
@@ -566,6 +577,53 @@ class ProtocolModel:
             self.rows_ok = not self.guarding
             if expect.mask is not None:
                 self._mask_rows(expect, expect.mask, permitted)
+            elif self.sampler is not None and self.rows_ok and columns:
+                self._begin_sample(columns)
+
+    # -- run-time sampling (pgproxy.sampling) ----------------------------------------------
+
+    def _begin_sample(self, columns: list[tuple[int, int]]) -> None:
+        assert self.sampler is not None
+        sample = self.sampler.begin(self.sample_database, columns, self.lexing.codec)
+        if sample is not None:
+            self.row_sample = sample
+            self.rows_ok = False  # each row goes through `sample_row` until the sample is complete
+
+    def sample_row(self, body: bytes) -> None:
+        """A DataRow of the result being sampled (it passes unchanged)."""
+        assert self.row_sample is not None
+        if self.row_sample.add(body):
+            self._end_sample()
+
+    def _end_sample(self) -> None:
+        """The sample is complete, or its rows ended: hand it over; rows pass untouched again."""
+        assert self.sampler is not None and self.row_sample is not None
+        self.sampler.finish(self.row_sample)
+        self.row_sample = None
+        self.rows_ok = True
+
+    def _sample_answer(self, data: bytes, columns: list[tuple[int, int]] | None) -> None:
+        """Sample the first result of a whole answer the hot path took (`whole_answer`); `columns`
+        are the result's when no RowDescription comes with it."""
+        assert self.sampler is not None
+        codec = self.lexing.codec
+        sample = self.sampler.begin(self.sample_database, columns, codec) if columns else None
+        pos, size = 0, len(data)
+        while pos < size:
+            type_byte = data[pos]
+            end = pos + 1 + _unpack_length(data, pos + 1)[0]
+            if type_byte == _DATA_ROW:
+                if sample is not None and sample.add(data[pos + 5:end]):
+                    break
+            elif type_byte == _ROW_DESCRIPTION:
+                if sample is not None:
+                    break
+                sample = self.sampler.begin(self.sample_database, table_columns(data[pos + 5:end]), codec)
+            elif type_byte == _COMMAND_COMPLETE and sample is not None:
+                break  # the first sampled result ended
+            pos = end
+        if sample is not None:
+            self.sampler.finish(sample)
 
     def _mask_rows(self, expect: Expect, mask: MaskSpec, permitted: frozenset[tuple[int, int]]) -> None:
         """Masked rows: every tagged column the execution reads must be a plain column of its
@@ -624,6 +682,8 @@ class ProtocolModel:
             if type_byte == m.PARAMETER_STATUS:
                 self.parameter_status(body)
             return None
+        if self.row_sample is not None:
+            self._end_sample()  # the rows of the result being sampled ended
         if not self.queue:
             if type_byte == m.ERROR_RESPONSE:
                 return None  # a FATAL error before the server closes (shutdown, terminate)
@@ -795,6 +855,9 @@ class ProtocolModel:
             return False
         if cycle and head.described and head.statement is not None and columns is not None:
             head.statement.columns = columns
+        if self.sampler is not None and self.sampler.due():
+            self._sample_answer(data, head.statement.columns if cycle and head.statement is not None
+                                and not head.described else None)
         head.ran = head.ran or ran
         self._ready(head, data[ready + 5:ready + 6])
         return True
