@@ -2,13 +2,15 @@
 
 For one route, on the proxy's own upstream connection as the route's role, it lists
 every text-like column (text, varchar, char, citext, json, jsonb and domains over
-them) of every table, partitioned table and materialized view the role may read,
-then samples one table at a time in a read-only transaction bounded by a
-statement_timeout: ``TABLESAMPLE BERNOULLI`` (``SYSTEM`` on large tables, which
-reads only the sampled pages) with a fixed seed, and a ``LIMIT``. Each column's
-values go to the classifiers (classifiers/), which weigh them with the column's
-name; the result is compared with the catalog file's tags. Sampled values are
-classified and dropped: none is printed, stored or logged.
+them) of every table, partitioned table and materialized view the role may read, and
+every other column (numbers, dates, network addresses, arrays) whose name hints at
+PII (`dob date`, `phone bigint`, `last_login_ip inet`). Then it samples one table at
+a time in a read-only transaction bounded by a statement_timeout: ``TABLESAMPLE
+BERNOULLI`` (``SYSTEM`` on large tables, which reads only the sampled pages) with a
+fixed seed, and a ``LIMIT``. Each column's values go to the classifiers
+(classifiers/), which weigh them with the column's name; the result is compared with
+the catalog file's tags. Sampled values are classified and dropped: none is printed,
+stored or logged.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from classifiers import Classifier, Evidence
+from classifiers import Classifier, Evidence, name_hints
 from pgproxy.audit import iso, rows_in_order
 from pgproxy.catalog import Tags, _terminate, simple_query
 from pgproxy.config import Route
@@ -41,7 +43,9 @@ SYSTEM_SAMPLING_PAGES = 10_000  # tables larger than this many pages are sampled
 _COLUMNS_SQL = """\
 BEGIN READ ONLY;
 SET LOCAL search_path = pg_catalog, pg_temp;
-SELECT n.nspname, c.relname, greatest(c.reltuples, -1)::bigint::text, c.relpages::text, a.attname
+SELECT n.nspname, c.relname, greatest(c.reltuples, -1)::bigint::text, c.relpages::text, a.attname,
+       CASE WHEN coalesce(b.typcategory, t.typcategory) = 'S'
+                 OR coalesce(b.typname, t.typname) IN ('json', 'jsonb') THEN 'text' ELSE 'other' END
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -49,7 +53,7 @@ SELECT n.nspname, c.relname, greatest(c.reltuples, -1)::bigint::text, c.relpages
   LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
  WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
-   AND (coalesce(b.typcategory, t.typcategory) = 'S' OR coalesce(b.typname, t.typname) IN ('json', 'jsonb'))
+   AND coalesce(b.typcategory, t.typcategory) IN ('S', 'I', 'U', 'N', 'D', 'A')
    AND has_column_privilege(c.oid, a.attnum, 'SELECT')
  ORDER BY n.nspname, c.relname, a.attnum;
 COMMIT;
@@ -163,7 +167,8 @@ async def scan_route(route: Route, classifier: Classifier, tags: Tags, *, sample
     values = 0
     try:
         tables = _tables(await _bounded(simple_query(conn, _COLUMNS_SQL, max_message_bytes=max_message_bytes),
-                                        timeout_seconds, "listing the columns"))
+                                        timeout_seconds, "listing the columns"),
+                         lambda column: bool(name_hints(column, classifier.hint_phrases)))
         for index, table in enumerate(tables):
             if progress is not None:
                 progress(index, len(tables), table.qualified)
@@ -203,10 +208,15 @@ async def _bounded(query: object, timeout_seconds: float, doing: str) -> list[tu
         raise ProxyError("57014", f"timed out {doing}") from None  # the connection is in an unknown state: stop
 
 
-def _tables(rows: list[tuple[str | None, ...]]) -> list[Table]:
+def _tables(rows: list[tuple[str | None, ...]], hinted: Callable[[str], bool]) -> list[Table]:
+    """The tables to sample, with their columns: every text-like one (strings, json), and any other
+    (numbers, dates, network addresses, arrays, other types) whose name hints at PII: a `dob date`,
+    a `phone bigint`, a `last_login_ip inet` hold PII too."""
     grouped: dict[tuple[str, str], tuple[int, int, list[str]]] = {}
-    for schema, name, estimate, pages, column in rows:
+    for schema, name, estimate, pages, column, kind in rows:
         assert schema is not None and name is not None and column is not None
+        if kind != "text" and not hinted(column):
+            continue
         entry = grouped.setdefault((schema, name), (int(estimate or -1), int(pages or 0), []))
         entry[2].append(column)
     return [Table(schema, name, estimate, pages, tuple(columns))

@@ -178,3 +178,37 @@ def test_a_table_that_cannot_be_sampled_fails_the_scan(config: Path, capsys: pyt
                                 "canceling statement due to statement timeout")  # both are 1 s
     assert {c["table"] for c in report["columns"]} == {"public.customers", "public.orders", "public.support_tickets"}
     assert f"scan_decoys.accounts was not sampled: {error['message']}" in err
+
+
+TYPED = """
+CREATE SCHEMA scan_typed;
+CREATE TABLE scan_typed.people (
+    id int PRIMARY KEY,
+    dob date,              -- a birth date: not text, but its name says what it is
+    mobile_phone bigint,   -- phone numbers kept as numbers
+    last_login_ip inet,
+    total numeric,         -- decoys: no hint, so not even sampled
+    created date,
+    parts int[]
+);
+INSERT INTO scan_typed.people
+SELECT i, date '1950-01-01' + i * 37, 2025550100 + i % 100, ('10.1.' || i % 250 || '.' || i % 7)::inet,
+       i * 1.5, date '2024-01-01' + i, ARRAY[i, i + 1]
+  FROM generate_series(1, 300) AS i;
+ANALYZE scan_typed.people;
+"""
+
+
+def test_columns_that_are_not_text_are_scanned_when_their_names_hint(
+        config: Path, capsys: pytest.CaptureFixture[str], pg: PostgresCluster) -> None:
+    pg.psql(TYPED, dbname=SCANNED, user="app_scram")
+    try:
+        code, out, err = scan(capsys, config, "--json")
+    finally:
+        pg.psql("DROP SCHEMA scan_typed CASCADE", dbname=SCANNED, user="app_scram")
+    assert code == 0, err
+    columns = {c["column"]: c for c in json.loads(out)["columns"] if c["table"] == "scan_typed.people"}
+    assert set(columns) == {"dob", "mobile_phone", "last_login_ip"}  # no hint: total, created, parts, id
+    assert columns["dob"]["suggested"] == ["pii", "pii.birth_date"] and columns["dob"]["sampled"] == 300
+    assert columns["mobile_phone"]["suggested"] == ["pii", "pii.phone"]
+    assert columns["last_login_ip"]["suggested"] == ["pii", "pii.ip_address"]
