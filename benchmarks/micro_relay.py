@@ -24,9 +24,12 @@ from typing import Any
 
 from benchmarks.cpu import arguments, in_process_proxy, report
 from benchmarks.run import bench_database
+from pgproxy.config import SamplingConfig
 from pgproxy.decision import StatementGate
+from pgproxy.enforce import PolicyGate
 from pgproxy.identity import Identity
 from pgproxy.pgcluster import PostgresCluster
+from pgproxy.sampling import Sampler
 from pgproxy.server import ProxyServer
 from pgproxy.session import Session, SessionRegistry
 from pgproxy.wire import messages as m
@@ -95,10 +98,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pgproxy-micro-relay-") as tmp, PostgresCluster() as pg:
         bench_database(pg, 1)
         table = int(pg.psql("SELECT 'pgbench_accounts'::regclass::oid", dbname="app").strip())
-        for mode in ("passthrough", "enforce"):
-            with in_process_proxy(pg, Path(tmp), mode) as (_, server):
+        for mode in ("passthrough", "enforce", "enforce_sampling"):
+            with in_process_proxy(pg, Path(tmp), mode.removesuffix("_sampling")) as (_, server):
                 for protocol in ("simple", "prepared"):
                     session = offline_session(server, server.gate)
+                    if mode == "enforce_sampling":  # sampling on: nothing here to sample, so the cost of looking
+                        assert isinstance(server.gate, PolicyGate)
+                        session.model.sampler = Sampler(SamplingConfig(enabled=True), server.gate.catalog.schema,
+                                                        None, None)
+                        session.model.sample_database = "app"
                     if protocol == "simple":
                         client, answer = m.Query(SELECT).encode(), _answer(table, bind=False)
                     else:

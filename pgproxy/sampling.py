@@ -44,6 +44,7 @@ log = logging.getLogger("pgproxy.sampling")
 # Relation kinds whose columns hold stored values (a view's columns come from its tables, which
 # are found where agents read them, and by `pgproxy scan`).
 _STORED = frozenset({"r", "p", "m", "f"})
+_PLANS = 4096  # results' fields remembered per database (then forgotten at once)
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 
@@ -101,6 +102,9 @@ class RowSample:
         return self.rows >= self.limit
 
 
+# A result's columns (the relay's list) and the fields of it that may be sampled (None: none).
+_Plan = tuple[list[tuple[int, int]], list[tuple[int, SampledColumn]] | None]
+
 # A sample as it travels to the worker: (database, table oid, attnum, column name, encoding, values).
 Payload = tuple[str, int, int, str, str, list[bytes]]
 
@@ -122,7 +126,8 @@ class Sampler:
         self.dropped = 0  # samples dropped because the worker was behind
         self.classified = 0  # values the worker classified
         self.detected = 0  # pii.detected events recorded
-        self._columns: dict[str, tuple[str, dict[tuple[int, int], SampledColumn]]] = {}
+        # Per database: the schema version, its sampleable columns, and each result's fields (by list).
+        self._columns: dict[str, tuple[str, dict[tuple[int, int], SampledColumn], dict[int, _Plan]]] = {}
         self._wake = asyncio.Event()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,10 +147,8 @@ class Sampler:
         now = time.monotonic()
         if now < self.next_at:
             return None
-        candidates = self._candidates(database)
-        fields = [(i, found) for i, column in enumerate(columns)
-                  if column[0] and (found := candidates.get(column)) is not None]
-        if not fields:
+        fields = self._fields(database, columns)
+        if fields is None:
             return None
         self.next_at = now + self.interval
         self.taken += 1
@@ -164,15 +167,40 @@ class Sampler:
         self.pending_samples += 1
         self._wake.set()
 
+    def _fields(self, database: str, columns: list[tuple[int, int]]) -> list[tuple[int, SampledColumn]] | None:
+        """The fields of a result with these columns that may be sampled (None: none may). Worked
+        out once per list of columns: the relay's lists are the same objects for the same
+        RowDescription or statement, so this is one dictionary lookup per result."""
+        schema = self.schema(database)
+        if schema is None:
+            return None
+        cached = self._columns.get(database)
+        if cached is None or cached[0] != schema.version:
+            cached = self._columns[database] = (schema.version, self._find(database, schema), {})
+        plans = cached[2]
+        plan = plans.get(id(columns))
+        if plan is not None and plan[0] is columns:  # the entry keeps the list alive: its id is not reused
+            return plan[1]
+        fields = [(i, found) for i, column in enumerate(columns)
+                  if column[0] and (found := cached[1].get(column)) is not None] or None
+        if len(plans) >= _PLANS:
+            plans.clear()
+        plans[id(columns)] = (columns, fields)
+        return fields
+
     def _candidates(self, database: str) -> dict[tuple[int, int], SampledColumn]:
-        """(table oid, attnum) -> column, for every untagged text-like column of a table of the
-        route's schema (worked out once per schema version)."""
         schema = self.schema(database)
         if schema is None:
             return {}
         cached = self._columns.get(database)
-        if cached is not None and cached[0] == schema.version:
-            return cached[1]
+        if cached is None or cached[0] != schema.version:
+            cached = self._columns[database] = (schema.version, self._find(database, schema), {})
+        return cached[1]
+
+    @staticmethod
+    def _find(database: str, schema: Schema) -> dict[tuple[int, int], SampledColumn]:
+        """(table oid, attnum) -> column, for every untagged text-like column of a table of the
+        route's schema."""
         found = {}
         for relation in schema.relations.values():
             if relation.kind not in _STORED or relation.schema in SYSTEM_SCHEMAS or relation.stale is not None:
@@ -181,7 +209,6 @@ class Sampler:
                 if column in relation.text_columns and not relation.tags.get(column):
                     found[(relation.oid, attnum)] = SampledColumn(database, relation.schema, relation.name, column,
                                                                  relation.oid, attnum)
-        self._columns[database] = (schema.version, found)
         return found
 
     def column(self, database: str, table_oid: int, attnum: int) -> SampledColumn | None:
@@ -190,9 +217,9 @@ class Sampler:
     # -- the worker ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn the worker (it loads the classifiers while the proxy starts serving)."""
-        self._pool = _spawn_pool(self.recognizers)
-        self._pool.submit(_loaded)  # spawn it and load the classifiers now, not with the first sample
+        """Spawn the worker and wait for it to load the classifiers (a few seconds): a broken
+        recognizers file stops the start with its file:line message (ConfigError)."""
+        self._pool = await _spawn_worker(self.recognizers)
         self._task = asyncio.create_task(self._drain(), name="pgproxy-sampling")
         log.info("sampling results", extra={"results_per_second": self.config.results_per_second,
                                             "rows_per_result": self.config.rows_per_result})
@@ -233,7 +260,12 @@ class Sampler:
                 detections, classified = await loop.run_in_executor(self._pool, classify_batch, batch)
             except concurrent.futures.process.BrokenProcessPool:
                 log.error("the sampling worker died; starting another (its counts start again)")
-                self._pool = _spawn_pool(self.recognizers)
+                try:
+                    self._pool = await _spawn_worker(self.recognizers)
+                except Exception:
+                    log.exception("sampling stopped: its worker cannot start")
+                    self._pool = None
+                    return
                 continue
             except Exception:
                 log.exception("the sampling worker failed on a batch")
@@ -261,10 +293,21 @@ class Sampler:
             self.audit.record("pii.detected", event)
 
 
-def _spawn_pool(recognizers: Path | None) -> concurrent.futures.ProcessPoolExecutor:
+WORKER_START_SECONDS = 120.0  # loading Presidio takes 2 s on the reference machine
+
+
+async def _spawn_worker(recognizers: Path | None) -> concurrent.futures.ProcessPoolExecutor:
+    """One worker process with the classifiers loaded; the loading's own error (a ConfigError for
+    a broken recognizers file) is raised here."""
     # spawn, not fork: the proxy has threads (the audit writer's, aiohttp's), which fork does not copy.
-    return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_worker_start, initargs=(recognizers,))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        async with asyncio.timeout(WORKER_START_SECONDS):
+            await asyncio.get_running_loop().run_in_executor(pool, _worker_start, recognizers)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return pool
 
 
 # -- in the worker process ---------------------------------------------------------------
@@ -313,10 +356,6 @@ class _Worker:
 def _worker_start(recognizers: Path | None) -> None:
     global _worker
     _worker = _Worker(recognizers)
-
-
-def _loaded() -> bool:
-    return _worker is not None
 
 
 def classify_batch(batch: list[Payload]) -> tuple[list[dict[str, Any]], int]:

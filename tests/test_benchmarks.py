@@ -137,8 +137,9 @@ def test_audit_flood_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
 @pytest.mark.parametrize("module", ["benchmarks.micro_relay", "benchmarks.cpu"])
 def test_relay_cost_smoke(tmp_path: Path, repo_root: Path, module: str) -> None:
     report, stdout = run_smoke(module, repo_root, tmp_path / "relay.json")
-    assert set(report) == {f"{mode}_{protocol}_us" for mode in ("passthrough", "enforce")
-                           for protocol in ("simple", "prepared")}
+    modes = ("passthrough", "enforce", "enforce_sampling") if module == "benchmarks.micro_relay" \
+        else ("passthrough", "enforce")
+    assert set(report) == {f"{mode}_{protocol}_us" for mode in modes for protocol in ("simple", "prepared")}
     assert all(us > 0 for us in report.values())
     assert "enforce_prepared_us" in stdout
 
@@ -175,6 +176,21 @@ def test_scan_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
             "demo_scan_values", "demo_scan_values_per_s"} <= set(report)
     assert report["demo_scan_values"] > 0
     assert "values/s" in stdout
+
+
+@pytest.mark.timeout(300)
+def test_sampling_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:
+    """Sampling off, on at 1/s and on at 50/s, side by side: every run has TPS, the free-text
+    workload is sampled and its PII column found, and the proxy with sampling off runs no worker."""
+    report, stdout = run_smoke("benchmarks.sampling", repo_root, tmp_path / "sampling.json")
+    targets = {"direct", "off", "on, 1/s", "on, 50/s"}
+    assert all(set(by_target) == targets and all(r["tps"] > 0 for r in by_target.values())
+               for by_target in report["results"].values())
+    assert report["workers"]["off"] == {"cpu_seconds": 0.0, "detected": [], "counts": {}}
+    for name in ("on, 1/s", "on, 50/s"):
+        assert report["workers"][name]["detected"] == ["public.sampling_text.body"]
+        assert report["workers"][name]["counts"]["results_sampled"] >= 1
+    assert "vs off" in stdout
 
 
 def test_masking_benchmark_smoke(tmp_path: Path, repo_root: Path) -> None:

@@ -270,3 +270,39 @@ def test_sampler_rate_without_a_proxy() -> None:
         sampler.next_at = time.monotonic() + 10
         assert not sampler.due()
     asyncio.run(run())
+
+
+STAFF = """
+CREATE TABLE IF NOT EXISTS sampling_staff (id int PRIMARY KEY, ref text);
+INSERT INTO sampling_staff SELECT i, 'EMP-' || lpad(i::text, 6, '0') FROM generate_series(1, 30) i
+    ON CONFLICT DO NOTHING;
+"""
+RECOGNIZERS = """\
+recognizers:
+  - entity: EMPLOYEE_ID
+    patterns: ['\\bEMP-\\d{6}\\b']
+    tags: [pii, pii.employee_id]
+"""
+
+
+def test_the_worker_uses_the_configs_recognizers(pg: PostgresCluster, sampled_db: str, tmp_path: Path) -> None:
+    pg.psql(STAFF, dbname=sampled_db, user="app_scram")
+    (tmp_path / "recognizers.yaml").write_text(RECOGNIZERS)
+    path = sampling_config(pg, tmp_path, sampled_db, SAMPLING + "recognizers: recognizers.yaml\n")
+    with running_proxy(load_config(path)) as proxy, psycopg.connect(proxy.dsn()) as conn:
+        conn.execute("SELECT id, ref FROM sampling_staff").fetchall()
+        found = detected(detections(proxy))
+    assert found["public.sampling_staff.ref"]["suggested"] == ["pii", "pii.employee_id"]
+    assert found["public.sampling_staff.ref"]["entities"] == {"EMPLOYEE_ID": 30}
+
+
+def test_a_broken_recognizers_file_stops_the_start(pg: PostgresCluster, sampled_db: str, tmp_path: Path) -> None:
+    (tmp_path / "recognizers.yaml").write_text("recognizers:\n  - entity: X\n    patterns: ['(unclosed']\n"
+                                               "    tags: [pii]\n")
+    path = sampling_config(pg, tmp_path, sampled_db, SAMPLING + "recognizers: recognizers.yaml\n")
+    proxy = ProxyThread(load_config(path))
+    try:
+        with pytest.raises(ConfigError, match=r"recognizers\.yaml:3: recognizers\[0\]\.patterns\[0\]: invalid"):
+            proxy.start()
+    finally:
+        proxy.stop()

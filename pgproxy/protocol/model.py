@@ -602,28 +602,24 @@ class ProtocolModel:
         self.row_sample = None
         self.rows_ok = True
 
-    def _sample_answer(self, data: bytes, columns: list[tuple[int, int]] | None) -> None:
-        """Sample the first result of a whole answer the hot path took (`whole_answer`); `columns`
-        are the result's when no RowDescription comes with it."""
+    def _sample_answer(self, data: bytes, columns: list[tuple[int, int]]) -> None:
+        """Sample the first result of a whole answer the hot path took (`whole_answer`), whose
+        fields are `columns`: its rows are the first DataRows of `data`."""
         assert self.sampler is not None
-        codec = self.lexing.codec
-        sample = self.sampler.begin(self.sample_database, columns, codec) if columns else None
+        sample = self.sampler.begin(self.sample_database, columns, self.lexing.codec)
+        if sample is None:
+            return
         pos, size = 0, len(data)
         while pos < size:
             type_byte = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
             if type_byte == _DATA_ROW:
-                if sample is not None and sample.add(data[pos + 5:end]):
+                if sample.add(data[pos + 5:end]):
                     break
-            elif type_byte == _ROW_DESCRIPTION:
-                if sample is not None:
-                    break
-                sample = self.sampler.begin(self.sample_database, table_columns(data[pos + 5:end]), codec)
-            elif type_byte == _COMMAND_COMPLETE and sample is not None:
-                break  # the first sampled result ended
+            elif type_byte == _COMMAND_COMPLETE:
+                break  # the result ended
             pos = end
-        if sample is not None:
-            self.sampler.finish(sample)
+        self.sampler.finish(sample)
 
     def _mask_rows(self, expect: Expect, mask: MaskSpec, permitted: frozenset[tuple[int, int]]) -> None:
         """Masked rows: every tagged column the execution reads must be a plain column of its
@@ -801,6 +797,7 @@ class ProtocolModel:
         step = 0  # CYCLE: as in _cycle_answer; QUERY: 0 before a result, 2 in rows
         ran = False
         columns: list[tuple[int, int]] | None = None
+        first: list[tuple[int, int]] | None = None  # the first result's columns (run-time sampling)
         ready = -1
         unpack = _unpack_length
         data_row, command_complete, ready_for_query = _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY
@@ -834,12 +831,14 @@ class ProtocolModel:
                     columns = table_columns(data[pos + 5:end])
                     if self._refuses(columns, head.permitted if cycle else frozenset()):
                         return False
+                    if first is None:
+                        first = columns
                 step = 2
             elif type_byte == _BIND_COMPLETE and cycle and step == 0:
                 step = 1 if head.described else 2
                 if step == 2:
                     assert head.statement is not None
-                    columns = head.statement.columns
+                    columns = first = head.statement.columns
                     if self._refuses(columns, head.permitted):
                         return False
             elif type_byte == _NO_DATA and cycle and step == 1:
@@ -855,9 +854,8 @@ class ProtocolModel:
             return False
         if cycle and head.described and head.statement is not None and columns is not None:
             head.statement.columns = columns
-        if self.sampler is not None and self.sampler.due():
-            self._sample_answer(data, head.statement.columns if cycle and head.statement is not None
-                                and not head.described else None)
+        if self.sampler is not None and first and self.sampler.due():
+            self._sample_answer(data, first)
         head.ran = head.ran or ran
         self._ready(head, data[ready + 5:ready + 6])
         return True
