@@ -186,7 +186,12 @@ from classifiers.custom import load_recognizers
 classifier = load_recognizers(__import__('pathlib').Path(sys.argv[1])).classifier()
 found = classifier.classify(['ada@example.com', 'see https://www.example.org/x', 'call +1 212 555 0100',
                              'DE89370400440532013000', '10.0.0.1', 'EMP-000001'], 'contact')
-print(json.dumps({'attempts': attempts, 'entities': sorted(found.entities)}))
+# Run-time sampling's worker (pgproxy.sampling) loads and classifies the same way.
+from pgproxy.sampling import _Worker
+worker = _Worker(__import__('pathlib').Path(sys.argv[1]))
+detections, classified = worker.batch([('app', 1, 2, 'notes', 'utf-8', [b'ada@example.com', b'EMP-000002'] * 3)])
+print(json.dumps({'attempts': attempts, 'entities': sorted(found.entities),
+                  'sampled': [sorted(d['entities']) for d in detections]}))
 """
 
 
@@ -206,6 +211,7 @@ def test_classifiers_load_and_run_without_network(tmp_path: Path, repo_root: Pat
     assert {"EMAIL_ADDRESS", "URL", "IBAN_CODE", "IP_ADDRESS", "PHONE_NUMBER", "EMPLOYEE_ID"} <= set(
         report["entities"])
     assert not list(home.rglob("*")), "nothing may be cached under HOME"
+    assert report["sampled"] == [["EMAIL_ADDRESS", "EMPLOYEE_ID", "URL"]]
 
 
 # --- Editing the catalog file ----------------------------------------------------------------
