@@ -448,6 +448,39 @@ def test_run_config_serves_agents_logs_json_and_stops_on_sigterm(
         assert secret not in stderr, "a secret appears in the logs"
 
 
+def test_log_lines_stay_small_whatever_clients_send(pg: PostgresCluster, tmp_path: Path) -> None:
+    """A user name, a database and an application name of thousands of characters (refused and
+    accepted logins): every stderr line stays small, each long value is cut with its length and hash."""
+    long_user, long_app = "u" * 3000, "a" * 3000
+    with running_proxy_process(pg, tmp_path) as (proc, port, stderr_file):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(host="127.0.0.1", port=port, user=long_user, password="x", dbname="d" * 3000,
+                            sslmode="disable", connect_timeout=10).close()
+        with psycopg.connect(host="127.0.0.1", port=port, user="agent", password=make_token("agent"),
+                             dbname=DATABASE, sslmode="disable", application_name=long_app,
+                             connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
+        assert stop(proc, signal.SIGTERM) == 0
+    stderr = stderr_file.read_text(errors="replace")
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert max(len(line) for line in stderr.splitlines()) < 4096
+    shown = json.dumps(lines, ensure_ascii=False)
+    assert long_user not in shown and "d" * 600 not in shown
+    assert f"…[3000 chars, sha256:{hashlib.sha256(long_user.encode()).hexdigest()}]" in shown
+
+
+def test_log_fields_are_bounded() -> None:
+    from pgproxy.logs import FIELD_CHARS, FIELD_ITEMS, bounded_field
+
+    assert bounded_field("x" * FIELD_CHARS) == "x" * FIELD_CHARS
+    assert bounded_field("x" * 5000).startswith("x" * FIELD_CHARS + "…[5000 chars, sha256:")
+    many = bounded_field(["y" * 5000] * 100)
+    assert len(many) == FIELD_ITEMS + 1 and many[-1] == f"…{100 - FIELD_ITEMS} more"
+    assert bounded_field({"k" * 5000: 1})[next(iter(bounded_field({"k" * 5000: 1})))] == 1
+    assert bounded_field(3) == 3 and bounded_field(None) is None
+    assert len(bounded_field(Path("p" * 5000))) < FIELD_CHARS + 100
+
+
 # -- configuration errors -----------------------------------------------------------------------
 
 
