@@ -230,6 +230,22 @@ SELECT 'text', a.attrelid::text, a.attnum::text
 SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.refobjsubid::text
   FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0;
+SELECT DISTINCT 'cast', t.typname, c.castcontext::text, n.nspname, p.proname
+  FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_type t ON t.oid = c.casttarget
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema');
+SELECT 'domain', t.oid::text, t.typname, t.typbasetype::text FROM pg_type t WHERE t.typtype = 'd';
+SELECT DISTINCT 'domainfn', co.contypid::text, n.nspname, p.proname
+  FROM pg_constraint co JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = co.oid
+  JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE co.contypid <> 0 AND d.refclassid = 'pg_proc'::regclass
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+SELECT DISTINCT 'domaincol', a.attrelid::text,
+       (CASE WHEN t.typtype = 'd' THEN t.oid ELSE t.typelem END)::text
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid
+ WHERE c.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+   AND (t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1
+        AND (SELECT e.typtype FROM pg_type e WHERE e.oid = t.typelem) = 'd'));
 COMMIT;
 """
 
@@ -345,6 +361,37 @@ def _build(rows: list[Row]) -> Introspection:
         write_calls.setdefault(int(_text(table)), set()).add(function)
         if mode == "rw":
             calls.setdefault(int(_text(table)), set()).add(function)
+    # User code that converting a value runs: cast functions (by target type name; implicit and
+    # assignment casts may run where no type is named) and the functions of domain constraints
+    # (on every cast to the domain, and every write of a column of it, or of an array of it).
+    type_calls: dict[str, set[tuple[str, str]]] = {}
+    implicit_calls: set[tuple[str, str]] = set()
+    for _, typname, context, nspname, proname in by_kind.get("cast", []):
+        function = (_text(nspname), _text(proname))
+        type_calls.setdefault(_text(typname), set()).add(function)
+        if context in ("i", "a"):
+            implicit_calls.add(function)
+    domains = {int(_text(row[1])): (_text(row[2]), int(_text(row[3]))) for row in by_kind.get("domain", [])}
+    domain_calls: dict[int, set[tuple[str, str]]] = {}
+    for _, domain, nspname, proname in by_kind.get("domainfn", []):
+        domain_calls.setdefault(int(_text(domain)), set()).add((_text(nspname), _text(proname)))
+
+    def checks(domain: int) -> set[tuple[str, str]]:
+        """The constraint functions a value of `domain` passes: its own and its base domains'."""
+        found: set[tuple[str, str]] = set()
+        seen: set[int] = set()
+        while domain in domains and domain not in seen:
+            seen.add(domain)
+            found |= domain_calls.get(domain, set())
+            domain = domains[domain][1]
+        return found
+    for domain_oid, (domain_name, _base) in domains.items():
+        if checks(domain_oid):
+            type_calls.setdefault(domain_name, set()).update(checks(domain_oid))
+    for _, table, column_type in by_kind.get("domaincol", []):
+        found = checks(int(_text(column_type)))
+        if found:
+            write_calls.setdefault(int(_text(table)), set()).update(found)
     _through_views(calls, deps)
     hooks = {int(_text(row[1])) for row in by_kind.get("hook", [])}
     relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks,
@@ -359,6 +406,8 @@ def _build(rows: list[Row]) -> Introspection:
         functions={name: frozenset(schemas) for name, schemas in functions.items()},
         user_operators=operators,
         search_path=search_path,
+        type_calls={name: frozenset(found) for name, found in type_calls.items()},
+        implicit_calls=frozenset(implicit_calls),
         version="",
         routines={key: tuple(found) for key, found in routines.items()},
     )
@@ -374,6 +423,8 @@ def _build(rows: list[Row]) -> Introspection:
         "calls": sorted([view, sorted(names)] for view, names in calls.items()),
         "write_calls": sorted([table, sorted(names)] for table, names in write_calls.items()),
         "hooks": sorted(hooks),
+        "type_calls": sorted([name, sorted(found)] for name, found in type_calls.items()),
+        "implicit_calls": sorted(implicit_calls),
         "routines": sorted([r.oid, r.schema, r.name, r.language, r.definition or ""]
                            for found in routines.values() for r in found),
     })

@@ -12,7 +12,7 @@ import pytest
 
 from pgproxy import catalog as catalog_module
 from pgproxy.analysis.gate import analyze
-from pgproxy.analysis.model import Kind
+from pgproxy.analysis.model import ColumnKey, Kind
 from pgproxy.analysis.schema import Relation, Schema
 from pgproxy.catalog import (
     Catalog,
@@ -550,3 +550,48 @@ def test_apply_tags_through_a_cycle_of_views_terminates() -> None:
     assert warnings == []
     assert tagged_schema.relations[("s", "v2")].tags == {"y": PII}
     assert tagged_schema.relations[("s", "t")].tags == {"b": PII}
+
+
+# --- Code that converting a value runs: casts and domains --------------------------------------
+
+
+async def test_casts_and_domain_checks_run_what_their_functions_read(pg: PostgresCluster, scratch: str,
+                                                                     tmp_path: Path) -> None:
+    """A cast's function and a domain constraint's function run when a value is converted: what they
+    read is read by every statement that converts (explicitly, or implicitly where no type is named)."""
+    pg.psql(f"""
+        SET search_path = {scratch};
+        CREATE TABLE vault (id int, secret text);
+        CREATE TABLE plain (id int, note text);
+        CREATE TYPE badge AS (n int);
+        CREATE FUNCTION peek(int) RETURNS badge LANGUAGE sql AS 'SELECT ROW(length(secret)) FROM vault LIMIT 1';
+        CREATE CAST (int AS badge) WITH FUNCTION peek(int);
+        CREATE FUNCTION known(text) RETURNS bool LANGUAGE sql
+            AS 'SELECT EXISTS (SELECT 1 FROM vault WHERE secret = $1)';
+        CREATE DOMAIN probe AS text CHECK (known(VALUE));
+        CREATE DOMAIN deeper AS probe;
+        CREATE TABLE probed (id int, p deeper[]);
+    """, dbname=DATABASE)
+    catalog = catalog_text("vault:\n  secret: [pii]", schema=scratch)
+    schema, _ = await tagged(upstream_route(pg), catalog, tmp_path)
+    secret = ColumnKey(scratch, "vault", "secret")
+
+    def reads(sql: str) -> dict[ColumnKey, frozenset[str]]:
+        [found] = analyze(sql, schema, search_path=(scratch,))
+        assert found.kind is not Kind.UNKNOWN, found.reasons
+        return found.reads
+
+    assert reads("SELECT id FROM plain") == {ColumnKey(scratch, "plain", "id"): frozenset()}
+    for sql in ("SELECT 1::badge", "SELECT CAST(id AS badge) FROM plain", "SELECT ARRAY[1]::badge[]",
+                f"SELECT 1::{scratch}.badge", "SELECT 'x'::probe", "SELECT note::deeper FROM plain",
+                "INSERT INTO probed VALUES (1, NULL)", "UPDATE probed SET id = 2"):
+        assert reads(sql).get(secret) == frozenset({"pii"}), sql
+
+    # An implicit cast runs where no type is named: every statement may run it.
+    pg.psql(f"SET search_path = {scratch}; CREATE TYPE token AS (t text); "
+            "CREATE FUNCTION mint(text) RETURNS token LANGUAGE sql AS 'SELECT ROW(secret) FROM vault'; "
+            "CREATE CAST (text AS token) WITH FUNCTION mint(text) AS IMPLICIT;", dbname=DATABASE)
+    implicit, _ = await tagged(upstream_route(pg), catalog, tmp_path)
+    assert implicit.version != schema.version
+    [found] = analyze("SELECT id FROM plain", implicit, search_path=(scratch,))
+    assert found.reads.get(secret) == frozenset({"pii"})

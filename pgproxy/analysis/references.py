@@ -218,6 +218,14 @@ class References:
     qualifiers: frozenset[str] = frozenset()
     calling: frozenset[int] = frozenset()
 
+    def __post_init__(self) -> None:
+        # An implicit or assignment cast's function may run wherever values meet a type (an
+        # argument, an INSERT's target column) without the statement naming it: every statement
+        # may run it. (Inside a routine's body they are already counted by the statement calling it.)
+        if not self.calling:
+            for schema_name, function in sorted(self.schema.implicit_calls):
+                self.call(schema_name, function)
+
     # -- recording ---------------------------------------------------------------------
 
     def _record(self, into: dict[ColumnKey, frozenset[str]], relation: Relation, column: str) -> None:
@@ -620,6 +628,8 @@ class References:
             self.function(node)
         elif isinstance(node, ast.A_Expr):
             self.operator(node.name)
+        elif isinstance(node, ast.TypeCast):
+            self.type_cast(node.typeName)
         elif isinstance(node, ast.RangeVar):
             # A relation where no rule expects one: what the statement does with it is unknown.
             raise Unresolved(f'pgproxy does not know how the statement uses relation "{node.relname}"')
@@ -714,6 +724,16 @@ class References:
                     return
         if not derived and name not in self.names:  # a routine's parameter or variable: a value
             raise Unresolved(f'column "{name}" is not known to pgproxy')
+
+    def type_cast(self, type_name: ast.TypeName | None) -> None:
+        """A cast to a type (or an array of it) runs its user cast functions and, for a domain, its
+        constraints' functions. Matched by the type's name in any schema: a user type named like
+        another counts the functions of both."""
+        if type_name is None or not self.schema.type_calls:
+            return
+        names = [n.sval or "" for n in type_name.names or () if isinstance(n, ast.String)]
+        for schema_name, function in sorted(self.schema.type_calls.get(names[-1] if names else "", ())):
+            self.call(schema_name, function)
 
     def function(self, node: ast.FuncCall) -> None:
         names = [n.sval or "" for n in node.funcname or ()]

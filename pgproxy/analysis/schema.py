@@ -50,6 +50,11 @@ class Schema:
     user_operators: frozenset[str]  # operator symbols defined outside the system schemas
     search_path: tuple[str, ...]  # effective schemas, in order, for the route's role ("$user" resolved)
     version: str  # changes whenever anything here (routines included) changes
+    # User functions converting a value to a type runs, by the type's name: its cast functions and
+    # (a domain) its constraints' functions; and the cast functions that may run where no type is
+    # named (implicit and assignment casts): every statement may run those.
+    type_calls: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    implicit_calls: frozenset[tuple[str, str]] = frozenset()
     # User functions and procedures by (schema, name): every overload, for their bodies.
     routines: dict[tuple[str, str], tuple[Routine, ...]] = field(default_factory=dict)
     # What calling a routine does, worked out once per schema (see References.call).
