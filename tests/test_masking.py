@@ -1,21 +1,27 @@
 """Masking end to end: the policy action `mask` through psql, psycopg (text and binary results),
-asyncpg (binary), cursors and portals run in parts, and COPY TO (text and CSV), checked against
-the values read directly; what cannot be masked falls back to review; the mask rules' config."""
+asyncpg (binary), cursors and portals run in parts, and COPY TO (text, CSV and binary), checked
+against the values read directly; what cannot be masked falls back to review; the mask rules'
+config; the binary COPY stream split anywhere."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pglast
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pglast import ast
 
 from pgproxy.config import ConfigError, load_config
 from pgproxy.demo.run import demo_file
-from pgproxy.masking import CopyFormat, CopyMask, MaskKind, MaskRules
+from pgproxy.masking import COPY_SIGNATURE, CopyFormat, CopyMask, CopySpec, MaskKind, MaskRules
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from tests.approvals_support import decide, direct_value, held_psql, wait_pending
 from tests.harness import ProxyThread, running_proxy, write_enforce_config
@@ -160,6 +166,25 @@ def test_copy_to_text_and_csv_is_masked(masking: ProxyThread, direct_rows: list[
         assert by_id[str(row[0])] == f'{row[0]},"{masked_email(str(row[2]))}",{row[5]}'
 
 
+def test_copy_to_binary_is_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    """psycopg reads binary COPY with the column types set: text columns masked as in text COPY,
+    the tagged created_at (a timestamptz, no text mask fits it) NULL; of a query and of a table."""
+    query = "COPY (SELECT id, email, ssn, created_at FROM customers WHERE id <= 5 ORDER BY id) TO STDOUT " \
+            "(FORMAT BINARY)"
+    with psycopg.connect(masking.dsn()) as conn:
+        with conn.cursor().copy(query) as copy:
+            copy.set_types(["int4", "text", "text", "timestamptz"])
+            rows = list(copy.rows())
+        with conn.cursor().copy("COPY customers (id, name, phone, country) TO STDOUT WITH (FORMAT binary)") as copy:
+            copy.set_types(["int4", "text", "text", "text"])
+            table = {row[0]: row for row in copy.rows()}
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+    assert rows == [(r[0], masked_email(str(r[2])), masked_digits(str(r[4])), None) for r in direct_rows]
+    assert len(table) == 1000
+    for r in direct_rows:
+        assert table[r[0]] == (r[0], "***", masked_digits(str(r[3])), r[5])
+
+
 def test_a_tagged_column_that_is_not_text_is_null(masking: ProxyThread) -> None:
     """A text mask is not a valid timestamptz: the tagged created_at is NULL, in both formats and in COPY."""
     for binary in (False, True):
@@ -197,6 +222,9 @@ def test_a_copy_whose_columns_are_not_the_ones_resolved_is_refused(masking: Prox
                           "COPY masking_generated TO STDOUT"], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and out.stdout == ""
     assert "pgproxy refused a masked COPY" in out.stderr and "ann@" not in out.stderr
+    with psycopg.connect(masking.dsn()) as conn, pytest.raises(psycopg.Error, match="refused a masked COPY"), \
+            conn.cursor().copy("COPY masking_generated TO STDOUT (FORMAT binary)") as copy:
+        assert not list(copy)  # binary: refused the same way
     with psycopg.connect(masking.dsn()) as conn:  # its columns named: masked
         assert conn.execute("SELECT id, email FROM masking_generated").fetchall() == [(1, "a***@example.com")]
 
@@ -217,7 +245,6 @@ CANNOT_MASK = [
     ("SELECT x FROM (SELECT email AS x FROM customers) s", "other than as a plain output column"),
     ("SELECT email FROM customers UNION SELECT name FROM customers", "set operation"),
     ("COPY (SELECT upper(email) FROM customers) TO STDOUT", "other than as a plain output column"),
-    ("COPY customers TO STDOUT (FORMAT binary)", "binary COPY"),
     ("UPDATE customers SET email = email WHERE id = 1 RETURNING email", "writes tagged columns"),
     ("EXPLAIN ANALYZE SELECT email FROM customers", "EXPLAIN ANALYZE"),
 ]
@@ -439,6 +466,177 @@ def test_model_refuses_a_masked_result_that_does_not_show_the_tagged_column_plai
     assert model.refusals and model.refusals[0].message is not None
     assert "cannot be masked" in model.refusals[0].message
     assert model.guarding and not model.rows_ok and model.row_mask is None  # its rows are dropped
+
+
+# A binary COPY stream (PostgreSQL's "Binary Format"): a header with an extension (PostgreSQL sends
+# none, a reader skips it) and flag bit 0 (not critical), tuples (id, email, ssn, a tagged
+# timestamptz), the trailer. Tuples are laid out as DataRow bodies are.
+_BINARY_HEADER = COPY_SIGNATURE + (1).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"ext"
+_BINARY_ROWS = [
+    (b"\0\0\0\1", b"alice@example.com", b"123-45-6789", b"\0\0\0\0\0\0\0\1"),
+    (b"\0\0\0\2", None, "T\u00e9l 01 23 45 67 89".encode(), None),
+    (b"\0\0\0\3", "\u00e9va@ex\u00e4mple.fr".encode(), b"1234", b"\0\0\0\0\0\0\0\2"),
+    (b"\0\0\0\4", b"", None, None),
+]
+_BINARY_MASKED = [
+    (b"\0\0\0\1", b"a***@example.com", b"***-**-6789", None),
+    (b"\0\0\0\2", None, b"*** ** ** ** 67 89", None),
+    (b"\0\0\0\3", "\u00e9***@ex\u00e4mple.fr".encode(), b"****", None),
+    (b"\0\0\0\4", b"***", None, None),  # not an address: the placeholder
+]
+_BINARY_STREAM = _BINARY_HEADER + b"".join(_data_row(*r) for r in _BINARY_ROWS) + b"\xff\xff"
+
+
+def _binary_mask() -> CopyMask:
+    return CopyMask(CopyFormat(binary=True), (None, MaskKind.EMAIL, MaskKind.LAST4, MaskKind.EMAIL), MaskRules(),
+                    text_columns=frozenset({1, 2}))
+
+
+def _binary_boundaries() -> set[int]:
+    """Where the masked stream's header, tuples and trailer end: the only places output may stop."""
+    ends = {0, len(_BINARY_HEADER)}
+    for row in _BINARY_MASKED:
+        ends.add(max(ends) + len(_data_row(*row)))
+    return ends | {max(ends) + 2}
+
+
+def _fed(cuts: list[int]) -> list[bytes]:
+    mask = _binary_mask()
+    points = [0, *sorted(set(cuts)), len(_BINARY_STREAM)]
+    out = [mask.copy_data(_BINARY_STREAM[a:b]) for a, b in itertools.pairwise(points)]
+    mask.finish()
+    return out
+
+
+def test_binary_copy_stream_is_masked_whole_tuple_by_whole_tuple() -> None:
+    whole = _fed([])
+    assert whole == [_BINARY_HEADER + b"".join(_data_row(*r) for r in _BINARY_MASKED) + b"\xff\xff"]
+    for cut in range(len(_BINARY_STREAM) + 1):  # split at every byte boundary
+        parts = _fed([cut])
+        assert b"".join(parts) == whole[0], cut
+    ends = _binary_boundaries()
+    one_by_one = _fed(list(range(len(_BINARY_STREAM))))  # every byte a CopyData of its own
+    assert b"".join(one_by_one) == whole[0]
+    total = 0
+    for part in one_by_one:  # what goes out is always a whole header, tuples or the trailer
+        total += len(part)
+        assert total in ends
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(_BINARY_STREAM)), max_size=12))
+def test_binary_copy_stream_split_anywhere_masks_as_the_whole(cuts: list[int]) -> None:
+    parts = _fed(cuts)
+    assert b"".join(parts) == _fed([])[0]
+    ends, total = _binary_boundaries(), 0
+    for part in parts:
+        total += len(part)
+        assert total in ends
+
+
+def _binary_fails(stream: bytes, problem: str, *, finish: bool = False) -> None:
+    mask = _binary_mask()
+    with pytest.raises(ValueError, match=problem):
+        mask.copy_data(stream)
+        if finish:
+            mask.finish()
+
+
+def test_binary_copy_stream_that_pgproxy_cannot_read_is_refused() -> None:
+    header = COPY_SIGNATURE + bytes(8)
+    row = _data_row(*_BINARY_ROWS[0])
+    _binary_fails(b"PGCOPY\n\xff\r\n\1" + bytes(8), "signature")
+    _binary_fails(b"PGCOPX", "signature")  # as soon as it shows
+    _binary_fails(COPY_SIGNATURE + (1 << 16).to_bytes(4, "big") + bytes(4), "flags")  # OIDs in each tuple
+    _binary_fails(COPY_SIGNATURE + (1 << 31).to_bytes(4, "big") + bytes(4), "flags")
+    _binary_fails(COPY_SIGNATURE + bytes(4) + (-1).to_bytes(4, "big", signed=True), "negative length")
+    _binary_fails(header + _data_row(b"1", b"a@b.c", b"1"), "has 3 fields where pgproxy expected 4")
+    _binary_fails(header + (5).to_bytes(2, "big"), "has 5 fields")  # before the tuple is whole
+    _binary_fails(header + row[:10] + (-2).to_bytes(4, "big", signed=True), "negative length")
+    _binary_fails(header + row + b"\xff\xff" + row, "follows its trailer")
+    _binary_fails(header + row, "ended before its trailer", finish=True)
+    _binary_fails(header + row[:-1], "ended before its trailer", finish=True)
+    _binary_fails(COPY_SIGNATURE, "ended before its trailer", finish=True)
+    ok = _binary_mask()  # flag bits 0-15 may be ignored
+    assert ok.copy_data(COPY_SIGNATURE + (0xFFFF).to_bytes(4, "big") + bytes(4) + b"\xff\xff")
+    ok.finish()
+
+
+def _masked_copy(fmt: CopyFormat) -> object:
+    from pgproxy.masking import MaskSpec
+    from pgproxy.protocol.model import ProtocolModel, QueryPart
+
+    model = ProtocolModel(strict=False, guard=lambda columns, permitted: [])
+    spec = CopySpec(fmt, (None, MaskKind.EMAIL), frozenset({1}))
+    model.query([QueryPart(None, frozenset({EMAIL}), None, MaskSpec(MaskRules(), {EMAIL: frozenset({"pii.email"})}),
+                           spec)])
+    return model
+
+
+def _copy_out_response(overall: int, *formats: int) -> bytes:
+    return bytes((overall,)) + len(formats).to_bytes(2, "big") + b"".join(f.to_bytes(2, "big") for f in formats)
+
+
+def test_model_masks_a_binary_copy_stream_across_copy_data() -> None:
+    from pgproxy.protocol.model import Desync, ProtocolModel
+    from pgproxy.wire import messages as m
+
+    header = COPY_SIGNATURE + bytes(8)
+    row = _data_row(b"\0\0\0\7", b"bob@example.org")
+    for ending in (b"\xff\xff", b""):
+        model = _masked_copy(CopyFormat(binary=True))
+        assert isinstance(model, ProtocolModel)
+        model.answer(m.COPY_OUT_RESPONSE, _copy_out_response(1, 1, 1))
+        assert model.copy_mask is not None and not model.rows_ok and not model.refusals
+        assert model.masked(m.COPY_DATA, header[:10]) == b""  # nothing whole yet: no CopyData at all
+        assert model.masked(m.COPY_DATA, header[10:] + row[:9]) == m.frame(m.COPY_DATA, header)
+        assert model.masked(m.COPY_DATA, row[9:] + ending) == \
+            m.frame(m.COPY_DATA, _data_row(b"\0\0\0\7", b"b***@example.org") + ending)
+        if ending:
+            model.answer(m.COPY_DONE, b"")
+            model.answer(m.COMMAND_COMPLETE, b"COPY 1\0")
+            assert model.copy_mask is None and not model.refusals
+        else:  # CopyDone before the trailer: the stream PostgreSQL sends always has one
+            with pytest.raises(Desync, match="ended before its trailer"):
+                model.answer(m.COPY_DONE, b"")
+
+
+@pytest.mark.parametrize(("fmt", "response"), [
+    (CopyFormat(binary=True), _copy_out_response(0, 0, 0)),
+    (CopyFormat(), _copy_out_response(1, 1, 1)),
+    (CopyFormat(binary=True), _copy_out_response(1, 1, 0)),
+    (CopyFormat(binary=True), _copy_out_response(1, 1, 1, 1)),
+], ids=["binary-asked-text-sent", "text-asked-binary-sent", "mixed-formats", "column-count"])
+def test_model_refuses_a_masked_copy_in_another_format(fmt: CopyFormat, response: bytes) -> None:
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.wire import messages as m
+
+    model = _masked_copy(fmt)
+    assert isinstance(model, ProtocolModel)
+    model.answer(m.COPY_OUT_RESPONSE, response)
+    assert model.refusals and "refused a masked COPY" in str(model.refusals[0].message)
+    assert model.copy_mask is None and not model.rows_ok  # its CopyData are dropped
+
+
+def test_binary_copy_format_is_read_from_the_statement(masking: ProxyThread) -> None:
+    from pgproxy.analysis.gate import analyze
+    from pgproxy.analysis.masking import copy_format, unmaskable
+    from pgproxy.enforce import PolicyGate
+
+    gate = masking.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    for sql in ("COPY customers (id, email) TO STDOUT (FORMAT binary)",
+                "COPY customers (id, email) TO STDOUT WITH (FORMAT BINARY)",
+                "COPY customers (id, email) TO STDOUT BINARY",  # the old syntax
+                "COPY (SELECT id, email FROM customers WHERE id < 3) TO STDOUT WITH (FORMAT binary)"):
+        [analysis] = analyze(sql, schema)
+        assert unmaskable([analysis]) is None, sql
+        assert analysis.copy_output is not None and analysis.copy_output.format == CopyFormat(binary=True), sql
+    [raw] = pglast.parse_sql("COPY t TO STDOUT (FORMAT binary, DELIMITER ',')")
+    assert isinstance(raw.stmt, ast.CopyStmt)
+    assert copy_format(raw.stmt.options) == "pgproxy masks binary COPY without other options"
 
 
 def test_check_explains_mask_and_its_fallback_to_review(masking: ProxyThread) -> None:

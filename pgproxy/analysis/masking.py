@@ -207,7 +207,7 @@ _COPY_OPTIONS = frozenset({"format", "delimiter", "null", "header", "quote", "es
 
 
 def copy_format(options: Any) -> CopyFormat | str:
-    """A COPY TO's text or CSV format from its options, or why masking cannot read it."""
+    """A COPY TO's text, CSV or binary format from its options, or why masking cannot read it."""
     values: dict[str, Any] = {}
     for option in options:
         if option.defname not in _COPY_OPTIONS:
@@ -215,7 +215,9 @@ def copy_format(options: Any) -> CopyFormat | str:
         values[option.defname] = option.arg
     kind = _word(values.get("format")) if "format" in values else "text"
     if kind == "binary":
-        return "pgproxy cannot mask binary COPY"
+        if len(values) > 1:  # PostgreSQL refuses them all in binary mode: nothing to guess about
+            return "pgproxy masks binary COPY without other options"
+        return CopyFormat(binary=True)
     csv = kind == "csv"
     if not csv and kind != "text":
         return f"pgproxy cannot mask COPY in format {kind!r}"
