@@ -185,6 +185,23 @@ def test_copy_to_binary_is_masked(masking: ProxyThread, direct_rows: list[tuple[
         assert table[r[0]] == (r[0], "***", masked_digits(str(r[3])), r[5])
 
 
+def test_subqueries_in_from_and_ctes_are_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]]) -> None:
+    """PostgreSQL's RowDescription names customers' columns for a subquery's or CTE's plain columns:
+    masked there as they are in the table, in text and binary results, through every level."""
+    with psycopg.connect(masking.dsn()) as conn:
+        sub = conn.execute("SELECT s.id, s.e, s.ssn FROM (SELECT id, email AS e, ssn FROM customers "
+                           "WHERE id <= %s) s ORDER BY s.id", (5,)).fetchall()
+        cte = conn.cursor(binary=True).execute(
+            "WITH c AS (SELECT id, email, phone FROM customers WHERE country IS NOT NULL OR id > 0) "
+            "SELECT t.id, t.mail, t.phone FROM (SELECT id, email AS mail, phone FROM c WHERE id <= %s) t "
+            "ORDER BY t.id", (5,)).fetchall()
+        star = conn.execute("SELECT * FROM (SELECT id, name, country FROM customers WHERE id <= 5) s "
+                            "ORDER BY id").fetchall()
+    assert sub == [(r[0], masked_email(str(r[2])), masked_digits(str(r[4]))) for r in direct_rows]
+    assert cte == [(r[0], masked_email(str(r[2])), masked_digits(str(r[3]))) for r in direct_rows]
+    assert star == [(r[0], "***", r[5]) for r in direct_rows]
+
+
 def test_a_tagged_column_that_is_not_text_is_null(masking: ProxyThread) -> None:
     """A text mask is not a valid timestamptz: the tagged created_at is NULL, in both formats and in COPY."""
     for binary in (False, True):
@@ -242,7 +259,9 @@ CANNOT_MASK = [
     ("SELECT id, email AS e FROM customers ORDER BY e", "other than as a plain output column"),
     ("SELECT DISTINCT email FROM customers", "other than as a plain output column"),
     ("SELECT count(*) FROM customers GROUP BY email", "other than as a plain output column"),
-    ("SELECT x FROM (SELECT email AS x FROM customers) s", "other than as a plain output column"),
+    ("SELECT x FROM (SELECT email AS x FROM customers WHERE email LIKE 'a%') s", "other than as a plain output column"),
+    ("SELECT x FROM (SELECT email AS x FROM customers) s WHERE x LIKE 'a%'", "other than as a plain output column"),
+    ("WITH c AS (SELECT upper(email) AS x FROM customers) SELECT x FROM c", "other than as a plain output column"),
     ("SELECT email FROM customers UNION SELECT name FROM customers", "set operation"),
     ("COPY (SELECT upper(email) FROM customers) TO STDOUT", "other than as a plain output column"),
     ("UPDATE customers SET email = email WHERE id = 1 RETURNING email", "writes tagged columns"),
@@ -690,6 +709,128 @@ def test_with_approvals_what_cannot_be_masked_is_held_for_a_reviewer(pg: Postgre
             client.kill()
 
 
+# -- through subqueries in FROM and CTEs ---------------------------------------------------------------
+
+# PostgreSQL names the base table's column in the RowDescription for a subquery's or CTE's column
+# that is a plain column (markTargetListOrigin follows it): masked when, at every level, the tagged
+# column is only a plain output column.
+MASKABLE_THROUGH_SUBQUERIES = [
+    "SELECT email FROM (SELECT id, email FROM customers) s",
+    "SELECT s.e FROM (SELECT email AS e FROM customers WHERE country = 'DE') s",
+    "SELECT * FROM (SELECT id, email, phone FROM customers WHERE id < 10) s",
+    "SELECT s.*, o.total FROM (SELECT id, email FROM customers) s JOIN orders o ON o.customer_id = s.id "
+    "WHERE o.total > 10 ORDER BY o.total LIMIT 5",
+    "SELECT x.a, x.id FROM (SELECT email, id FROM customers) x(a)",
+    "SELECT t.e FROM (SELECT s.e, s.id FROM (SELECT email AS e, id FROM customers) s WHERE s.id > 5) t",
+    "SELECT s.email FROM (SELECT id, email FROM customers ORDER BY id LIMIT 10) s",
+    "SELECT c.email, s.ssn FROM customers c JOIN (SELECT id, ssn FROM customers) s USING (id)",
+    "WITH c AS (SELECT id, email FROM customers WHERE plan = 'pro') SELECT c.id, c.email FROM c",
+    "WITH c(i, mail) AS (SELECT id, email FROM customers) SELECT mail FROM c WHERE i < 10",
+    "WITH a AS (SELECT id, email FROM customers), b AS (SELECT id, email FROM a WHERE id < 5) SELECT email FROM b",
+    "WITH c AS (SELECT id, email FROM customers) SELECT x.email, y.email FROM c x JOIN c y ON x.id = y.id",
+    "WITH c AS (SELECT id, email FROM customers) SELECT s.m FROM (SELECT email AS m FROM c) s",
+    "SELECT s.email FROM (WITH c AS (SELECT id, email FROM customers) SELECT email FROM c) s",
+]
+# What stays reviewed: the tagged column is filtered, sorted, grouped, compared, computed or read
+# whole at some level, or reaches the result where names cannot follow it.
+UNMASKABLE_THROUGH_SUBQUERIES = [
+    "SELECT s.e FROM (SELECT email AS e FROM customers WHERE email LIKE 'a%') s",  # the filter is an oracle
+    "SELECT * FROM (SELECT upper(email) e FROM customers) s",
+    "SELECT s.e FROM (SELECT email AS e, length(email) AS l FROM customers) s",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s WHERE s.e LIKE 'a%'",
+    "SELECT e FROM (SELECT email AS e FROM customers) s WHERE e LIKE 'a%'",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s WHERE (s).e LIKE 'a%'",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY s.e",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY 1",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY e",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s GROUP BY s.e",
+    "SELECT DISTINCT s.e FROM (SELECT email AS e FROM customers) s",
+    "SELECT s.e FROM (SELECT DISTINCT email AS e FROM customers) s",
+    "SELECT s.e FROM (SELECT email AS e FROM customers ORDER BY email LIMIT 1) s",
+    "SELECT s.e FROM (SELECT email AS e FROM customers GROUP BY email) s",
+    "SELECT s.e FROM (SELECT email AS e FROM customers UNION SELECT name FROM customers) s",
+    "SELECT s.e, row_number() OVER (ORDER BY s.e) FROM (SELECT email AS e FROM customers) s",
+    "SELECT s.e, length(s.e) FROM (SELECT email AS e FROM customers) s",
+    "SELECT (SELECT s.e) FROM (SELECT email AS e FROM customers) s",
+    "SELECT s FROM (SELECT email FROM customers) s",
+    "SELECT s.email, row_to_json(s) FROM (SELECT email FROM customers) s",
+    "SELECT s.email FROM (SELECT email FROM customers) s WHERE s.* IS NOT NULL",
+    "SELECT id FROM (SELECT id, email FROM customers) s",  # read, never shown
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s, LATERAL (SELECT 1 WHERE s.e LIKE 'a%') l",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s, generate_series(1, length(s.e))",
+    "SELECT s.e FROM (SELECT email AS e FROM customers) s "
+    "WHERE EXISTS (SELECT 1 FROM (SELECT s.e AS x) z WHERE z.x LIKE 'a%')",
+    "SELECT * FROM (SELECT id, email FROM customers) s NATURAL JOIN (SELECT 1 AS id, 'a@b.c'::text AS email) t",
+    "SELECT * FROM (SELECT id, email FROM customers) s JOIN (SELECT 'a@b.c'::text AS email) t USING (email)",
+    "SELECT j.e FROM ((SELECT email, id FROM customers) s JOIN orders o ON o.customer_id = s.id) AS j(e)",
+    "SELECT x.a FROM (SELECT email, id FROM customers) x(a) WHERE x.a LIKE 'a%'",
+    "SELECT t.x FROM (SELECT s.e AS x FROM (SELECT email AS e FROM customers) s WHERE s.e LIKE 'a%') t",
+    "SELECT l.f FROM (SELECT email AS e FROM customers) s, LATERAL (SELECT s.e AS f) l",
+    "SELECT email FROM (SELECT * FROM customers) s",  # the star's other tagged columns: read, never shown
+    "WITH c AS (SELECT id, email FROM customers) SELECT c.email FROM c WHERE c.email LIKE 'a%'",
+    "WITH c AS (SELECT id, email FROM customers WHERE email LIKE 'a%') SELECT email FROM c",
+    "WITH c AS (SELECT id, email FROM customers) SELECT c.email FROM c "
+    "WHERE c.id IN (SELECT id FROM c AS d WHERE d.email LIKE 'a%')",
+    "WITH c AS (SELECT id, email FROM customers) SELECT x.email FROM c x JOIN c y ON x.id = y.id "
+    "AND y.email LIKE 'a%'",
+    "WITH c AS (SELECT id, email FROM customers), d AS (SELECT email FROM c WHERE email LIKE 'a%') "
+    "SELECT c.email FROM c, d",
+    "WITH RECURSIVE c AS (SELECT id, email FROM customers) SELECT email FROM c",
+    "WITH c AS (SELECT email FROM customers UNION ALL SELECT email FROM customers) SELECT email FROM c",
+    "WITH c AS (SELECT id, email FROM customers) SELECT s.email FROM (WITH c AS (SELECT 1 AS id, 'x' AS email) "
+    "SELECT id, email FROM c) s, c WHERE c.email = s.email",
+    "WITH c AS MATERIALIZED (SELECT email FROM customers) SELECT email FROM c FOR UPDATE OF c",
+    "COPY (SELECT email FROM (SELECT email FROM customers) s) TO STDOUT",  # COPY: only of one table
+]
+
+
+def _app_schema(proxy: ProxyThread) -> object:
+    from pgproxy.enforce import PolicyGate
+
+    gate = proxy.server.gate
+    assert isinstance(gate, PolicyGate)
+    schema = gate.catalog.schema("app")
+    assert schema is not None
+    return schema
+
+
+@pytest.mark.parametrize("sql", MASKABLE_THROUGH_SUBQUERIES)
+def test_plain_columns_through_subqueries_and_ctes_are_maskable(masking: ProxyThread, sql: str) -> None:
+    from pgproxy.analysis.gate import analyze
+    from pgproxy.analysis.masking import unmaskable
+    from pgproxy.analysis.schema import Schema
+
+    schema = _app_schema(masking)
+    assert isinstance(schema, Schema)
+    analyses = analyze(sql, schema)
+    assert analyses[0].tags_read and unmaskable(analyses) is None
+
+
+def test_no_tagged_value_leaves_a_masked_subquery_or_cte(masking: ProxyThread, direct_dsn_module: str) -> None:
+    """Each statement above, run through the proxy in text and binary: rows come, and none of them
+    holds a value of a tagged text column as it is stored."""
+    with psycopg.connect(direct_dsn_module) as conn:
+        stored = {v for row in conn.execute("SELECT name, email, phone, ssn FROM customers") for v in row}
+    with psycopg.connect(masking.dsn(), autocommit=True) as conn:
+        for sql in MASKABLE_THROUGH_SUBQUERIES:
+            for binary in (False, True):
+                rows = conn.cursor(binary=binary).execute(sql).fetchall()
+                assert rows, sql
+                assert not stored & {v for row in rows for v in row}, sql
+
+
+@pytest.mark.parametrize("sql", UNMASKABLE_THROUGH_SUBQUERIES)
+def test_tagged_columns_used_in_subqueries_and_ctes_are_not_maskable(masking: ProxyThread, sql: str) -> None:
+    from pgproxy.analysis.gate import analyze
+    from pgproxy.analysis.masking import unmaskable
+    from pgproxy.analysis.schema import Schema
+
+    schema = _app_schema(masking)
+    assert isinstance(schema, Schema)
+    analyses = analyze(sql, schema)
+    assert analyses[0].tags_read and unmaskable(analyses) is not None
+
+
 # -- tests that search: a tagged value in any expression slot is never masked ------------------------
 
 MASKABLE_SEEDS = [
@@ -700,6 +841,9 @@ MASKABLE_SEEDS = [
     "SELECT c.email, c.phone FROM customers c WHERE c.id IN (SELECT customer_id FROM recent)",
     "SELECT * FROM customers c WHERE c.plan = 'pro' ORDER BY c.id DESC FOR SHARE",
     "COPY (SELECT id, email, ssn FROM customers WHERE id < 10) TO STDOUT WITH (FORMAT csv)",
+    "SELECT s.id, s.email FROM (SELECT id, email FROM customers WHERE country = 'DE') s ORDER BY s.id LIMIT 5",
+    "WITH c AS (SELECT id, email, phone FROM customers WHERE plan = 'pro') "
+    "SELECT c.email, c.phone, o.total FROM c JOIN orders o ON o.customer_id = c.id WHERE o.total > 10",
 ]
 
 
