@@ -256,6 +256,8 @@ CANNOT_MASK = [
     ("SELECT c FROM customers c", "other than as a plain output column"),
     ("SELECT json_agg(email) FROM customers", "other than as a plain output column"),
     ("SELECT email FROM customers ORDER BY 1", "other than as a plain output column"),
+    ("SELECT *, id FROM customers ORDER BY 2", "other than as a plain output column"),  # 2: name, in the star
+    ("SELECT id, c.* FROM customers c GROUP BY 4, 1", "other than as a plain output column"),
     ("SELECT id, email AS e FROM customers ORDER BY e", "other than as a plain output column"),
     ("SELECT DISTINCT email FROM customers", "other than as a plain output column"),
     ("SELECT count(*) FROM customers GROUP BY email", "other than as a plain output column"),
@@ -742,6 +744,7 @@ UNMASKABLE_THROUGH_SUBQUERIES = [
     "SELECT s.e FROM (SELECT email AS e FROM customers) s WHERE (s).e LIKE 'a%'",
     "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY s.e",
     "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY 1",
+    "SELECT s.*, s.id FROM (SELECT id, name FROM customers) s ORDER BY 2",  # 2: name, in the star
     "SELECT s.e FROM (SELECT email AS e FROM customers) s ORDER BY e",
     "SELECT s.e FROM (SELECT email AS e FROM customers) s GROUP BY s.e",
     "SELECT DISTINCT s.e FROM (SELECT email AS e FROM customers) s",

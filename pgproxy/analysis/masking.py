@@ -334,13 +334,17 @@ def _range_names(query: ast.SelectStmt) -> set[str]:
 
 
 def _named_by_clauses(query: ast.SelectStmt, targets: list[Any]) -> set[int]:
-    """Targets that ORDER BY or GROUP BY may name by position or by output name."""
+    """Targets that ORDER BY or GROUP BY may name by position or by output name. A position counts
+    output columns, which are targets only up to the first star (`SELECT *, id … ORDER BY 2`
+    sorts by the star's second column)."""
     items = [s.node for s in query.sortClause or () if isinstance(s, ast.SortBy)] + list(query.groupClause or ())
+    stars = [i for i, t in enumerate(targets) if _star(t)]
+    numbered = stars[0] if stars else len(targets)
     found: set[int] = set()
     for item in items:
         if isinstance(item, ast.A_Const):
             value = getattr(item.val, "ival", None)
-            if isinstance(value, int) and 1 <= value <= len(targets):
+            if isinstance(value, int) and 1 <= value <= numbered:
                 found.add(value - 1)
             else:
                 found |= set(range(len(targets)))
