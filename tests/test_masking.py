@@ -202,6 +202,31 @@ def test_subqueries_in_from_and_ctes_are_masked(masking: ProxyThread, direct_row
     assert star == [(r[0], "***", r[5]) for r in direct_rows]
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_copy_to_in_the_extended_protocol_is_masked(masking: ProxyThread, direct_rows: list[tuple[object, ...]],
+                                                    binary: bool) -> None:
+    """Parse/Bind/Execute of a COPY: pgproxy's own Describe before the Execute answers NoData, and
+    the CopyData that follow are masked as in the simple protocol (they ended the session before)."""
+    from pgproxy.wire import messages as m
+    from tests.harness import raw_session
+
+    sql = "COPY (SELECT id, email FROM customers WHERE id = 1) TO STDOUT" + (" (FORMAT binary)" if binary else "")
+    with raw_session(masking) as client:
+        client.send(m.Parse("", sql, ()).encode() + m.Bind("", "", (), (), ()).encode() + m.Execute("", 0).encode()
+                    + m.Sync().encode())
+        replies = client.until_ready()
+    data = b"".join(body for type_byte, body in replies if type_byte == m.COPY_DATA)
+    email = masked_email(str(direct_rows[0][2])).encode()
+    if binary:
+        values = [(1).to_bytes(4, "big"), email]
+        assert data == COPY_SIGNATURE + bytes(8) + b"\0\2" + b"".join(len(v).to_bytes(4, "big") + v for v in values) \
+            + b"\xff\xff"
+    else:
+        assert data == b"1\t" + email + b"\n"
+    assert [t for t, _ in replies if t in (m.COPY_OUT_RESPONSE, m.COPY_DONE, m.ERROR_RESPONSE, m.NO_DATA)] == \
+        [m.COPY_OUT_RESPONSE, m.COPY_DONE]  # pgproxy's own Describe: its NoData dropped
+
+
 def test_a_tagged_column_that_is_not_text_is_null(masking: ProxyThread) -> None:
     """A text mask is not a valid timestamptz: the tagged created_at is NULL, in both formats and in COPY."""
     for binary in (False, True):
@@ -620,6 +645,37 @@ def test_model_masks_a_binary_copy_stream_across_copy_data() -> None:
         else:  # CopyDone before the trailer: the stream PostgreSQL sends always has one
             with pytest.raises(Desync, match="ended before its trailer"):
                 model.answer(m.COPY_DONE, b"")
+
+
+def test_model_masks_a_copy_executed_in_the_extended_protocol() -> None:
+    """pgproxy's own Describe of a COPY's portal answers NoData: the Execute waits for the
+    CopyOutResponse (not refused for showing no column); no DataRow may pass meanwhile."""
+    from pgproxy.masking import MaskSpec
+    from pgproxy.protocol.model import ProtocolModel
+    from pgproxy.protocol.objects import PreparedStatement
+    from pgproxy.wire import messages as m
+
+    model = ProtocolModel(strict=False, guard=lambda columns, permitted: [])
+    model.parse("", PreparedStatement("COPY (SELECT id, login FROM t) TO STDOUT (FORMAT binary)"))
+    portal = model.bind("", "", b"")
+    assert portal is not None
+    spec = CopySpec(CopyFormat(binary=True), (None, MaskKind.EMAIL), frozenset({1}))
+    mask = MaskSpec(MaskRules(), {EMAIL: frozenset({"pii.email"})})
+    assert model.execute_masked("", portal, frozenset({EMAIL}), mask, spec)
+    model.sync()
+    for answer in (m.PARSE_COMPLETE, m.BIND_COMPLETE):
+        model.answer(answer, b"")
+    assert model.answer(m.NO_DATA, b"") == b""  # the answer to pgproxy's own Describe: dropped
+    # Not refused, and a DataRow now is one the relay does not expect (it ends the session).
+    assert not model.refusals and not model.rows_ok and not model.guarding and model.row_mask is None
+    model.answer(m.COPY_OUT_RESPONSE, _copy_out_response(1, 1, 1))
+    stream = COPY_SIGNATURE + bytes(8) + _data_row(b"\0\0\0\1", b"bob@example.org") + b"\xff\xff"
+    assert model.masked(m.COPY_DATA, stream) == m.frame(
+        m.COPY_DATA, COPY_SIGNATURE + bytes(8) + _data_row(b"\0\0\0\1", b"b***@example.org") + b"\xff\xff")
+    model.answer(m.COPY_DONE, b"")
+    model.answer(m.COMMAND_COMPLETE, b"COPY 1\0")
+    model.answer(m.READY_FOR_QUERY, b"I")
+    assert model.idle and not model.refusals
 
 
 @pytest.mark.parametrize(("fmt", "response"), [

@@ -578,7 +578,11 @@ class ProtocolModel:
         else:
             expect.phase = _P_ROWS
             self.rows_ok = not self.guarding
-            if expect.mask is not None:
+            if expect.mask is not None and expect.copy is not None:
+                # A masked COPY (described: NoData) sends no DataRow; its CopyData are masked from
+                # its CopyOutResponse on (_mask_copy), and a DataRow ends the session.
+                self.rows_ok = False
+            elif expect.mask is not None:
                 self._mask_rows(expect, expect.mask, permitted)
             elif self.sampler is not None and self.rows_ok and columns:
                 self._begin_sample(columns)
