@@ -15,6 +15,12 @@ is only valid for a text-like column (text, varchar, char, name): any other type
 those types the text and the binary format carry the same bytes (the value in the client
 encoding), so one mask serves both formats; NULL is the same in both.
 
+Binary COPY (`FORMAT binary`) is a byte stream, not one row per CopyData: a signature, flags
+and a header extension, then tuples (a field count, then each field's length, -1 for NULL, and
+its bytes), then a -1 trailer. PostgreSQL sends the header with the first tuple and every tuple
+in a CopyData of its own, but nothing here relies on it: a tuple split across CopyData is held
+back until it is whole. A tuple is laid out as a DataRow's body is, so it is masked as one.
+
 Whether a statement *can* be masked (its tagged columns appear only as plain output columns)
 is the analysis's question (pgproxy.analysis.masking); this module only rewrites.
 """
@@ -221,12 +227,13 @@ class MaskSpec:
         return CopyMask(spec.format, spec.columns, self.rules, codec or "utf-8", spec.text_columns)
 
 
-# -- COPY TO STDOUT (text and CSV) -------------------------------------------------------------
+# -- COPY TO STDOUT (text, CSV and binary) ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class CopyFormat:
-    """A COPY TO's text or CSV format, as its options set it (PostgreSQL's defaults otherwise)."""
+    """A COPY TO's format, as its options set it (PostgreSQL's defaults otherwise): text, CSV, or
+    binary (`binary`: the other fields do not apply)."""
 
     csv: bool = False
     delimiter: str = "\t"
@@ -234,10 +241,13 @@ class CopyFormat:
     quote: str = '"'
     escape: str = '"'
     header: bool = False
+    binary: bool = False
 
     def isascii_safe(self) -> bool:
         """Delimiter, quote and escape are single ASCII characters that cannot be confused with
-        each other, a newline, or (text format) the backslash escapes."""
+        each other, a newline, or (text format) the backslash escapes. Binary COPY has none."""
+        if self.binary:
+            return True
         marks = (self.delimiter, self.quote, self.escape) if self.csv else (self.delimiter,)
         return all(len(c) == 1 and c.isascii() and c not in "\r\n" and (self.csv or c != "\\") for c in marks) \
             and self.delimiter != self.quote and self.delimiter not in self.null
@@ -248,8 +258,9 @@ _UNESCAPE = {ord("b"): "\b", ord("f"): "\f", ord("n"): "\n", ord("r"): "\r", ord
 
 @dataclass(slots=True)
 class CopyMask:
-    """The masks of one COPY TO's rows: each CopyData the server sends is one row (the first
-    is the header line when the format has one)."""
+    """The masks of one COPY TO's rows. In text and CSV, each CopyData the server sends is one
+    row (the first is the header line when the format has one); binary COPY is read as a
+    stream (`BinaryCopyStream`)."""
 
     format: CopyFormat
     columns: tuple[MaskKind | None, ...]  # per output column: its mask (None: not masked)
@@ -260,8 +271,14 @@ class CopyMask:
     _maskers: tuple[Callable[[bytes], bytes | None] | None, ...] = ()
     _marks: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # delimiter, NULL string, quote (ASCII)
     _quick_ok: bool = False
+    _binary: BinaryCopyStream | None = None
 
     def __post_init__(self) -> None:
+        if self.format.binary:
+            self._binary = BinaryCopyStream(len(self.columns), RowMask(
+                tuple((i, kind if i in self.text_columns else None) for i, kind in enumerate(self.columns)
+                      if kind is not None), self.rules, self.codec))
+            return
         self._header_pending = self.format.header
         self._maskers = tuple(None if kind is None else self.rules.masker(kind if i in self.text_columns else None,
                                                                            self.codec)
@@ -273,12 +290,20 @@ class CopyMask:
         self._quick_ok = not any(c in placeholder for c in ("\\", fmt.delimiter, fmt.quote, "\n", "\r"))
 
     def copy_data(self, body: bytes) -> bytes:
-        """One CopyData's body (a row) with the masked fields replaced (ValueError if malformed)."""
+        """One CopyData's body (a row) with the masked fields replaced (ValueError if malformed).
+        Binary COPY: what of the stream is whole so far, masked (b"": nothing yet)."""
+        if self._binary is not None:
+            return self._binary.feed(body)
         if self._header_pending:
             self._header_pending = False
             return body
         quick = self._quick(body)
         return quick if quick is not None else self._row(body)
+
+    def finish(self) -> None:
+        """The server sent CopyDone: a binary stream must have ended with its trailer (ValueError)."""
+        if self._binary is not None:
+            self._binary.finish()
 
     def _quick(self, body: bytes) -> bytes | None:
         """An ASCII row without escapes or quotes: its fields are what splitting on the delimiter
@@ -316,6 +341,104 @@ class CopyMask:
             out.append(self.format.null if masked is None else
                        _csv_quote(masked, self.format) if self.format.csv else _text_escape(masked, self.format))
         return (self.format.delimiter.join(out) + "\n").encode(self.codec, "replace")
+
+
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0"
+_HEADER = len(COPY_SIGNATURE) + 8  # the signature, the flags and the header extension's length
+# Flag bits 16-31 mark changes a reader must understand or stop at (bit 16: each tuple carries an
+# OID, gone since PostgreSQL 12); bits 0-15 may be ignored.
+_CRITICAL_FLAGS = 0xFFFF0000
+# PostgreSQL builds each row in one buffer of at most 1 GB (MaxAllocSize): a partial tuple longer
+# than that is not a stream PostgreSQL sent.
+_MAX_PENDING = 1 << 30
+
+
+@dataclass(slots=True)
+class BinaryCopyStream:
+    """A binary COPY TO's stream, read across CopyData boundaries (PostgreSQL's "Binary Format"
+    of COPY): the header passes unchanged, each tuple is masked by `rows` (a tuple is laid out as
+    a DataRow's body), the trailer passes; a tuple or header split across CopyData is held back
+    until it is whole. Anything else raises ValueError: a tuple whose field count is not
+    `columns`, flags pgproxy cannot read, bytes after the trailer, a stream that stops early."""
+
+    columns: int
+    rows: RowMask
+    _pending: bytes = b""  # the start of what is not whole yet
+    _stage: int = 0  # 0: the header, 1: tuples, 2: after the trailer
+
+    def feed(self, data: bytes) -> bytes:
+        """The next CopyData's body; returns what of the stream is now whole, masked."""
+        buf = self._pending + data if self._pending else data
+        pos = 0
+        out: list[bytes] = []
+        if self._stage == 0:
+            pos = self._header(buf)
+            if pos == 0:
+                self._hold(buf)
+                return b""
+            out.append(buf[:pos])
+            self._stage = 1
+        while self._stage == 1:
+            end = self._tuple_end(buf, pos)
+            if end is None:
+                break
+            if end == pos + 2:  # the trailer
+                out.append(buf[pos:end])
+                self._stage = 2
+            else:
+                out.append(self.rows.data_row(buf[pos:end]))
+            pos = end
+        if self._stage == 2 and pos < len(buf):
+            raise ValueError("binary COPY data follows its trailer")
+        self._hold(buf[pos:])
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._stage != 2 or self._pending:
+            raise ValueError("binary COPY ended before its trailer")
+
+    def _hold(self, rest: bytes) -> None:
+        if len(rest) > _MAX_PENDING:
+            raise ValueError("binary COPY tuple is longer than PostgreSQL sends")
+        self._pending = rest
+
+    @staticmethod
+    def _header(buf: bytes) -> int:
+        """The header's length once it is whole (0 before), checked as far as it has come."""
+        seen = min(len(buf), len(COPY_SIGNATURE))
+        if buf[:seen] != COPY_SIGNATURE[:seen]:
+            raise ValueError("binary COPY does not start with PostgreSQL's signature")
+        if len(buf) < _HEADER:
+            return 0
+        flags = _I32.unpack_from(buf, len(COPY_SIGNATURE))[0] & 0xFFFFFFFF
+        if flags & _CRITICAL_FLAGS:
+            raise ValueError(f"binary COPY has flags pgproxy cannot read ({flags:#010x})")
+        extension = _I32.unpack_from(buf, _HEADER - 4)[0]
+        if extension < 0:
+            raise ValueError("binary COPY header extension has a negative length")
+        return _HEADER + extension if len(buf) >= _HEADER + extension else 0
+
+    def _tuple_end(self, buf: bytes, pos: int) -> int | None:
+        """Where the tuple (or trailer) at `pos` ends; None when it is not whole yet."""
+        size = len(buf)
+        if size - pos < 2:
+            return None
+        count = _I16.unpack_from(buf, pos)[0]
+        if count == -1:
+            return pos + 2
+        if count != self.columns:
+            raise ValueError(f"binary COPY tuple has {count} fields where pgproxy expected {self.columns}")
+        pos += 2
+        for _ in range(count):
+            if size - pos < 4:
+                return None
+            length = _I32.unpack_from(buf, pos)[0]
+            if length < -1:
+                raise ValueError("binary COPY field has a negative length")
+            pos += 4 + (length if length > 0 else 0)
+            if pos > size:
+                return None
+        return pos
 
 
 def _line(text: str) -> str:

@@ -85,7 +85,7 @@ def _outputs(item: RangeItem) -> list[tuple[str | None, list[tuple[RangeItem, st
     return item.outputs
 
 
-def _output_names(query: Any) -> list[str | None] | None:
+def output_names(query: Any) -> list[str | None] | None:
     """The names of a subquery's output columns as far as they are certain (None for a column
     whose name PostgreSQL makes up); None when not even their number is known (a star)."""
     while isinstance(query, ast.SelectStmt) and query.larg is not None:
@@ -337,7 +337,7 @@ class References:
                 scope.ctes[cte.ctename or ""] = None
         for cte in with_clause.ctes or ():
             names: list[str | None] | None = ([n.sval or "" for n in cte.aliascolnames] if cte.aliascolnames
-                                              else _output_names(cte.ctequery))
+                                              else output_names(cte.ctequery))
             self.statement(cte.ctequery, Scope([], scope))
             self._rest(cte, scope, "ctequery", "ctename", "aliascolnames")
             scope.ctes[cte.ctename or ""] = names
@@ -408,7 +408,7 @@ class References:
             return self._aliased(item, node.alias)
         if isinstance(node, ast.RangeSubselect):
             self.statement(node.subquery, scope)
-            columns = _output_names(node.subquery)
+            columns = output_names(node.subquery)
             return self._aliased(RangeItem("", None, outputs=None if columns is None else [(n, []) for n in columns]),
                                  node.alias)
         if isinstance(node, ast.RangeFunction):

@@ -343,12 +343,15 @@ class ProtocolModel:
 
     def masked(self, type_byte: int, body: bytes) -> bytes | None:
         """A DataRow or CopyData of a masked result, masked (the whole message); None when the
-        result being relayed is not masked. A row that cannot be read ends the session."""
+        result being relayed is not masked; b"" when a binary COPY's CopyData holds no whole
+        tuple yet (its bytes go out with the CopyData that completes it). A row that cannot be
+        read ends the session."""
         try:
             if type_byte == _DATA_ROW and self.row_mask is not None:
                 return m.frame(_DATA_ROW, self.row_mask.data_row(body))
             if type_byte == m.COPY_DATA and self.copy_mask is not None:
-                return m.frame(m.COPY_DATA, self.copy_mask.copy_data(body))
+                data = self.copy_mask.copy_data(body)
+                return m.frame(m.COPY_DATA, data) if data else b""
         except (ValueError, struct.error) as exc:
             raise Desync(f"pgproxy could not mask a row: {exc}") from None
         return None
@@ -575,7 +578,11 @@ class ProtocolModel:
         else:
             expect.phase = _P_ROWS
             self.rows_ok = not self.guarding
-            if expect.mask is not None:
+            if expect.mask is not None and expect.copy is not None:
+                # A masked COPY (described: NoData) sends no DataRow; its CopyData are masked from
+                # its CopyOutResponse on (_mask_copy), and a DataRow ends the session.
+                self.rows_ok = False
+            elif expect.mask is not None:
                 self._mask_rows(expect, expect.mask, permitted)
             elif self.sampler is not None and self.rows_ok and columns:
                 self._begin_sample(columns)
@@ -638,7 +645,8 @@ class ProtocolModel:
 
     def _mask_copy(self, expect: Expect, permitted: frozenset[tuple[int, int]], body: bytes) -> None:
         """A masked COPY TO STDOUT began: its rows are masked as the analysis read its columns,
-        when the server's CopyOutResponse agrees (text format, that many columns); else refused."""
+        when the server's CopyOutResponse agrees (that many columns, all in the format the
+        statement asked for: text for text and CSV, binary for binary); else refused."""
         mask, spec = expect.mask, expect.copy
         assert mask is not None
         if spec is None:
@@ -647,10 +655,12 @@ class ProtocolModel:
                                     "pgproxy refused a masked COPY whose columns it cannot map")
             return
         response = m.decode_copy_response(body)
-        if response.overall_format != 0 or len(response.column_formats) != len(spec.columns):
+        wanted = 1 if spec.format.binary else 0
+        if response.overall_format != wanted or len(response.column_formats) != len(spec.columns) \
+                or any(f != wanted for f in response.column_formats):
             self._refuse_masked(expect, [f"{len(response.column_formats)} columns"],
                                 "pgproxy refused a masked COPY: the server's columns are not the ones pgproxy "
-                                f"resolved ({len(spec.columns)} text columns)")
+                                f"resolved ({len(spec.columns)} {'binary' if wanted else 'text'} columns)")
             return
         self.copy_mask = mask.copy(spec, self.lexing.codec)
         self.rows_ok = False
@@ -921,8 +931,13 @@ class ProtocolModel:
 
     def _copy_rows(self, type_byte: int) -> None:
         """CopyData pass as rows do (the relay does not look at them), unless they are masked
-        or refused; after CopyDone none may come."""
+        or refused; after CopyDone none may come (and a masked binary COPY must be whole)."""
         if type_byte == m.COPY_DONE:
+            if self.copy_mask is not None:
+                try:
+                    self.copy_mask.finish()
+                except ValueError as exc:
+                    raise Desync(f"pgproxy could not mask a row: {exc}") from None
             self.copy_mask = None
         self.rows_ok = type_byte == m.COPY_DATA and not self.guarding and self.copy_mask is None
 
