@@ -96,9 +96,16 @@ class Judgement:
 
 
 ALLOW = Judgement(Verdict.ALLOW)
+# A CancelRequest withdraws the statement pgproxy makes the client wait for (see Session.cancel):
+# the client gets PostgreSQL's own message for a cancelled statement, and the detail says why
+# nothing ran.
 CANCELLED_WHILE_HELD = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
                                  "canceling statement due to user request",
                                  detail="The statement was waiting for approval; the request was withdrawn.")
+CANCELLED_WHILE_DECIDED = Judgement(Verdict.DENY, SqlState.QUERY_CANCELED,
+                                    "canceling statement due to user request",
+                                    detail="The statement was withdrawn while pgproxy was still deciding whether it "
+                                           "needs approval; it did not run.")
 
 
 def strictest(first: Judgement, second: Judgement) -> Judgement:
@@ -256,6 +263,10 @@ class StatementGate:
 
     def server_refused(self, session: Session, sql: str, judgement: Judgement) -> None:
         """A statement that needed review was refused by the server itself, before any review."""
+
+    def withdrawn(self, session: Session, sql: str, judgement: Judgement) -> None:
+        """A statement judged `judgement` was withdrawn by the client's CancelRequest before it was
+        held (while the server checked it, or the schema was read again): it did not run."""
 
 
 @dataclass(slots=True)

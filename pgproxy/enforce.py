@@ -351,7 +351,23 @@ class PolicyGate(StatementGate):
     async def hold(self, session: Session, sql: str, parameters: tuple[str | None, ...],
                    judgement: Judgement) -> Judgement:
         """Hold a statement judged REVIEW until a reviewer decides, it expires, or it is withdrawn.
-        One whose decision is only observed is recorded and runs at once (after the same grant check)."""
+        One whose decision is only observed is recorded and runs at once (after the same grant check).
+
+        Cancelled (the client's CancelRequest, Terminate or disconnect), the statement is withdrawn
+        and recorded as such once, whenever that comes: while its request waits or is being stored
+        (with the request's id; the request is withdrawn too), or before (no request exists)."""
+        recorded: list[str] = []  # outcomes audited by _hold
+        try:
+            return await self._hold(session, sql, parameters, judgement, recorded)
+        except asyncio.CancelledError:
+            if not recorded and self.audit is not None:
+                verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
+                self._audit(session, sql, judgement.protocol, verdicts, verdicts.decision if verdicts else None,
+                            "withdrawn", statement_sha256(sql, parameters))
+            raise
+
+    async def _hold(self, session: Session, sql: str, parameters: tuple[str | None, ...], judgement: Judgement,
+                    recorded: list[str]) -> Judgement:
         approvals = self.approvals
         identity = session.identity
         assert identity is not None
@@ -366,6 +382,7 @@ class PolicyGate(StatementGate):
         started = time.monotonic()
 
         def audited(outcome: str, result: Judgement, **fields: object) -> Judgement:
+            recorded.append(outcome)
             if self.audit is not None:
                 self._audit(session, sql, judgement.protocol, verdicts, decision, outcome, sha,
                             {**fields, "wait_seconds": round(time.monotonic() - started, 3)})
@@ -709,10 +726,17 @@ class PolicyGate(StatementGate):
         self.audit_catalog("catalog.refreshed", session.database, reason="a name the server knows")
 
     def server_refused(self, session: Session, sql: str, judgement: Judgement) -> None:
+        self._audit_unheld(session, sql, judgement, "server-refused")
+
+    def withdrawn(self, session: Session, sql: str, judgement: Judgement) -> None:
+        self._audit_unheld(session, sql, judgement, "withdrawn")
+
+    def _audit_unheld(self, session: Session, sql: str, judgement: Judgement, outcome: str) -> None:
+        """A statement judged REVIEW that ended before its hold point (which would have audited it)."""
         if self.audit is not None:
             verdicts = judgement.context if isinstance(judgement.context, Verdicts) else None
             self._audit(session, sql, judgement.protocol, verdicts, verdicts.decision if verdicts else None,
-                        "server-refused", None)
+                        outcome, None)
 
     async def close(self) -> None:
         if self.approvals is not None:

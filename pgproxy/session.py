@@ -19,6 +19,12 @@ it) starts a task, `_continue`; the client's later messages wait their turn.
 `_upstream_data` checks each server message against the model, which replaces the error the
 refusal mechanism provoked with the proxy's own, drops what the result guard refused, and
 raises `Desync` when the server answers what it did not expect: the session then ends (08P01).
+
+A CancelRequest comes on a connection of its own and reaches the session through
+`SessionRegistry.cancel` (`Session.cancel`): a statement pgproxy is still deciding on, checking
+or holding is withdrawn -- refused like any other, so the client gets one error (57014) and,
+at its Sync, ReadyForQuery, and the model stays in step; a statement the server runs gets the
+cancel forwarded.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pgproxy.audit import members
 from pgproxy.decision import (
+    CANCELLED_WHILE_DECIDED,
     CANCELLED_WHILE_HELD,
     DecisionPoint,
     Judgement,
@@ -46,12 +53,23 @@ from pgproxy.decision import (
     StatementGate,
     Verdict,
     Wait,
+    facts,
 )
 from pgproxy.errors import AuthFailed, ClientProtocolError, ProxyError, SqlState, UpstreamProtocolError
 from pgproxy.identity import Authenticator, Identity, shown_name
 from pgproxy.logs import SessionLog
 from pgproxy.protocol import Desync, GuardRefusal, PreparedStatement, ProtocolModel
-from pgproxy.startup import TRANSITIONS, InvalidTransition, State, authenticate, connect, judge_parameters, startup
+from pgproxy.startup import (
+    NO_SUCH_SESSION,
+    TRANSITIONS,
+    WRONG_SECRET_KEY,
+    InvalidTransition,
+    State,
+    authenticate,
+    connect,
+    judge_parameters,
+    startup,
+)
 from pgproxy.unauthenticated import REASON_CHARS, bounded
 from pgproxy.upstream import UpstreamConnection, send_cancel
 from pgproxy.wire import messages as m
@@ -66,6 +84,8 @@ if TYPE_CHECKING:
 # on authentication packets), whatever limits.max_message_bytes allows afterwards.
 AUTH_MAX_MESSAGE_BYTES = 65535
 TERMINATE_DRAIN_SECONDS = 5.0  # how long replies to messages sent before Terminate may take
+
+T = TypeVar("T")
 
 
 # --- Registry shared by the server's sessions ------------------------------------------
@@ -92,16 +112,19 @@ class SessionRegistry:
     def sessions(self) -> list[Session]:
         return list(self._by_pid.values())
 
-    async def cancel(self, request: m.CancelRequest) -> bool:
+    async def cancel(self, request: m.CancelRequest, *, tls: bool) -> str | None:
+        """Cancel what the session whose key `request` carries is doing for its client (see
+        Session.cancel); `tls`: the CancelRequest came over TLS. None when the key was a session's;
+        else why nothing was done (NO_SUCH_SESSION or WRONG_SECRET_KEY)."""
         session = self._by_pid.get(request.process_id)
         if session is None or session.backend_key is None:
-            return False
+            return NO_SUCH_SESSION
         expected = session.backend_key.secret_key.to_bytes(4, "big", signed=True)
         given = request.secret_key.to_bytes(4, "big", signed=True)
         if not hmac.compare_digest(expected, given):
-            return False
-        await session.cancel_upstream()
-        return True
+            return WRONG_SECRET_KEY
+        await session.cancel(tls=tls)
+        return None
 
 
 # --- The session ---------------------------------------------------------------------------
@@ -148,6 +171,11 @@ class Session:
         self._closing = False
         self.gate_state: Any = None  # the gate's per-session state
         self._waiting: asyncio.Future[Judgement] | None = None  # a decision being waited for
+        # The statement the client waits for is being checked before its hold (see `_checked`),
+        # and whether a CancelRequest withdrew it meanwhile.
+        self._checking = False
+        self._withdrawn = False
+        self._held = False  # `_waiting` is a reviewer's decision (not the statement's analysis)
         self._deferred: deque[tuple[bytes, list[tuple[int, int, int]]]] = deque()  # read while held
         self._deferred_bytes = 0
         # The relay (see `_relay`): its end, its two sockets, why the client is not being read,
@@ -294,14 +322,29 @@ class Session:
         except (OSError, TimeoutError, ssl.SSLError):
             pass
 
-    async def cancel_upstream(self) -> None:
-        if self._waiting is not None:
-            # A held statement: the CancelRequest withdraws it (it never reached the server).
-            self.log.info("cancel request withdrew a held statement")
-            self._waiting.cancel()
+    async def cancel(self, *, tls: bool) -> None:
+        """A CancelRequest with this session's key (`tls`: it came over TLS): cancel the statement
+        the client is waiting for, wherever it is, so that the client gets one answer to it.
+
+        - pgproxy is deciding on it or holding it (`_waiting`): it is withdrawn (a held statement's
+          approval request too) and never reaches the server; the client gets 57014;
+        - pgproxy is checking it before its hold (the server parses it, the schema is read
+          again: `_checking`): it is withdrawn once the check is over (see `_checked`);
+        - otherwise the server is running it (or nothing, and PostgreSQL ignores the cancel):
+          the CancelRequest is forwarded, with the upstream's own key.
+
+        A decision that came in just before the cancel (the statement is about to be forwarded)
+        counts as running: the cancel follows the statement to the server."""
+        waiting = self._waiting
+        if self._checking or (waiting is not None and not waiting.done()):
+            self._withdrawn = self._checking
+            if waiting is not None:
+                waiting.cancel()
+            self.log.info("cancel request withdrew a held statement" if self._held
+                          else "cancel request withdrew a statement before its hold", extra={"tls": tls})
             return
         if self.upstream is not None and self.upstream.backend_key is not None:
-            self.log.info("cancel request forwarded")
+            self.log.info("cancel request forwarded", extra={"tls": tls})
             await send_cancel(self.upstream.route, self.upstream.backend_key)
 
     # -- relay ---------------------------------------------------------------------------
@@ -489,10 +532,17 @@ class Session:
             if wait.decide is not None:
                 resume = Resume(await self._await_decision(wait.decide))
             elif wait.ask is not None:
-                resume, first, run_start = await self._ask(wait, run_start, end)
+                (resume, first, run_start), withdrawn = await self._checked(self._ask(wait, run_start, end))
+                if withdrawn and resume is not None:  # (None: the server refused it, and answered the client)
+                    self._withdraw(type_byte, wait.ask[1], wait.judged)
+                    resume, first, run_start = None, wait.index + 1, end
             elif wait.refresh is not None:
-                await self._judge_afresh(wait.refresh)
-                resume = Resume(asked=True)
+                _, withdrawn = await self._checked(self._judge_afresh(wait.refresh))
+                if withdrawn:
+                    self._withdraw(type_byte, wait.refresh.sql, facts(wait.refresh))
+                    first, run_start = wait.index + 1, end
+                else:
+                    resume = Resume(asked=True)
             elif wait.hold is not None:
                 decided = await self._hold(*wait.hold)
                 if decided.verdict is Verdict.ALLOW:
@@ -520,6 +570,27 @@ class Session:
         self._resume_client("deferred")
         if outcome is True:
             self._client_terminated()
+
+    async def _checked(self, check: Awaitable[T]) -> tuple[T, bool]:
+        """Check the statement the client waits for before its hold (the server parses it, the
+        schema is read again). A CancelRequest meanwhile cannot stop the check halfway (the model
+        follows its answers), so it withdraws the statement once the check is over: the result is
+        the check's and whether the statement was withdrawn."""
+        self._checking = True
+        self._withdrawn = False
+        try:
+            result = await check
+        finally:
+            self._checking = False
+        withdrawn, self._withdrawn = self._withdrawn, False
+        return result, withdrawn
+
+    def _withdraw(self, type_byte: int, sql: str, judged: Judgement | None) -> None:
+        """A statement withdrawn before its hold: the server is made to fail in its place, so the
+        client gets 57014 (then, at its Sync, ReadyForQuery) and the model stays in step."""
+        if self.gate is not None and judged is not None:
+            self.gate.withdrawn(self, sql, judged)
+        self._send_refusal(type_byte, CANCELLED_WHILE_DECIDED)
 
     async def _ask(self, wait: Wait, start: int, end: int) -> tuple[Resume | None, int, int]:
         """Before a Query is held, the server parses it (running nothing). If it refuses, its
@@ -626,11 +697,17 @@ class Session:
     async def _hold(self, sql: str, parameters: tuple[str | None, ...], judgement: Judgement) -> Judgement:
         """The hold point: wait for a reviewer while the connection stays responsive."""
         assert self.gate is not None
-        return await self._await_decision(self.gate.hold(self, sql, parameters, judgement))
+        self._held = True
+        try:
+            return await self._await_decision(self.gate.hold(self, sql, parameters, judgement), CANCELLED_WHILE_HELD)
+        finally:
+            self._held = False
 
-    async def _await_decision(self, pending: Awaitable[Judgement]) -> Judgement:
+    async def _await_decision(self, pending: Awaitable[Judgement],
+                              cancelled: Judgement = CANCELLED_WHILE_DECIDED) -> Judgement:
         """Wait for a decision. Meanwhile the client is still read (`_client_data`): a Terminate,
-        a disconnect or a CancelRequest withdraws the statement; other messages wait their turn."""
+        a disconnect or a CancelRequest withdraws the statement (the decision is then `cancelled`);
+        other messages wait their turn."""
         decision = asyncio.ensure_future(pending)
         self._waiting = decision
         try:
@@ -640,7 +717,7 @@ class Session:
             if not decision.done():
                 decision.cancel()
         if decision.cancelled():
-            return CANCELLED_WHILE_HELD
+            return cancelled
         return decision.result()
 
     def send_notice(self, message: str, detail: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 from pgproxy.audit import members
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from pgproxy.session import Session
 
 READ_CHUNK = 256 * 1024
+
+# Why a CancelRequest did nothing (SessionRegistry.cancel); as in PostgreSQL, its sender is told nothing.
+NO_SUCH_SESSION = "no session has this process id"
+WRONG_SECRET_KEY = "wrong secret key"
 
 
 class State(enum.Enum):
@@ -83,7 +88,7 @@ async def startup(session: Session) -> bool:
         except m.MessageFormatError as exc:
             raise ClientProtocolError(f"invalid startup packet: {exc}") from None
         if isinstance(packet, m.CancelRequest):
-            await session.registry.cancel(packet)
+            await _cancel(session, packet)
             return False
         if isinstance(packet, m.StartupMessage):
             break
@@ -122,6 +127,24 @@ async def startup(session: Session) -> bool:
         session.writer.write(m.NegotiateProtocolVersion(0, unsupported).encode())
     session._to(State.AUTHENTICATING)
     return True
+
+async def _cancel(session: Session, request: m.CancelRequest) -> None:
+    """A CancelRequest, on a connection of its own (plaintext, or TLS when the client negotiated
+    it first, as libpq 17's PQcancelConn and asyncpg do for a TLS session). Like PostgreSQL,
+    pgproxy answers nothing and closes the connection, whether the key matched or not. One that
+    matched no session does nothing; it is logged (a wrong secret key for a live process id as a
+    warning: someone may be guessing keys) and audited (bounded like refused logins)."""
+    refused = await session.registry.cancel(request, tls=session.client_tls)
+    if refused is None:
+        return
+    session.log.log(logging.WARNING if refused == WRONG_SECRET_KEY else logging.INFO, "cancel request ignored",
+                    extra={"reason": refused, "client": session.client_address, "tls": session.client_tls})
+    if session.audit is not None:
+        session.audit.record_unauthenticated(
+            "cancel.refused", {"client_address": session.client_address, "tls": session.client_tls,
+                               "process_id": request.process_id, "reason": refused},
+            {"client_address": session.client_address, "reason": refused})
+
 
 def _settings_in_force(session: Session, frames: list[bytes]) -> None:
     """The upstream's settings as it reported them at login: a database or role default (or

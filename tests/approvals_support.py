@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pgproxy.config import load_config
+from pgproxy.config import TlsConfig, load_config
 from pgproxy.pgcluster import PostgresCluster, find_pg_bin
 from tests import corpus
 from tests.harness import ProxyThread, make_token, running_proxy, write_enforce_config
@@ -64,12 +65,16 @@ approvals:
 
 
 def start_proxy(pg: PostgresCluster, directory: Path, *, timeout: float = 30, demo_code: str | None = None,
-                catalog: str = corpus.CATALOG, http: str = "", settings: str = "", policy: str | None = None) -> Any:
+                catalog: str = corpus.CATALOG, http: str = "", settings: str = "", policy: str | None = None,
+                tls: TlsConfig | None = None) -> Any:
     """A holding proxy; `http`: the web app's bounds; `settings`: more keys of its approvals section;
-    `policy`: not the demo's."""
+    `policy`: not the demo's; `tls`: clients may connect over TLS."""
     path = write_enforce_config(pg, directory, catalog=catalog, policy=policy,
                                 extra=approvals_config(directory, timeout, demo_code, http, settings))
-    return running_proxy(load_config(path))
+    config = load_config(path)
+    if tls is not None:
+        config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, tls=tls))
+    return running_proxy(config)
 
 
 @contextmanager

@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
+import psycopg
 import pytest
 
 from pgproxy.demo.run import demo_sql
@@ -22,6 +24,22 @@ def _interrupt(signum: int, frame: object) -> None:
 # A test run stopped with SIGTERM (a CI time limit, `timeout`, `kill`) unwinds like Ctrl-C, so the
 # fixtures still stop the PostgreSQL servers they started.
 signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_blocking_cancel_in_this_process() -> Iterator[None]:
+    """psycopg's `Connection.cancel()` (libpq's PQcancel) waits until the server closes the cancel
+    connection, and psycopg's C implementation holds the GIL meanwhile: a proxy on a thread of this
+    process (ProxyThread) can never answer it, and the run hangs where not even pytest-timeout can
+    stop it. Tests run that call in a process of its own (tests/python/cancel_probe.py), as users do."""
+    def refused(*args: Any) -> NoReturn:
+        raise RuntimeError("psycopg's cancel() deadlocks against an in-process proxy: use cancel_safe(), "
+                           "or tests/python/cancel_probe.py (its own process)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for connection in (psycopg.Connection, psycopg.AsyncConnection):
+            patch.setattr(connection, "cancel", refused)
+        yield
 
 
 @pytest.fixture(scope="session")

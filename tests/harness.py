@@ -38,7 +38,14 @@ from pgproxy.decision import StatementGate
 from pgproxy.demo.run import demo_file
 from pgproxy.pgcluster import PostgresCluster
 from pgproxy.server import ProxyServer, new_event_loop
-from pgproxy.wire.messages import PasswordMessage, StartupMessage, decode_fields
+from pgproxy.wire.messages import (
+    BACKEND_KEY_DATA,
+    BackendKeyData,
+    PasswordMessage,
+    StartupMessage,
+    decode_backend_key_data,
+    decode_fields,
+)
 from pgproxy.wire.scram import make_scram_secret
 from tests.pki import Pki
 
@@ -204,6 +211,7 @@ class RawClient:
     def __init__(self, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self._buf = b""
+        self.backend_key: BackendKeyData | None = None  # what login() was handed, for a CancelRequest
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -241,6 +249,8 @@ class RawClient:
         self.send(PasswordMessage(token or make_token(user)).encode())
         replies = self.until_ready()
         assert replies and replies[-1][0] == ord("Z"), replies
+        self.backend_key = next((decode_backend_key_data(body) for type_byte, body in replies
+                                 if type_byte == BACKEND_KEY_DATA), None)
 
     def close(self) -> None:
         self.sock.close()

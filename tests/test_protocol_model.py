@@ -214,6 +214,12 @@ def test_the_refusal_error_is_placed_by_position_not_by_text() -> None:
     assert model.answer(m.ERROR_RESPONSE, _error("26000")) == b"OURS"
     model.answer(m.READY_FOR_QUERY, b"I")
     assert model.idle
+    # A cancel that reaches the server while it answers the probe fails it at the same point.
+    model.refuse(b"OURS", simple=False)
+    model.sync()
+    assert model.answer(m.ERROR_RESPONSE, _error("57014")) == b"OURS"
+    model.answer(m.READY_FOR_QUERY, b"I")
+    assert model.idle
     model.refuse(b"OURS", simple=True)
     with pytest.raises(Desync):  # any other answer at that position: out of step
         model.answer(m.ERROR_RESPONSE, _error("42501"))
