@@ -176,6 +176,10 @@ def _decode_data_row(body: bytes) -> Row:
 # no column dependency at all, so a view whose rule holds a whole-row Var
 # (":varattno 0 " in its stored tree) counts as reading every column of every
 # relation it depends on.
+#
+# Operators, casts and domain constraints whose function is in C or `internal` are counted as
+# PostgreSQL's own are: only a superuser can create such a function (extensions such as citext
+# and PostGIS do), and they read no table. Any other language's function can run SQL.
 _INTROSPECTION_SQL = """\
 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
 SELECT 'path', s.name
@@ -193,7 +197,8 @@ SELECT DISTINCT 'fn', p.proname, n.nspname
  WHERE n.nspname !~ '^pg_(toast_)?temp_';
 SELECT DISTINCT 'op', o.oprname
   FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema');
+  JOIN pg_proc p ON p.oid = o.oprcode JOIN pg_language l ON l.oid = p.prolang
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND l.lanname NOT IN ('c', 'internal');
 SELECT DISTINCT 'dep', r.ev_class::text, d.refobjid::text, d.refobjsubid::text
   FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -232,14 +237,15 @@ SELECT DISTINCT 'gen', ad.adrelid::text, ad.adnum::text, d.refobjid::text, d.ref
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0;
 SELECT DISTINCT 'cast', t.typname, c.castcontext::text, n.nspname, p.proname
   FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc JOIN pg_namespace n ON n.oid = p.pronamespace
-  JOIN pg_type t ON t.oid = c.casttarget
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema');
+  JOIN pg_type t ON t.oid = c.casttarget JOIN pg_language l ON l.oid = p.prolang
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND l.lanname NOT IN ('c', 'internal');
 SELECT 'domain', t.oid::text, t.typname, t.typbasetype::text FROM pg_type t WHERE t.typtype = 'd';
 SELECT DISTINCT 'domainfn', co.contypid::text, n.nspname, p.proname
   FROM pg_constraint co JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = co.oid
   JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_language l ON l.oid = p.prolang
  WHERE co.contypid <> 0 AND d.refclassid = 'pg_proc'::regclass
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND l.lanname NOT IN ('c', 'internal');
 SELECT DISTINCT 'domaincol', a.attrelid::text,
        (CASE WHEN t.typtype = 'd' THEN t.oid ELSE t.typelem END)::text
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid

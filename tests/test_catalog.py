@@ -12,7 +12,7 @@ import pytest
 
 from pgproxy import catalog as catalog_module
 from pgproxy.analysis.gate import analyze
-from pgproxy.analysis.model import ColumnKey, Kind
+from pgproxy.analysis.model import ColumnKey, Flag, Kind
 from pgproxy.analysis.schema import Relation, Schema
 from pgproxy.catalog import (
     Catalog,
@@ -595,3 +595,18 @@ async def test_casts_and_domain_checks_run_what_their_functions_read(pg: Postgre
     assert implicit.version != schema.version
     [found] = analyze("SELECT id FROM plain", implicit, search_path=(scratch,))
     assert found.reads.get(secret) == frozenset({"pii"})
+
+
+async def test_an_extensions_operators_and_casts_are_postgresqls_own(pg: PostgresCluster, scratch: str,
+                                                                     tmp_path: Path) -> None:
+    """citext defines =, <>, <… and assignment casts with C functions in the schema it is installed
+    in: they read no table, so comparing or casting runs no user code (before, every statement with
+    `=` was `runs_code` once citext was installed)."""
+    pg.psql(f"CREATE EXTENSION citext SCHEMA {scratch}; CREATE TABLE {scratch}.plain (id int, note text)",
+            dbname=DATABASE)
+    schema, _ = await tagged(upstream_route(pg), catalog_text("plain:\n  note: [pii]", schema=scratch), tmp_path)
+    assert not {"=", "<>", "<"} & schema.user_operators and not schema.implicit_calls
+    for sql in ("SELECT id FROM plain WHERE id = 1", "SELECT id FROM plain WHERE note::citext = 'a'::citext",
+                "SELECT id::text::bpchar::citext FROM plain"):
+        [found] = analyze(sql, schema, search_path=(scratch, "public"))
+        assert found.kind is Kind.READ and Flag.RUNS_CODE not in found.flags, (sql, found.flags, found.reasons)
