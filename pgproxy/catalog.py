@@ -240,11 +240,12 @@ SELECT DISTINCT 'cast', t.typname, c.castcontext::text, n.nspname, p.proname
   JOIN pg_type t ON t.oid = c.casttarget JOIN pg_language l ON l.oid = p.prolang
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND l.lanname NOT IN ('c', 'internal');
 SELECT 'domain', t.oid::text, t.typname, t.typbasetype::text FROM pg_type t WHERE t.typtype = 'd';
-SELECT DISTINCT 'domainfn', co.contypid::text, n.nspname, p.proname
-  FROM pg_constraint co JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = co.oid
-  JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
+SELECT DISTINCT 'domainfn', coalesce(co.contypid, t.oid)::text, n.nspname, p.proname
+  FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_namespace n ON n.oid = p.pronamespace
   JOIN pg_language l ON l.oid = p.prolang
- WHERE co.contypid <> 0 AND d.refclassid = 'pg_proc'::regclass
+  LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid AND co.contypid <> 0
+  LEFT JOIN pg_type t ON d.classid = 'pg_type'::regclass AND t.oid = d.objid AND t.typtype = 'd'
+ WHERE d.refclassid = 'pg_proc'::regclass AND coalesce(co.contypid, t.oid) IS NOT NULL
    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND l.lanname NOT IN ('c', 'internal');
 SELECT DISTINCT 'domaincol', a.attrelid::text,
        (CASE WHEN t.typtype = 'd' THEN t.oid ELSE t.typelem END)::text
@@ -368,8 +369,9 @@ def _build(rows: list[Row]) -> Introspection:
         if mode == "rw":
             calls.setdefault(int(_text(table)), set()).add(function)
     # User code that converting a value runs: cast functions (by target type name; implicit and
-    # assignment casts may run where no type is named) and the functions of domain constraints
-    # (on every cast to the domain, and every write of a column of it, or of an array of it).
+    # assignment casts may run where no type is named) and the functions of a domain's constraints
+    # and default (on every cast to the domain, and every write of a column of it, or of an array
+    # of it; a cast runs no default, which is counted anyway).
     type_calls: dict[str, set[tuple[str, str]]] = {}
     implicit_calls: set[tuple[str, str]] = set()
     for _, typname, context, nspname, proname in by_kind.get("cast", []):
