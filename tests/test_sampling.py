@@ -306,3 +306,21 @@ def test_a_broken_recognizers_file_stops_the_start(pg: PostgresCluster, sampled_
             proxy.start()
     finally:
         proxy.stop()
+
+
+def test_a_worker_that_dies_is_replaced(pg: PostgresCluster, sampled_db: str, tmp_path: Path) -> None:
+    """Killing the worker loses its counts, not sampling: the next samples start a new worker."""
+    with running_proxy(load_config(sampling_config(pg, tmp_path, sampled_db))) as proxy, \
+            psycopg.connect(proxy.dsn()) as conn:
+        sampler = proxy.server.sampler
+        assert sampler is not None and sampler._pool is not None
+        [worker] = list(sampler._pool._processes.values())
+        worker.kill()
+        worker.join(30)
+        conn.execute("SELECT notes FROM sampling_gone").fetchall()  # its batch meets the dead worker
+        proxy.call(asyncio.wait_for(sampler.idle(), 120), timeout=130)
+        conn.execute("SELECT notes FROM sampling_gone").fetchall()  # classified by the new one
+        found = detected(detections(proxy))
+        assert found["public.sampling_gone.notes"]["suggested"] == ["pii", "pii.email"]
+        [replacement] = list(sampler._pool._processes.values())
+        assert replacement.pid != worker.pid and replacement.is_alive()
