@@ -171,12 +171,9 @@ class Sampler:
         """The fields of a result with these columns that may be sampled (None: none may). Worked
         out once per list of columns: the relay's lists are the same objects for the same
         RowDescription or statement, so this is one dictionary lookup per result."""
-        schema = self.schema(database)
-        if schema is None:
+        cached = self._cached(database)
+        if cached is None:
             return None
-        cached = self._columns.get(database)
-        if cached is None or cached[0] != schema.version:
-            cached = self._columns[database] = (schema.version, self._find(database, schema), {})
         plans = cached[2]
         plan = plans.get(id(columns))
         if plan is not None and plan[0] is columns:  # the entry keeps the list alive: its id is not reused
@@ -189,13 +186,18 @@ class Sampler:
         return fields
 
     def _candidates(self, database: str) -> dict[tuple[int, int], SampledColumn]:
+        cached = self._cached(database)
+        return cached[1] if cached is not None else {}
+
+    def _cached(self, database: str) -> tuple[str, dict[tuple[int, int], SampledColumn], dict[int, _Plan]] | None:
+        """The route's sampleable columns and results' fields, for its current schema version."""
         schema = self.schema(database)
         if schema is None:
-            return {}
+            return None
         cached = self._columns.get(database)
         if cached is None or cached[0] != schema.version:
             cached = self._columns[database] = (schema.version, self._find(database, schema), {})
-        return cached[1]
+        return cached
 
     @staticmethod
     def _find(database: str, schema: Schema) -> dict[tuple[int, int], SampledColumn]:
