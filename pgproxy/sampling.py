@@ -16,7 +16,8 @@ how many sampled values held each, the values sampled and the tags suggested; ne
 A result is sampled only when its rows reach the client unchanged: masked results are not (their
 tagged columns are masked; the rest could be, but a masked statement was reviewed as one). A
 sample is dropped, and counted, when the worker is behind by `queue_samples` samples. Off, no
-worker runs and the relay tests one attribute per result.
+worker runs and the relay makes a few attribute tests per result (one per message on its slower
+path).
 """
 
 from __future__ import annotations
