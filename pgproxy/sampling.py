@@ -307,6 +307,11 @@ async def _spawn_worker(recognizers: Path | None) -> concurrent.futures.ProcessP
     try:
         async with asyncio.timeout(WORKER_START_SECONDS):
             await asyncio.get_running_loop().run_in_executor(pool, _worker_start, recognizers)
+    except concurrent.futures.process.BrokenProcessPool:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise RuntimeError("the sampling worker process ended while it started (a program that runs pgproxy in "
+                           "its own process must do so under `if __name__ == \"__main__\":`, which Python's "
+                           "spawned processes require)") from None
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

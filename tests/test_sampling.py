@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,3 +326,15 @@ def test_a_worker_that_dies_is_replaced(pg: PostgresCluster, sampled_db: str, tm
         assert found["public.sampling_gone.notes"]["suggested"] == ["pii", "pii.email"]
         [replacement] = list(sampler._pool._processes.values())
         assert replacement.pid != worker.pid and replacement.is_alive()
+
+
+def test_a_program_without_a_main_guard_is_told_why(tmp_path: Path, repo_root: Path) -> None:
+    """Spawned processes import the program's main module again; one that starts pgproxy at import
+    gets a sentence saying so, not multiprocessing's BrokenProcessPool."""
+    script = tmp_path / "embedded.py"
+    script.write_text("import asyncio\nfrom pgproxy.sampling import _spawn_worker\n"
+                      "asyncio.run(_spawn_worker(None))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo_root)}, check=False)
+    assert done.returncode != 0
+    assert 'must do so under `if __name__ == "__main__":`' in done.stderr.splitlines()[-1]
