@@ -213,7 +213,12 @@ SELECT DISTINCT 'viewfn', r.ev_class::text, n.nspname, p.proname
  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass AND r.rulename = '_RETURN'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema');
 SELECT 'routine', p.oid::text, n.nspname, p.proname, l.lanname,
-       CASE WHEN l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END
+       CASE WHEN l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END,
+       array_to_string(ARRAY(
+           SELECT DISTINCT coalesce(e.typname, t.typname) FROM pg_type t
+             LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typlen = -1
+            WHERE t.oid = p.prorettype OR t.oid = ANY (coalesce(p.proallargtypes, p.proargtypes::oid[]))
+            ORDER BY 1), ',')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp_';
 SELECT DISTINCT 'runs', CASE WHEN d.classid = 'pg_policy'::regclass THEN 'rw' ELSE 'w' END,
@@ -357,9 +362,10 @@ def _build(rows: list[Row]) -> Introspection:
     for _, view, nspname, proname in by_kind.get("viewfn", []):
         calls.setdefault(int(_text(view)), set()).add((_text(nspname), _text(proname)))
     routines: dict[tuple[str, str], list[Routine]] = {}
-    for _, oid, nspname, proname, lanname, definition in by_kind.get("routine", []):
+    for _, oid, nspname, proname, lanname, definition, types in by_kind.get("routine", []):
         routines.setdefault((_text(nspname), _text(proname)), []).append(
-            Routine(int(_text(oid)), _text(nspname), _text(proname), _text(lanname), definition))
+            Routine(int(_text(oid)), _text(nspname), _text(proname), _text(lanname), definition,
+                    tuple(types.split(",")) if types else ()))
     # Row-level security policies run their functions on every read and write of their table;
     # defaults, CHECK constraints and index expressions on every write.
     write_calls: dict[int, set[tuple[str, str]]] = {}
@@ -433,7 +439,7 @@ def _build(rows: list[Row]) -> Introspection:
         "hooks": sorted(hooks),
         "type_calls": sorted([name, sorted(found)] for name, found in type_calls.items()),
         "implicit_calls": sorted(implicit_calls),
-        "routines": sorted([r.oid, r.schema, r.name, r.language, r.definition or ""]
+        "routines": sorted([r.oid, r.schema, r.name, r.language, r.definition or "", r.types]
                            for found in routines.values() for r in found),
     })
     return Introspection(dataclasses.replace(schema, version=version), view_sources, frozen_inherits,

@@ -574,6 +574,8 @@ async def test_casts_and_domain_checks_run_what_their_functions_read(pg: Postgre
         CREATE FUNCTION stamp() RETURNS text LANGUAGE sql AS 'SELECT secret FROM vault LIMIT 1';
         CREATE DOMAIN stamped AS text DEFAULT stamp();
         CREATE TABLE stamps (id int, s stamped);
+        CREATE FUNCTION takes(v probe[]) RETURNS int LANGUAGE sql AS 'SELECT 1';
+        CREATE FUNCTION gives() RETURNS deeper LANGUAGE sql AS $$SELECT 'x'::text$$;
     """, dbname=DATABASE)
     catalog = catalog_text("vault:\n  secret: [pii]", schema=scratch)
     schema, _ = await tagged(upstream_route(pg), catalog, tmp_path)
@@ -588,7 +590,7 @@ async def test_casts_and_domain_checks_run_what_their_functions_read(pg: Postgre
     for sql in ("SELECT 1::badge", "SELECT CAST(id AS badge) FROM plain", "SELECT ARRAY[1]::badge[]",
                 f"SELECT 1::{scratch}.badge", "SELECT 'x'::probe", "SELECT note::deeper FROM plain",
                 "INSERT INTO probed VALUES (1, NULL)", "UPDATE probed SET id = 2",
-                "INSERT INTO stamps (id) VALUES (1)"):
+                "INSERT INTO stamps (id) VALUES (1)", "SELECT takes(ARRAY['x'])", "SELECT gives()"):
         assert reads(sql).get(secret) == frozenset({"pii"}), sql
 
     # An implicit cast runs where no type is named: every statement may run it.

@@ -291,6 +291,12 @@ class References:
                 self.flags.update(effect.flags - {Flag.RUNS_CODE} if allowed else effect.flags)
             elif not allowed:
                 self.flags.add(Flag.RUNS_CODE)
+        # Its arguments and result are converted to its types: a domain's checks run (each function once).
+        for routine in routines:
+            for type_name in routine.types:
+                for converts in sorted(self.schema.type_calls.get(type_name, ())):
+                    if ".".join(converts) not in self.functions:
+                        self.call(*converts)
 
     def _effect(self, routine: Routine) -> Effect:
         found = body(routine)

@@ -52,6 +52,9 @@ class Routine:
     name: str
     language: str  # pg_language.lanname
     definition: str | None = None  # pg_get_functiondef(), for SQL and PL/pgSQL functions
+    # The names of its argument and result types (an array's: its element type's): a value passed
+    # in or returned is converted to them, which runs a domain's checks (Schema.type_calls).
+    types: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
