@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -220,17 +221,27 @@ _PAGE_HEADERS = {
 }
 
 
+_SIGNIN = "  <!-- signin.html: the sign-in section both pages share (see web.py) -->\n"
+
+
+@functools.cache
+def _shell(name: str) -> str:
+    """A page's static shell, with the sign-in section it shares with the other page in its place."""
+    text = _ASSETS.joinpath(name).read_text()
+    if _SIGNIN not in text:
+        raise RuntimeError(f"{name} has no place for the sign-in section")
+    return text.replace(_SIGNIN, _ASSETS.joinpath("signin.html").read_text())
+
+
 async def page(request: web.Request) -> web.Response:
     """The approval page: a static shell; what it shows comes from the API with a reviewer token."""
-    return web.Response(text=_ASSETS.joinpath("page.html").read_text(), content_type="text/html",
-                        headers=_PAGE_HEADERS)
+    return web.Response(text=_shell("page.html"), content_type="text/html", headers=_PAGE_HEADERS)
 
 
 async def inbox(request: web.Request) -> web.Response:
     """The inbox: a static shell listing, from the API with a reviewer token, the pending
     requests that reviewer may decide (the same reader check as GET /api/approvals)."""
-    return web.Response(text=_ASSETS.joinpath("inbox.html").read_text(), content_type="text/html",
-                        headers=_PAGE_HEADERS)
+    return web.Response(text=_shell("inbox.html"), content_type="text/html", headers=_PAGE_HEADERS)
 
 
 async def asset(request: web.Request) -> web.Response:
