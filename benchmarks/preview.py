@@ -16,23 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-
-def call(url: str, token: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     method="POST" if body is not None else "GET")
-    request.add_header("Authorization", f"Bearer {token}")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+from benchmarks.approvals import call
 
 
 async def one_round(dsn: str, base: str, token: str, ident: int) -> tuple[float, float | None]:

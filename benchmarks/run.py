@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,9 @@ from benchmarks.workloads import (
     Workload,
     bench_policy,
     copy_out,
+    medians,
     pgbench,
+    rotated,
     write_mixed_scripts,
 )
 from pgproxy.demo.run import demo_file
@@ -330,18 +331,15 @@ def main() -> int:
         logs.mkdir()
         write_mixed_scripts(logs)
         for round_number in range(args.rounds):
-            # Rotate the order each round so no target always runs first (warm caches, drift).
-            turn = round_number % len(targets)
-            order = targets[turn:] + targets[:turn]
+            order = rotated(targets, round_number)
             for workload in WORKLOADS:
                 for target in order:
                     samples[workload.name][target].append(pgbench(urls[target], workload, args.duration, logs))
             for target in order:
                 copies[target].append(copy_out(urls[target], rows, args.copy_repeats))
 
-    results = {w: {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in by_target.items()}
-               for w, by_target in samples.items()}
-    copy = {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in copies.items()}
+    results = {w: {t: medians(runs) for t, runs in by_target.items()} for w, by_target in samples.items()}
+    copy = {t: medians(runs) for t, runs in copies.items()}
     found = ratios(results, copy)
     # The same ratios within each round (its targets ran back to back): how far the medians can be trusted.
     by_round: dict[str, list[float]] = {name: [] for name in found}

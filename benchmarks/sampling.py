@@ -20,13 +20,12 @@ import argparse
 import json
 import shutil
 import sqlite3
-import statistics
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks.run import RunningProxy, bench_database, pgproxy_process
-from benchmarks.workloads import Workload, bench_policy, pgbench
+from benchmarks.workloads import Workload, bench_policy, medians, pgbench, rotated
 from pgproxy.pgcluster import PostgresCluster
 
 TEXT_ROWS = 100_000
@@ -116,8 +115,7 @@ def main() -> int:
                                         "SELECT id, body FROM sampling_text WHERE id BETWEEN :id AND :id + 9;\n")
         cpu_before = {name: worker_cpu_seconds(p.pid) for name, p in proxies.items()}
         for round_number in range(args.rounds):
-            turn = round_number % len(names)
-            order = names[turn:] + names[:turn]
+            order = rotated(names, round_number)
             for workload in WORKLOADS:
                 for target in order:
                     samples[workload.name][target].append(pgbench(urls[target], workload, args.duration, logs))
@@ -127,8 +125,7 @@ def main() -> int:
         for name, proxy in proxies.items():
             columns, counts = sampling_events(proxy.home)
             workers[name] = {"cpu_seconds": cpu[name], "detected": columns, "counts": counts}
-    results = {w: {t: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for t, runs in by_target.items()}
-               for w, by_target in samples.items()}
+    results = {w: {t: medians(runs) for t, runs in by_target.items()} for w, by_target in samples.items()}
     print(f"{args.rounds} interleaved round(s) of {args.duration:g} s per pgbench run\n")
     print(f"{'workload':34} {'target':10} {'TPS':>9} {'p99 ms':>8} {'vs off':>7}")
     for label, by_target in results.items():

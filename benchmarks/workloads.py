@@ -13,6 +13,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,18 @@ def bench_policy() -> str:
     if anchor not in policy:
         raise RuntimeError("the demo policy has no `export` rule to put the COPY exception before")
     return policy.replace(anchor, exception + anchor)
+
+
+def rotated(targets: Sequence[str], round_number: int) -> list[str]:
+    """The targets in one round's order: rotated each round, so that no target always runs first
+    (warm caches, drift)."""
+    turn = round_number % len(targets)
+    return [*targets[turn:], *targets[:turn]]
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds' runs."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def pgbench(url: str, workload: Workload, duration: float, logs: Path) -> dict[str, float]:
