@@ -399,13 +399,12 @@ def _build(rows: list[Row]) -> Introspection:
             found |= domain_calls.get(domain, set())
             domain = domains[domain][1]
         return found
-    for domain_oid, (domain_name, _base) in domains.items():
-        if checks(domain_oid):
-            type_calls.setdefault(domain_name, set()).update(checks(domain_oid))
+    domain_checks = {type_oid: passes for type_oid in domains if (passes := checks(type_oid))}
+    for type_oid, passes in domain_checks.items():
+        type_calls.setdefault(domains[type_oid][0], set()).update(passes)
     for _, table, column_type in by_kind.get("domaincol", []):
-        found = checks(int(_text(column_type)))
-        if found:
-            write_calls.setdefault(int(_text(table)), set()).update(found)
+        if int(_text(column_type)) in domain_checks:
+            write_calls.setdefault(int(_text(table)), set()).update(domain_checks[int(_text(column_type))])
     _through_views(calls, deps)
     hooks = {int(_text(row[1])) for row in by_kind.get("hook", [])}
     relations = {key: dataclasses.replace(r, calls=frozenset(calls.get(r.oid, ())), write_hooks=r.oid in hooks,
