@@ -278,15 +278,18 @@ def error_fields(body: bytes) -> dict[str, str]:
 
 
 def write_enforce_config(cluster: PostgresCluster, directory: Path, *, catalog: str,
-                         policy: str | None = None, extra: str = "", routes: str = "") -> Path:
+                         policy: str | None = None, extra: str = "", routes: str = "",
+                         dbname: str | None = None) -> Path:
     """A YAML config for enforce mode (the demo policy unless `policy` is given), loaded as users do.
-    `routes`: further lines of the routes mapping (indented by two spaces)."""
+    `routes`: further lines of the routes mapping (indented by two spaces); `dbname`: the upstream
+    database of the route `app` (by default `app` itself)."""
     (directory / "jwt-secret").write_text(JWT_SECRET)
     (directory / "upstream-password").write_text(UPSTREAM_USERS["app_scram"][0])
     (directory / "catalog.yaml").write_text(catalog)
     policy_text = policy if policy is not None else demo_file("policy.yaml")
     indented = "\n".join("  " + line for line in policy_text.splitlines())
     path = directory / "pgproxy.yaml"
+    upstream = f"host: {cluster.host}, port: {cluster.port}, " + (f"dbname: {dbname}, " if dbname else "")
     path.write_text(f"""\
 mode: enforce
 listen: {{host: 127.0.0.1, port: 0}}
@@ -297,7 +300,7 @@ auth:
   agents:
     - {{id: {STATIC_AGENT}, scram_secret: "{make_scram_secret(STATIC_PASSWORD)}", groups: [etl]}}
 routes:
-  {DATABASE}: {{host: {cluster.host}, port: {cluster.port}, user: app_scram, password_file: upstream-password}}
+  {DATABASE}: {{{upstream}user: app_scram, password_file: upstream-password}}
 {routes}
 {extra}
 policy:

@@ -59,12 +59,8 @@ def sampled_db(pg: PostgresCluster) -> Iterator[str]:
 
 
 def sampling_config(pg: PostgresCluster, directory: Path, database: str, sampling: str = SAMPLING) -> Path:
-    path = write_enforce_config(pg, directory, catalog=demo_file("catalog.yaml"),
+    return write_enforce_config(pg, directory, catalog=demo_file("catalog.yaml"), dbname=database,
                                 extra=approvals_config(directory, 30) + AUDIT + sampling)
-    text = path.read_text()
-    route = "user: app_scram, password_file: upstream-password"
-    path.write_text(text.replace(route, f"dbname: {database}, {route}", 1))  # the route `app`, on that database
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -65,12 +65,7 @@ def decoys(pg: PostgresCluster, scanned: str) -> Iterator[None]:
 
 @pytest.fixture
 def config(pg: PostgresCluster, tmp_path: Path, decoys: None, scanned: str) -> Path:
-    path = write_enforce_config(pg, tmp_path, catalog=demo_file("catalog.yaml"))
-    text = path.read_text()
-    route = "user: app_scram, password_file: upstream-password"
-    assert route in text
-    path.write_text(text.replace(route, f"dbname: {scanned}, {route}", 1))  # the route `app`, on that database
-    return path
+    return write_enforce_config(pg, tmp_path, catalog=demo_file("catalog.yaml"), dbname=scanned)
 
 
 def scan(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> tuple[int, str, str]:
